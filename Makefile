@@ -1,0 +1,40 @@
+# captionbeam: every target sets up what it needs on a fresh clone.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+WORKDIR ?= work/run
+PYTEST_ARGS ?=
+
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+export PYTHONUNBUFFERED := 1
+
+.PHONY: help install test run bench lint clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
+
+$(STAMP): setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip setuptools wheel
+	$(BIN)/pip install -q -e '.[test,eval,report]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install captionbeam with its test, eval and report extras
+
+test: $(STAMP)  ## run the test suite
+	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
+
+run: $(STAMP)  ## run the main job on the embedded sample dataset (no data, no cloud account)
+	$(BIN)/captionbeam run --workdir $(WORKDIR)
+
+bench: $(STAMP)  ## run the benchmarks (uses ../shared when present)
+	$(BIN)/python benchmarks/run_all.py
+
+lint: $(STAMP)  ## static checks: byte-compile everything, pyflakes-grade checks with ruff if installed
+	$(BIN)/python -m compileall -q pipelines model launch tests benchmarks
+	@if [ -x $(BIN)/ruff ]; then $(BIN)/ruff check pipelines model launch tests benchmarks; else echo "ruff not installed (pip install ruff) — skipped"; fi
+
+clean:  ## remove the virtual environment and generated work directories
+	rm -rf $(VENV) work *.egg-info

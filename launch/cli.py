@@ -1,0 +1,96 @@
+"""``captionbeam``: one console script, one subcommand per job. Subcommands only parse and call.
+
+Each subcommand lives in ``launch/commands/<name>.py`` and is imported only when chosen, so
+``captionbeam --help`` answers without loading TensorFlow or Beam.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from typing import List, Optional, Sequence, Tuple
+
+# name -> one-line help. The module is launch.commands.<name with '-' as '_'>.
+COMMANDS: Tuple[Tuple[str, str], ...] = (
+    ("sample", "write the small, deterministic sample captioning dataset (images, captions, splits)"),
+    ("pack", "pack loose images into tar or TFRecord shards, with a manifest (Beam job)"),
+    ("features", "encode images with a CNN into feature TFRecords (Beam job)"),
+    ("captions", "clean captions, build the vocabulary, join with features into training TFRecords (Beam job)"),
+    ("train", "train a merge / inject / attention captioner with tf.distribute, streaming TFRecords"),
+    ("evaluate", "decode a split with a trained model and print BLEU / METEOR / ROUGE-L / CIDEr-D"),
+    ("caption", "caption image files with a trained model"),
+    ("score", "score predicted captions against references (BLEU-1..4, COCO metrics)"),
+    ("export", "export a trained model as one servable SavedModel: image bytes in, captions out"),
+    ("bulk", "caption an archive of images at scale, resumably (Beam job)"),
+    ("retrain", "featurise newly landed images, warm-start training, promote if metrics hold"),
+    ("run", "the whole chain end to end (default: on the embedded sample dataset)"),
+)
+
+
+def _module_for(name: str):
+    return importlib.import_module(f"launch.commands.{name.replace('-', '_')}")
+
+
+def build_parser() -> Tuple[argparse.ArgumentParser, dict]:
+    parser = argparse.ArgumentParser(
+        prog="captionbeam",
+        description="captionbeam: distributed batch image captioning on Apache Beam and tf.distribute.",
+        epilog="Run `captionbeam COMMAND --help` for a command's options. Beam jobs also take any Beam "
+               "pipeline option (--runner, --direct_num_workers, --project, --region, ...) and --profile NAME.",
+    )
+    parser.add_argument("--log-level", default=os.environ.get("CAPTIONBEAM_LOG", "INFO"),
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="logging level (default: INFO)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    subparsers = {}
+    for name, help_text in COMMANDS:
+        subparsers[name] = sub.add_parser(name, help=help_text, description=help_text)
+    return parser, subparsers
+
+
+def _chosen_command(argv: Sequence[str]) -> Optional[str]:
+    names = {n for n, _ in COMMANDS}
+    skip_next = False
+    for arg in argv:
+        if skip_next:
+            skip_next = False
+            continue
+        if arg == "--log-level":
+            skip_next = True
+            continue
+        if arg.startswith("-"):
+            continue
+        return arg if arg in names else None
+    return None
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser, subparsers = build_parser()
+    name = _chosen_command(argv)
+    module = None
+    if name is not None:
+        module = _module_for(name)
+        module.add_arguments(subparsers[name])
+    if module is not None and getattr(module, "BEAM", False):
+        from launch.beam_options import add_profile_argument, validate_pipeline_args
+        add_profile_argument(subparsers[name])
+        args, rest = parser.parse_known_args(argv)
+        pipeline_args = validate_pipeline_args(subparsers[name], rest, profile=args.profile, command=name,
+                                               profiles_file=args.profiles_file)
+        if args.dry_run:
+            from launch.profiles import print_dry_run
+            print_dry_run(name, argv, pipeline_args)
+            return 0
+    else:
+        args = parser.parse_args(argv)
+        pipeline_args = []
+    logging.basicConfig(level=getattr(logging, args.log_level), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("absl", "apache_beam.runners.portability", "apache_beam.io.filebasedsink", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return int(module.main(args, pipeline_args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

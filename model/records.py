@@ -1,0 +1,199 @@
+"""TFRecord layouts: one description per record kind, used both to build ``tf.train.Example``s
+(pipelines) and to parse them (tf.data in the trainer, evaluation, tests).
+
+Record kinds
+------------
+``features``  (``<out>/features-NNNNN-of-NNNNN.tfrecord``, written by ``captionbeam features``)
+    image_id (bytes), path (bytes), sha256 (hex bytes), encoder (bytes),
+    feature_shape (int64[]), feature (float32[], flattened row-major).
+``examples``  (``<out>/<split>-NNNNN-of-NNNNN.tfrecord``, written by ``captionbeam captions --features``)
+    image_id, feature_shape, feature, plus every caption of the image as token ids:
+    caption_ids (int64[], all captions concatenated) and caption_lengths (int64[], one per caption).
+``captions``  (``<out>/<split>-captions-NNNNN-of-NNNNN.tfrecord``, ``captions`` without ``--features``)
+    image_id, caption_ids, caption_lengths.
+
+Each caption's ids include the start and end tokens.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+FEATURES_PREFIX = "features"
+FEATURES_SPEC_FILE = "features_spec.json"
+RECORD_SUFFIX = ".tfrecord"
+
+
+# ----------------------------------------------------------------------------- builders
+def _bytes(values: Sequence[bytes]):
+    import tensorflow as tf
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=list(values)))
+
+
+def _ints(values) -> "tf.train.Feature":
+    import tensorflow as tf
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v) for v in values]))
+
+
+def _floats(values: np.ndarray):
+    import tensorflow as tf
+    return tf.train.Feature(float_list=tf.train.FloatList(value=np.asarray(values, np.float32).ravel()))
+
+
+def _b(s) -> bytes:
+    return s if isinstance(s, bytes) else str(s).encode("utf-8")
+
+
+def feature_example(image_id: str, path: str, sha256: str, encoder: str, feature: np.ndarray) -> bytes:
+    """Serialized ``features`` record."""
+    import tensorflow as tf
+    feature = np.asarray(feature, np.float32)
+    ex = tf.train.Example(features=tf.train.Features(feature={
+        "image_id": _bytes([_b(image_id)]),
+        "path": _bytes([_b(path)]),
+        "sha256": _bytes([_b(sha256)]),
+        "encoder": _bytes([_b(encoder)]),
+        "feature_shape": _ints(feature.shape),
+        "feature": _floats(feature),
+    }))
+    return ex.SerializeToString()
+
+
+def _caption_features(captions: Sequence[Sequence[int]]) -> Dict[str, object]:
+    flat = [int(t) for c in captions for t in c]
+    return {"caption_ids": _ints(flat), "caption_lengths": _ints([len(c) for c in captions])}
+
+
+def training_example(image_id: str, feature: np.ndarray, captions: Sequence[Sequence[int]]) -> bytes:
+    """Serialized ``examples`` record: one image's features and all of its tokenised captions."""
+    import tensorflow as tf
+    feature = np.asarray(feature, np.float32)
+    fmap = {
+        "image_id": _bytes([_b(image_id)]),
+        "feature_shape": _ints(feature.shape),
+        "feature": _floats(feature),
+    }
+    fmap.update(_caption_features(captions))
+    return tf.train.Example(features=tf.train.Features(feature=fmap)).SerializeToString()
+
+
+def caption_example(image_id: str, captions: Sequence[Sequence[int]]) -> bytes:
+    """Serialized ``captions`` record (no features)."""
+    import tensorflow as tf
+    fmap = {"image_id": _bytes([_b(image_id)])}
+    fmap.update(_caption_features(captions))
+    return tf.train.Example(features=tf.train.Features(feature=fmap)).SerializeToString()
+
+
+# ----------------------------------------------------------------------------- parsers (pure Python)
+def parse_feature_example(serialized: bytes) -> Dict[str, object]:
+    """Parse a ``features`` record without tf.data: for pipelines and tests."""
+    import tensorflow as tf
+    ex = tf.train.Example.FromString(serialized)
+    f = ex.features.feature
+    shape = tuple(f["feature_shape"].int64_list.value)
+    return {
+        "image_id": f["image_id"].bytes_list.value[0].decode("utf-8"),
+        "path": f["path"].bytes_list.value[0].decode("utf-8"),
+        "sha256": f["sha256"].bytes_list.value[0].decode("ascii"),
+        "encoder": f["encoder"].bytes_list.value[0].decode("utf-8"),
+        "feature": np.asarray(f["feature"].float_list.value, np.float32).reshape(shape),
+    }
+
+
+def split_captions(caption_ids: Sequence[int], caption_lengths: Sequence[int]) -> List[List[int]]:
+    out, pos = [], 0
+    for n in caption_lengths:
+        out.append([int(t) for t in caption_ids[pos:pos + n]])
+        pos += n
+    return out
+
+
+# ----------------------------------------------------------------------------- tf.data parsing
+def training_feature_spec(feature_shape: Sequence[int]):
+    import tensorflow as tf
+    size = int(np.prod(feature_shape))
+    return {
+        "image_id": tf.io.FixedLenFeature([], tf.string),
+        "feature": tf.io.FixedLenFeature([size], tf.float32),
+        "caption_ids": tf.io.VarLenFeature(tf.int64),
+        "caption_lengths": tf.io.VarLenFeature(tf.int64),
+    }
+
+
+def parse_training_example(serialized, feature_shape: Sequence[int]):
+    """tf.data map fn: -> dict(image_id, feature[feature_shape], captions: RaggedTensor[n_captions, None])."""
+    import tensorflow as tf
+    parsed = tf.io.parse_single_example(serialized, training_feature_spec(feature_shape))
+    ids = tf.sparse.to_dense(parsed["caption_ids"])
+    lengths = tf.sparse.to_dense(parsed["caption_lengths"])
+    captions = tf.RaggedTensor.from_row_lengths(tf.cast(ids, tf.int32), lengths)
+    feature = tf.reshape(parsed["feature"], list(feature_shape))
+    return {"image_id": parsed["image_id"], "feature": feature, "captions": captions}
+
+
+def parse_features_record(serialized, feature_shape: Sequence[int]):
+    """tf.data map fn for ``features`` records (bulk evaluation on features alone)."""
+    import tensorflow as tf
+    size = int(np.prod(feature_shape))
+    parsed = tf.io.parse_single_example(serialized, {
+        "image_id": tf.io.FixedLenFeature([], tf.string),
+        "path": tf.io.FixedLenFeature([], tf.string),
+        "sha256": tf.io.FixedLenFeature([], tf.string),
+        "feature": tf.io.FixedLenFeature([size], tf.float32),
+    })
+    parsed["feature"] = tf.reshape(parsed["feature"], list(feature_shape))
+    return parsed
+
+
+# ----------------------------------------------------------------------------- file naming
+def shard_pattern(directory: str, prefix: str) -> str:
+    return f"{directory.rstrip('/')}/{prefix}-*-of-*{RECORD_SUFFIX}"
+
+
+def split_prefix(split: str) -> str:
+    return split
+
+
+def captions_prefix(split: str) -> str:
+    return f"{split}-captions"
+
+
+# ----------------------------------------------------------------------------- features spec
+@dataclass
+class FeaturesSpec:
+    """``features_spec.json``: what produced a directory of feature records."""
+    encoder: str
+    feature_shape: List[int]
+    image_size: List[int]
+    preprocessing: str
+    weights: str = "imagenet"
+    count: int = 0
+    dead_letters: int = 0
+    extra: Dict[str, object] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "FeaturesSpec":
+        d = json.loads(text)
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        return cls(**known)
+
+    def save(self, directory: str) -> None:
+        import tensorflow as tf
+        with tf.io.gfile.GFile(f"{directory.rstrip('/')}/{FEATURES_SPEC_FILE}", "w") as f:
+            f.write(self.to_json())
+
+    @classmethod
+    def load(cls, directory: str) -> "FeaturesSpec":
+        import tensorflow as tf
+        path = f"{directory.rstrip('/')}/{FEATURES_SPEC_FILE}"
+        if not tf.io.gfile.exists(path):
+            raise FileNotFoundError(f"features spec not found: {path} (run `captionbeam features` first)")
+        with tf.io.gfile.GFile(path, "r") as f:
+            return cls.from_json(f.read())

@@ -1,0 +1,1 @@
+"""captionbeam.pipelines: the Beam jobs (features, captions, pack, bulk) and their shared transforms."""
