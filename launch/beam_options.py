@@ -48,16 +48,29 @@ def unknown_beam_flags(args: Sequence[str]) -> List[str]:
 def validate_pipeline_args(parser: argparse.ArgumentParser, rest: Sequence[str], profile: Optional[str] = None,
                            command: str = "", profiles_file: Optional[str] = None) -> List[str]:
     """Beam flags left after the command's own: fail (via ``parser.error``) on any Beam does not know;
-    prepend the profile's flags, so explicit flags win."""
+    put the profile's flags first so explicit flags win, and merge them without duplicates
+    (:func:`launch.profiles.merge_flags`)."""
     bad = unknown_beam_flags(rest)
     if bad:
         parser.error(f"unrecognized arguments: {' '.join(bad)} (neither a {command} option nor a Beam pipeline option)")
-    args = list(rest)
+    from launch.profiles import merge_flags, placeholders
+    from_profile: List[str] = []
     if profile:
         from launch.profiles import load_profiles, profile_args
+        path = profiles_file or os.environ.get(PROFILES_ENV, DEFAULT_PROFILES_FILE)
         try:
-            profiles = load_profiles(profiles_file or os.environ.get(PROFILES_ENV, DEFAULT_PROFILES_FILE))
-            args = profile_args(profiles, profile, command) + args
+            profiles = load_profiles(path)
+            from_profile = profile_args(profiles, profile, command)
         except (KeyError, ValueError, FileNotFoundError) as e:
             parser.error(f"--profile: {e}")
-    return args
+        bad = unknown_beam_flags(from_profile)
+        if bad:
+            parser.error(f"--profile {profile}: {path} sets options Beam does not know: {' '.join(bad)}")
+    merged = merge_flags(from_profile, rest)
+    todo = placeholders(merged)
+    if todo:
+        import logging
+        logging.getLogger(__name__).warning(
+            "pipeline options still hold placeholders from the example profiles file (edit it, point "
+            "--profiles-file at your copy, or pass the flags): %s", " ".join(todo))
+    return merged
