@@ -1,0 +1,100 @@
+"""Dead letters: the rows a Beam job writes for inputs it could not process, so the job finishes and
+nothing is silently dropped.
+
+One JSON object per line in ``<output>/dead_letters/dead_letters-NNNNN-of-NNNNN.jsonl``::
+
+    {"path": "gs://b/img/x.jpg", "error": "TruncatedImageError", "message": "...", "stage": "decode"}
+
+``error`` is the exception's class name (stable, greppable), ``message`` its text, ``stage`` the step
+that failed (``match``, ``read``, ``decode``, ``inference``, ``shard`` ...). Used by ``features``,
+image shards and bulk captioning.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Dict
+
+import apache_beam as beam
+
+import pipelines.io as pio
+
+DEAD_LETTERS_DIR = "dead_letters"
+DEAD_LETTERS_PREFIX = "dead_letters"
+DEAD_LETTERS_SUFFIX = ".jsonl"
+MAX_MESSAGE_CHARS = 2000
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    path: str
+    error: str
+    message: str
+    stage: str
+
+    @classmethod
+    def from_exception(cls, path: str, exc: BaseException, stage: str) -> "DeadLetter":
+        message = str(exc) or repr(exc)
+        return cls(path=str(path), error=type(exc).__name__, message=message[:MAX_MESSAGE_CHARS], stage=stage)
+
+    def to_dict(self) -> Dict[str, str]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, line: str) -> "DeadLetter":
+        d = json.loads(line)
+        return cls(path=d["path"], error=d["error"], message=d["message"], stage=d["stage"])
+
+
+def dead_letters_dir(output_dir: str) -> str:
+    return pio.join(output_dir, DEAD_LETTERS_DIR)
+
+
+def dead_letters_pattern(output_dir: str) -> str:
+    return pio.join(dead_letters_dir(output_dir), f"{DEAD_LETTERS_PREFIX}-*{DEAD_LETTERS_SUFFIX}")
+
+
+def read_dead_letters(output_dir: str):
+    """All dead letters under ``output_dir`` (local or gs://), sorted by path: for tests and reports."""
+    rows = []
+    for path in pio.match([dead_letters_pattern(output_dir)]):
+        for line in pio.read_text(path).splitlines():
+            if line.strip():
+                rows.append(DeadLetter.from_json(line))
+    return sorted(rows, key=lambda d: (d.path, d.stage))
+
+
+class WriteDeadLetters(beam.PTransform):
+    """PCollection[DeadLetter] -> ``<output_dir>/dead_letters/dead_letters-NNNNN-of-NNNNN.jsonl``.
+
+    Always writes at least one (possibly empty) file, so a reader can tell "no dead letters" from
+    "the job never got there". Also counts them in the ``captionbeam`` metrics namespace
+    (``dead_letters`` and ``dead_letters_<stage>``)."""
+
+    def __init__(self, output_dir: str, num_shards: int = 1, namespace: str = "captionbeam"):
+        super().__init__()
+        self.output_dir = output_dir
+        self.num_shards = num_shards
+        self.namespace = namespace
+
+    def expand(self, pcoll):
+        return (pcoll
+                | "Count" >> beam.ParDo(_CountDeadLetters(self.namespace))
+                | "ToJson" >> beam.Map(lambda d: d.to_json())
+                | "Write" >> beam.io.WriteToText(
+                    pio.join(dead_letters_dir(self.output_dir), DEAD_LETTERS_PREFIX),
+                    file_name_suffix=DEAD_LETTERS_SUFFIX, num_shards=self.num_shards,
+                    shard_name_template="-SSSSS-of-NNNNN"))
+
+
+class _CountDeadLetters(beam.DoFn):
+    def __init__(self, namespace: str):
+        self.namespace = namespace
+
+    def process(self, d: DeadLetter):
+        beam.metrics.Metrics.counter(self.namespace, "dead_letters").inc()
+        beam.metrics.Metrics.counter(self.namespace, f"dead_letters_{d.stage}").inc()
+        yield d

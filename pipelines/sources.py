@@ -1,0 +1,146 @@
+"""Where images come from: ``ReadImages(patterns, input_format)`` turns globs into a PCollection of
+:class:`ImageBlob` (raw file bytes, not decoded) plus dead letters for files that could not be read.
+
+``input_format``:
+  ``files``     loose image files; globs are matched and read with Beam's file I/O (``fileio.MatchAll``,
+                then one read per file in a DoFn), so both run distributed on the workers.
+  ``tar``       tar archives of images (``pipelines.shards.ReadImageShards``, issue 7).
+  ``tfrecord``  TFRecord shards of images (``pipelines.shards.ReadImageShards``, issue 7).
+  ``auto``      decided per pattern from its extension (``.tar``, ``.tar.gz``, ``.tgz`` -> tar;
+                ``.tfrecord``, ``.tfrecords``, ``.tfrecord.gz`` -> tfrecord; anything else -> files).
+
+Contract for shard readers: ``ReadImageShards(patterns, input_format)`` is a PTransform applied to a
+pipeline root that returns ``{"images": PCollection[ImageBlob], "dead_letters": PCollection[DeadLetter]}``,
+with ``ImageBlob.source = "<shard path>#<member name>"``.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Dict, List, Sequence
+
+import apache_beam as beam
+from apache_beam.io import fileio
+from apache_beam.io.filesystem import CompressionTypes
+
+import pipelines.io as pio
+from pipelines.deadletter import DeadLetter
+
+INPUT_FORMATS = ("files", "tar", "tfrecord", "auto")
+NAMESPACE = "captionbeam"
+
+_TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+_TFRECORD_SUFFIXES = (".tfrecord", ".tfrecords", ".tfrecord.gz", ".tfrecords.gz")
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ImageBlob:
+    """One image's raw bytes as read from storage."""
+    source: str  # the file path, or "shard#member" for images inside a tar / TFRecord shard
+    image_id: str  # Flickr8k convention: file (or member) name without extension
+    data: bytes
+
+
+def pattern_format(pattern: str) -> str:
+    """``files``, ``tar`` or ``tfrecord`` for one glob, from its extension (for ``--input-format auto``)."""
+    p = pattern.lower()
+    if p.endswith(_TAR_SUFFIXES):
+        return "tar"
+    if p.endswith(_TFRECORD_SUFFIXES):
+        return "tfrecord"
+    return "files"
+
+
+def split_by_format(patterns: Sequence[str], input_format: str) -> Dict[str, List[str]]:
+    """Group patterns by the reader that handles them."""
+    if input_format not in INPUT_FORMATS:
+        raise ValueError(f"unknown input format {input_format!r}; choose one of {', '.join(INPUT_FORMATS)}")
+    groups: Dict[str, List[str]] = {}
+    for pattern in patterns:
+        fmt = pattern_format(pattern) if input_format == "auto" else input_format
+        groups.setdefault(fmt, []).append(pattern)
+    return groups
+
+
+class _ReadFileFn(beam.DoFn):
+    """path -> ImageBlob, or a dead letter (stage ``read``) when the file cannot be read."""
+    DEAD = "dead_letters"
+
+    def __init__(self, max_bytes: int = 0):
+        self.max_bytes = max_bytes
+
+    def setup(self):
+        self.read_ok = beam.metrics.Metrics.counter(NAMESPACE, "files_read")
+        self.bytes_read = beam.metrics.Metrics.counter(NAMESPACE, "bytes_read")
+        self.matched = beam.metrics.Metrics.counter(NAMESPACE, "files_matched")
+
+    def process(self, path: str):
+        from apache_beam.io.filesystems import FileSystems
+        self.matched.inc()
+        try:
+            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+                data = f.read(self.max_bytes + 1) if self.max_bytes else f.read()
+            if self.max_bytes and len(data) > self.max_bytes:
+                raise FileTooLargeError(f"file is larger than --max-bytes={self.max_bytes}")
+        except Exception as e:  # noqa: BLE001 - any storage error becomes a dead letter
+            yield beam.pvalue.TaggedOutput(self.DEAD, DeadLetter.from_exception(path, e, "read"))
+            return
+        self.read_ok.inc()
+        self.bytes_read.inc(len(data))
+        yield ImageBlob(source=path, image_id=pio.image_id_from_path(path), data=data)
+
+
+class FileTooLargeError(ValueError):
+    """A file is larger than the configured byte limit."""
+
+
+class ReadImageFiles(beam.PTransform):
+    """Globs (local or gs://) -> ``{"images": ImageBlob..., "dead_letters": DeadLetter...}``.
+
+    Matching runs in ``fileio.MatchAll`` (on the workers; a glob that matches nothing is allowed here:
+    the command line checks up front that the globs match something). Paths matched by several globs
+    are read once. Directories (and gs:// ``dir/`` placeholder objects) are skipped."""
+
+    def __init__(self, patterns: Sequence[str], max_bytes: int = 0):
+        super().__init__()
+        self.patterns = list(patterns)
+        self.max_bytes = max_bytes
+
+    def expand(self, pbegin):
+        paths = (pbegin
+                 | "Patterns" >> beam.Create(self.patterns)
+                 | "Match" >> fileio.MatchAll(fileio.EmptyMatchTreatment.ALLOW)
+                 | "Path" >> beam.Map(lambda m: m.path)
+                 | "SkipDirectories" >> beam.Filter(lambda p: not p.endswith("/"))
+                 | "Dedupe" >> beam.Distinct())  # also spreads the reads over workers (a shuffle)
+        read = paths | "Read" >> beam.ParDo(_ReadFileFn(self.max_bytes)).with_outputs(
+            _ReadFileFn.DEAD, main="images")
+        return {"images": read.images, "dead_letters": read[_ReadFileFn.DEAD]}
+
+
+class ReadImages(beam.PTransform):
+    """Images from globs in any supported ``input_format`` (see module doc), as
+    ``{"images": PCollection[ImageBlob], "dead_letters": PCollection[DeadLetter]}``."""
+
+    def __init__(self, patterns: Sequence[str], input_format: str = "files", max_bytes: int = 0):
+        super().__init__()
+        self.patterns = list(patterns)
+        self.groups = split_by_format(self.patterns, input_format)
+        self.max_bytes = max_bytes
+
+    def expand(self, pbegin):
+        parts = []
+        for fmt, patterns in sorted(self.groups.items()):
+            if fmt == "files":
+                parts.append(pbegin | "ReadFiles" >> ReadImageFiles(patterns, self.max_bytes))
+            else:
+                from pipelines.shards import ReadImageShards  # issue 7: image shards
+                parts.append(pbegin | f"Read{fmt.capitalize()}Shards" >> ReadImageShards(patterns, fmt))
+        if len(parts) == 1:
+            return parts[0]
+        return {
+            "images": [p["images"] for p in parts] | "FlattenImages" >> beam.Flatten(),
+            "dead_letters": [p["dead_letters"] for p in parts] | "FlattenDeadLetters" >> beam.Flatten(),
+        }
