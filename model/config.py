@@ -1,0 +1,160 @@
+"""Typed configs of the trainer: ``ModelConfig`` (saved as ``config.json`` in the model dir) and
+``TrainConfig`` (how a run trains; saved beside it as ``train_config.json`` for the record).
+
+``config.json`` is the contract with decoding, export and bulk captioning: with ``vocab.txt`` and
+``features_spec.json`` it is everything needed to rebuild the model and feed it features.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Dict, List, Optional
+
+ARCHITECTURES = ("merge", "inject", "attention")
+STRATEGIES = ("auto", "one_device", "mirrored", "multiworker")
+LR_SCHEDULES = ("constant", "cosine", "exponential")
+CONFIG_FILE = "config.json"
+TRAIN_CONFIG_FILE = "train_config.json"
+
+
+def _from_dict(cls, d: Dict[str, object]):
+    known = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass
+class ModelConfig:
+    """Architecture + what it was trained on. Defaults reproduce the classic tutorial's merge model
+    (256 units everywhere, dropout 0.5)."""
+    arch: str = "merge"
+    vocab_size: int = 0
+    max_length: int = 0                  # longest caption in tokens, <start> and <end> included
+    feature_shape: List[int] = field(default_factory=list)
+    embedding_dim: int = 256
+    units: int = 256                     # LSTM units (and image projection / decoder width)
+    num_layers: int = 1                  # stacked LSTM layers
+    dropout: float = 0.5
+    attention_units: int = 256           # attention MLP width (attention only)
+    attention_lambda: float = 1.0        # doubly-stochastic regularisation weight (attention only)
+    # from features_spec.json: how to turn an image into the features this model reads
+    encoder: str = ""
+    encoder_weights: str = ""
+    image_size: List[int] = field(default_factory=list)
+    preprocessing: str = ""
+
+    def validate(self) -> "ModelConfig":
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(f"--arch: unknown architecture {self.arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+        if self.vocab_size <= 4:
+            raise ValueError(f"vocabulary has {self.vocab_size} tokens: it needs more than the 4 reserved ones")
+        if not self.feature_shape:
+            raise ValueError("feature_shape is empty")
+        if self.arch == "attention" and len(self.feature_shape) < 2:
+            raise ValueError(
+                f"--arch attention needs a spatial feature map (H, W, C) or (L, C); the features have shape "
+                f"{tuple(self.feature_shape)} (a pooled vector). Extract features with a conv-map encoder "
+                f"(e.g. `captionbeam features --encoder mobilenet-conv`), or use --arch merge / inject.")
+        if self.arch != "attention" and len(self.feature_shape) != 1:
+            # merge/inject read a vector; a map is mean-pooled over its locations.
+            pass
+        for name in ("embedding_dim", "units", "num_layers", "attention_units"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}")
+        return self
+
+    @property
+    def locations(self) -> int:
+        """Number of spatial locations L of the feature map (1 for a vector)."""
+        n = 1
+        for d in self.feature_shape[:-1]:
+            n *= int(d)
+        return n
+
+    @property
+    def channels(self) -> int:
+        return int(self.feature_shape[-1])
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelConfig":
+        return _from_dict(cls, json.loads(text))
+
+    def save(self, directory: str) -> None:
+        import tensorflow as tf
+        with tf.io.gfile.GFile(f"{directory.rstrip('/')}/{CONFIG_FILE}", "w") as f:
+            f.write(self.to_json())
+
+    @classmethod
+    def load(cls, directory: str) -> "ModelConfig":
+        import tensorflow as tf
+        path = f"{directory.rstrip('/')}/{CONFIG_FILE}"
+        if not tf.io.gfile.exists(path):
+            raise FileNotFoundError(f"model config not found: {path} (is this a `captionbeam train` model dir?)")
+        with tf.io.gfile.GFile(path, "r") as f:
+            return cls.from_json(f.read())
+
+    def architecture_fields(self) -> Dict[str, object]:
+        """The fields that must match for a checkpoint to be resumable."""
+        keep = ("arch", "vocab_size", "feature_shape", "embedding_dim", "units", "num_layers",
+                "attention_units")
+        return {k: getattr(self, k) for k in keep}
+
+
+@dataclass
+class TrainConfig:
+    """How to train (``captionbeam train`` flags)."""
+    data: str = ""
+    model_dir: str = ""
+    train_split: str = "train"
+    val_split: str = "dev"
+    epochs: int = 20
+    steps_per_epoch: Optional[int] = None   # default: one pass over the training captions
+    batch_size: int = 64                   # per replica; global = batch_size x replicas
+    learning_rate: float = 1e-3
+    lr_schedule: str = "constant"
+    lr_decay_rate: float = 0.5             # exponential: factor per epoch
+    clip_norm: float = 5.0                 # global-norm gradient clipping over all replicas; 0 = off
+    early_stopping_patience: int = 3       # epochs without val improvement; 0 = off
+    min_delta: float = 0.0
+    checkpoint_every: int = 500            # steps; also at every epoch end
+    keep_checkpoints: int = 3
+    log_every: int = 50
+    shuffle_buffer: int = 10000            # examples (captions), bounded
+    bucket_by_length: bool = False
+    max_val_batches: Optional[int] = None
+    strategy: str = "auto"
+    cpu_replicas: int = 0
+    mixed_precision: bool = False
+    seed: int = 42
+    stop_after_steps: Optional[int] = None  # debug: stop (after a checkpoint) once the global step reaches N
+
+    def validate(self) -> "TrainConfig":
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        for name in ("epochs", "batch_size", "checkpoint_every", "log_every", "shuffle_buffer", "keep_checkpoints"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.steps_per_epoch is not None and self.steps_per_epoch <= 0:
+            raise ValueError(f"--steps-per-epoch must be positive, got {self.steps_per_epoch}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"--learning-rate must be positive, got {self.learning_rate}")
+        if self.clip_norm < 0:
+            raise ValueError(f"--clip-norm must be >= 0, got {self.clip_norm}")
+        if self.cpu_replicas < 0:
+            raise ValueError(f"--cpu-replicas must be >= 0, got {self.cpu_replicas}")
+        if self.cpu_replicas > 1 and self.strategy not in ("auto", "mirrored"):
+            raise ValueError("--cpu-replicas applies to --strategy mirrored (or auto)")
+        return self
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrainConfig":
+        return _from_dict(cls, json.loads(text))
