@@ -1,0 +1,156 @@
+"""``captionbeam bulk``: caption an archive of images at scale, resumably (a Beam job).
+
+Example::
+
+    captionbeam bulk --images 'gs://archive/photos/**.jpg' --model-dir models/merge \\
+        --output gs://archive/captions --skip-existing --profile dataflow-gpu
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+HELP = "caption an archive of images at scale, resumably (Beam job)"
+BEAM = True
+
+log = logging.getLogger(__name__)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from pipelines.bulk import FORMATS
+    from pipelines.images import DEFAULT_MAX_PIXELS, RESIZE_METHODS
+    from pipelines.sources import INPUT_FORMATS
+    parser.epilog = (
+        "Output under --output: captions/captions-<run>-*.jsonl|parquet (path, image_id, sha256, caption, "
+        "log_prob, model_version, encoder), manifest/<model_version>/manifest-<run>-*.jsonl, "
+        "dead_letters/dead_letters-<run>-*.jsonl, runs/<run>.json. <run> is unique per run: nothing is "
+        "ever overwritten. Counters at the end: matched = captioned + skipped + failed.")
+    g = parser.add_argument_group("inputs and outputs")
+    g.add_argument("--images", nargs="+", required=True, metavar="GLOB",
+                   help="one or more globs of images, local or gs:// ('**' recurses), or of tar / TFRecord "
+                        "image shards")
+    g.add_argument("--input-format", default="auto", choices=INPUT_FORMATS,
+                   help="how to read --images: loose files, tar or TFRecord shards; auto decides per glob "
+                        "from its extension (default: auto)")
+    g.add_argument("--model-dir", required=True,
+                   help="trained model directory (captionbeam train --model-dir); local, or gs:// on GCP")
+    g.add_argument("--output", required=True, help="output directory, local or gs://")
+    g.add_argument("--format", default="jsonl", choices=FORMATS,
+                   help="caption rows as JSON lines or Parquet (default: jsonl)")
+    g.add_argument("--num-shards", type=_non_negative_int, default=0,
+                   help="caption / manifest shards per run; 0 lets the runner choose (default: 0)")
+    g.add_argument("--skip-existing", action="store_true",
+                   help="caption only images whose (path, SHA-256) is not yet in this model version's manifest "
+                        "under --output; a finished archive then writes no new rows")
+    d = parser.add_argument_group("decoding and inference")
+    d.add_argument("--beam-size", type=_positive_int, default=1, help="beam width; 1 = greedy (default: 1)")
+    d.add_argument("--max-length", type=_positive_int, default=None,
+                   help="longest caption in tokens (default: the model's)")
+    d.add_argument("--batch-size", type=_positive_int, default=32,
+                   help="images per RunInference batch (encoder and decoder together) (default: 32)")
+    d.add_argument("--model-copies", type=_positive_int, default=None,
+                   help="load exactly N models per worker machine, shared by all its SDK processes (Beam's "
+                        "multi_process_shared); default: one model per worker process, shared by its threads")
+    d.add_argument("--max-bytes", type=_non_negative_int, default=0,
+                   help="dead-letter files larger than this many bytes; 0 = no limit (default: 0)")
+    d.add_argument("--max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS,
+                   help=f"dead-letter images with more pixels than this (decompression bombs) "
+                        f"(default: {DEFAULT_MAX_PIXELS})")
+    d.add_argument("--resize-method", default=None, choices=sorted(RESIZE_METHODS),
+                   help="resize filter to the encoder's input size (default: the model's preprocessing, "
+                        "else bilinear)")
+    parser.add_argument("--json", action="store_true", help="print the run summary as one JSON object")
+
+
+def _check_images(parser_error, patterns) -> None:
+    """Fail fast when a glob matches nothing (a limit-1 match per pattern: cheap even on a huge bucket)."""
+    import pipelines.io  # noqa: F401  (anonymous gs:// on an emulator)
+    from apache_beam.io.filesystems import FileSystems
+    try:
+        results = FileSystems.match(list(patterns), limits=[1] * len(patterns))
+    except Exception as e:  # noqa: BLE001 - e.g. a bucket that does not exist
+        parser_error(f"--images: cannot list: {e}")
+    empty = [p for p, r in zip(patterns, results) if not r.metadata_list]
+    if empty:
+        parser_error(f"--images: no file matches {', '.join(empty)}")
+
+
+def model_info(model_dir: str, beam_size: int, max_length, batch_size: int):
+    """Load the captioner once here: it validates --model-dir before any worker starts and gives the
+    model version the manifest is keyed by, the encoder name and its input size."""
+    from model.captioner import Captioner
+    from pipelines.bulk import ModelInfo
+    captioner = Captioner.load(model_dir, beam_size=beam_size, max_length=max_length, batch_size=batch_size)
+    height, width = captioner.image_size
+    if height != width:
+        raise ValueError(f"--model-dir: encoder input size {height}x{width} is not square")
+    info = ModelInfo(model_version=captioner.model_version, encoder=captioner.encoder_name, image_size=int(height))
+    resize = getattr(captioner, "resize_method", None)
+    return info, resize
+
+
+def main(args: argparse.Namespace, pipeline_args) -> int:
+    from pipelines.bulk import BulkConfig, run
+
+    def fail(message: str) -> None:
+        print(f"captionbeam bulk: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+    _check_images(fail, args.images)
+    try:
+        info, model_resize = model_info(args.model_dir, args.beam_size, args.max_length, args.batch_size)
+    except (FileNotFoundError, ValueError, OSError) as e:
+        fail(f"--model-dir {args.model_dir}: {e}")
+    try:
+        config = BulkConfig(
+            images=tuple(args.images), output=args.output, model_dir=args.model_dir, beam_size=args.beam_size,
+            batch_size=args.batch_size, max_length=args.max_length, format=args.format,
+            skip_existing=args.skip_existing, input_format=args.input_format, num_shards=args.num_shards,
+            model_copies=args.model_copies, max_bytes=args.max_bytes, max_pixels=args.max_pixels,
+            resize_method=args.resize_method or model_resize or "bilinear")
+    except ValueError as e:
+        fail(str(e))
+    result = run(config, info, pipeline_args)
+    c = result.counters
+    summary = {
+        "run": result.run, "model_version": result.model_version, "encoder": result.encoder,
+        "counters": {k: c.get(k, 0) for k in ("matched", "captioned", "skipped", "failed")},
+        "balanced": result.balanced, "seconds": round(result.seconds, 2),
+        "images_per_s": round(result.images_per_s, 2), "files": result.files, "run_record": result.record_path,
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2, sort_keys=True))
+    else:
+        print(f"run {result.run}: model {result.model_version} ({result.encoder})")
+        print(f"  matched {c['matched']}  captioned {c['captioned']}  skipped {c['skipped']}  failed {c['failed']}"
+              f"  ({'balanced' if result.balanced else 'NOT BALANCED'})")
+        print(f"  {result.seconds:.1f}s, {result.images_per_s:.1f} images/s captioned")
+        for kind, files in result.files.items():
+            print(f"  {kind}: {len(files)} file(s)" + (f", e.g. {files[0]}" if files else ""))
+        print(f"  run record: {result.record_path}")
+    if not result.balanced:
+        log.error("bulk: counters do not add up: %s", c)
+        return 1
+    return 0

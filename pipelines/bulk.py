@@ -1,0 +1,397 @@
+"""Bulk captioning: caption an archive of images with a trained model, resumably, on any Beam runner.
+
+Pipeline (each step a composite PTransform)::
+
+    ReadImages (pipelines.sources: loose files, tar / TFRecord shards)
+      -> Hash (path, sha256)
+      -> [--skip-existing] SplitAlreadyCaptioned: CoGroupByKey by path with ReadManifest(model version)
+      -> DecodeForCaptioner (pipelines.images.load_image at the encoder's input size)
+      -> CaptionBatches: RunInference(CaptionerModelHandler) -- encoder + decoder, batched
+      -> WriteBulkOutputs: captions-<run>-*.jsonl|parquet, then manifest/<version>/manifest-<run>-*,
+         dead_letters/dead_letters-<run>-*.jsonl
+
+Output layout under ``--output`` (local or gs://); ``<run>`` is unique per run, so a retried or
+repeated run never overwrites or duplicates an earlier run's files::
+
+    captions/captions-<run>-SSSSS-of-NNNNN.jsonl     one row per captioned image (or .parquet)
+    manifest/<model_version>/manifest-<run>-*.jsonl   (path, sha256, image_id, run) of those rows
+    dead_letters/dead_letters-<run>-*.jsonl           {"path", "error", "message", "stage"}
+    runs/<run>.json                                   counters, files, options (written last)
+
+Accounting (Beam counters, namespace ``captionbeam.bulk``): every matched image is counted in
+``matched`` and in exactly one of ``captioned``, ``skipped``, ``failed``.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import apache_beam as beam
+
+import pipelines.io as pio
+from pipelines.bulk_handler import CaptionerConfig, CaptionerModelHandler, ImageToCaption
+from pipelines.deadletter import DEAD_LETTERS_PREFIX, DEAD_LETTERS_SUFFIX, DeadLetter, dead_letters_dir
+from pipelines.manifest import ManifestEntry, ReadManifest, SplitAlreadyCaptioned, manifest_prefix
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "captionbeam.bulk"
+COUNTERS = ("matched", "captioned", "skipped", "failed")
+FORMATS = ("jsonl", "parquet")
+CAPTIONS_DIR = "captions"
+CAPTIONS_PREFIX = "captions"
+RUNS_DIR = "runs"
+SHARD_TEMPLATE = "-SSSSS-of-NNNNN"
+ROW_FIELDS = ("path", "image_id", "sha256", "caption", "log_prob", "model_version", "encoder")
+# Dead letters that report something without losing the image (it still flows on and is accounted for
+# elsewhere): pipelines.shards reports duplicate ids this way.
+INFORMATIONAL_ERRORS = frozenset({"duplicate_id"})
+
+
+# ----------------------------------------------------------------------------- configuration
+@dataclass(frozen=True)
+class BulkConfig:
+    images: Tuple[str, ...]
+    output: str
+    model_dir: str
+    beam_size: int = 1
+    batch_size: int = 32
+    max_length: Optional[int] = None
+    format: str = "jsonl"
+    skip_existing: bool = False
+    input_format: str = "auto"
+    num_shards: int = 0  # 0: let the runner choose
+    model_copies: Optional[int] = None
+    max_bytes: int = 0
+    max_pixels: int = 89_478_485
+    resize_method: str = "bilinear"
+
+    def __post_init__(self):
+        if not self.images:
+            raise ValueError("--images: give at least one glob")
+        if self.format not in FORMATS:
+            raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {self.format!r}")
+        if self.num_shards < 0:
+            raise ValueError(f"--num-shards must be >= 0, got {self.num_shards}")
+        self.captioner_config()  # validates beam/batch sizes
+
+    def captioner_config(self) -> CaptionerConfig:
+        return CaptionerConfig(model_dir=self.model_dir, beam_size=self.beam_size, max_length=self.max_length,
+                               batch_size=self.batch_size, model_copies=self.model_copies)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the pipeline must know about the model before it starts (from the launcher)."""
+    model_version: str
+    encoder: str
+    image_size: int
+
+
+def new_run_token(now: Optional[_dt.datetime] = None) -> str:
+    """``YYYYmmddTHHMMSSZ-<8 hex>``: sortable by start time, unique across concurrent runs."""
+    now = now or _dt.datetime.now(_dt.timezone.utc)
+    return f"{now.strftime('%Y%m%dT%H%M%SZ')}-{uuid.uuid4().hex[:8]}"
+
+
+def captions_prefix(output: str, run: str) -> str:
+    return pio.join(output, CAPTIONS_DIR, f"{CAPTIONS_PREFIX}-{run}")
+
+
+def captions_glob(output: str, fmt: str = "*") -> str:
+    suffix = "*" if fmt == "*" else f".{fmt}"
+    return pio.join(output, CAPTIONS_DIR, f"{CAPTIONS_PREFIX}-*{suffix}")
+
+
+def run_record_path(output: str, run: str) -> str:
+    return pio.join(output, RUNS_DIR, f"{run}.json")
+
+
+# ----------------------------------------------------------------------------- DoFns
+class _Count(beam.DoFn):
+    def __init__(self, *names: str):
+        self.names = names
+
+    def setup(self):
+        self.counters = [beam.metrics.Metrics.counter(NAMESPACE, n) for n in self.names]
+
+    def process(self, element):
+        for c in self.counters:
+            c.inc()
+        yield element
+
+
+class _CountReadDeadLetters(beam.DoFn):
+    """Read-stage dead letters are matched-and-failed images, except informational ones."""
+
+    def setup(self):
+        self.matched = beam.metrics.Metrics.counter(NAMESPACE, "matched")
+        self.failed = beam.metrics.Metrics.counter(NAMESPACE, "failed")
+        self.info = beam.metrics.Metrics.counter(NAMESPACE, "informational_dead_letters")
+
+    def process(self, d: DeadLetter):
+        if d.error in INFORMATIONAL_ERRORS:
+            self.info.inc()
+        else:
+            self.matched.inc()
+            self.failed.inc()
+        yield d
+
+
+def _key_by_path(blob) -> Tuple[str, Tuple[str, Any]]:
+    sha = pio.sha256_hex(blob.data)
+    return blob.source, (sha, (blob, sha))
+
+
+class _DecodeFn(beam.DoFn):
+    """(ImageBlob, sha256) -> ImageToCaption at the encoder's size, or a dead letter (stage decode)."""
+    DEAD = "dead_letters"
+
+    def __init__(self, image_size: int, max_pixels: int, resize_method: str):
+        self.image_size = image_size
+        self.max_pixels = max_pixels
+        self.resize_method = resize_method
+
+    def process(self, item):
+        from pipelines.images import load_image
+        blob, sha = item
+        try:
+            pixels = load_image(blob.data, self.image_size, max_pixels=self.max_pixels, method=self.resize_method)
+        except Exception as e:  # noqa: BLE001 - any decoder failure is a dead letter
+            yield beam.pvalue.TaggedOutput(self.DEAD, DeadLetter.from_exception(blob.source, e, "decode"))
+            return
+        yield ImageToCaption(path=blob.source, image_id=blob.image_id, sha256=sha, pixels=pixels)
+
+
+def _failed_batch_to_dead_letters(failed):
+    batch, exc = failed
+    for item in batch:
+        yield DeadLetter.from_exception(item.path, exc, "inference")
+
+
+def _split_inference_output(out):
+    if isinstance(out, DeadLetter):
+        yield beam.pvalue.TaggedOutput("dead_letters", out)
+    else:
+        yield out
+
+
+# ----------------------------------------------------------------------------- transforms
+class DecodeForCaptioner(beam.PTransform):
+    """(ImageBlob, sha256) -> {"images": ImageToCaption, "dead_letters": DeadLetter}."""
+
+    def __init__(self, image_size: int, max_pixels: int, resize_method: str):
+        super().__init__()
+        self.fn = _DecodeFn(image_size, max_pixels, resize_method)
+
+    def expand(self, items):
+        out = items | "Decode" >> beam.ParDo(self.fn).with_outputs(_DecodeFn.DEAD, main="images")
+        return {"images": out.images, "dead_letters": out[_DecodeFn.DEAD]}
+
+
+class CaptionBatches(beam.PTransform):
+    """ImageToCaption -> {"rows": output rows, "dead_letters": DeadLetter} through RunInference.
+
+    The handler isolates a failing image inside a batch (see ``CaptionerModelHandler``); anything that
+    still escapes (a whole batch failing) is caught by RunInference's exception handling and each of
+    its images becomes a dead letter (stage ``inference``): the job finishes."""
+
+    def __init__(self, handler: CaptionerModelHandler):
+        super().__init__()
+        self.handler = handler
+
+    def expand(self, images):
+        from apache_beam.ml.inference.base import RunInference
+        main, other = images | "RunInference" >> RunInference(
+            self.handler, metrics_namespace="captionbeam.bulk.inference").with_exception_handling()
+        split = main | "SplitFailures" >> beam.FlatMap(_split_inference_output).with_outputs(
+            "dead_letters", main="rows")
+        failed_batches = other.failed_inferences | "FailedBatches" >> beam.FlatMap(_failed_batch_to_dead_letters)
+        dead = (split.dead_letters, failed_batches) | "FlattenInferenceFailures" >> beam.Flatten()
+        return {"rows": split.rows, "dead_letters": dead}
+
+
+def _reads_shards(config: BulkConfig) -> bool:
+    from pipelines.sources import split_by_format
+    return any(fmt != "files" for fmt in split_by_format(list(config.images), config.input_format))
+
+
+class BulkCaption(beam.PTransform):
+    """Pipeline root -> {"rows", "skipped", "dead_letters"}: reads, skips, decodes, captions, counts.
+
+    Writes nothing: :class:`WriteBulkOutputs` does."""
+
+    def __init__(self, config: BulkConfig, model: ModelInfo, handler: Optional[CaptionerModelHandler] = None):
+        super().__init__()
+        self.config = config
+        self.model = model
+        self.handler = handler or CaptionerModelHandler(config.captioner_config())
+
+    def expand(self, pbegin):
+        from pipelines.sources import ReadImages
+        cfg = self.config
+        read = pbegin | "ReadImages" >> ReadImages(list(cfg.images), input_format=cfg.input_format,
+                                                   max_bytes=cfg.max_bytes)
+        read_dead = read["dead_letters"] | "CountReadFailures" >> beam.ParDo(_CountReadDeadLetters())
+        blobs = read["images"] | "CountMatched" >> beam.ParDo(_Count("matched"))
+        keyed = blobs | "HashAndKeyByPath" >> beam.Map(_key_by_path)
+        if cfg.skip_existing:
+            seen = pbegin | "ReadManifest" >> ReadManifest(cfg.output, self.model.model_version)
+            split = keyed | "SkipExisting" >> SplitAlreadyCaptioned(seen)
+            todo, skipped = split.todo, split[SplitAlreadyCaptioned.SKIPPED]
+        else:
+            todo = keyed | "Values" >> beam.Map(lambda kv: kv[1][1])
+            if _reads_shards(cfg):
+                # A shard is one work item: redistribute its images before the expensive part so that
+                # inference spreads over all workers. Loose files are already spread (the reader
+                # shuffles paths before reading them), so they skip this extra shuffle of bytes.
+                todo = todo | "Redistribute" >> beam.Reshuffle()
+            skipped = pbegin | "NothingSkipped" >> beam.Create([])
+        skipped = skipped | "CountSkipped" >> beam.ParDo(_Count("skipped"))
+        decoded = todo | "DecodeForCaptioner" >> DecodeForCaptioner(self.model.image_size, cfg.max_pixels,
+                                                                    cfg.resize_method)
+        captioned = decoded["images"] | "CaptionBatches" >> CaptionBatches(self.handler)
+        rows = captioned["rows"] | "CountCaptioned" >> beam.ParDo(_Count("captioned"))
+        failed = ((decoded["dead_letters"], captioned["dead_letters"])
+                  | "FlattenFailures" >> beam.Flatten()
+                  | "CountFailed" >> beam.ParDo(_Count("failed")))
+        dead = (read_dead, failed) | "FlattenDeadLetters" >> beam.Flatten()
+        return {"rows": rows, "skipped": skipped, "dead_letters": dead}
+
+
+def parquet_schema():
+    import pyarrow as pa
+    return pa.schema([
+        ("path", pa.string()), ("image_id", pa.string()), ("sha256", pa.string()), ("caption", pa.string()),
+        ("log_prob", pa.float64()), ("model_version", pa.string()), ("encoder", pa.string()),
+    ])
+
+
+def _row_json(row: Dict[str, Any]) -> str:
+    return json.dumps({k: row[k] for k in ROW_FIELDS}, ensure_ascii=False)
+
+
+def _manifest_line(row: Dict[str, Any], run: str, _written_files) -> str:
+    return ManifestEntry(path=row["path"], sha256=row["sha256"], image_id=row["image_id"], run=run).to_json()
+
+
+class WriteBulkOutputs(beam.PTransform):
+    """Rows -> caption files (JSONL or Parquet) -> manifest; dead letters beside. File names carry
+    the run token. Returns ``{"captions": files, "manifest": files, "dead_letters": files}``.
+
+    The manifest lines are produced with the finalised caption files as a side input, so the runner
+    writes the manifest only after the rows are committed: a manifest entry always has its row."""
+
+    def __init__(self, output: str, run: str, model_version: str, fmt: str = "jsonl", num_shards: int = 0):
+        super().__init__()
+        self.output, self.run, self.model_version, self.fmt, self.num_shards = output, run, model_version, fmt, num_shards
+
+    def expand(self, outputs):
+        rows, dead = outputs["rows"], outputs["dead_letters"]
+        prefix = captions_prefix(self.output, self.run)
+        if self.fmt == "parquet":
+            from apache_beam.io.parquetio import WriteToParquet
+            captions = rows | "WriteParquet" >> WriteToParquet(
+                prefix, schema=parquet_schema(), file_name_suffix=".parquet", num_shards=self.num_shards,
+                shard_name_template=SHARD_TEMPLATE, record_batch_size=1000)
+        else:
+            captions = (rows
+                        | "RowsToJson" >> beam.Map(_row_json)
+                        | "WriteJsonl" >> beam.io.WriteToText(
+                            prefix, file_name_suffix=".jsonl", num_shards=self.num_shards,
+                            shard_name_template=SHARD_TEMPLATE, skip_if_empty=True))
+        manifest = (rows
+                    | "ManifestLines" >> beam.Map(_manifest_line, self.run, beam.pvalue.AsList(captions))
+                    | "WriteManifest" >> beam.io.WriteToText(
+                        manifest_prefix(self.output, self.model_version, self.run), file_name_suffix=".jsonl",
+                        num_shards=self.num_shards, shard_name_template=SHARD_TEMPLATE, skip_if_empty=True))
+        dead_files = (dead
+                      | "DeadLettersToJson" >> beam.Map(lambda d: d.to_json())
+                      | "WriteDeadLetters" >> beam.io.WriteToText(
+                          pio.join(dead_letters_dir(self.output), f"{DEAD_LETTERS_PREFIX}-{self.run}"),
+                          file_name_suffix=DEAD_LETTERS_SUFFIX, num_shards=1, shard_name_template=SHARD_TEMPLATE,
+                          skip_if_empty=True))
+        return {"captions": captions, "manifest": manifest, "dead_letters": dead_files}
+
+
+# ----------------------------------------------------------------------------- run
+@dataclass
+class BulkResult:
+    run: str
+    model_version: str
+    encoder: str
+    counters: Dict[str, int]
+    seconds: float
+    files: Dict[str, List[str]] = field(default_factory=dict)
+    record_path: str = ""
+
+    @property
+    def balanced(self) -> bool:
+        c = self.counters
+        return c["matched"] == c["captioned"] + c["skipped"] + c["failed"]
+
+    @property
+    def images_per_s(self) -> float:
+        return self.counters["captioned"] / self.seconds if self.seconds > 0 else 0.0
+
+
+def query_counters(result) -> Dict[str, int]:
+    """The job's counters in NAMESPACE (committed values where the runner has them)."""
+    from apache_beam.metrics.metric import MetricsFilter
+    out = {name: 0 for name in COUNTERS}
+    found = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))
+    for c in found["counters"]:
+        value = c.committed if c.committed is not None else c.attempted
+        out[c.key.metric.name] = out.get(c.key.metric.name, 0) + int(value or 0)
+    return out
+
+
+def list_run_files(output: str, run: str, model_version: str) -> Dict[str, List[str]]:
+    from pipelines.manifest import manifest_dir
+    return {
+        "captions": pio.match([pio.join(output, CAPTIONS_DIR, f"{CAPTIONS_PREFIX}-{run}-*")]),
+        "manifest": pio.match([pio.join(manifest_dir(output, model_version), f"*-{run}-*")]),
+        "dead_letters": pio.match([pio.join(dead_letters_dir(output), f"{DEAD_LETTERS_PREFIX}-{run}-*")]),
+    }
+
+
+def build_pipeline(pipeline, config: BulkConfig, model: ModelInfo, run: str):
+    """Apply the whole job to ``pipeline``; returns the written-file PCollections."""
+    outputs = pipeline | "BulkCaption" >> BulkCaption(config, model)
+    return outputs | "WriteBulkOutputs" >> WriteBulkOutputs(config.output, run, model.model_version,
+                                                            config.format, config.num_shards)
+
+
+def run(config: BulkConfig, model: ModelInfo, pipeline_args: Sequence[str], run_token: Optional[str] = None) -> BulkResult:
+    """Run the job to completion; write ``runs/<run>.json``; return counters and files."""
+    from pipelines.options import pipeline_options
+    token = run_token or new_run_token()
+    pio.makedirs(config.output)
+    options = pipeline_options(pipeline_args)
+    started = _dt.datetime.now(_dt.timezone.utc)
+    t0 = time.monotonic()
+    log.info("bulk run %s: model %s (%s, version %s) -> %s", token, config.model_dir, model.encoder,
+             model.model_version, config.output)
+    pipeline = beam.Pipeline(options=options)
+    build_pipeline(pipeline, config, model, token)
+    result = pipeline.run()
+    result.wait_until_finish()
+    seconds = time.monotonic() - t0
+    res = BulkResult(run=token, model_version=model.model_version, encoder=model.encoder,
+                     counters=query_counters(result), seconds=seconds,
+                     files=list_run_files(config.output, token, model.model_version))
+    res.record_path = run_record_path(config.output, token)
+    pio.write_json(res.record_path, {
+        "run": token, "started": started.isoformat(), "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+        "seconds": round(seconds, 3), "images_per_s": round(res.images_per_s, 3),
+        "model_dir": config.model_dir, "model_version": model.model_version, "encoder": model.encoder,
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
+        "pipeline_args": list(pipeline_args), "counters": res.counters, "balanced": res.balanced,
+        "files": res.files,
+    })
+    return res

@@ -1,0 +1,149 @@
+"""The bulk job's manifest: what has been captioned, per model version, keyed by (path, SHA-256).
+
+Layout under a bulk ``--output`` directory (local or ``gs://``)::
+
+    manifest/<model_version>/manifest-<run>-SSSSS-of-NNNNN.jsonl
+
+one JSON object per captioned image: ``{"path", "sha256", "image_id", "run"}``. Every run writes
+its own files (the run token is in the name), so nothing is ever rewritten; the manifest of a model
+version is the union of all its files. A run writes its manifest only after its caption files are
+finalised (see :class:`pipelines.bulk.BulkCaption`), so the manifest never names an image whose row
+was not written.
+
+``--skip-existing`` reads the manifest of the *same* model version only: a new model re-captions
+everything. The anti-join against it is a ``CoGroupByKey`` keyed by path (see
+:class:`SplitAlreadyCaptioned`), not a side-input dict, so it scales with the archive: no worker
+holds the whole manifest in memory.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Tuple
+
+import apache_beam as beam
+
+import pipelines.io as pio
+
+MANIFEST_DIR = "manifest"
+MANIFEST_PREFIX = "manifest"
+MANIFEST_SUFFIX = ".jsonl"
+_VERSION_RE = re.compile(r"^[A-Za-z0-9._-]+$")
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    path: str
+    sha256: str
+    image_id: str
+    run: str
+
+    def to_json(self) -> str:
+        return json.dumps({"path": self.path, "sha256": self.sha256, "image_id": self.image_id,
+                           "run": self.run}, sort_keys=True)
+
+
+def check_model_version(model_version: str) -> str:
+    """Model versions name a directory: refuse anything that is not a plain token."""
+    if not model_version or not _VERSION_RE.match(model_version):
+        raise ValueError(f"model version {model_version!r} is not a plain token ([A-Za-z0-9._-]+)")
+    return model_version
+
+
+def manifest_dir(output: str, model_version: str) -> str:
+    return pio.join(output, MANIFEST_DIR, check_model_version(model_version))
+
+
+def manifest_glob(output: str, model_version: str) -> str:
+    return pio.join(manifest_dir(output, model_version), f"{MANIFEST_PREFIX}-*{MANIFEST_SUFFIX}")
+
+
+def manifest_prefix(output: str, model_version: str, run: str) -> str:
+    """``file_path_prefix`` for this run's manifest shards."""
+    return pio.join(manifest_dir(output, model_version), f"{MANIFEST_PREFIX}-{run}")
+
+
+def parse_manifest_line(line: str) -> Tuple[str, str]:
+    """``(path, sha256)`` of one manifest line; ValueError on a malformed line."""
+    try:
+        obj = json.loads(line)
+        path, sha = obj["path"], obj["sha256"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"malformed manifest line {line[:200]!r}: {e}") from None
+    if not isinstance(path, str) or not isinstance(sha, str) or len(sha) != 64:
+        raise ValueError(f"malformed manifest line {line[:200]!r}: path/sha256 of the wrong type")
+    return path, sha
+
+
+def read_manifest_keys(output: str, model_version: str) -> Iterator[Tuple[str, str]]:
+    """All (path, sha256) of a model version, read in this process (tests and small tools)."""
+    for f in pio.match([manifest_glob(output, model_version)]):
+        for line in pio.read_text(f).splitlines():
+            if line.strip():
+                yield parse_manifest_line(line)
+
+
+class _ParseManifest(beam.DoFn):
+    """Malformed lines are counted and dropped (an image without a valid entry is captioned again,
+    which is the safe direction)."""
+
+    def __init__(self):
+        self.bad = beam.metrics.Metrics.counter("captionbeam.bulk", "manifest_malformed_lines")
+
+    def process(self, line: str) -> Iterable[Tuple[str, str]]:
+        if not line.strip():
+            return
+        try:
+            yield parse_manifest_line(line)
+        except ValueError:
+            self.bad.inc()
+
+
+class ReadManifest(beam.PTransform):
+    """(path, sha256) of everything captioned earlier with ``model_version`` under ``output``.
+
+    The glob is matched at run time by the workers (``ReadAllFromText``), an empty match gives an
+    empty PCollection, and large manifests are split like any text input."""
+
+    def __init__(self, output: str, model_version: str):
+        super().__init__()
+        self.pattern = manifest_glob(output, model_version)
+
+    def expand(self, pbegin):
+        return (pbegin
+                | "ManifestGlob" >> beam.Create([self.pattern])
+                | "ReadManifestFiles" >> beam.io.ReadAllFromText()
+                | "ParseManifest" >> beam.ParDo(_ParseManifest()))
+
+
+def _split_group(element, skipped_tag: str):
+    """One path's group: ``blobs`` (this run's images at that path) and ``seen`` (SHA-256s already
+    captioned at that path). Same bytes → skipped; new or changed bytes → to caption."""
+    _path, grouped = element
+    seen = set(grouped["seen"])
+    for sha, item in grouped["new"]:
+        if sha in seen:
+            yield beam.pvalue.TaggedOutput(skipped_tag, item)
+        else:
+            yield item
+
+
+class SplitAlreadyCaptioned(beam.PTransform):
+    """Anti-join of ``(path, (sha256, item))`` against ``(path, sha256)`` manifest keys.
+
+    Returns a ``DoOutputsTuple``: ``[None]`` main output = items to caption, ``["skipped"]`` = items
+    whose (path, sha256) the manifest already has. A CoGroupByKey keyed by path: each key holds one
+    path's entries (a handful), so the join is bounded per key however large the archive and the
+    manifest are; it also serves as the fusion break before inference."""
+
+    SKIPPED = "skipped"
+
+    def __init__(self, seen):
+        super().__init__()
+        self.seen = seen
+
+    def expand(self, keyed_items):
+        return ({"new": keyed_items, "seen": self.seen}
+                | "CoGroupByPath" >> beam.CoGroupByKey()
+                | "SplitSeen" >> beam.FlatMap(_split_group, self.SKIPPED).with_outputs(self.SKIPPED, main="todo"))
