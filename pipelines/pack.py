@@ -287,6 +287,15 @@ class PackSummary:
     shard_files: List[str] = field(default_factory=list)
 
 
+def existing_outputs(config: PackConfig) -> List[str]:
+    """Shards, manifest and dead letters a previous pack left in ``config.output`` (any shard count)."""
+    from pipelines.deadletter import dead_letters_pattern
+    suffix = config.suffix
+    return pio.match([pio.join(config.output, f"{config.prefix}-*-of-*{suffix}"),
+                      pio.join(config.output, MANIFEST_FILE), pio.join(config.output, SUMMARY_FILE),
+                      dead_letters_pattern(config.output)])
+
+
 def read_manifest(output: str) -> List[dict]:
     path = pio.join(output, MANIFEST_FILE)
     return [json.loads(line) for line in pio.read_text(path).splitlines() if line.strip()]
