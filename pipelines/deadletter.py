@@ -94,7 +94,7 @@ class _CountDeadLetters(beam.DoFn):
     def __init__(self, namespace: str):
         self.namespace = namespace
 
-    def process(self, d: DeadLetter):
+    def process(self, d):
         beam.metrics.Metrics.counter(self.namespace, "dead_letters").inc()
         beam.metrics.Metrics.counter(self.namespace, f"dead_letters_{d.stage}").inc()
         yield d

@@ -76,7 +76,7 @@ class _ReadFileFn(beam.DoFn):
         self.bytes_read = beam.metrics.Metrics.counter(NAMESPACE, "bytes_read")
         self.matched = beam.metrics.Metrics.counter(NAMESPACE, "files_matched")
 
-    def process(self, path: str):
+    def process(self, path):
         from apache_beam.io.filesystems import FileSystems
         self.matched.inc()
         try:

@@ -1,0 +1,293 @@
+"""``captionbeam features``: images -> CNN features in sharded TFRecords, bad images -> dead letters.
+
+Pipeline (each step a composite PTransform)::
+
+    ReadImages (fileio.MatchAll -> read bytes)      -> ImageBlob          | dead letters (read)
+    DecodeImages (Pillow: validate, RGB, resize)    -> (key, uint8 image) | dead letters (decode)
+    EncodeImages (RunInference, KeyedModelHandler)  -> (key, features)    | dead letters (inference)
+    ToFeatureExamples (records.feature_example)     -> serialized tf.train.Example
+    WriteToTFRecord                                 -> <output>/features-NNNNN-of-NNNNN.tfrecord
+    WriteDeadLetters                                -> <output>/dead_letters/dead_letters-*.jsonl
+    WriteFeaturesSpec (after both counts are known) -> <output>/features_spec.json
+
+Every matched file ends in exactly one of the two outputs: ``count + dead_letters == files matched``
+(the spec records all three). Keys are ``(image_id, path, sha256)``; features depend only on the file's
+bytes and the encoder, so a re-run over the same inputs writes the same records.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.ml.inference.base import RunInference
+
+import pipelines.io as pio
+from model import records
+from model.encoders import EncoderConfig, build_encoder, describe_config
+from pipelines.deadletter import DeadLetter, WriteDeadLetters, dead_letters_pattern
+from pipelines.images import DEFAULT_MAX_PIXELS, ImageDecodeError, load_image
+from pipelines.inference import keyed_encoder_handler
+from pipelines.sources import ImageBlob, ReadImages
+
+NAMESPACE = "captionbeam"
+log = logging.getLogger(__name__)
+
+ImageKey = Tuple[str, str, str]  # (image_id, path, sha256)
+
+
+@dataclass(frozen=True)
+class FeaturesConfig:
+    images: Tuple[str, ...]
+    output: str
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    batch_size: int = 32
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_bytes: int = 0
+    resize_method: str = "bilinear"
+    num_shards: int = 0
+    compress: bool = False
+    input_format: str = "files"
+    model_copies: Optional[int] = None
+
+
+# ----------------------------------------------------------------------------- steps
+class _DecodeFn(beam.DoFn):
+    DEAD = "dead_letters"
+
+    def __init__(self, image_size: int, max_pixels: int, resize_method: str):
+        self.image_size = image_size
+        self.max_pixels = max_pixels
+        self.resize_method = resize_method
+
+    def setup(self):
+        self.decoded = beam.metrics.Metrics.counter(NAMESPACE, "images_decoded")
+
+    def process(self, blob):
+        try:
+            image = load_image(blob.data, self.image_size, self.max_pixels, self.resize_method)
+        except ImageDecodeError as e:
+            yield beam.pvalue.TaggedOutput(self.DEAD, DeadLetter.from_exception(blob.source, e, "decode"))
+            return
+        except Exception as e:  # noqa: BLE001 - a decoder bug must not lose the file either
+            yield beam.pvalue.TaggedOutput(self.DEAD, DeadLetter.from_exception(blob.source, e, "decode"))
+            return
+        self.decoded.inc()
+        yield (blob.image_id, blob.source, pio.sha256_hex(blob.data)), image
+
+
+class DecodeImages(beam.PTransform):
+    """ImageBlob -> ``((image_id, path, sha256), uint8 (size, size, 3))``; undecodable -> dead letters."""
+
+    def __init__(self, image_size: int, max_pixels: int = DEFAULT_MAX_PIXELS, resize_method: str = "bilinear"):
+        super().__init__()
+        self.fn = _DecodeFn(image_size, max_pixels, resize_method)
+
+    def expand(self, blobs):
+        out = blobs | "Decode" >> beam.ParDo(self.fn).with_outputs(_DecodeFn.DEAD, main="images")
+        return {"images": out.images, "dead_letters": out[_DecodeFn.DEAD]}
+
+
+def _failed_batch_to_dead_letters(bad):
+    """A failed RunInference batch, ``(batch, (exc_type, exc_repr, traceback))``, -> one dead letter per image."""
+    batch, info = bad
+    exc_type, exc_repr = (info[0], info[1]) if isinstance(info, (tuple, list)) and len(info) >= 2 else (type(info), info)
+    error = getattr(exc_type, "__name__", str(exc_type))
+    items = batch if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], tuple) else [batch]
+    return [DeadLetter(path=str(key[1]), error=error, message=str(exc_repr)[:2000], stage="inference")
+            for key, _ in items]
+
+
+class EncodeImages(beam.PTransform):
+    """``(key, uint8 image)`` -> ``(key, float32 features)`` with RunInference, batched; a batch whose
+    inference raises becomes one dead letter per image (stage ``inference``)."""
+
+    def __init__(self, encoder: EncoderConfig, batch_size: int = 32, model_copies: Optional[int] = None):
+        super().__init__()
+        self.handler = keyed_encoder_handler(encoder, batch_size, model_copies)
+
+    def expand(self, keyed_images):
+        main, dlq = keyed_images | "RunInference" >> RunInference(self.handler).with_exception_handling()
+        dead = dlq.failed_inferences | "FailedBatches" >> beam.FlatMap(_failed_batch_to_dead_letters)
+        return {"features": main, "dead_letters": dead}
+
+
+class _ToExampleFn(beam.DoFn):
+    """``(key, features)`` -> serialized ``features`` record; counts and logs throughput per worker."""
+
+    LOG_EVERY_S = 15.0
+
+    def __init__(self, encoder_name: str):
+        self.encoder_name = encoder_name
+
+    def setup(self):
+        self.encoded = beam.metrics.Metrics.counter(NAMESPACE, "images_encoded")
+        self._n, self._start, self._last = 0, time.time(), time.time()
+
+    def process(self, keyed):
+        (image_id, path, sha256), feature = keyed
+        self.encoded.inc()
+        self._n += 1
+        now = time.time()
+        if now - self._last >= self.LOG_EVERY_S:
+            self._last = now
+            log.info("features: %d images encoded by this worker, %.1f images/s", self._n, self._n / (now - self._start))
+        yield records.feature_example(image_id, path, sha256, self.encoder_name, np.asarray(feature, np.float32))
+
+
+class ToFeatureExamples(beam.PTransform):
+    def __init__(self, encoder_name: str):
+        super().__init__()
+        self.encoder_name = encoder_name
+
+    def expand(self, keyed_features):
+        return keyed_features | "Serialize" >> beam.ParDo(_ToExampleFn(self.encoder_name))
+
+
+class ComputeFeatures(beam.PTransform):
+    """Pipeline root -> ``{"features": (key, float32 array), "dead_letters": DeadLetter}``."""
+
+    def __init__(self, config: FeaturesConfig, image_size: int):
+        super().__init__()
+        self.config = config
+        self.image_size = image_size
+
+    def expand(self, pbegin):
+        c = self.config
+        read = pbegin | "ReadImages" >> ReadImages(c.images, c.input_format, c.max_bytes)
+        decoded = read["images"] | "DecodeImages" >> DecodeImages(self.image_size, c.max_pixels, c.resize_method)
+        encoded = decoded["images"] | "EncodeImages" >> EncodeImages(c.encoder, c.batch_size, c.model_copies)
+        dead = ((read["dead_letters"], decoded["dead_letters"], encoded["dead_letters"])
+                | "AllDeadLetters" >> beam.Flatten())
+        return {"features": encoded["features"], "dead_letters": dead}
+
+
+class _WriteSpecFn(beam.DoFn):
+    def __init__(self, output: str, description: Dict[str, object], config: FeaturesConfig):
+        self.output = output
+        self.description = description
+        self.config = config
+
+    def process(self, _, count, dead, shapes):
+        d = dict(self.description)
+        shape = list(shapes[0]) if shapes else d.get("feature_shape")
+        if shape is None:  # nothing encoded: ask the architecture (random weights, same shapes)
+            e = self.config.encoder
+            shape = list(build_encoder(e.name, "none", e.image_size, e.preprocessing).feature_shape)
+        c = self.config
+        spec = records.FeaturesSpec(
+            encoder=str(d["encoder"]), feature_shape=[int(s) for s in shape], image_size=list(d["image_size"]),
+            preprocessing=str(d["preprocessing"]), weights=str(d["weights"]), count=int(count),
+            dead_letters=int(dead),
+            extra={
+                "files_matched": int(count) + int(dead),
+                "encoder_spec": {**d, "feature_shape": [int(s) for s in shape]},
+                "compression": "GZIP" if c.compress else "NONE",
+                "record_pattern": "features-*-of-*.tfrecord",
+                "images": list(c.images),
+                "input_format": c.input_format,
+                "max_pixels": c.max_pixels,
+                "resize_method": c.resize_method,
+                "batch_size": c.batch_size,
+            })
+        path = pio.join(self.output, records.FEATURES_SPEC_FILE)
+        pio.write_text(path, spec.to_json() + "\n")
+        yield path
+
+
+class WriteFeaturesSpec(beam.PTransform):
+    """Write ``features_spec.json`` once both outputs are counted (waits on the record and dead-letter
+    writes, so the spec only appears when the directory is complete)."""
+
+    def __init__(self, output: str, description: Dict[str, object], config: FeaturesConfig):
+        super().__init__()
+        self.output, self.description, self.config = output, description, config
+
+    def expand(self, inputs):
+        features, dead, written = inputs
+        count = features | "CountFeatures" >> beam.combiners.Count.Globally()
+        n_dead = dead | "CountDeadLetters" >> beam.combiners.Count.Globally()
+        shapes = (features
+                  | "Shapes" >> beam.Map(lambda kv: tuple(int(s) for s in np.shape(kv[1])))
+                  | "DistinctShapes" >> beam.Distinct())
+        done = written | "WritesDone" >> beam.combiners.Count.Globally()
+        return (done
+                | "WriteSpec" >> beam.ParDo(_WriteSpecFn(self.output, self.description, self.config),
+                                            count=beam.pvalue.AsSingleton(count),
+                                            dead=beam.pvalue.AsSingleton(n_dead),
+                                            shapes=beam.pvalue.AsList(shapes)))
+
+
+def build_pipeline(p: beam.Pipeline, config: FeaturesConfig, description: Dict[str, object]) -> None:
+    image_size = int(description["image_size"][0])
+    computed = p | "ComputeFeatures" >> ComputeFeatures(config, image_size)
+    serialized = computed["features"] | "ToExamples" >> ToFeatureExamples(str(description["encoder"]))
+    written = serialized | "WriteFeatures" >> beam.io.WriteToTFRecord(
+        pio.join(config.output, records.FEATURES_PREFIX), file_name_suffix=records.RECORD_SUFFIX,
+        num_shards=config.num_shards, shard_name_template="-SSSSS-of-NNNNN",
+        compression_type=CompressionTypes.GZIP if config.compress else CompressionTypes.UNCOMPRESSED)
+    dead_written = computed["dead_letters"] | "WriteDeadLetters" >> WriteDeadLetters(config.output)
+    all_written = (written, dead_written) | "AllWritten" >> beam.Flatten()
+    _ = ((computed["features"], computed["dead_letters"], all_written)
+         | "WriteFeaturesSpec" >> WriteFeaturesSpec(config.output, description, config))
+
+
+# ----------------------------------------------------------------------------- outputs
+def existing_outputs(output: str) -> List[str]:
+    return pio.match([records.shard_pattern(output, records.FEATURES_PREFIX), dead_letters_pattern(output),
+                      pio.join(output, records.FEATURES_SPEC_FILE)])
+
+
+@dataclass
+class FeaturesResult:
+    files_matched: int
+    images_encoded: int
+    dead_letters: int
+    dead_letters_by_stage: Dict[str, int]
+    seconds: float
+    spec: Optional[records.FeaturesSpec]
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images_encoded / self.seconds if self.seconds > 0 else 0.0
+
+
+def _counters(result) -> Dict[str, int]:
+    from apache_beam.metrics.metric import MetricsFilter
+    out: Dict[str, int] = {}
+    try:
+        metrics = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))
+    except Exception:  # noqa: BLE001 - some runners do not report metrics
+        return out
+    for c in metrics.get("counters", []):
+        value = c.committed if c.committed is not None else c.attempted
+        out[c.key.metric.name] = out.get(c.key.metric.name, 0) + int(value or 0)
+    return out
+
+
+def run(config: FeaturesConfig, pipeline_args: Sequence[str] = (), description: Optional[Dict[str, object]] = None
+        ) -> FeaturesResult:
+    """Run the job and wait for it; returns counts (from the written spec, else from Beam counters)."""
+    from pipelines.options import pipeline_options
+    description = description or describe_config(config.encoder)
+    start = time.time()
+    p = beam.Pipeline(options=pipeline_options(pipeline_args))
+    build_pipeline(p, config, description)
+    result = p.run()
+    result.wait_until_finish()
+    seconds = time.time() - start
+    counters = _counters(result)
+    spec = None
+    spec_path = pio.join(config.output, records.FEATURES_SPEC_FILE)
+    if pio.exists(spec_path):
+        spec = records.FeaturesSpec.from_json(pio.read_text(spec_path))
+    encoded = spec.count if spec else counters.get("images_encoded", 0)
+    dead = spec.dead_letters if spec else counters.get("dead_letters", 0)
+    by_stage = {k[len("dead_letters_"):]: v for k, v in sorted(counters.items()) if k.startswith("dead_letters_")}
+    matched = counters.get("files_matched", encoded + dead)
+    return FeaturesResult(files_matched=matched, images_encoded=encoded, dead_letters=dead,
+                          dead_letters_by_stage=by_stage, seconds=seconds, spec=spec)

@@ -1,0 +1,82 @@
+"""ModelHandlers for Beam's ``RunInference``.
+
+:class:`EncoderModelHandler` runs a :mod:`model.encoders` encoder on batches of decoded uint8 images
+(``(size, size, 3)`` arrays) and returns one float32 feature array per image. Wrap it in Beam's
+``KeyedModelHandler`` (see :func:`keyed_encoder_handler`) to carry each image's key (id, path,
+sha256) through inference.
+
+Model sharing: by default ``RunInference`` loads the model once per worker *process* through Beam's
+``shared.Shared`` handle, and every DoFn thread of that process uses that one copy (Keras models and
+the traced ``tf.function`` are safe to call from several threads; the TFLite encoder serialises its
+interpreter with a lock). With ``model_copies=N`` the handler asks Beam to share N copies across all
+processes of a worker machine instead (``share_model_across_processes``), which is what one wants for a
+GPU or a very large model on a many-process worker (e.g. Dataflow with one SDK process per vCPU).
+
+Batching: ``batch_elements_kwargs`` makes ``BatchElements`` emit batches of exactly ``batch_size``
+images (the last batch of a bundle may be smaller).
+
+Beam's ``TFModelHandlerTensor`` cannot load Keras 3 models, hence this handler.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, Iterable, Mapping, Optional, Sequence
+
+import numpy as np
+from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler
+
+from model.encoders import Encoder, EncoderConfig, build_from_config
+
+log = logging.getLogger(__name__)
+
+
+class EncoderModelHandler(ModelHandler[np.ndarray, np.ndarray, Encoder]):
+    """uint8 image ``(size, size, 3)`` -> float32 features ``feature_shape``."""
+
+    def __init__(self, config: EncoderConfig, batch_size: int = 32, model_copies: Optional[int] = None,
+                 namespace: str = "captionbeam"):
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        super().__init__(min_batch_size=batch_size, max_batch_size=batch_size, model_copies=model_copies)
+        self.config = config
+        self.batch_size = batch_size
+        self.namespace = namespace
+
+    def load_model(self) -> Encoder:
+        start = time.time()
+        encoder = build_from_config(self.config)
+        log.info("loaded encoder %s (%s weights, %dpx, features %s) in %.1f s", encoder.name, self.config.weights,
+                 encoder.image_size, encoder.feature_shape, time.time() - start)
+        return encoder
+
+    def run_inference(self, batch: Sequence[np.ndarray], model: Encoder,
+                      inference_args: Optional[Dict[str, Any]] = None) -> Iterable[np.ndarray]:
+        images = np.stack([np.asarray(x, np.uint8) for x in batch])
+        features = model.encode(images)
+        return [np.asarray(f, np.float32) for f in features]
+
+    def get_num_bytes(self, batch: Sequence[np.ndarray]) -> int:
+        return int(sum(np.asarray(x).nbytes for x in batch))
+
+    def get_metrics_namespace(self) -> str:
+        return self.namespace
+
+    def batch_elements_kwargs(self) -> Mapping[str, Any]:
+        return {"min_batch_size": self.batch_size, "max_batch_size": self.batch_size}
+
+    def share_model_across_processes(self) -> bool:
+        return self._model_copies is not None
+
+    def model_copies(self) -> int:
+        return self._model_copies or 1
+
+    def __repr__(self) -> str:
+        return f"EncoderModelHandler({self.config}, batch_size={self.batch_size})"
+
+
+def keyed_encoder_handler(config: EncoderConfig, batch_size: int = 32, model_copies: Optional[int] = None
+                          ) -> KeyedModelHandler:
+    """``(key, uint8 image)`` -> ``(key, float32 features)``."""
+    return KeyedModelHandler(EncoderModelHandler(config, batch_size, model_copies))
