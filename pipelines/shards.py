@@ -139,9 +139,9 @@ ShardItem = Union[ShardRecord, ShardError]
 
 
 def image_id_for_member(name: str) -> str:
-    """WebDataset key -> image id: the member's basename up to the first dot of its extension(s)."""
-    base = posixpath.basename(name)
-    return base.split(".", 1)[0] if "." in base else base
+    """Image id of a tar member: its basename without the image extension, like a loose file's
+    (``dir/1000268201_693b08cb0e.jpg`` -> ``1000268201_693b08cb0e``; ``x.2019.jpg`` -> ``x.2019``)."""
+    return pipelines.io.image_id_from_path(name)
 
 
 def _key_and_ext(name: str) -> Tuple[str, str]:
@@ -154,48 +154,72 @@ def _key_and_ext(name: str) -> Tuple[str, str]:
 
 
 # ----------------------------------------------------------------------------- tar
+def _member_kind(ext: str) -> str:
+    """A member's kind from its last suffix (``.seg.png`` is an image, ``.cls.txt`` a text)."""
+    last = "." + ext.rsplit(".", 1)[-1] if ext else ""
+    if last in IMAGE_EXTENSIONS:
+        return "image"
+    if last in TEXT_EXTENSIONS:
+        return "text"
+    if last in META_EXTENSIONS:
+        return "meta"
+    return "other"
+
+
+def _stem(name: str) -> str:
+    """Member name without its last suffix: ``dir/x.2019.jpg`` -> ``dir/x.2019``."""
+    return name.rsplit(".", 1)[0] if "." in posixpath.basename(name) else name
+
+
 def _group_items(shard: str, key: str, members: Dict[str, Tuple[str, bytes]]) -> Iterator[ShardItem]:
-    """One WebDataset sample (members sharing a key) -> a record, or errors."""
-    images = [(ext, name, data) for ext, (name, data) in members.items() if ext in IMAGE_EXTENSIONS]
-    captions: List[str] = []
-    metadata = None
-    for ext, (name, data) in members.items():
-        if ext in IMAGE_EXTENSIONS:
-            continue
-        if ext in TEXT_EXTENSIONS:
+    """One WebDataset sample (members sharing a key) -> a record per image member, or errors.
+
+    Every image member is its own image (id: its basename without the image extension, as for a
+    loose file), so nothing in the shard goes unaccounted. Captions come from ``<stem>.txt`` (the
+    image's own stem) or else the sample's ``<key>.txt``, one caption per line; metadata likewise from
+    ``.json`` (whose ``captions`` / ``caption`` are used when there is no text member)."""
+    texts: Dict[str, List[str]] = {}
+    metas: Dict[str, object] = {}
+    images = []
+    for ext, (name, data) in sorted(members.items()):
+        kind = _member_kind(ext)
+        if kind == "image":
+            images.append((name, data))
+        elif kind == "text":
             text = data.decode("utf-8", errors="replace")
-            captions = [line.strip() for line in text.splitlines() if line.strip()]
-        elif ext in META_EXTENSIONS:
+            texts[_stem(name)] = [line.strip() for line in text.splitlines() if line.strip()]
+        elif kind == "meta":
             try:
-                metadata = json.loads(data.decode("utf-8"))
+                metas[_stem(name)] = json.loads(data.decode("utf-8"))
             except ValueError as e:
                 yield ShardError(shard, name, BAD_RECORD, f"metadata member is not JSON: {e}")
         else:
             yield ShardError(shard, name, NOT_AN_IMAGE,
-                             f"member extension {ext or '(none)'!r} is not one of "
-                             f"{', '.join(IMAGE_EXTENSIONS + TEXT_EXTENSIONS + META_EXTENSIONS)}")
+                             f"member extension {ext or '(none)'!r} is not an image "
+                             f"({', '.join(IMAGE_EXTENSIONS)}) nor a caption / metadata member (.txt, .json)")
     if not images:
-        present = [n for n, _ in members.values() if _key_and_ext(n)[1] in TEXT_EXTENSIONS + META_EXTENSIONS]
+        present = sorted(n for n, _ in members.values() if _member_kind(_key_and_ext(n)[1]) in ("text", "meta"))
         if present:
             yield ShardError(shard, present[0], MISSING_IMAGE,
-                             f"sample {key!r} has {', '.join(sorted(members))} but no image member")
+                             f"sample {key!r} has {', '.join(present)} but no image member")
         return
-    images.sort()
-    for extra in images[1:]:
-        yield ShardError(shard, extra[1], BAD_RECORD, f"sample {key!r} has several image members; "
-                                                      f"kept {images[0][1]!r}")
-    if isinstance(metadata, dict) and not captions:
-        caps = metadata.get("captions") or metadata.get("caption") or []
-        captions = [caps] if isinstance(caps, str) else [str(c) for c in caps]
-    _, name, data = images[0]
-    yield ShardRecord(shard, name, image_id_for_member(name), data, captions, metadata)
+    for name, data in images:
+        stem = _stem(name)
+        captions = texts.get(stem, texts.get(key))
+        metadata = metas.get(stem, metas.get(key))
+        if captions is None and isinstance(metadata, dict):
+            caps = metadata.get("captions") or metadata.get("caption") or []
+            captions = [caps] if isinstance(caps, str) else [str(c) for c in caps]
+        yield ShardRecord(shard, name, image_id_for_member(name), data, list(captions or []),
+                          metadata if isinstance(metadata, dict) else None)
 
 
 def iter_tar(fileobj: BinaryIO, shard: str) -> Iterator[ShardItem]:
     """Stream a WebDataset-layout tar (plain or gzip, detected from the bytes) member by member.
 
-    Members sharing a key (``dir/key.jpg``, ``dir/key.txt``, ``dir/key.json``) are consecutive in
-    WebDataset tars and are grouped as they arrive; only the current group is held in memory. A
+    Members sharing a key (``dir/key.jpg``, ``dir/key.txt``, ``dir/key.json``; the key is the path
+    up to the first dot of the basename, as in WebDataset) are consecutive in WebDataset tars and are
+    grouped as they arrive (a key split over non-consecutive runs only loses the caption pairing); only the current group is held in memory. A
     truncated or corrupt archive yields the samples read so far, then one :class:`ShardError` for the
     unreadable rest (naming the member being read when it broke)."""
     key: Optional[str] = None
