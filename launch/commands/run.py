@@ -1,0 +1,149 @@
+"""``captionbeam run``: the whole chain end to end (default: the embedded sample dataset).
+
+With no arguments it generates the sample dataset into ``--workdir`` and runs features -> captions ->
+train -> evaluate -> caption a few held-out images -> HTML report, on DirectRunner. ``--config
+run.yaml`` and/or flags point it at real data and a bucket (see ``launch/config.py``).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from launch.config import (DEFAULT_WORKDIR, CaptionsSection, ConfigError, EvaluateSection, FeaturesSection,
+                           RunConfig, SampleSection, TrainSection)
+
+HELP = "the whole chain end to end (default: on the embedded sample dataset)"
+BEAM = True
+
+_S, _F, _C, _T, _E = SampleSection(), FeaturesSection(), CaptionsSection(), TrainSection(), EvaluateSection()
+
+
+def _split(text: str):
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=FILE, got {text!r}")
+    return name, path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = (
+        "Flags override --config; what neither sets keeps the defaults shown. Beam pipeline options (--runner, "
+        "--direct_num_workers, Dataflow's options, ...) and --profile apply to the Beam stages (features, captions); "
+        "a profile's `train:` section adds `captionbeam train` flags. Outputs under --workdir: sample/, features/, "
+        "data/, model/, eval/ (metrics.json, captions.jsonl), report/index.html, stages/<stage>.json.")
+    g = parser.add_argument_group("run")
+    g.add_argument("--config", default=None, metavar="RUN.YAML", help="run configuration file, local or gs://")
+    g.add_argument("--workdir", default=None,
+                   help=f"output root, local or gs:// (default: {DEFAULT_WORKDIR})")
+    g.add_argument("--resume", action="store_true",
+                   help="skip stages that finished earlier with the same command line (stages/<stage>.json)")
+    g.add_argument("--no-report", dest="report", action="store_false", default=None,
+                   help="do not write the HTML report")
+    d = parser.add_argument_group("data (default: the embedded sample dataset)")
+    d.add_argument("--images", nargs="+", default=None, metavar="GLOB", help="image globs, local or gs://")
+    d.add_argument("--captions", default=None, help="captions file (Flickr8k token, Kaggle CSV, COCO JSON, JSONL)")
+    d.add_argument("--caption-format", default=None, help="format of --captions (default: auto)")
+    d.add_argument("--split", action="append", type=_split, default=None, metavar="NAME=FILE", dest="splits",
+                   help="split file per split (train, dev and the evaluation split are required with --images)")
+    d.add_argument("--sample-images", type=int, default=None,
+                   help=f"images in the generated sample dataset (default: {_S.images})")
+    d.add_argument("--sample-size", type=int, default=None,
+                   help=f"side of the sample images in pixels (default: {_S.size})")
+    d.add_argument("--seed", type=int, default=None, help=f"sample dataset seed (default: {_S.seed})")
+    f = parser.add_argument_group("features")
+    f.add_argument("--encoder", default=None, help=f"`captionbeam features` encoder (default: {_F.encoder})")
+    f.add_argument("--weights", default=None,
+                   help=f"encoder weights: imagenet, none or a path (default: {_F.weights}: no download)")
+    f.add_argument("--image-size", type=int, default=None, help=f"encoder input size (default: {_F.image_size})")
+    f.add_argument("--features-batch-size", type=int, default=None,
+                   help=f"images per encoder batch (default: {_F.batch_size})")
+    c = parser.add_argument_group("captions")
+    c.add_argument("--clean", default=None, help=f"caption cleaning rule (default: {_C.clean})")
+    c.add_argument("--min-count", type=int, default=None, help=f"vocabulary min count (default: {_C.min_count})")
+    t = parser.add_argument_group("training")
+    t.add_argument("--arch", default=None, choices=("merge", "inject", "attention"),
+                   help=f"architecture (default: {_T.arch}; attention needs a conv-map encoder)")
+    t.add_argument("--epochs", type=int, default=None, help=f"training epochs (default: {_T.epochs})")
+    t.add_argument("--batch-size", type=int, default=None, help=f"training batch size (default: {_T.batch_size})")
+    t.add_argument("--train-arg", action="append", default=None, metavar="FLAG",
+                   help="extra `captionbeam train` flag, repeatable, e.g. --train-arg=--learning-rate=0.003")
+    e = parser.add_argument_group("evaluation")
+    e.add_argument("--eval-split", default=None, help=f"held-out split to evaluate (default: {_E.split})")
+    e.add_argument("--beam-size", type=int, default=None, help=f"beam width, 1 = greedy (default: {_E.beam_size})")
+    e.add_argument("--caption-images", type=int, default=None,
+                   help=f"held-out images to caption for the report (default: {_E.caption_images})")
+
+
+def build_config(args: argparse.Namespace) -> RunConfig:
+    from launch import config as cfg
+    config = cfg.load(args.config) if args.config else RunConfig()
+    cfg.apply_overrides(config, {
+        "workdir": args.workdir, "report": args.report,
+        "data.images": args.images, "data.captions": args.captions, "data.caption_format": args.caption_format,
+        "data.splits": dict(args.splits) if args.splits else None,
+        "sample.images": args.sample_images, "sample.size": args.sample_size, "sample.seed": args.seed,
+        "features.encoder": args.encoder, "features.weights": args.weights, "features.image_size": args.image_size,
+        "features.batch_size": args.features_batch_size,
+        "captions.clean": args.clean, "captions.min_count": args.min_count,
+        "train.arch": args.arch, "train.epochs": args.epochs, "train.batch_size": args.batch_size,
+        "train.extra": (config.train.extra + list(args.train_arg)) if args.train_arg else None,
+        "evaluate.split": args.eval_split, "evaluate.beam_size": args.beam_size,
+        "evaluate.caption_images": args.caption_images,
+    })
+    if getattr(args, "profile", None) and not config.runner.profile:
+        config.runner.profile = args.profile
+    return config.validate()
+
+
+def _pipeline(args: argparse.Namespace, pipeline_args, console=None):
+    """The RunPipeline for these arguments, with per-stage Beam flags (profile section of each stage)."""
+    import os
+
+    from launch.beam_options import DEFAULT_PROFILES_FILE, PROFILES_ENV
+    from launch.profiles import load_profiles, merge_flags, profile_args, profile_train_args
+    from launch.run import RunPipeline
+
+    config = build_config(args)
+    explicit = list(pipeline_args)
+    stage_args = lambda stage: merge_flags(explicit, config.runner.pipeline_args)  # noqa: E731
+    train_args: list = []
+    profile = config.runner.profile
+    if profile:
+        path = (config.runner.profiles_file or getattr(args, "profiles_file", None)
+                or os.environ.get(PROFILES_ENV, DEFAULT_PROFILES_FILE))
+        profiles = load_profiles(path)
+        own = set(merge_flags(profile_args(profiles, profile, "run")))
+        explicit = [a for a in explicit if a not in own]   # what the user typed, without the profile's
+
+        def stage_args(stage):  # noqa: F811 - the profile's section for this stage, then explicit flags
+            return merge_flags(profile_args(profiles, profile, stage), config.runner.pipeline_args, explicit)
+        train_args = profile_train_args(profiles, profile)
+    return RunPipeline(config, pipeline_args=explicit, train_profile_args=train_args, stage_pipeline_args=stage_args,
+                       resume=args.resume, console=console)
+
+
+def dry_run_plan(args: argparse.Namespace, pipeline_args):
+    """For --dry-run: every stage's command line."""
+    import shlex
+    try:
+        pipe = _pipeline(args, pipeline_args)
+    except (ConfigError, KeyError, ValueError) as e:
+        return {"error": str(e)}
+    return [shlex.join(["captionbeam", *argv]) for _, argv in pipe.commands()] + [
+        "captionbeam caption --model-dir ... <held-out images> --json", "(report) -> " + pipe.layout.report]
+
+
+def main(args: argparse.Namespace, pipeline_args) -> int:
+    from launch.run import StageError
+    try:
+        pipe = _pipeline(args, pipeline_args)
+    except (ConfigError, KeyError, ValueError, FileNotFoundError) as e:
+        print(f"captionbeam run: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        pipe.run()
+    except StageError as e:
+        print(f"captionbeam run: error: {e} (fix it and re-run with --resume to skip the stages that finished)",
+              file=sys.stderr)
+        return 1
+    return 0
