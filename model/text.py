@@ -15,7 +15,9 @@ START = "<start>"
 END = "<end>"
 
 _PUNCT_TABLE = str.maketrans("", "", string.punctuation)
-_WORD_RE = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+# Words of letters and digits (any script), with an optional apostrophe suffix ("dog's").
+_WORD_RE = re.compile(r"[^\W_]+(?:'[^\W_]+)?")
+_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "`": "'"})
 
 
 def clean_seed(caption: str) -> List[str]:
@@ -29,8 +31,10 @@ def clean_seed(caption: str) -> List[str]:
 
 
 def clean_basic(caption: str) -> List[str]:
-    """Lowercase, NFKC-normalise, keep alphanumeric words (one-letter words like 'a' kept)."""
-    text = unicodedata.normalize("NFKC", caption).lower()
+    """NFKC-normalise, lowercase, split into words of letters and digits (any script); hyphens and
+    other punctuation separate words ("black-and-white" -> black, and, white), an apostrophe
+    suffix stays with its word ("dog's"), one-letter words ("a") and numbers ("2") are kept."""
+    text = unicodedata.normalize("NFKC", caption).translate(_APOSTROPHES).lower()
     return _WORD_RE.findall(text)
 
 

@@ -5,6 +5,7 @@ File format: one token per line, line number = id. Ids 0..3 are always
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Mapping, Sequence, Tuple
 
@@ -38,8 +39,9 @@ class Vocabulary:
     def from_counts(cls, counts: Mapping[str, int], min_count: int = 5) -> "Vocabulary":
         return cls(RESERVED + tuple(order_tokens(counts, min_count)))
 
-    @property
+    @functools.cached_property
     def index(self) -> Dict[str, int]:
+        """token -> id (computed once per object)."""
         return {t: i for i, t in enumerate(self.tokens)}
 
     def __len__(self) -> int:

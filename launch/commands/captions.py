@@ -1,0 +1,101 @@
+"""``captionbeam captions``: clean captions, build the vocabulary over the training split and join
+captions with feature records into per-split training TFRecords (a Beam job).
+
+Example (Flickr8k)::
+
+    captionbeam captions --captions text/Flickr8k.token.txt \\
+        --split train=text/Flickr_8k.trainImages.txt --split dev=text/Flickr_8k.devImages.txt \\
+        --split test=text/Flickr_8k.testImages.txt --features work/features --output work/data
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+HELP = "clean captions, build the vocabulary, join with features into training TFRecords (Beam job)"
+BEAM = True
+
+log = logging.getLogger(__name__)
+
+
+def _split(text: str):
+    name, sep, path = text.partition("=")
+    if not sep or not name.strip() or not path.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=FILE (e.g. train=Flickr_8k.trainImages.txt), got {text!r}")
+    return name.strip(), path.strip()
+
+
+def _int_at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+        return value
+    return parse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from model.caption_files import FORMATS
+    from model.text import CLEANERS
+
+    parser.epilog = (
+        "Outputs under --output: vocab.txt (line number = id; <pad> <unk> <start> <end> first), token_counts.tsv, "
+        "stats.json (vocabulary size, longest caption, images / captions / unknown-token rate per split, join "
+        "accounting), <split>-NNNNN-of-NNNNN.tfrecord with --features (features + all captions as token ids) or "
+        "<split>-captions-NNNNN-of-NNNNN.tfrecord without, features_spec.json (copied), join/<category>.txt (ids "
+        "of images that could not be joined, by reason) and dead_letters/*.jsonl (unparseable lines). "
+        "Any Beam pipeline option (--runner, --direct_num_workers, ...) passes through.")
+    g = parser.add_argument_group("inputs and outputs")
+    g.add_argument("--captions", required=True,
+                   help="captions file, local or gs://: Flickr8k token file, Kaggle-style CSV (image,caption), "
+                        "COCO captions JSON or JSON lines")
+    g.add_argument("--format", default="auto", choices=("auto",) + tuple(FORMATS),
+                   help="format of --captions; auto guesses from the name and first bytes (default: auto)")
+    g.add_argument("--split", action="append", type=_split, default=[], metavar="NAME=FILE", dest="splits",
+                   help="a split and its Flickr8k-style split file (one image file name per line); repeat for "
+                        "each split, e.g. --split train=trainImages.txt --split dev=devImages.txt. Without any, "
+                        "every image goes to 'train'. Images in no split are counted in join/not_in_any_split.txt")
+    g.add_argument("--features", default=None, metavar="DIR",
+                   help="directory written by `captionbeam features` (features-*.tfrecord + features_spec.json); "
+                        "joined by image id. Without it, caption-only records are written")
+    g.add_argument("--output", required=True, metavar="DIR", help="output directory, local or gs://")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace the files of an earlier run in --output (by default the job refuses to mix runs)")
+    g.add_argument("--num-shards", type=_int_at_least(0), default=0,
+                   help="TFRecord shards per split; 0 = auto, about 128 MiB per shard (default: 0)")
+    t = parser.add_argument_group("text and vocabulary")
+    t.add_argument("--clean", default="seed", choices=sorted(CLEANERS),
+                   help="cleaning rule: seed = the classic tutorial exactly (lowercase, strip punctuation, drop "
+                        "one-letter and non-alphabetic tokens); basic = unicode words incl. 'a' and numbers; "
+                        "none = whitespace split (default: seed)")
+    t.add_argument("--min-count", type=_int_at_least(1), default=5,
+                   help="keep tokens seen at least this many times in --vocab-split (default: 5)")
+    t.add_argument("--vocab-split", default="train",
+                   help="the split whose captions build the vocabulary (default: train)")
+    t.add_argument("--vocab", default=None, metavar="FILE",
+                   help="use this vocab.txt instead of building one (e.g. to encode new data for a trained model)")
+
+
+def main(args: argparse.Namespace, pipeline_args) -> int:
+    from model.caption_files import CaptionFileError
+    from pipelines.captions import CaptionsConfig, CaptionsConfigError, run, summary_lines
+
+    # Beam logs every string type hint it meets at INFO; nothing a user can act on.
+    logging.getLogger("apache_beam.typehints.native_type_compatibility").setLevel(logging.WARNING)
+    config = CaptionsConfig(
+        captions=args.captions, output=args.output, fmt=args.format, splits=tuple(args.splits), clean=args.clean,
+        min_count=args.min_count, vocab_split=args.vocab_split, vocab=args.vocab, features=args.features,
+        num_shards=args.num_shards, overwrite=args.overwrite)
+    try:
+        result = run(config, pipeline_args)
+    except (CaptionsConfigError, CaptionFileError) as e:
+        print(f"captionbeam captions: error: {e}", file=sys.stderr)
+        return 2
+    for line in summary_lines(result.stats, result.seconds):
+        print(line)
+    print(f"outputs: {args.output} (vocab.txt, stats.json, records; join lists in {args.output.rstrip('/')}/join/)")
+    return 0

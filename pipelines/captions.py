@@ -1,0 +1,630 @@
+"""``captionbeam captions``: clean captions, build the vocabulary over the training split, join the
+captions with the feature records by image id and write per-split training TFRecords.
+
+The job (one composite transform per step)::
+
+    captions file ─ ReadCaptions (parse + clean; bad lines -> dead letters) ─┐
+    split files (driver-read ids) ───────────────────────────────────────────┼─ CoGroupByKey by image id
+    features-*.tfrecord ─ ReadFeatures (parse + check shape) ────────────────┘        │
+                                                                         ClassifyImages: one outcome per id
+                                            joined images ──┬── tokens of --vocab-split ── BuildVocabulary
+                                                            └── EncodeCaptions (vocabulary as side input) ── WriteToTFRecord per split
+                                 accounting (category, id) + per-split stats + dead-letter counts ── WriteSummary
+
+Every image id ends up in exactly one accounting category (``JOIN_CATEGORIES``) or in a split's
+records; ``stats.json`` and ``<output>/join/<category>.txt`` list them, so nothing is silently dropped.
+
+Outputs (``<output>`` local or gs://): ``vocab.txt``, ``token_counts.tsv``, ``stats.json``,
+``features_spec.json`` (copied, with ``--features``), ``<split>-NNNNN-of-NNNNN.tfrecord``
+(``records.training_example``) or ``<split>-captions-NNNNN-of-NNNNN.tfrecord`` (``records.caption_example``)
+without features, ``join/<category>.txt`` and ``dead_letters/dead_letters-*.jsonl``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import apache_beam as beam
+import numpy as np
+
+import pipelines.io as pio
+from model import caption_files, records
+from model.text import get_cleaner, wrap
+from model.vocab import UNK_ID, VOCAB_FILE, Vocabulary
+from pipelines.deadletter import DeadLetter, WriteDeadLetters, dead_letters_dir
+from pipelines.vocabulary import BuildVocabulary, CountTokens, token_counts_text
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "captionbeam"
+STATS_FILE = "stats.json"
+TOKEN_COUNTS_FILE = "token_counts.tsv"
+JOIN_DIR = "join"
+DEFAULT_SPLIT = "train"
+SPLIT_NAME_RE = re.compile(r"^[A-Za-z0-9_]+$")
+TARGET_SHARD_BYTES = 128 * 1024 * 1024
+
+# Outcomes of the join besides "joined into a split"; each image id gets exactly one.
+IN_SEVERAL_SPLITS = "in_several_splits"              # split files disagree: the image is left out of all
+FEATURES_WITHOUT_CAPTIONS = "features_without_captions"
+CAPTIONS_WITHOUT_FEATURES = "captions_without_features"
+SPLIT_WITHOUT_CAPTIONS = "split_without_captions"    # named in a split file, but no captions (and no features)
+NOT_IN_ANY_SPLIT = "not_in_any_split"                # captions (and features) but in no split file
+JOIN_CATEGORIES = (IN_SEVERAL_SPLITS, FEATURES_WITHOUT_CAPTIONS, CAPTIONS_WITHOUT_FEATURES,
+                   SPLIT_WITHOUT_CAPTIONS, NOT_IN_ANY_SPLIT)
+
+
+class CaptionsConfigError(ValueError):
+    """A bad command line or input found before the job starts; the message names the flag."""
+
+
+# ----------------------------------------------------------------------------- configuration
+@dataclass(frozen=True)
+class CaptionsConfig:
+    captions: str
+    output: str
+    fmt: str = "auto"
+    splits: Tuple[Tuple[str, str], ...] = ()     # (name, split file), in command-line order
+    clean: str = "seed"
+    min_count: int = 5
+    vocab_split: str = DEFAULT_SPLIT
+    vocab: Optional[str] = None                  # an existing vocab.txt instead of building one
+    features: Optional[str] = None               # directory written by `captionbeam features`
+    num_shards: int = 0                          # 0: auto (about 128 MiB per shard)
+    overwrite: bool = False
+
+    @property
+    def split_names(self) -> Tuple[str, ...]:
+        return tuple(n for n, _ in self.splits) or (DEFAULT_SPLIT,)
+
+
+@dataclass
+class Plan:
+    """What the driver found out before the job: resolved format, split ids, features, shards."""
+    config: CaptionsConfig
+    fmt: str
+    split_ids: Dict[str, List[str]]
+    feature_files: List[str] = field(default_factory=list)
+    features_spec: Optional[records.FeaturesSpec] = None
+    features_spec_text: Optional[str] = None
+    vocabulary: Optional[Vocabulary] = None
+    shards: Dict[str, int] = field(default_factory=dict)
+
+    @property
+    def with_features(self) -> bool:
+        return self.config.features is not None
+
+
+def _head(path: str, n: int = 4096) -> str:
+    from apache_beam.io.filesystems import FileSystems
+    with FileSystems.open(path, compression_type="uncompressed") as f:
+        return f.read(n).decode("utf-8", errors="replace")
+
+
+def existing_outputs(output: str) -> List[str]:
+    """Files of an earlier captions run in ``output``."""
+    patterns = [pio.join(output, VOCAB_FILE), pio.join(output, STATS_FILE), pio.join(output, TOKEN_COUNTS_FILE),
+                pio.join(output, "*" + records.RECORD_SUFFIX), pio.join(output, JOIN_DIR, "*.txt"),
+                pio.join(dead_letters_dir(output), "*.jsonl"), pio.join(output, records.FEATURES_SPEC_FILE)]
+    try:
+        return pio.match(patterns)
+    except Exception:  # a missing directory matches nothing (some filesystems raise)
+        return []
+
+
+def _estimate_shards(n_records: int, record_bytes: int) -> int:
+    return max(1, math.ceil(n_records * record_bytes / TARGET_SHARD_BYTES))
+
+
+def plan(config: CaptionsConfig) -> Plan:
+    """Validate the configuration against the inputs (fail fast, naming the flag) and resolve
+    everything the job needs to know up front."""
+    from model.caption_files import FORMATS, detect_format, parse_split_file
+    from model.text import CLEANERS
+
+    if config.fmt != "auto" and config.fmt not in FORMATS:
+        raise CaptionsConfigError(f"--format: unknown format {config.fmt!r}; choose auto or one of {', '.join(FORMATS)}")
+    if config.clean not in CLEANERS:
+        raise CaptionsConfigError(f"--clean: unknown rule {config.clean!r}; choose one of {', '.join(sorted(CLEANERS))}")
+    if config.min_count < 1:
+        raise CaptionsConfigError(f"--min-count must be at least 1, got {config.min_count}")
+    if config.num_shards < 0:
+        raise CaptionsConfigError(f"--num-shards must be 0 (auto) or positive, got {config.num_shards}")
+    if not pio.exists(config.captions):
+        raise CaptionsConfigError(f"--captions: file not found: {config.captions}")
+    fmt = config.fmt if config.fmt != "auto" else detect_format(config.captions, _head(config.captions))
+
+    names = [n for n, _ in config.splits]
+    for name in names:
+        if not SPLIT_NAME_RE.match(name):
+            raise CaptionsConfigError(f"--split: split name {name!r} must be letters, digits or '_'")
+    if len(set(names)) != len(names):
+        raise CaptionsConfigError(f"--split: split names must be unique, got {names}")
+    split_ids: Dict[str, List[str]] = {}
+    for name, path in config.splits:
+        if not pio.exists(path):
+            raise CaptionsConfigError(f"--split {name}={path}: file not found")
+        ids = parse_split_file(pio.read_text(path))
+        if not ids:
+            raise CaptionsConfigError(f"--split {name}={path}: the split file names no images")
+        split_ids[name] = ids
+    if config.vocab is None and config.vocab_split not in config.split_names:
+        raise CaptionsConfigError(f"--vocab-split: {config.vocab_split!r} is not one of the splits "
+                                  f"({', '.join(config.split_names)}); name it with --split {config.vocab_split}=FILE")
+
+    vocabulary = None
+    if config.vocab is not None:
+        if not pio.exists(config.vocab):
+            raise CaptionsConfigError(f"--vocab: file not found: {config.vocab}")
+        try:
+            vocabulary = Vocabulary.from_text(pio.read_text(config.vocab))
+        except ValueError as e:
+            raise CaptionsConfigError(f"--vocab {config.vocab}: {e}") from None
+
+    p = Plan(config, fmt, split_ids, vocabulary=vocabulary)
+    record_bytes = 200  # caption ids only
+    if config.features is not None:
+        spec_path = pio.join(config.features, records.FEATURES_SPEC_FILE)
+        if not pio.exists(spec_path):
+            raise CaptionsConfigError(f"--features: {spec_path} not found (run `captionbeam features --output "
+                                      f"{config.features}` first)")
+        p.features_spec_text = pio.read_text(spec_path)
+        try:
+            p.features_spec = records.FeaturesSpec.from_json(p.features_spec_text)
+        except (ValueError, TypeError, KeyError) as e:
+            raise CaptionsConfigError(f"--features: bad {spec_path}: {e}") from None
+        p.feature_files = pio.match([pio.join(config.features, f"{records.FEATURES_PREFIX}-*-of-*{records.RECORD_SUFFIX}*")])
+        if not p.feature_files:
+            raise CaptionsConfigError(f"--features: no {records.FEATURES_PREFIX}-*-of-*{records.RECORD_SUFFIX} "
+                                      f"files in {config.features}")
+        record_bytes += 4 * int(np.prod(p.features_spec.feature_shape)) + 64
+
+    old = existing_outputs(config.output)
+    if old and not config.overwrite:
+        raise CaptionsConfigError(f"--output: {config.output} already holds {len(old)} file(s) of an earlier run "
+                                  f"(e.g. {old[0]}); pass --overwrite to replace them")
+
+    for name in config.split_names:
+        if config.num_shards:
+            p.shards[name] = config.num_shards
+        else:
+            n = len(split_ids[name]) if name in split_ids else (
+                p.features_spec.count if p.features_spec and p.features_spec.count else 1000)
+            p.shards[name] = _estimate_shards(n, record_bytes)
+    return p
+
+
+# ----------------------------------------------------------------------------- elements
+@dataclass
+class CaptionTokens:
+    order: int                 # position in the captions file
+    tokens: List[str]          # cleaned, without start/end
+
+
+@dataclass
+class FeatureRow:
+    path: str                  # the source image
+    sha256: str
+    feature: np.ndarray
+    record_file: str           # the features-*.tfrecord file it came from
+
+
+@dataclass
+class ImageExample:
+    image_id: str
+    split: str
+    captions: List[List[str]]  # cleaned tokens, in file order, without start/end
+    feature: Optional[np.ndarray] = None
+
+
+def _counter(name: str):
+    return beam.metrics.Metrics.counter(NAMESPACE, name)
+
+
+# ----------------------------------------------------------------------------- reading captions
+class _ParseCaptionFile(beam.DoFn):
+    def __init__(self, fmt: str, clean: str):
+        self.fmt = fmt
+        self.clean = clean
+
+    def process(self, path: str):
+        cleaner = get_cleaner(self.clean)
+        raw = pio.read_bytes(path)
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            raise caption_files.CaptionFileError(f"--captions {path}: not UTF-8 text: {e}") from None
+        read, dead = _counter("captions_read"), _counter("captions_dead_letters")
+        for row in caption_files.iter_rows(text, self.fmt, source=path):
+            if isinstance(row, caption_files.CaptionFileError):
+                dead.inc()
+                yield beam.pvalue.TaggedOutput("dead", DeadLetter.from_exception(path, row, "parse_captions"))
+                continue
+            tokens = cleaner(row.caption)
+            if not tokens:
+                dead.inc()
+                yield beam.pvalue.TaggedOutput("dead", DeadLetter(
+                    path=f"{path}#{row.order}", error="EmptyCaption",
+                    message=f"caption {row.caption!r} of {row.image_id!r} has no tokens left after --clean {self.clean}",
+                    stage="clean"))
+                continue
+            read.inc()
+            yield row.image_id, CaptionTokens(row.order, tokens)
+
+
+class ReadCaptions(beam.PTransform):
+    """Captions file -> (image_id, CaptionTokens); bad lines -> dead letters (tag ``dead``)."""
+
+    def __init__(self, path: str, fmt: str, clean: str):
+        super().__init__()
+        self.path, self.fmt, self.clean = path, fmt, clean
+
+    def expand(self, pbegin):
+        return (pbegin
+                | "Captions file" >> beam.Create([self.path])
+                | "Parse and clean" >> beam.ParDo(_ParseCaptionFile(self.fmt, self.clean)).with_outputs("dead", main="captions"))
+
+
+# ----------------------------------------------------------------------------- reading features
+class _ParseFeature(beam.DoFn):
+    def __init__(self, feature_shape: Optional[Sequence[int]]):
+        self.feature_shape = tuple(feature_shape) if feature_shape else None
+
+    def process(self, element):
+        record_file, serialized = element
+        try:
+            row = records.parse_feature_example(serialized)
+        except Exception as e:  # noqa: BLE001 - any corrupt record is a dead letter
+            yield beam.pvalue.TaggedOutput("dead", DeadLetter.from_exception(record_file, e, "parse_features"))
+            return
+        if self.feature_shape and tuple(row["feature"].shape) != self.feature_shape:
+            yield beam.pvalue.TaggedOutput("dead", DeadLetter(
+                path=row["path"], error="FeatureShapeMismatch",
+                message=f"{row['image_id']}: feature shape {tuple(row['feature'].shape)} in {record_file}, "
+                        f"features_spec.json says {self.feature_shape}", stage="parse_features"))
+            return
+        _counter("feature_records_read").inc()
+        yield row["image_id"], FeatureRow(row["path"], row["sha256"], row["feature"], record_file)
+
+
+class ReadFeatures(beam.PTransform):
+    """features-*.tfrecord files -> (image_id, FeatureRow); unreadable records -> dead letters."""
+
+    def __init__(self, files: Sequence[str], feature_shape: Optional[Sequence[int]]):
+        super().__init__()
+        self.files, self.feature_shape = list(files), feature_shape
+
+    def expand(self, pbegin):
+        return (pbegin
+                | "Feature files" >> beam.Create(self.files)
+                | "Read records" >> beam.io.ReadAllFromTFRecord(with_filename=True)
+                | "Parse" >> beam.ParDo(_ParseFeature(self.feature_shape)).with_outputs("dead", main="features"))
+
+
+# ----------------------------------------------------------------------------- the join
+class _ClassifyImage(beam.DoFn):
+    """One image id's grouped inputs -> an ImageExample in its split, or one accounting category."""
+
+    def __init__(self, with_features: bool, default_split: Optional[str]):
+        self.with_features = with_features
+        self.default_split = default_split
+
+    def process(self, element):
+        iid, grouped = element
+        captions: List[CaptionTokens] = list(grouped["captions"])
+        splits = sorted(set(grouped["splits"]))
+        features: List[FeatureRow] = list(grouped.get("features", ())) if self.with_features else []
+        if len(features) > 1:
+            features.sort(key=lambda f: (f.path, f.sha256))
+            for extra in features[1:]:
+                yield beam.pvalue.TaggedOutput("dead", DeadLetter(
+                    path=extra.path, error="DuplicateImageId",
+                    message=f"image id {iid!r} has several feature records; kept {features[0].path}", stage="join"))
+        if self.default_split and not splits:
+            splits = [self.default_split]
+
+        if len(splits) > 1:
+            category = IN_SEVERAL_SPLITS
+        elif not captions:
+            category = FEATURES_WITHOUT_CAPTIONS if features else SPLIT_WITHOUT_CAPTIONS
+        elif self.with_features and not features:
+            category = CAPTIONS_WITHOUT_FEATURES
+        elif not splits:
+            category = NOT_IN_ANY_SPLIT
+        else:
+            category = None
+        if category is not None:
+            _counter(f"join_{category}").inc()
+            yield beam.pvalue.TaggedOutput("accounting", (category, iid))
+            return
+        captions.sort(key=lambda c: c.order)
+        _counter("images_joined").inc()
+        yield ImageExample(iid, splits[0], [c.tokens for c in captions], features[0].feature if features else None)
+
+
+class JoinByImage(beam.PTransform):
+    """{'captions', 'splits'[, 'features']} keyed by image id -> CoGroupByKey -> ImageExamples
+    (main), ``accounting`` (category, image_id) and ``dead`` (duplicate feature records)."""
+
+    def __init__(self, with_features: bool, default_split: Optional[str]):
+        super().__init__()
+        self.with_features, self.default_split = with_features, default_split
+
+    def expand(self, inputs):
+        return (inputs
+                | "Group by image id" >> beam.CoGroupByKey()
+                | "Classify" >> beam.ParDo(_ClassifyImage(self.with_features, self.default_split))
+                .with_outputs("accounting", "dead", main="images"))
+
+
+# ----------------------------------------------------------------------------- encoding and stats
+@dataclass
+class SplitStats:
+    images: int = 0
+    captions: int = 0
+    tokens: int = 0            # words, without start/end
+    unknown_tokens: int = 0
+    max_length: int = 0        # tokens with start/end
+    total_length: int = 0
+
+    def merge(self, other: "SplitStats") -> "SplitStats":
+        return SplitStats(self.images + other.images, self.captions + other.captions, self.tokens + other.tokens,
+                          self.unknown_tokens + other.unknown_tokens, max(self.max_length, other.max_length),
+                          self.total_length + other.total_length)
+
+    def to_dict(self) -> Dict[str, object]:
+        return {
+            "images": self.images, "captions": self.captions, "tokens": self.tokens,
+            "unknown_tokens": self.unknown_tokens,
+            "unknown_rate": round(self.unknown_tokens / self.tokens, 6) if self.tokens else 0.0,
+            "max_caption_length": self.max_length,
+            "mean_caption_length": round(self.total_length / self.captions, 3) if self.captions else 0.0,
+        }
+
+
+class MergeSplitStats(beam.CombineFn):
+    def create_accumulator(self):
+        return SplitStats()
+
+    def add_input(self, acc, stats):  # noqa: D102
+        return acc.merge(stats)
+
+    def merge_accumulators(self, accs):
+        out = SplitStats()
+        for a in accs:
+            out = out.merge(a)
+        return out
+
+    def extract_output(self, acc):
+        return acc
+
+
+class _Encode(beam.DoFn):
+    def __init__(self, with_features: bool):
+        self.with_features = with_features
+
+    def process(self, ex, vocabulary):
+        ids = [vocabulary.encode(wrap(tokens)) for tokens in ex.captions]
+        unknown = sum(1 for c in ids for t in c[1:-1] if t == UNK_ID)
+        words = sum(len(t) for t in ex.captions)
+        if self.with_features:
+            serialized = records.training_example(ex.image_id, ex.feature, ids)
+        else:
+            serialized = records.caption_example(ex.image_id, ids)
+        _counter(f"records_{ex.split}").inc()
+        _counter("captions_written").inc(len(ids))
+        yield beam.pvalue.TaggedOutput("stats", (ex.split, SplitStats(
+            1, len(ids), words, unknown, max(len(c) for c in ids), sum(len(c) for c in ids))))
+        yield ex.split, serialized
+
+
+class EncodeCaptions(beam.PTransform):
+    """ImageExamples + the vocabulary (side input) -> (split, serialized record) and ``stats``."""
+
+    def __init__(self, vocabulary, with_features: bool):
+        super().__init__()
+        self.vocabulary, self.with_features = vocabulary, with_features
+
+    def expand(self, images):
+        return images | "Encode" >> beam.ParDo(
+            _Encode(self.with_features), beam.pvalue.AsSingleton(self.vocabulary)).with_outputs("stats", main="records")
+
+
+class WriteSplits(beam.PTransform):
+    """(split, serialized) -> ``<output>/<prefix(split)>-SSSSS-of-NNNNN.tfrecord`` per split."""
+
+    def __init__(self, output: str, shards: Dict[str, int], with_features: bool):
+        super().__init__()
+        self.output, self.shards, self.with_features = output, dict(shards), with_features
+
+    def expand(self, keyed):
+        names = list(self.shards)
+        parts = keyed | "By split" >> beam.Partition(lambda kv, n: names.index(kv[0]), len(names))
+        for name, part in zip(names, parts):
+            prefix = records.split_prefix(name) if self.with_features else records.captions_prefix(name)
+            (part
+             | f"Values {name}" >> beam.Values()
+             | f"Write {name}" >> beam.io.WriteToTFRecord(
+                 pio.join(self.output, prefix), file_name_suffix=records.RECORD_SUFFIX,
+                 num_shards=self.shards[name], shard_name_template="-SSSSS-of-NNNNN"))
+        return keyed.pipeline
+
+
+# ----------------------------------------------------------------------------- summary files
+class _WriteSummary(beam.DoFn):
+    """Writes vocab.txt, token_counts.tsv, the join lists, features_spec.json and stats.json."""
+
+    def __init__(self, plan: "Plan"):
+        c = plan.config
+        self.output = c.output
+        self.header = {
+            "captions_file": c.captions, "format": plan.fmt, "clean": c.clean, "min_count": c.min_count,
+            "vocab_split": None if c.vocab else c.vocab_split, "vocab_source": c.vocab or "built",
+            "features": c.features, "split_files": {n: p for n, p in c.splits},
+        }
+        self.split_names = list(c.split_names)
+        self.split_file_images = {n: len(set(ids)) for n, ids in plan.split_ids.items()}
+        self.with_features = plan.with_features
+        self.spec_text = plan.features_spec_text
+        self.shards = dict(plan.shards)
+        self.vocab_given = c.vocab is not None
+
+    def process(self, _, vocabulary, counts, split_stats, accounting, dead_counts):
+        join_lists = {cat: [] for cat in JOIN_CATEGORIES}
+        for cat, ids in accounting:
+            join_lists[cat] = sorted(ids)
+        if not self.vocab_given:
+            pio.write_text(pio.join(self.output, TOKEN_COUNTS_FILE), token_counts_text(counts))
+        pio.write_text(pio.join(self.output, VOCAB_FILE), vocabulary.to_text())
+        lists = {}
+        for cat, ids in join_lists.items():
+            path = pio.join(self.output, JOIN_DIR, f"{cat}.txt")
+            pio.write_text(path, "".join(i + "\n" for i in ids))
+            lists[cat] = path
+        if self.spec_text is not None:
+            pio.write_text(pio.join(self.output, records.FEATURES_SPEC_FILE), self.spec_text)
+
+        per_split = {name: SplitStats() for name in self.split_names}
+        for name, stats in split_stats:
+            per_split[name] = per_split.get(name, SplitStats()).merge(stats)
+        splits = {}
+        for name in self.split_names:
+            d = per_split[name].to_dict()
+            if name in self.split_file_images:
+                d["images_in_split_file"] = self.split_file_images[name]
+            prefix = records.split_prefix(name) if self.with_features else records.captions_prefix(name)
+            d["records"] = records.shard_pattern(self.output, prefix)
+            d["shards"] = self.shards[name]
+            splits[name] = d
+        dead = dict(sorted(dead_counts))
+        joined = sum(s.images for s in per_split.values())
+        stats = dict(self.header)
+        stats.update({
+            "split_order": self.split_names,
+            "record_kind": "examples" if self.with_features else "captions",
+            "vocab_size": len(vocabulary),
+            "tokens_in_vocab_split": sum(n for _, n in counts),
+            "distinct_tokens_in_vocab_split": len(counts),
+            "max_caption_length": max((s.max_length for s in per_split.values()), default=0),
+            "splits": splits,
+            "join": {"joined": joined, **{cat: len(ids) for cat, ids in join_lists.items()},
+                     "images_total": joined + sum(len(ids) for ids in join_lists.values()), "lists": lists},
+            "dead_letters": {"total": sum(dead.values()), **dead},
+        })
+        pio.write_json(pio.join(self.output, STATS_FILE), stats)
+        yield stats
+
+
+# ----------------------------------------------------------------------------- the job
+def build(pipeline: beam.Pipeline, p: Plan) -> None:
+    """Add the whole captions job to ``pipeline``."""
+    c = p.config
+    caps = pipeline | "ReadCaptions" >> ReadCaptions(c.captions, p.fmt, c.clean)
+    split_pairs = sorted({(iid, name) for name, ids in p.split_ids.items() for iid in ids})
+    splits = pipeline | "Split ids" >> beam.Create(split_pairs)
+    inputs = {"captions": caps.captions, "splits": splits}
+    dead = [caps.dead]
+    if p.with_features:
+        feats = pipeline | "ReadFeatures" >> ReadFeatures(p.feature_files, p.features_spec.feature_shape)
+        inputs["features"] = feats.features
+        dead.append(feats.dead)
+    joined = inputs | "JoinByImage" >> JoinByImage(p.with_features, None if c.splits else DEFAULT_SPLIT)
+    dead.append(joined.dead)
+
+    if p.vocabulary is not None:
+        counts = pipeline | "No counts" >> beam.Create([[]])
+        vocabulary = pipeline | "Given vocabulary" >> beam.Create([p.vocabulary])
+    else:
+        vocab_split = c.vocab_split
+        counts = (joined.images
+                  | "Vocab split" >> beam.Filter(lambda ex: ex.split == vocab_split)
+                  | "Tokens" >> beam.FlatMap(lambda ex: (t for cap in ex.captions for t in cap))
+                  | "CountTokens" >> CountTokens())
+        vocabulary = counts | "BuildVocabulary" >> BuildVocabulary(c.min_count, counted=True)
+
+    encoded = joined.images | "EncodeCaptions" >> EncodeCaptions(vocabulary, p.with_features)
+    encoded.records | "WriteSplits" >> WriteSplits(c.output, p.shards, p.with_features)
+
+    all_dead = tuple(dead) | "All dead letters" >> beam.Flatten()
+    all_dead | "WriteDeadLetters" >> WriteDeadLetters(c.output)
+    dead_counts = (all_dead
+                   | "Dead stage" >> beam.Map(lambda d: (d.stage, 1))
+                   | "Dead per stage" >> beam.CombinePerKey(sum))
+    split_stats = encoded.stats | "Stats per split" >> beam.CombinePerKey(MergeSplitStats())
+    accounting = joined.accounting | "Ids per category" >> beam.GroupByKey()
+    (pipeline
+     | "Summary trigger" >> beam.Create([None])
+     | "WriteSummary" >> beam.ParDo(
+         _WriteSummary(p), beam.pvalue.AsSingleton(vocabulary), beam.pvalue.AsSingleton(counts),
+         beam.pvalue.AsList(split_stats), beam.pvalue.AsList(accounting), beam.pvalue.AsList(dead_counts)))
+
+
+def clear_outputs(output: str) -> int:
+    old = existing_outputs(output)
+    pio.delete(old)
+    return len(old)
+
+
+@dataclass
+class RunResult:
+    stats: dict
+    seconds: float
+    counters: Dict[str, int]
+
+
+def run(config: CaptionsConfig, pipeline_args: Sequence[str] = ()) -> RunResult:
+    """Plan, run the job to completion and return ``stats.json`` (read back) and the counters."""
+    from pipelines.options import pipeline_options
+
+    p = plan(config)
+    if config.overwrite:
+        n = clear_outputs(config.output)
+        if n:
+            log.info("--overwrite: removed %d file(s) of an earlier run in %s", n, config.output)
+    pio.makedirs(config.output)
+    start = time.time()
+    pipeline = beam.Pipeline(options=pipeline_options(pipeline_args))
+    build(pipeline, p)
+    result = pipeline.run()
+    result.wait_until_finish()
+    seconds = time.time() - start
+    counters = {}
+    try:
+        for c in result.metrics().query(beam.metrics.MetricsFilter().with_namespace(NAMESPACE))["counters"]:
+            counters[c.key.metric.name] = counters.get(c.key.metric.name, 0) + int(c.committed or c.attempted or 0)
+    except Exception:  # noqa: BLE001 - some runners do not report metrics
+        pass
+    return RunResult(pio.read_json(pio.join(config.output, STATS_FILE)), seconds, counters)
+
+
+def summary_lines(stats: dict, seconds: Optional[float] = None) -> List[str]:
+    """Human-readable summary of a ``stats.json``."""
+    lines = [f"captions: {stats['captions_file']} ({stats['format']}, --clean {stats['clean']})"]
+    lines.append(f"vocabulary: {stats['vocab_size']} tokens "
+                 + (f"(min count {stats['min_count']} over {stats['vocab_split']}: "
+                    f"{stats['distinct_tokens_in_vocab_split']} distinct, {stats['tokens_in_vocab_split']} in all)"
+                    if stats["vocab_source"] == "built" else f"(from {stats['vocab_source']})"))
+    lines.append(f"longest caption: {stats['max_caption_length']} tokens with <start>/<end>")
+    lines.append(f"{'split':<10}{'images':>8}{'captions':>10}{'tokens':>10}{'unk rate':>10}{'max len':>9}{'shards':>8}")
+    for name in stats.get("split_order") or list(stats["splits"]):
+        s = stats["splits"][name]
+        lines.append(f"{name:<10}{s['images']:>8}{s['captions']:>10}{s['tokens']:>10}{s['unknown_rate']:>10.4f}"
+                     f"{s['max_caption_length']:>9}{s['shards']:>8}")
+    j = stats["join"]
+    parts = [f"{j['joined']} joined"] + [f"{j[c]} {c.replace('_', ' ')}" for c in JOIN_CATEGORIES if j.get(c)]
+    lines.append(f"join ({'captions + features' if stats['features'] else 'captions only'}, "
+                 f"{j['images_total']} image ids): " + ", ".join(parts))
+    d = stats["dead_letters"]
+    if d["total"]:
+        lines.append("dead letters: " + ", ".join(f"{k} {v}" for k, v in d.items() if k != "total")
+                     + f" (total {d['total']})")
+    else:
+        lines.append("dead letters: none")
+    if seconds is not None:
+        caps = sum(s["captions"] for s in stats["splits"].values())
+        lines.append(f"done in {seconds:.1f}s ({caps / max(seconds, 1e-9):.0f} captions/s)")
+    return lines
