@@ -12,10 +12,10 @@ Two layers:
 
 Sources are named ``<shard path>#<member>``: the tar member name, or the TFRecord id field
 (``#record-<n>`` where a record has no readable id). Duplicate image ids across (or within) shards
-are counted (``captionbeam/shard_duplicate_ids``) and reported as one dead-letter row per extra copy
-(``error="duplicate_id"``, ``stage="shard"``, ``path`` = the extra copy's source, the message names
-the copy that sorts first). Every copy is still passed on (none is silently dropped, and dropping
-one would need a join over the image bytes), so downstream records carry each copy's ``path``.
+are resolved deterministically: the copy whose source sorts first is kept, every other copy is
+dead-lettered (``error="duplicate_id"``, ``stage="shard"``, the message names the kept copy) and
+counted (``captionbeam/shard_duplicate_ids``). So the features records hold each id once, and
+"encoded + dead letters = images in the shards" still holds. ``duplicates="keep"`` skips the check.
 """
 from __future__ import annotations
 
@@ -57,6 +57,7 @@ MISSING_ID = "missing_id"
 BAD_RECORD = "bad_record"
 DUPLICATE_ID = "duplicate_id"
 UNKNOWN_FORMAT = "unknown_format"
+DUPLICATE_POLICIES = ("drop", "keep")
 
 
 # ----------------------------------------------------------------------------- formats
@@ -97,7 +98,7 @@ def patterns_format(patterns: Sequence[str], input_format: str = "auto") -> str:
 class TfrecordFields:
     """Feature names of image TFRecords (im2txt layout by default); the first present one wins."""
     image: Tuple[str, ...] = ("image/encoded", "image/data")
-    image_id: Tuple[str, ...] = ("image/id", "image/filename")
+    image_id: Tuple[str, ...] = ("image/id", "image/filename", "image/image_id", "image/source_id", "image/key")
     caption: Tuple[str, ...] = ("image/caption",)
 
     @classmethod
@@ -551,28 +552,33 @@ class ReadShardFn(beam.DoFn):
                  path, n, bad, size / 1e6, secs, n / secs)
 
 
-def duplicate_rows(item: Tuple[str, Sequence[str]]) -> Iterator[DeadLetter]:
-    """(image_id, [sources]) -> a dead-letter row per copy after the first (sources sorted)."""
-    image_id, sources = item
-    sources = sorted(sources)
-    for extra in sources[1:]:
+def keep_first_copy(item) -> Iterator:
+    """(image_id, [images]) -> the copy whose source sorts first, and a dead letter per other copy."""
+    image_id, copies = item
+    copies = sorted(copies, key=lambda b: b.source)
+    yield copies[0]
+    for extra in copies[1:]:
         beam.metrics.Metrics.counter(NAMESPACE, "shard_duplicate_ids").inc()
-        shard, _, member = extra.partition("#")
-        yield _dead_letter(ShardError(
+        shard, _, member = extra.source.partition("#")
+        yield beam.pvalue.TaggedOutput(ReadShardFn.DEAD, _dead_letter(ShardError(
             shard, member, DUPLICATE_ID,
-            f"image id {image_id!r} also read from {sources[0]} ({len(sources)} copies); every copy is "
-            f"passed on, downstream records tell them apart by path"))
+            f"image id {image_id!r} is also in {copies[0].source} ({len(copies)} copies); "
+            f"kept the copy whose source sorts first")))
 
 
-class ReportDuplicateIds(beam.PTransform):
-    """PCollection of images (anything with ``image_id`` and ``source``) -> dead-letter rows for ids
-    seen more than once. Only (id, source) strings are shuffled, never image bytes."""
+class DropDuplicateIds(beam.PTransform):
+    """Images -> ``{"images": one image per id, "dead_letters": a row per dropped copy}``.
+
+    Deterministic (the copy whose ``source`` sorts first wins, whatever the read order), so every id
+    reaches the features records once and every dropped copy is accounted for. A ``GroupByKey`` by id:
+    the image bytes are shuffled once."""
 
     def expand(self, images):
-        return (images
-                | "IdSource" >> beam.Map(lambda b: (b.image_id, b.source))
-                | "GroupById" >> beam.GroupByKey()
-                | "Duplicates" >> beam.FlatMap(duplicate_rows))
+        out = (images
+               | "ById" >> beam.Map(lambda b: (b.image_id, b))
+               | "GroupById" >> beam.GroupByKey()
+               | "KeepFirst" >> beam.FlatMap(keep_first_copy).with_outputs(ReadShardFn.DEAD, main="images"))
+        return {"images": out.images, "dead_letters": out[ReadShardFn.DEAD]}
 
 
 class ReadImageShards(beam.PTransform):
@@ -581,15 +587,21 @@ class ReadImageShards(beam.PTransform):
     ``input_format``: ``tar`` / ``tfrecord`` force the reader, ``auto`` decides per matched file from
     its name. Globs are matched on the workers (``fileio.MatchAll``); matched shard paths are
     de-duplicated (a shuffle), so each shard is one work item, read as a stream on some worker. With
-    ``with_captions`` the images are :class:`ShardRecord` (captions and metadata from the shard)."""
+    ``with_captions`` the images are :class:`ShardRecord` (captions and metadata from the shard).
+
+    ``duplicates``: ``drop`` (default) keeps one copy per image id (the one whose source sorts first)
+    and dead-letters the others (``duplicate_id``); ``keep`` passes every copy on unchecked (no
+    shuffle of the image bytes: for archives known to be unique)."""
 
     def __init__(self, patterns: Sequence[str], input_format: str = "auto",
                  fields: Optional[TfrecordFields] = None, with_captions: bool = False,
-                 report_duplicates: bool = True):
+                 duplicates: str = "drop"):
         super().__init__()
+        if duplicates not in DUPLICATE_POLICIES:
+            raise ValueError(f"duplicates must be one of {', '.join(DUPLICATE_POLICIES)}, got {duplicates!r}")
         self.patterns = list(patterns)
         self.fn = ReadShardFn(input_format, fields or TfrecordFields(), with_captions)
-        self.report_duplicates = report_duplicates
+        self.duplicates = duplicates
 
     def expand(self, pbegin):
         paths = (pbegin
@@ -599,8 +611,8 @@ class ReadImageShards(beam.PTransform):
                  | "SkipDirectories" >> beam.Filter(lambda p: not p.endswith("/"))
                  | "Dedupe" >> beam.Distinct())
         read = paths | "ReadShards" >> beam.ParDo(self.fn).with_outputs(ReadShardFn.DEAD, main="images")
-        dead = read[ReadShardFn.DEAD]
-        if self.report_duplicates:
-            dups = read.images | "ReportDuplicateIds" >> ReportDuplicateIds()
-            dead = (dead, dups) | "AllDeadLetters" >> beam.Flatten()
-        return {"images": read.images, "dead_letters": dead}
+        if self.duplicates == "keep":
+            return {"images": read.images, "dead_letters": read[ReadShardFn.DEAD]}
+        unique = read.images | "DropDuplicateIds" >> DropDuplicateIds()
+        dead = (read[ReadShardFn.DEAD], unique["dead_letters"]) | "AllDeadLetters" >> beam.Flatten()
+        return {"images": unique["images"], "dead_letters": dead}

@@ -124,11 +124,13 @@ class ReadImages(beam.PTransform):
     """Images from globs in any supported ``input_format`` (see module doc), as
     ``{"images": PCollection[ImageBlob], "dead_letters": PCollection[DeadLetter]}``."""
 
-    def __init__(self, patterns: Sequence[str], input_format: str = "files", max_bytes: int = 0):
+    def __init__(self, patterns: Sequence[str], input_format: str = "files", max_bytes: int = 0,
+                 shard_fields=None):
         super().__init__()
         self.patterns = list(patterns)
         self.groups = split_by_format(self.patterns, input_format)
         self.max_bytes = max_bytes
+        self.shard_fields = shard_fields  # pipelines.shards.TfrecordFields: TFRecord feature names
 
     def expand(self, pbegin):
         parts = []
@@ -137,7 +139,8 @@ class ReadImages(beam.PTransform):
                 parts.append(pbegin | "ReadFiles" >> ReadImageFiles(patterns, self.max_bytes))
             else:
                 from pipelines.shards import ReadImageShards  # issue 7: image shards
-                parts.append(pbegin | f"Read{fmt.capitalize()}Shards" >> ReadImageShards(patterns, fmt))
+                parts.append(pbegin | f"Read{fmt.capitalize()}Shards"
+                             >> ReadImageShards(patterns, fmt, fields=self.shard_fields))
         if len(parts) == 1:
             return parts[0]
         return {
