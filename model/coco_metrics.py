@@ -105,8 +105,12 @@ def _close_meteor(meteor) -> None:
 
 
 def score_tokenized(gts: Mapping[str, List[str]], res: Mapping[str, List[str]],
-                    metrics: Sequence[str] = METRICS) -> CocoResult:
-    """Run the scorers on already tokenised ``gts`` (id -> references) and ``res`` (id -> [hypothesis])."""
+                    metrics: Sequence[str] = METRICS, meteor=None) -> CocoResult:
+    """Run the scorers on already tokenised ``gts`` (id -> references) and ``res`` (id -> [hypothesis]).
+
+    ``meteor``: a running ``pycocoevalcap.meteor.meteor.Meteor`` to reuse (its JVM takes 15-30 s to
+    start); it is left open. Without it one is started and closed here.
+    """
     _, Bleu, Meteor, Rouge, Cider = _import_pycocoevalcap()
     unknown = set(metrics) - set(METRICS)
     if unknown:
@@ -126,7 +130,9 @@ def score_tokenized(gts: Mapping[str, List[str]], res: Mapping[str, List[str]],
                 per_image[i][f"Bleu_{n + 1}"] = float(s)
     if "meteor" in metrics:
         check_java()
-        meteor = Meteor()
+        own = meteor is None
+        if own:
+            meteor = Meteor()
         try:
             score, per = meteor.compute_score(gts, res)
         except (ValueError, BrokenPipeError, OSError) as e:
@@ -137,7 +143,8 @@ def score_tokenized(gts: Mapping[str, List[str]], res: Mapping[str, List[str]],
             raise CocoMetricsError(f"METEOR (java -jar meteor-1.5.jar) failed: {e}; its stderr: "
                                    f"{err.decode('utf-8', 'replace')}") from None
         finally:
-            _close_meteor(meteor)
+            if own:
+                _close_meteor(meteor)
         scores["METEOR"] = float(score)
         for i, s in zip(ids, per):
             per_image[i]["METEOR"] = float(s)
@@ -155,7 +162,7 @@ def score_tokenized(gts: Mapping[str, List[str]], res: Mapping[str, List[str]],
 
 
 def coco_scores(references: Mapping[str, Sequence[str]], predictions: Mapping[str, str],
-                metrics: Sequence[str] = METRICS) -> CocoResult:
+                metrics: Sequence[str] = METRICS, meteor=None) -> CocoResult:
     """COCO metrics for aligned raw texts: ``image_id -> reference captions``, ``image_id -> prediction``.
 
     Both sides must hold the same ids (alignment is the caller's policy: see ``model.references``).
@@ -170,4 +177,4 @@ def coco_scores(references: Mapping[str, Sequence[str]], predictions: Mapping[st
     # Keys are passed as strings in a fixed order; METEOR and CIDEr do not depend on the order.
     gts = ptb_tokenize({i: list(references[i]) for i in ids})
     res = ptb_tokenize({i: [predictions[i]] for i in ids})
-    return score_tokenized(gts, res, metrics)
+    return score_tokenized(gts, res, metrics, meteor=meteor)

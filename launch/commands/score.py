@@ -92,13 +92,14 @@ def compute(args, predictions, references_captions, image_ids=None) -> dict:
 
 
 def write_per_image(path: str, report: dict) -> None:
+    from model.references import protect_json_lines
     alignment = report["_alignment"]
     per = report.get("per_image", {})
     with open(path, "w", encoding="utf-8") as f:
         for i in alignment.ids:
             row = {"image_id": i, "prediction": alignment.predictions[i], "references": alignment.references[i]}
             row.update(per.get(i, {}))
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.write(protect_json_lines(json.dumps(row, ensure_ascii=False)) + "\n")
 
 
 def public(report: dict) -> dict:
@@ -121,7 +122,7 @@ def main(args, pipeline_args) -> int:
     if args.per_image:
         write_per_image(args.per_image, report)
     if args.json:
-        print(json.dumps(public(report), ensure_ascii=False))
+        print(json.dumps(public(report)))
     else:
         print(format_report(report))
     return 0
