@@ -48,9 +48,6 @@ CAPTIONS_PREFIX = "captions"
 RUNS_DIR = "runs"
 SHARD_TEMPLATE = "-SSSSS-of-NNNNN"
 ROW_FIELDS = ("path", "image_id", "sha256", "caption", "log_prob", "model_version", "encoder")
-# Dead letters that report something without losing the image (it still flows on and is accounted for
-# elsewhere): pipelines.shards reports duplicate ids this way.
-INFORMATIONAL_ERRORS = frozenset({"duplicate_id"})
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -127,19 +124,17 @@ class _Count(beam.DoFn):
 
 
 class _CountReadDeadLetters(beam.DoFn):
-    """Read-stage dead letters are matched-and-failed images, except informational ones."""
+    """A reader's dead letter is an image (a file, a shard member, or the unreadable rest of a shard)
+    that was matched and failed before it could be hashed: it counts in ``matched`` and ``failed``.
+    (Duplicate ids inside shards are dropped by the shard reader as such dead letters too.)"""
 
     def setup(self):
         self.matched = beam.metrics.Metrics.counter(NAMESPACE, "matched")
         self.failed = beam.metrics.Metrics.counter(NAMESPACE, "failed")
-        self.info = beam.metrics.Metrics.counter(NAMESPACE, "informational_dead_letters")
 
     def process(self, d: DeadLetter):
-        if d.error in INFORMATIONAL_ERRORS:
-            self.info.inc()
-        else:
-            self.matched.inc()
-            self.failed.inc()
+        self.matched.inc()
+        self.failed.inc()
         yield d
 
 

@@ -1,0 +1,208 @@
+"""captionbeam bulk: resumable, idempotent bulk captioning (issue 5).
+
+Real components throughout: the tiny trained models of the training fixture, Beam's DirectRunner
+(in-process and multi-process), the GCS emulator, pyarrow reading the Parquet output back.
+"""
+import glob
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from launch.cli import main as cli_main
+from pipelines import io as pio
+from pipelines.bulk import BulkConfig, ROW_FIELDS, new_run_token
+from pipelines.deadletter import read_dead_letters
+from pipelines.manifest import check_model_version, parse_manifest_line, read_manifest_keys
+
+CORRUPT = {
+    "zero.jpg": b"",
+    "text.jpg": b"this is not an image at all",
+}
+
+
+# ----------------------------------------------------------------------------- helpers
+@pytest.fixture(scope="module")
+def model_dir(trained_model_dirs):
+    """The tiny trained model used for every run here (merge if there is one: cheapest to decode)."""
+    for arch in ("merge", "inject", "attention"):
+        if arch in trained_model_dirs:
+            return trained_model_dirs[arch]
+    return next(iter(trained_model_dirs.values()))
+
+
+@pytest.fixture(scope="module")
+def captioner(model_dir):
+    from model.captioner import Captioner
+    return Captioner.load(model_dir)
+
+
+def _images(sample_dir, n, start=0):
+    return sorted(glob.glob(os.path.join(sample_dir, "images", "*.jpg")))[start:start + n]
+
+
+def _bulk(capsys, *argv):
+    """Run ``captionbeam bulk ... --json``; returns (exit code, summary)."""
+    capsys.readouterr()
+    rc = cli_main(["bulk", *argv, "--json"])
+    out = capsys.readouterr().out
+    return rc, json.loads(out[out.index("{"):])
+
+
+def _rows(files):
+    rows = []
+    for f in files:
+        if f.endswith(".parquet"):
+            import pyarrow.parquet as pq
+            with pio_open(f) as fh:
+                rows.extend(pq.read_table(fh).to_pylist())
+        else:
+            rows.extend(json.loads(line) for line in pio.read_text(f).splitlines() if line.strip())
+    return rows
+
+
+def pio_open(path):
+    from apache_beam.io.filesystems import FileSystems
+    return FileSystems.open(path, compression_type="uncompressed")
+
+
+def _all_rows(output):
+    return _rows(pio.match([pio.join(output, "captions", "captions-*")]))
+
+
+# ----------------------------------------------------------------------------- pure parts
+def test_manifest_lines_and_versions_are_validated():
+    sha = "a" * 64
+    assert parse_manifest_line(json.dumps({"path": "gs://b/x.jpg", "sha256": sha, "run": "r"})) == ("gs://b/x.jpg", sha)
+    for bad in ("{", json.dumps({"path": "x"}), json.dumps({"path": "x", "sha256": "short"}), "[]"):
+        with pytest.raises(ValueError, match="malformed manifest line"):
+            parse_manifest_line(bad)
+    assert check_model_version("3f2a9c-01") == "3f2a9c-01"
+    for bad in ("", "../up", "a/b", "v 1"):
+        with pytest.raises(ValueError):
+            check_model_version(bad)
+    a, b = new_run_token(), new_run_token()
+    assert a != b and len(a) == len(b)
+
+
+def test_config_and_flags_fail_fast(tmp_path, capsys, sample_dir):
+    with pytest.raises(ValueError, match="--format"):
+        BulkConfig(images=("x",), output="o", model_dir="m", format="csv")
+    with pytest.raises(ValueError, match="--batch-size"):
+        BulkConfig(images=("x",), output="o", model_dir="m", batch_size=0)
+    with pytest.raises(SystemExit):
+        cli_main(["bulk", "--images", "x", "--model-dir", "m", "--output", "o", "--beam-size", "0"])
+    assert "--beam-size" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli_main(["bulk", "--images", str(tmp_path / "nothing" / "*.jpg"), "--model-dir", "m",
+                  "--output", str(tmp_path / "o")])
+    assert "--images: no file matches" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli_main(["bulk", "--images", os.path.join(sample_dir, "images", "*.jpg"), "--model-dir",
+                  str(tmp_path / "no-model"), "--output", str(tmp_path / "o")])
+    assert "--model-dir" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli_main(["bulk", "--images", "x", "--model-dir", "m", "--output", "o", "--no_such_beam_flag=1"])
+    assert "--no_such_beam_flag" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- the job on a bucket
+def test_bucket_run_skip_existing_and_new_images(gcs_bucket, sample_dir, model_dir, captioner, capsys):
+    """Caption a bucket prefix (nested, with corrupt files); re-run with --skip-existing: no new rows;
+    add new images and change one: rows for exactly those. Nothing is ever overwritten."""
+    first = _images(sample_dir, 6)
+    for i, path in enumerate(first):
+        sub = "2019/a" if i % 2 else "2020"  # nested prefixes: '**' must recurse
+        gcs_bucket.upload_bytes(f"archive/{sub}/{os.path.basename(path)}", open(path, "rb").read())
+    for name, data in CORRUPT.items():
+        gcs_bucket.upload_bytes(f"archive/2020/{name}", data)
+    out = f"{gcs_bucket.url}/captions-out"
+    argv = ["--images", f"{gcs_bucket.url}/archive/**.jpg", "--model-dir", model_dir, "--output", out,
+            "--batch-size", "4"]
+
+    rc, s1 = _bulk(capsys, *argv)
+    assert rc == 0, s1
+    assert s1["counters"] == {"matched": 8, "captioned": 6, "skipped": 0, "failed": 2}
+    assert s1["balanced"] and s1["model_version"] == captioner.model_version
+    rows = _all_rows(out)
+    assert len(rows) == 6 and all(set(r) == set(ROW_FIELDS) for r in rows)
+    by_id = {r["image_id"]: r for r in rows}
+    assert set(by_id) == {os.path.basename(p)[:-4] for p in first}
+    for p in first:
+        r = by_id[os.path.basename(p)[:-4]]
+        data = open(p, "rb").read()
+        assert r["path"].startswith(f"{gcs_bucket.url}/archive/") and r["path"].endswith(os.path.basename(p))
+        assert r["sha256"] == pio.sha256_hex(data)
+        assert r["model_version"] == captioner.model_version and r["encoder"] == captioner.encoder_name
+        assert isinstance(r["caption"], str) and np.isfinite(r["log_prob"]) and r["log_prob"] <= 0
+    # the captions equal the captioner's own on the same decoded pixels
+    from pipelines.images import load_image
+    size = captioner.image_size[0]
+    some = first[:2]
+    expected = captioner.caption_images([load_image(open(p, "rb").read(), size) for p in some])
+    for p, e in zip(some, expected):
+        assert by_id[os.path.basename(p)[:-4]]["caption"] == e.caption
+    dead = read_dead_letters(out)
+    assert sorted(os.path.basename(d.path) for d in dead) == sorted(CORRUPT)
+    assert {d.error for d in dead} <= {"EmptyImageError", "NotAnImageError"} and all(d.stage == "decode" for d in dead)
+    # manifest of this model version == the rows, and the run record is there
+    assert set(read_manifest_keys(out, captioner.model_version)) == {(r["path"], r["sha256"]) for r in rows}
+    assert json.loads(pio.read_text(s1["run_record"]))["counters"]["captioned"] == 6
+    snapshot = {k: gcs_bucket.read(k) for k in gcs_bucket.keys("captions-out/")}
+
+    # a finished archive: nothing new to caption, nothing written but the run's dead letters + record
+    rc, s2 = _bulk(capsys, *argv, "--skip-existing")
+    assert rc == 0
+    assert s2["counters"] == {"matched": 8, "captioned": 0, "skipped": 6, "failed": 2}
+    assert s2["files"]["captions"] == [] and s2["files"]["manifest"] == []
+    assert len(_all_rows(out)) == 6
+
+    # new images, and one existing path whose bytes changed: exactly those are captioned
+    new = _images(sample_dir, 3, start=6)
+    for path in new:
+        gcs_bucket.upload_bytes(f"archive/2021/{os.path.basename(path)}", open(path, "rb").read())
+    changed_key = next(k for k in gcs_bucket.keys("archive/") if k.endswith(os.path.basename(first[0])))
+    gcs_bucket.upload_bytes(changed_key, open(_images(sample_dir, 1, start=9)[0], "rb").read())
+    rc, s3 = _bulk(capsys, *argv, "--skip-existing")
+    assert rc == 0
+    assert s3["counters"] == {"matched": 11, "captioned": 4, "skipped": 5, "failed": 2}
+    new_rows = _rows(s3["files"]["captions"])
+    assert sorted(r["image_id"] for r in new_rows) == sorted(
+        [os.path.basename(p)[:-4] for p in new] + [os.path.basename(first[0])[:-4]])
+    # every earlier file is untouched; run tokens keep the three runs' files apart
+    for key, data in snapshot.items():
+        assert gcs_bucket.read(key) == data, key
+    assert len({s1["run"], s2["run"], s3["run"]}) == 3
+    assert len(_all_rows(out)) == 10
+    assert len(set(read_manifest_keys(out, captioner.model_version))) == 10
+
+
+# ----------------------------------------------------------------------------- runners and formats
+def test_multiprocess_jsonl_equals_single_process_parquet(tmp_path, sample_dir, model_dir, capsys):
+    """Multi-process DirectRunner (2 workers, JSON lines) and in-process (Parquet) give the same rows."""
+    images = tmp_path / "images" / "nested"
+    images.mkdir(parents=True)
+    for p in _images(sample_dir, 10, start=20):
+        shutil.copy(p, images)
+    (images / "broken.jpg").write_bytes(open(_images(sample_dir, 1)[0], "rb").read()[:300])  # truncated JPEG
+    common = ["--images", str(tmp_path / "images" / "**.jpg"), "--model-dir", model_dir, "--batch-size", "3"]
+
+    rc, single = _bulk(capsys, *common, "--output", str(tmp_path / "single"), "--format", "parquet")
+    assert rc == 0 and single["counters"] == {"matched": 11, "captioned": 10, "skipped": 0, "failed": 1}
+    assert all(f.endswith(".parquet") for f in single["files"]["captions"])
+    import pyarrow.parquet as pq
+    table = pq.read_table(single["files"]["captions"][0])
+    assert table.schema.names == list(ROW_FIELDS)
+
+    rc, multi = _bulk(capsys, *common, "--output", str(tmp_path / "multi"),
+                      "--direct_running_mode=multi_processing", "--direct_num_workers=2")
+    assert rc == 0 and multi["counters"] == single["counters"]
+
+    def key(r):
+        return (r["path"], r["image_id"], r["sha256"], r["caption"], round(r["log_prob"], 4),
+                r["model_version"], r["encoder"])
+    a, b = _rows(single["files"]["captions"]), _rows(multi["files"]["captions"])
+    assert len(a) == 10 and sorted(map(key, a)) == sorted(map(key, b))
+    assert [d.path for d in read_dead_letters(str(tmp_path / "multi"))] == [str(images / "broken.jpg")]
