@@ -290,10 +290,9 @@ class PackSummary:
 def existing_outputs(config: PackConfig) -> List[str]:
     """Shards, manifest and dead letters a previous pack left in ``config.output`` (any shard count)."""
     from pipelines.deadletter import dead_letters_pattern
-    suffix = config.suffix
-    return pio.match([pio.join(config.output, f"{config.prefix}-*-of-*{suffix}"),
-                      pio.join(config.output, MANIFEST_FILE), pio.join(config.output, SUMMARY_FILE),
-                      dead_letters_pattern(config.output)])
+    shards = [pio.join(config.output, f"{config.prefix}-*-of-*{ext}*") for ext in (".tar", ".tfrecord")]
+    return pio.match(shards + [pio.join(config.output, MANIFEST_FILE), pio.join(config.output, SUMMARY_FILE),
+                               dead_letters_pattern(config.output)])
 
 
 def read_manifest(output: str) -> List[dict]:
