@@ -363,6 +363,30 @@ class TFLiteEncoder(Encoder):
         return d
 
 
+def seeded_init(model, seed: int = 0) -> None:
+    """Re-draw every kernel of ``model`` from a seeded He-uniform (``limit = sqrt(6 / fan_in)``, which keeps
+    activations alive through deep ReLU stacks), so ``--weights none`` gives the same weights in every worker
+    process and every run (Keras's own random init differs per build). Biases and batch-norm statistics are
+    constant at build time already; other variables (e.g. EfficientNet's normalisation constants) are left
+    as built."""
+    import keras
+    depthwise = {id(w) for layer in model.layers if isinstance(layer, keras.layers.DepthwiseConv2D)
+                 for w in layer.weights}
+    for i, v in enumerate(model.weights):
+        name = getattr(v, "path", v.name)
+        if not name.endswith("kernel"):
+            continue
+        shape = tuple(int(d) for d in v.shape)
+        receptive = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
+        if id(v) in depthwise or name.endswith("depthwise_kernel"):
+            fan_in = receptive  # each output channel sees one input channel
+        else:
+            fan_in = receptive * (shape[-2] if len(shape) >= 2 else 1)
+        limit = float(np.sqrt(6.0 / max(1, fan_in)))
+        rng = np.random.default_rng([seed, i])
+        v.assign(rng.uniform(-limit, limit, size=shape).astype(np.float32))
+
+
 def _build_registered(spec: EncoderSpec, weights: str, size: int, preprocessing: Optional[str]) -> KerasEncoder:
     import keras
     module = importlib.import_module(f"keras.applications.{spec.module}")
@@ -381,6 +405,8 @@ def _build_registered(spec: EncoderSpec, weights: str, size: int, preprocessing:
                 f"Offline, put Keras's weight files into $KERAS_HOME/models/ (default ~/.keras/models/), "
                 f"or use --weights none / --weights PATH") from e
         raise
+    if weights == "none":
+        seeded_init(base)
     if spec.layer:
         model = keras.Model(base.inputs, base.get_layer(spec.layer).output, name=f"{spec.name}_encoder")
     else:

@@ -45,8 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "features_spec.json, dead_letters/*.jsonl")
     parser.add_argument("--encoder", default="vgg16", help=f"encoder: {_ENCODERS_HELP}")
     parser.add_argument("--weights", default="imagenet",
-                        help="imagenet (Keras's weights; offline they must be in $KERAS_HOME/models), none (random "
-                             "init: same shapes and compute, for tests and benchmarks), or a path to a weights file "
+                        help="imagenet (Keras's weights; offline they must be in $KERAS_HOME/models), none (seeded "
+                             "random init, identical in every process and run: same shapes and compute, for tests and "
+                             "benchmarks), or a path to a weights file "
                              "(default: imagenet)")
     parser.add_argument("--image-size", type=_positive, default=None, metavar="N",
                         help="square input size in pixels (default: the encoder's, e.g. 224; inception_v3 299; "
