@@ -91,6 +91,7 @@ class Plan:
     feature_files: List[str] = field(default_factory=list)
     features_spec: Optional[records.FeaturesSpec] = None
     features_spec_text: Optional[str] = None
+    features_compression: str = "auto"          # from features_spec.json's extra.compression
     vocabulary: Optional[Vocabulary] = None
     shards: Dict[str, int] = field(default_factory=dict)
 
@@ -177,6 +178,8 @@ def plan(config: CaptionsConfig) -> Plan:
             p.features_spec = records.FeaturesSpec.from_json(p.features_spec_text)
         except (ValueError, TypeError, KeyError) as e:
             raise CaptionsConfigError(f"--features: bad {spec_path}: {e}") from None
+        compression = str((p.features_spec.extra or {}).get("compression", "")).upper()
+        p.features_compression = {"GZIP": "gzip", "NONE": "uncompressed"}.get(compression, "auto")
         p.feature_files = pio.match([pio.join(config.features, f"{records.FEATURES_PREFIX}-*-of-*{records.RECORD_SUFFIX}*")])
         if not p.feature_files:
             raise CaptionsConfigError(f"--features: no {records.FEATURES_PREFIX}-*-of-*{records.RECORD_SUFFIX} "
@@ -294,14 +297,14 @@ class _ParseFeature(beam.DoFn):
 class ReadFeatures(beam.PTransform):
     """features-*.tfrecord files -> (image_id, FeatureRow); unreadable records -> dead letters."""
 
-    def __init__(self, files: Sequence[str], feature_shape: Optional[Sequence[int]]):
+    def __init__(self, files: Sequence[str], feature_shape: Optional[Sequence[int]], compression: str = "auto"):
         super().__init__()
-        self.files, self.feature_shape = list(files), feature_shape
+        self.files, self.feature_shape, self.compression = list(files), feature_shape, compression
 
     def expand(self, pbegin):
         return (pbegin
                 | "Feature files" >> beam.Create(self.files)
-                | "Read records" >> beam.io.ReadAllFromTFRecord(with_filename=True)
+                | "Read records" >> beam.io.ReadAllFromTFRecord(compression_type=self.compression, with_filename=True)
                 | "Parse" >> beam.ParDo(_ParseFeature(self.feature_shape)).with_outputs("dead", main="features"))
 
 
@@ -529,7 +532,8 @@ def build(pipeline: beam.Pipeline, p: Plan) -> None:
     inputs = {"captions": caps.captions, "splits": splits}
     dead = [caps.dead]
     if p.with_features:
-        feats = pipeline | "ReadFeatures" >> ReadFeatures(p.feature_files, p.features_spec.feature_shape)
+        feats = pipeline | "ReadFeatures" >> ReadFeatures(p.feature_files, p.features_spec.feature_shape,
+                                                             p.features_compression)
         inputs["features"] = feats.features
         dead.append(feats.dead)
     joined = inputs | "JoinByImage" >> JoinByImage(p.with_features, None if c.splits else DEFAULT_SPLIT)
@@ -604,7 +608,7 @@ def run(config: CaptionsConfig, pipeline_args: Sequence[str] = ()) -> RunResult:
 def summary_lines(stats: dict, seconds: Optional[float] = None) -> List[str]:
     """Human-readable summary of a ``stats.json``."""
     lines = [f"captions: {stats['captions_file']} ({stats['format']}, --clean {stats['clean']})"]
-    lines.append(f"vocabulary: {stats['vocab_size']} tokens "
+    lines.append(f"vocabulary: {stats['vocab_size']} tokens incl. 4 reserved "
                  + (f"(min count {stats['min_count']} over {stats['vocab_split']}: "
                     f"{stats['distinct_tokens_in_vocab_split']} distinct, {stats['tokens_in_vocab_split']} in all)"
                     if stats["vocab_source"] == "built" else f"(from {stats['vocab_source']})"))

@@ -2,12 +2,26 @@
 
 - ``sample_dir``: the sample captioning dataset (``captionbeam sample``), 60 images of 64x64:
   ``images/*.jpg``, ``captions.txt``, ``train.txt``/``dev.txt``/``test.txt``, ``scenes.jsonl``.
+- ``sample_records``: ``sample_dir`` run through the real command line, ``captionbeam features``
+  (``mobilenet``, random seeded weights, 32 px: 1024-d pooled vectors) then ``captionbeam captions``
+  (``--clean seed``, ``--min-count 2``, the three splits): training TFRecords for trainer tests.
+- ``sample_records_conv``: the same with ``mobilenet-conv`` at 64 px: a 2x2x1024 spatial map per image,
+  for attention models.
+
+Both record fixtures return a :class:`SampleRecords` (paths plus the parsed ``stats.json`` and spec).
+They are expensive (two Beam jobs each): request them only where real records are needed.
 """
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Dict, List
+
 import pytest
 
 SAMPLE_IMAGES = 60
 SAMPLE_SIZE = 64
 SAMPLE_SEED = 0
+RECORDS_MIN_COUNT = 2
 
 
 @pytest.fixture(scope="session")
@@ -17,3 +31,66 @@ def sample_dir(tmp_path_factory) -> str:
     out = str(tmp_path_factory.mktemp("sample"))
     write_sample(SampleConfig(output=out, images=SAMPLE_IMAGES, seed=SAMPLE_SEED, size=SAMPLE_SIZE))
     return out
+
+
+@dataclass
+class SampleRecords:
+    """Outputs of ``features`` + ``captions`` on the sample dataset. Read-only for tests."""
+    sample_dir: str       # images/, captions.txt, train.txt, dev.txt, test.txt, scenes.jsonl
+    features_dir: str     # features-*.tfrecord, features_spec.json
+    data_dir: str         # vocab.txt, stats.json, features_spec.json, {train,dev,test}-*-of-*.tfrecord
+    encoder: str
+    feature_shape: List[int]
+    stats: Dict[str, object] = field(default_factory=dict)
+
+    @property
+    def vocab_path(self) -> str:
+        return os.path.join(self.data_dir, "vocab.txt")
+
+    @property
+    def captions_path(self) -> str:
+        return os.path.join(self.sample_dir, "captions.txt")
+
+    def records(self, split: str) -> List[str]:
+        """The split's TFRecord files, sorted."""
+        import glob
+        return sorted(glob.glob(os.path.join(self.data_dir, f"{split}-[0-9]*-of-*.tfrecord")))
+
+    def split_ids(self, split: str) -> List[str]:
+        with open(os.path.join(self.sample_dir, f"{split}.txt"), encoding="utf-8") as f:
+            return [line.strip()[:-4] for line in f if line.strip()]
+
+
+def make_sample_records(sample_dir: str, workdir: str, encoder: str, image_size: int) -> SampleRecords:
+    """Run the real CLI: features, then captions joined with them."""
+    from launch.cli import main as cli
+    features_dir = os.path.join(workdir, "features")
+    data_dir = os.path.join(workdir, "data")
+    rc = cli(["features", "--images", os.path.join(sample_dir, "images", "*.jpg"), "--output", features_dir,
+              "--encoder", encoder, "--weights", "none", "--image-size", str(image_size), "--batch-size", "16",
+              "--runner=DirectRunner"])
+    assert rc == 0, f"captionbeam features failed with {rc}"
+    splits = []
+    for name in ("train", "dev", "test"):
+        splits += ["--split", f"{name}={os.path.join(sample_dir, name + '.txt')}"]
+    rc = cli(["captions", "--captions", os.path.join(sample_dir, "captions.txt"), *splits,
+              "--features", features_dir, "--output", data_dir, "--min-count", str(RECORDS_MIN_COUNT),
+              "--runner=DirectRunner"])
+    assert rc == 0, f"captionbeam captions failed with {rc}"
+    with open(os.path.join(data_dir, "stats.json"), encoding="utf-8") as f:
+        stats = json.load(f)
+    with open(os.path.join(data_dir, "features_spec.json"), encoding="utf-8") as f:
+        spec = json.load(f)
+    return SampleRecords(sample_dir, features_dir, data_dir, encoder, list(spec["feature_shape"]), stats)
+
+
+@pytest.fixture(scope="session")
+def sample_records(sample_dir, tmp_path_factory) -> SampleRecords:
+    """Training records of the sample dataset with 1024-d pooled features (mobilenet, 32 px, random weights)."""
+    return make_sample_records(sample_dir, str(tmp_path_factory.mktemp("sample_records")), "mobilenet", 32)
+
+
+@pytest.fixture(scope="session")
+def sample_records_conv(sample_dir, tmp_path_factory) -> SampleRecords:
+    """Training records with a spatial map per image (mobilenet-conv, 64 px, random weights): 2x2x1024."""
+    return make_sample_records(sample_dir, str(tmp_path_factory.mktemp("sample_records_conv")), "mobilenet-conv", 64)
