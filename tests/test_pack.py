@@ -74,32 +74,30 @@ def test_tar_members_follow_webdataset_layout(gcs_packed):
     assert meta["id"] == "sample_00000" and meta["sha256"] and meta["source"].endswith("sample_00000.jpg")
 
 
-def test_pack_dead_letters_and_overwrite_guard(gcs_bucket, sample_dir, tmp_path):
+def test_pack_dead_letters_and_overwrite_guard(gcs_bucket, sample_dir):
     from launch.cli import main
     src = sorted(glob.glob(os.path.join(sample_dir, "images", "*.jpg")))[:5]
     for p in src:
         gcs_bucket.upload_bytes(f"in/a/{os.path.basename(p)}", open(p, "rb").read())
     gcs_bucket.upload_bytes(f"in/b/{os.path.basename(src[0])}", b"same id, other directory")
     gcs_bucket.upload_bytes("in/a/readme.md", b"not an image")
-    gcs_bucket.upload_bytes("in/a/broken.png", b"not a png")  # packed as is; --verify-images rejects it
+    gcs_bucket.upload_bytes("in/a/broken.png", b"not a png")  # --verify-images rejects it
+    gcs_bucket.upload_bytes("out/shard-00000-of-00009.tfrecord.gz", b"stale shard of an earlier pack")
     out = f"{gcs_bucket.url}/out"
     args = ["--log-level", "WARNING", "pack", "--images", f"{gcs_bucket.url}/in/**", "--output", out,
-            "--format", "tfrecord", "--shard-size", "4", "--verify-images"] + DIRECT
-    assert main(args) == 0
-    dead = {(d.path.rsplit("/", 2)[-2] + "/" + d.path.rsplit("/", 1)[1], d.error) for d in read_dead_letters(out)}
-    assert dead == {("b/sample_00000.jpg", "duplicate_id"), ("a/readme.md", "not_an_image"),
-                    ("a/broken.png", "UnidentifiedImageError")}
-    rows = P.read_manifest(out)
-    assert sorted(r["id"] for r in rows) == sorted(pio.image_id_from_path(p) for p in src)
-    assert all(r["source"].startswith(f"{gcs_bucket.url}/in/a/") for r in rows)
-    # a second pack into the same directory must not leave stale shards behind
-    with pytest.raises(SystemExit) as e:
+            "--format", "tar", "--shard-size", "4", "--verify-images"] + DIRECT
+    with pytest.raises(SystemExit) as e:  # stale shards would be read back as duplicates
         main(args)
     assert e.value.code == 2
-    assert main(args[:-len(DIRECT)] + ["--overwrite", "--format", "tar", "--shard-size", "10"] + DIRECT) == 0
-    keys = [k for k in gcs_bucket.keys("out/") if "/shard-" in k]
-    assert keys == ["out/shard-00000-of-00001.tar"]
-    assert len(P.read_manifest(out)) == 5 and len(read_dead_letters(out)) == 3
+    assert main(args + ["--overwrite"]) == 0
+    assert [k for k in gcs_bucket.keys("out/") if "/shard-" in k] == [
+        "out/shard-00000-of-00002.tar", "out/shard-00001-of-00002.tar"]
+    dead = {("/".join(d.path.rsplit("/", 2)[-2:]), d.error, d.stage) for d in read_dead_letters(out)}
+    assert dead == {("b/sample_00000.jpg", "duplicate_id", "pack"), ("a/readme.md", "not_an_image", "pack"),
+                    ("a/broken.png", "UnidentifiedImageError", "pack")}
+    rows = P.read_manifest(out)
+    assert sorted(r["id"] for r in rows) == sorted(pio.image_id_from_path(p) for p in src)
+    assert all(r["source"].startswith(f"{gcs_bucket.url}/in/a/") and r["captions"] == 0 for r in rows)
 
 
 def test_plan_is_deterministic_and_balanced():

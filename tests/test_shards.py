@@ -1,5 +1,6 @@
 """Image shards: streaming tar / TFRecord readers, ReadImageShards on the GCS emulator, and
 `captionbeam features` over shards giving the same ids and feature values as over loose files."""
+import collections
 import glob
 import gzip
 import io
@@ -182,3 +183,70 @@ def test_streaming_reader_never_seeks():
     assert len(list(S.iter_shard("s.tar.gz", "tar", fileobj=ForwardOnly(tar)))) == 5
     rec = _tfrecord(5, compress=True)
     assert len(list(S.iter_shard("s.tfrecord.gz", "tfrecord", fileobj=ForwardOnly(rec)))) == 5
+
+
+# ----------------------------------------------------------------------------- features over shards
+def _features(output):
+    import tensorflow as tf
+    from model.records import parse_feature_example
+    files = sorted(glob.glob(os.path.join(output, "features-*-of-*.tfrecord")))
+    return [parse_feature_example(r.numpy()) for r in tf.data.TFRecordDataset(files)]
+
+
+def _bad_shards(bucket):
+    """A truncated tar holding a non-image member, an undecodable .jpg and a duplicate id, and a
+    TFRecord shard with one bad CRC."""
+    members = [("x0.jpg", _jpeg(10, 20)), ("x1.bin", b"\x00binary"), ("x1.jpg", b"garbage, not a jpeg"),
+               ("x2.jpg", _jpeg(12, 20)), ("sample_00003.jpg", _jpeg(13, 20)),
+               ("x3.jpg", _jpeg(14, 64)), ("x4.jpg", _jpeg(15, 20))]
+    tar = _tar(members)
+    offset = tar.index(b"x3.jpg") + 512 + 600  # cut inside x3.jpg's data
+    bucket.upload_bytes("bad/bad.tar", tar[:offset])
+    buf = io.BytesIO()
+    w = S.ShardWriter(buf, "tfrecord")
+    for i in range(4):
+        w.write(f"y{i}", _jpeg(20 + i, 20), ".jpg")
+    w.close()
+    rec = bytearray(buf.getvalue())
+    (length,) = struct.unpack("<Q", rec[:8])
+    rec[12 + length + 4 + 12 + 40] ^= 0xFF  # payload of record 1
+    bucket.upload_bytes("bad/bad.tfrecord", bytes(rec))
+    return f"{bucket.url}/bad"
+
+
+def test_features_over_shards_equal_loose_files(gcs_packed, gcs_bucket, tmp_path):
+    """One features job over the loose files, the tar and TFRecord packs on the emulator, and two
+    broken shards: every shard image gets the loose file's id and feature values; what is broken is
+    dead-lettered with shard path and member; the rest is encoded."""
+    from launch.cli import main
+    from pipelines.deadletter import read_dead_letters
+    bad = _bad_shards(gcs_bucket)
+    out = str(tmp_path / "features")
+    rc = main(["--log-level", "WARNING", "features", "--images", gcs_packed.images,
+               f"{gcs_packed.tar}/*.tar", f"{gcs_packed.tfrecord}/*.tfrecord.gz", f"{bad}/*.tar", f"{bad}/*.tfrecord",
+               "--input-format", "auto", "--output", out, "--encoder", "mobilenet", "--weights", "none",
+               "--image-size", "32", "--batch-size", "16"] + DIRECT)
+    assert rc == 0
+    groups = collections.defaultdict(dict)
+    for r in _features(out):
+        kind = ("bad" if r["path"].startswith(bad) else "tar" if r["path"].startswith(gcs_packed.tar)
+                else "tfrecord" if r["path"].startswith(gcs_packed.tfrecord) else "loose")
+        assert r["image_id"] not in groups[kind]
+        groups[kind][r["image_id"]] = r
+    loose = groups["loose"]
+    assert len(loose) == 60
+    for kind in ("tar", "tfrecord"):
+        assert sorted(groups[kind]) == sorted(loose)
+        for iid, r in groups[kind].items():
+            assert r["path"].split("#")[1] in (f"{iid}.jpg", iid) and r["sha256"] == loose[iid]["sha256"]
+            np.testing.assert_allclose(r["feature"], loose[iid]["feature"], rtol=1e-5, atol=1e-5)
+    assert sorted(groups["bad"]) == ["x0", "x2", "y0", "y2", "y3"]
+    dead = {(d.path[len(bad) + 1:], d.error, d.stage) for d in read_dead_letters(out)}
+    decode_error = [d for d in dead if d[0] == "bad.tar#x1.jpg"]
+    assert len(decode_error) == 1 and decode_error[0][2] == "decode"
+    assert dead - set(decode_error) == {
+        ("bad.tar#x1.bin", S.NOT_AN_IMAGE, "shard"),
+        ("bad.tar#sample_00003.jpg", S.DUPLICATE_ID, "shard"),
+        ("bad.tar#x3.jpg..", S.TRUNCATED, "shard"),
+        ("bad.tfrecord#record-1", S.BAD_CRC, "shard"),
+    }
