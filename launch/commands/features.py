@@ -72,9 +72,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resize-method", default="bilinear", choices=sorted(RESIZE_METHODS),
                         help="filter used to squash images to --image-size (default: bilinear; Keras's load_img "
                              "uses nearest)")
-    parser.add_argument("--input-format", default="files", choices=INPUT_FORMATS,
-                        help="files: loose image files; tar / tfrecord: image shards (captionbeam pack); auto: "
-                             "from each glob's extension (default: files)")
+    parser.add_argument("--input-format", default="auto", choices=INPUT_FORMATS,
+                        help="files: loose image files; tar / tfrecord: image shards (captionbeam pack; WebDataset "
+                             "tars, TFRecords of tf.train.Example with image/encoded|image/data and "
+                             "image/id|image/filename); auto: from each glob's extension: .tar .tar.gz .tgz -> tar, "
+                             ".tfrecord[s][.gz] -> tfrecord, else files (default: auto)")
     parser.add_argument("--model-copies", type=_positive, default=None, metavar="N",
                         help="share N encoder copies across all worker processes of a machine (GPU workers, big "
                              "models); default: one copy per worker process, shared by its threads")
