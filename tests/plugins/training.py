@@ -1,1 +1,130 @@
-"""Session fixtures for the training area."""
+"""Session fixtures for the training area.
+
+``synthetic_data`` / ``synthetic_map_data``: small ``--data`` directories (``captionbeam captions``
+layout) whose captions depend on the features (each image has a class; its captions name the class's
+colour and animal, plus a random verb), so learning is real and measurable.
+
+``trained_model_dirs``: dict arch -> model dir of a tiny model trained for a few seconds (merge and
+inject on vector features, attention on a 2×2 map), for decoding / export tests.
+"""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+COLOURS = ["red", "green", "blue", "black", "white", "brown"]
+ANIMALS = ["dog", "cat", "bird", "horse", "fish", "cow"]
+VERBS = ["runs", "sits", "jumps"]
+
+
+def synthetic_vocabulary():
+    from model.vocab import RESERVED, Vocabulary
+    return Vocabulary(RESERVED + ("a", "the", "is", "on", "grass") + tuple(COLOURS) + tuple(ANIMALS) + tuple(VERBS))
+
+
+def write_synthetic_data(directory, feature_shape=(16,), images=(("train", 96, 3), ("dev", 24, 1)),
+                         classes=6, seed=0, captions_per_image=3, encoder="synthetic"):
+    """Write a ``--data`` dir: ``vocab.txt``, ``features_spec.json``, ``stats.json`` and sharded records.
+
+    ``images``: (split, number of images, number of shards). Class k: feature has a strong signal on
+    channel k (at location k mod L for a map); captions "a <colour k> <animal k> <verb> [on the grass]".
+    """
+    import tensorflow as tf
+    from model import records
+    os.makedirs(directory, exist_ok=True)
+    vocab = synthetic_vocabulary()
+    vocab.save(os.path.join(directory, "vocab.txt"))
+    records.FeaturesSpec(encoder=encoder, feature_shape=list(feature_shape), image_size=[32, 32],
+                         preprocessing="none", weights="none").save(directory)
+    rng = np.random.default_rng(seed)
+    stats = {"splits": {}}
+    locations = int(np.prod(feature_shape[:-1])) if len(feature_shape) > 1 else 1
+    channels = feature_shape[-1]
+    for split, n, shards in images:
+        writers = [tf.io.TFRecordWriter(os.path.join(directory, f"{split}-{i:05d}-of-{shards:05d}.tfrecord"))
+                   for i in range(shards)]
+        count = 0
+        for i in range(n):
+            k = int(rng.integers(classes))
+            feat = rng.normal(0, 0.3, size=(locations, channels)).astype("float32")
+            feat[k % locations, k % channels] += 3.0
+            caps = []
+            for _ in range(captions_per_image):
+                words = ["a", COLOURS[k], ANIMALS[k], VERBS[int(rng.integers(len(VERBS)))]]
+                if rng.random() < 0.5:
+                    words += ["on", "the", "grass"]
+                caps.append(vocab.encode(["<start>"] + words + ["<end>"]))
+                count += 1
+            writers[i % shards].write(records.training_example(f"{split}_{i}", feat.reshape(feature_shape), caps))
+        for w in writers:
+            w.close()
+        stats["splits"][split] = {"images": n, "captions": count}
+    with open(os.path.join(directory, "stats.json"), "w") as f:
+        json.dump(stats, f)
+    return directory
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_env(**extra):
+    env = dict(os.environ)
+    env.update({"TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_BACKEND": "tensorflow", "PYTHONUNBUFFERED": "1",
+                "CUDA_VISIBLE_DEVICES": "", "TF_NUM_INTEROP_THREADS": "2", "TF_NUM_INTRAOP_THREADS": "1"})
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra)
+    return env
+
+
+def train_command(data, model_dir, *flags):
+    """``captionbeam train`` as a subprocess argv (same interpreter)."""
+    return [sys.executable, "-m", "launch.cli", "train", "--data", str(data), "--model-dir", str(model_dir),
+            *[str(f) for f in flags]]
+
+
+TINY = ["--units", "32", "--embedding-dim", "32", "--attention-units", "16", "--log-every", "5"]
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(tmp_path_factory):
+    return write_synthetic_data(str(tmp_path_factory.mktemp("synthetic_vec")), feature_shape=(16,))
+
+
+@pytest.fixture(scope="session")
+def synthetic_map_data(tmp_path_factory):
+    return write_synthetic_data(str(tmp_path_factory.mktemp("synthetic_map")), feature_shape=(2, 2, 16))
+
+
+def _sample_data_or_none(request):
+    """The data engineers' ``sample_records`` fixture when it exists (a ``--data`` dir), else None."""
+    try:
+        return str(request.getfixturevalue("sample_records"))
+    except pytest.FixtureLookupError:
+        return None
+
+
+@pytest.fixture(scope="session")
+def trained_model_dirs(tmp_path_factory, synthetic_data, synthetic_map_data):
+    """dict arch -> model dir of a tiny model trained in-process for a few epochs on synthetic data."""
+    from model.config import ModelConfig, TrainConfig
+    from model.train import train
+    out = {}
+    root = tmp_path_factory.mktemp("trained")
+    for arch, data in (("merge", synthetic_data), ("inject", synthetic_data), ("attention", synthetic_map_data)):
+        model_dir = str(root / arch)
+        train(TrainConfig(data=data, model_dir=model_dir, epochs=6, batch_size=32, learning_rate=0.01,
+                          log_every=10, checkpoint_every=50, shuffle_buffer=500, early_stopping_patience=0,
+                          strategy="one_device", seed=1),
+              ModelConfig(arch=arch, units=32, embedding_dim=32, attention_units=16, dropout=0.1))
+        out[arch] = model_dir
+    return out

@@ -1,0 +1,108 @@
+"""Training progress: log lines (loss, tokens/s, ETA), ``history.json`` and the training-curve PNG."""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+from typing import Dict, List, Optional
+
+import tensorflow as tf
+
+log = logging.getLogger("captionbeam.train")
+HISTORY_FILE = "history.json"
+CURVE_FILE = "training_curve.png"
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}"
+
+
+class ProgressMeter:
+    """Accumulates loss and tokens between log lines; knows the total steps for the ETA."""
+
+    def __init__(self, total_steps: int, start_step: int, every: int):
+        self.total_steps, self.every = total_steps, every
+        self.start_step = start_step
+        self.t0 = self.window_t0 = time.perf_counter()
+        self.window_loss = self.window_tokens = 0.0
+        self.window_steps = 0
+
+    def update(self, step: int, loss_sum: float, tokens: float) -> Optional[Dict[str, float]]:
+        """Add one step; every ``every`` steps returns the window's stats (and resets it)."""
+        self.window_loss += loss_sum
+        self.window_tokens += tokens
+        self.window_steps += 1
+        if step % self.every and step != self.total_steps:
+            return None
+        now = time.perf_counter()
+        elapsed = now - self.window_t0
+        done = step - self.start_step
+        rate_steps = done / max(now - self.t0, 1e-9)
+        stats = {
+            "step": step,
+            "loss": self.window_loss / max(self.window_tokens, 1.0),
+            "tokens_per_s": self.window_tokens / max(elapsed, 1e-9),
+            "eta_s": (self.total_steps - step) / max(rate_steps, 1e-9),
+        }
+        self.window_t0, self.window_loss, self.window_tokens, self.window_steps = now, 0.0, 0.0, 0
+        return stats
+
+
+def scalar_summary(name: str, value: float, step: int) -> None:
+    """``tf.summary.scalar`` without the ``tensorboard`` package (tensorflow-cpu does not ship it):
+    the same event record (plugin ``scalars``), written with core TF ops, that TensorBoard reads."""
+    from tensorflow.core.framework import summary_pb2
+    metadata = summary_pb2.SummaryMetadata()
+    metadata.plugin_data.plugin_name = "scalars"
+    tf.summary.write(name, tf.constant(value, tf.float32), step=step, metadata=metadata)
+
+
+def load_history(model_dir: str) -> List[Dict[str, float]]:
+    path = f"{model_dir.rstrip('/')}/{HISTORY_FILE}"
+    if not tf.io.gfile.exists(path):
+        return []
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f).get("epochs", [])
+
+
+def save_history(model_dir: str, epochs: List[Dict[str, float]], extra: Dict[str, object]) -> None:
+    with tf.io.gfile.GFile(f"{model_dir.rstrip('/')}/{HISTORY_FILE}", "w") as f:
+        json.dump({"epochs": epochs, **extra}, f, indent=2, sort_keys=True)
+
+
+def plot_curve(model_dir: str, epochs: List[Dict[str, float]], title: str) -> Optional[str]:
+    """Train / validation loss per epoch as a PNG (matplotlib, Agg); None when matplotlib is missing."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib not installed (pip install 'captionbeam[report]'): no training curve")
+        return None
+    if not epochs:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    xs = [e["epoch"] for e in epochs]
+    ax.plot(xs, [e["train_loss"] for e in epochs], "o-", label="train")
+    vals = [(e["epoch"], e["val_loss"]) for e in epochs if e.get("val_loss") is not None]
+    if vals:
+        ax.plot([v[0] for v in vals], [v[1] for v in vals], "s-", label="validation")
+        best = min(vals, key=lambda v: v[1])
+        ax.axvline(best[0], color="gray", ls=":", label=f"best (epoch {best[0]})")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("cross-entropy per token")
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    path = f"{model_dir.rstrip('/')}/{CURVE_FILE}"
+    with tf.io.gfile.GFile(path, "wb") as f:
+        f.write(buf.getvalue())
+    return path
