@@ -1,1 +1,149 @@
-"""Session fixtures for the decoding area."""
+"""Session fixtures for the decoding area.
+
+- ``fitted_models``: dict arch -> tiny ``CaptionModel`` fitted in-process for a few hundred steps on
+  a synthetic task whose captions have different lengths per image class, so decoding meets ``<end>``
+  at different steps (merge and inject read 8-d vectors, attention a 2x2x8 map).
+- ``image_model_dir``: a model directory with a real encoder (``mobilenet`` at 32 px, seeded
+  ``--weights none``) and a merge decoder fitted on that encoder's features of a few drawn images:
+  for ``caption``, the ``Captioner`` and the export.
+"""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from model.vocab import RESERVED, Vocabulary
+
+WORDS = ("a", "red", "green", "blue", "dog", "cat", "runs", "on", "grass", "the")
+# class k -> caption (different lengths, shared words)
+CAPTIONS = (
+    "a red dog",
+    "a green cat runs",
+    "a blue dog runs on the grass",
+    "the cat",
+)
+
+
+def decoding_vocab() -> Vocabulary:
+    return Vocabulary(RESERVED + WORDS)
+
+
+def synthetic_batch(feature_shape, n, seed=0):
+    """features [n, *feature_shape] with a strong class signal, and class ids."""
+    rng = np.random.default_rng(seed)
+    classes = rng.integers(len(CAPTIONS), size=n)
+    locations = int(np.prod(feature_shape[:-1])) if len(feature_shape) > 1 else 1
+    feats = rng.normal(0, 0.2, size=(n, locations, feature_shape[-1])).astype("float32")
+    for i, k in enumerate(classes):
+        feats[i, k % locations, k] += 3.0
+    return feats.reshape((n,) + tuple(feature_shape)), classes
+
+
+def caption_tokens(vocab, k):
+    return vocab.encode(["<start>"] + CAPTIONS[k].split() + ["<end>"])
+
+
+def fit(model, features, classes, vocab, steps=150, lr=0.03):
+    """Teacher-forced cross-entropy with Adam, compiled: enough to learn the class -> caption map."""
+    import keras
+    import tensorflow as tf
+    seqs = [caption_tokens(vocab, int(k)) for k in classes]
+    T = max(len(s) for s in seqs)
+    tokens = np.zeros([len(seqs), T], np.int32)
+    for i, s in enumerate(seqs):
+        tokens[i, :len(s)] = s
+    inputs, targets = tf.constant(tokens[:, :-1]), tf.constant(tokens[:, 1:])
+    feats = tf.constant(features)
+    opt = keras.optimizers.Adam(lr)
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            logits = model((feats, inputs), training=True)
+            loss = tf.keras.losses.sparse_categorical_crossentropy(targets, logits, from_logits=True)
+            mask = tf.cast(targets > 0, tf.float32)
+            loss = tf.reduce_sum(loss * mask) / tf.reduce_sum(mask)
+        grads = tape.gradient(loss, model.trainable_variables)
+        opt.apply_gradients(zip(grads, model.trainable_variables))
+        return loss
+
+    for _ in range(steps):
+        loss = step()
+    return float(loss)
+
+
+def tiny_config(arch, feature_shape, vocab, **kw):
+    from model.config import ModelConfig
+    return ModelConfig(arch=arch, vocab_size=len(vocab), max_length=10, feature_shape=list(feature_shape),
+                       units=24, embedding_dim=16, attention_units=12, dropout=0.0, **kw)
+
+
+@pytest.fixture(scope="session")
+def fitted_models():
+    import keras
+    from model.architectures import build_model
+    vocab = decoding_vocab()
+    out = {}
+    for arch, shape in (("merge", (8,)), ("inject", (8,)), ("attention", (2, 2, 8))):
+        keras.utils.set_random_seed(0)
+        model = build_model(tiny_config(arch, shape, vocab))
+        feats, classes = synthetic_batch(shape, 64, seed=1)
+        loss = fit(model, feats, classes, vocab)
+        assert loss < 0.3, f"{arch} did not learn the synthetic task (loss {loss:.3f})"
+        out[arch] = model
+    return out
+
+
+def draw_images(n, size=48, seed=0):
+    """Simple drawn RGB images: class k = a coloured square (red / green / blue / white) on grey."""
+    rng = np.random.default_rng(seed)
+    colours = [(220, 30, 30), (30, 200, 30), (30, 30, 220), (240, 240, 240)]
+    images, classes = [], []
+    for i in range(n):
+        k = i % len(colours)
+        img = np.full((size, size, 3), 100, np.uint8) + rng.integers(0, 20, (size, size, 3), dtype=np.uint8)
+        a, b = rng.integers(2, size // 3, 2)
+        img[a:a + size // 2, b:b + size // 2] = colours[k]
+        images.append(img)
+        classes.append(k)
+    return images, np.array(classes)
+
+
+def write_model_dir(directory, model, vocab, spec):
+    """config.json + vocab.txt + features_spec.json + best.weights.h5, as ``captionbeam train`` writes them."""
+    os.makedirs(directory, exist_ok=True)
+    model.config.save(directory)
+    vocab.save(os.path.join(directory, "vocab.txt"))
+    spec.save(directory)
+    model.save_weights(os.path.join(directory, "best.weights.h5"))
+    return directory
+
+
+@pytest.fixture(scope="session")
+def image_model_dir(tmp_path_factory):
+    """dict arch -> model dir with encoder mobilenet (32 px, seeded weights none); merge decoder fitted on
+    drawn images, attention decoder (mobilenet-conv at 64 px: 2x2x1024) with random weights."""
+    import keras
+    from model import records
+    from model.architectures import build_model
+    from model.encoders import build_encoder
+    vocab = decoding_vocab()
+    root = tmp_path_factory.mktemp("image_models")
+    out = {}
+    for arch, name, size in (("merge", "mobilenet", 32), ("attention", "mobilenet-conv", 64)):
+        enc = build_encoder(name, weights="none", image_size=size)
+        spec = records.FeaturesSpec(encoder=name, feature_shape=list(enc.feature_shape), image_size=[size, size],
+                                    preprocessing=enc.preprocessing, weights="none",
+                                    extra={"encoder_spec": enc.spec_dict(), "resize_method": "bilinear"})
+        keras.utils.set_random_seed(0)
+        model = build_model(tiny_config(arch, enc.feature_shape, vocab, encoder=name, encoder_weights="none",
+                                        image_size=[size, size], preprocessing=enc.preprocessing))
+        if arch == "merge":
+            images, classes = draw_images(24, size=48)
+            from model.captioner import resize_square
+            batch = np.stack([resize_square(im, size) for im in images])
+            feats = enc(enc.preprocess(batch))
+            fit(model, feats, classes, vocab, steps=150)
+        out[arch] = write_model_dir(str(root / arch), model, vocab, spec)
+    return out

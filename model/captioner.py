@@ -1,0 +1,178 @@
+"""``Captioner``: a trained model directory as one object that captions images or features, batched.
+
+Used by ``captionbeam caption``, ``captionbeam evaluate``, the export and bulk captioning (issue 5)::
+
+    c = Captioner.load(model_dir, beam_size=3, batch_size=32)
+    c.caption_images([uint8 HxWx3 RGB arrays of any size])   # resize + preprocess + encode + decode
+    c.caption_features(features)                             # [N, *feature_shape] float32
+    c.model_version, c.encoder_name, c.image_size
+
+The encoder is the one named in the model's ``features_spec.json`` (name, weights, input size,
+preprocessing), so new images get exactly the features the model was trained on: images are squashed
+to the encoder's square input with Pillow and the spec's resize filter (the same arithmetic as
+``pipelines.images.resize_image`` of the features job), then the keras.applications module's own
+preprocessing. The encoder is built on first use: a Captioner that only captions features (evaluation
+on feature records) never builds it. Thread-safe: one instance may serve several threads.
+"""
+from __future__ import annotations
+
+import hashlib
+import threading
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from model.vocab import VOCAB_FILE
+
+DEFAULT_RESIZE = "bilinear"
+
+
+@dataclass
+class CaptionResult:
+    caption: str
+    tokens: List[str]
+    log_prob: float
+    attention: Optional[np.ndarray] = None   # [len(tokens) + 1 (<end>), L] for attention models
+    finished: bool = True                    # False when max_length cut the caption off
+
+
+def _read_bytes(path: str) -> bytes:
+    import tensorflow as tf
+    with tf.io.gfile.GFile(path, "rb") as f:
+        return f.read()
+
+
+def model_version_of(model_dir: str, weights_file: str) -> str:
+    """Stable id of a model: sha256 over config.json, vocab.txt, features_spec.json and the weights bytes."""
+    h = hashlib.sha256()
+    base = model_dir.rstrip("/")
+    for name in ("config.json", VOCAB_FILE, "features_spec.json"):
+        data = _read_bytes(f"{base}/{name}")
+        h.update(name.encode() + b"\0" + len(data).to_bytes(8, "little") + data)
+    data = _read_bytes(weights_file)
+    h.update(b"weights\0" + len(data).to_bytes(8, "little") + data)
+    return h.hexdigest()[:16]
+
+
+def encoder_arguments(spec) -> Tuple[str, str, int, Optional[str]]:
+    """(name, weights, image size, preprocessing override) for ``model.encoders.build_encoder`` from a
+    ``FeaturesSpec``: the override is the recorded preprocessing mode when it is not the family's own."""
+    from model.encoders import REGISTRY
+    enc = dict((spec.extra or {}).get("encoder_spec") or {})
+    size = int(spec.image_size[0]) if spec.image_size else None
+    mode = enc.get("preprocessing_mode")
+    override = None
+    if spec.encoder in REGISTRY:
+        if mode and mode != REGISTRY[spec.encoder].mode:
+            override = mode
+    elif mode:
+        override = mode
+    return spec.encoder, spec.weights or "imagenet", size, override
+
+
+def resize_square(image: np.ndarray, size: int, method: str = DEFAULT_RESIZE) -> np.ndarray:
+    """uint8 RGB (h, w, 3) -> (size, size, 3) with Pillow, squashed (as the features job resizes)."""
+    from PIL import Image
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = np.stack([image] * 3, axis=-1)
+    if image.ndim != 3 or image.shape[2] not in (3, 4):
+        raise ValueError(f"expected an RGB image (h, w, 3), got shape {image.shape}")
+    image = np.asarray(image[..., :3], np.uint8)
+    if image.shape[0] == size and image.shape[1] == size:
+        return np.ascontiguousarray(image)
+    filters = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
+               "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS, "box": Image.Resampling.BOX}
+    return np.asarray(Image.fromarray(image, "RGB").resize((size, size), filters[method]), np.uint8)
+
+
+class Captioner:
+    def __init__(self, model, config, vocab, spec, model_dir: str, model_version: str, beam_size: int = 1,
+                 max_length: Optional[int] = None, batch_size: int = 32, alpha: float = 0.0):
+        from model.decode import Decoder
+        if batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+        self.model, self.config, self.vocab, self.spec = model, config, vocab, spec
+        self.model_dir = model_dir
+        self.model_version = model_version
+        self.batch_size = int(batch_size)
+        self.decoder = Decoder(model, max_length=max_length, beam_size=beam_size, alpha=alpha)
+        self.beam_size, self.max_length, self.alpha = self.decoder.beam_size, self.decoder.max_length, alpha
+        self.encoder_name = spec.encoder or config.encoder
+        size = spec.image_size or config.image_size or [0, 0]
+        self.image_size: Tuple[int, int] = (int(size[0]), int(size[-1]))
+        self.resize_method = str((spec.extra or {}).get("resize_method") or DEFAULT_RESIZE)
+        self.has_attention = bool(model.has_attention)
+        self._encoder = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, model_dir: str, beam_size: int = 1, max_length: Optional[int] = None, batch_size: int = 32,
+             alpha: float = 0.0, which: str = "best") -> "Captioner":
+        from model.model_dir import load_trained, weights_path
+        model, config, vocab, spec = load_trained(model_dir, which=which)
+        version = model_version_of(model_dir, weights_path(model_dir, which))
+        return cls(model, config, vocab, spec, model_dir, version, beam_size=beam_size, max_length=max_length,
+                   batch_size=batch_size, alpha=alpha)
+
+    # ------------------------------------------------------------------ encoder
+    @property
+    def encoder(self):
+        """The image encoder of ``features_spec.json``, built on first use."""
+        with self._lock:
+            if self._encoder is None:
+                from model.encoders import build_encoder
+                name, weights, size, pre = encoder_arguments(self.spec)
+                try:
+                    self._encoder = build_encoder(name, weights=weights, image_size=size, preprocessing=pre)
+                except ValueError as e:
+                    raise ValueError(f"{self.model_dir}: cannot build the image encoder {name!r} named in "
+                                     f"features_spec.json: {e}") from e
+                got = tuple(int(d) for d in self._encoder.feature_shape)
+                want = tuple(int(d) for d in self.config.feature_shape)
+                if got != want:
+                    raise ValueError(f"{self.model_dir}: encoder {name!r} gives features {got}, the model reads {want}")
+            return self._encoder
+
+    def prepare(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Images of any size -> uint8 batch at the encoder's input size."""
+        h, w = self.image_size
+        return np.stack([resize_square(img, h, self.resize_method) for img in images]) if len(images) else \
+            np.zeros([0, h, w, 3], np.uint8)
+
+    def encode_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        batch = self.prepare(images)
+        enc = self.encoder
+        return np.asarray(enc(enc.preprocess(batch)), np.float32)
+
+    # ------------------------------------------------------------------ captioning
+    def _results(self, out) -> List[CaptionResult]:
+        results = []
+        for i in range(len(out)):
+            words = self.vocab.decode(out.tokens[i])
+            att = None
+            if out.attention is not None:
+                att = out.attention[i, : int(out.length[i])]
+            results.append(CaptionResult(caption=" ".join(words), tokens=words, log_prob=float(out.log_prob[i]),
+                                         attention=att, finished=bool(out.finished[i])))
+        return results
+
+    def caption_features(self, features: np.ndarray) -> List[CaptionResult]:
+        features = np.asarray(features, np.float32)
+        want = tuple(int(d) for d in self.config.feature_shape)
+        if features.ndim == len(want):
+            features = features[None]
+        if tuple(features.shape[1:]) != want:
+            raise ValueError(f"features of shape {features.shape[1:]} given; the model reads {want}")
+        results: List[CaptionResult] = []
+        for start in range(0, len(features), self.batch_size):
+            results += self._results(self.decoder(features[start:start + self.batch_size]))
+        return results
+
+    def caption_images(self, images: Sequence[np.ndarray]) -> List[CaptionResult]:
+        results: List[CaptionResult] = []
+        for start in range(0, len(images), self.batch_size):
+            chunk = list(images[start:start + self.batch_size])
+            results += self.caption_features(self.encode_images(chunk))
+        return results
