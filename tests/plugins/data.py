@@ -10,11 +10,19 @@
 
 Both record fixtures return a :class:`SampleRecords` (paths plus the parsed ``stats.json`` and spec).
 They are expensive (two Beam jobs each): request them only where real records are needed.
+
+Helper: :func:`read_with_tfrecord_package` reads TFRecords with the ``tfrecord`` package in a child
+process. The package registers its own copy of TensorFlow's ``example.proto`` in protobuf's default
+descriptor pool, so it cannot be imported in a process that has imported TensorFlow (either order
+fails with "duplicate symbol 'tensorflow.BytesList'"); a TF-free process is also what a PyTorch
+consumer of the records looks like.
 """
 import json
 import os
+import subprocess
+import sys
 from dataclasses import dataclass, field
-from typing import Dict, List
+from typing import Dict, List, Optional, Sequence
 
 import pytest
 
@@ -94,3 +102,35 @@ def sample_records(sample_dir, tmp_path_factory) -> SampleRecords:
 def sample_records_conv(sample_dir, tmp_path_factory) -> SampleRecords:
     """Training records with a spatial map per image (mobilenet-conv, 64 px, random weights): 2x2x1024."""
     return make_sample_records(sample_dir, str(tmp_path_factory.mktemp("sample_records_conv")), "mobilenet-conv", 64)
+
+
+_TFRECORD_READER = r"""
+import json, sys
+from tfrecord.reader import tfrecord_loader
+req = json.load(sys.stdin)
+rows = []
+for path in req["paths"]:
+    for ex in tfrecord_loader(path, None, req["description"], compression_type=req["compression"]):
+        row = {}
+        for k, v in ex.items():
+            if req["description"][k] == "byte":
+                v = v if isinstance(v, bytes) else v.tobytes()
+                row[k] = v.decode("utf-8")
+            else:
+                row[k] = v.tolist()
+        rows.append(row)
+json.dump(rows, sys.stdout)
+"""
+
+
+def read_with_tfrecord_package(paths: Sequence[str], description: Dict[str, str],
+                               compression: Optional[str] = None) -> List[Dict[str, object]]:
+    """Records of local TFRecord files read by ``tfrecord.reader.tfrecord_loader`` in a child process
+    without TensorFlow. ``description`` maps feature names to ``byte`` (returned as str, UTF-8),
+    ``int`` or ``float`` (returned as lists). ``compression``: None or ``"gzip"``."""
+    request = json.dumps({"paths": list(paths), "description": description, "compression": compression})
+    proc = subprocess.run([sys.executable, "-c", _TFRECORD_READER], input=request, capture_output=True, text=True,
+                          timeout=120)
+    if proc.returncode != 0:
+        raise RuntimeError(f"tfrecord package failed to read {list(paths)}:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout)
