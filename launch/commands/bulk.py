@@ -121,8 +121,10 @@ def main(args: argparse.Namespace, pipeline_args) -> int:
     _check_images(fail, args.images)
     try:
         info, model_resize = model_info(args.model_dir, args.beam_size, args.max_length, args.batch_size)
-    except (FileNotFoundError, ValueError, OSError) as e:
-        fail(f"--model-dir {args.model_dir}: {e}")
+    except ImportError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any failure to load the model names the flag
+        fail(f"--model-dir {args.model_dir}: cannot load the model: {type(e).__name__}: {e}")
     try:
         config = BulkConfig(
             images=tuple(args.images), output=args.output, model_dir=args.model_dir, beam_size=args.beam_size,
