@@ -99,8 +99,13 @@ class ModelRoot:
         """One past the highest version directory present (complete or not, so an abandoned
         attempt's directory is never reused)."""
         highest = 0
-        for p in pio.match([self.path(VERSIONS_DIR, "*", "*")]):
-            m = _VERSION_RE.match(p.split(f"/{VERSIONS_DIR}/", 1)[-1].split("/", 1)[0])
+        base = self.path(VERSIONS_DIR)
+        if pio.is_gcs(base):
+            names = {p[len(base) + 1:].split("/", 1)[0] for p in pio.match([pio.join(base, "**")])}
+        else:
+            names = set(os.listdir(base)) if os.path.isdir(base) else set()
+        for name in names:
+            m = _VERSION_RE.match(name)
             if m:
                 highest = max(highest, int(m.group(1)))
         return f"v{highest + 1:03d}"
@@ -396,9 +401,11 @@ def flat_metrics(obj: Mapping[str, object]) -> Dict[str, float]:
 
 def evaluate(model_dir: str, data_dir: str, split: str, beam_size: int, out_dir: str) -> Dict[str, float]:
     """``captionbeam evaluate --json`` on local dirs -> flat metrics (CIDEr, Bleu_4, bleu1..)."""
+    os.makedirs(out_dir, exist_ok=True)
     out = _cli(["evaluate", "--model-dir", model_dir, "--data", data_dir, "--split", split,
-                "--beam-size", str(beam_size), "--output", out_dir, "--json"], quiet=True)
-    metrics_file = os.path.join(out_dir, "metrics.json")
+                "--beam-size", str(beam_size), "--output", os.path.join(out_dir, "predictions.jsonl"),
+                "--coco-metrics", "bleu,cider", "--json"], quiet=True)
+    metrics_file = os.path.join(out_dir, "predictions.metrics.json")
     if os.path.exists(metrics_file):
         with open(metrics_file) as f:
             return flat_metrics(json.load(f))

@@ -32,6 +32,35 @@ import pipelines.io as pio
 from launch.config import RunConfig
 
 BEAM_STAGES = ("features", "captions")
+THUMBNAIL = "thumbnail"
+
+
+def build_thumbnail_encoder(path: str, image_size: int, grid: int = 16, spatial: bool = False) -> str:
+    """Write the embedded default's tiny encoder to ``path`` (a ``.keras`` file ``captionbeam
+    features --encoder PATH`` loads like any user model): the image rescaled to -1..1 and
+    average-pooled to a ``grid`` x ``grid`` colour thumbnail; flattened (merge / inject), or as a
+    (grid/2, grid/2, 12) map (2x2 cells stacked per location) for the attention model.
+
+    No weights to download and nothing random: on the sample dataset (coloured shapes at positions
+    on backgrounds) this keeps what the captions talk about, so a model trained for a minute or two
+    learns it. Real data wants a real encoder (``--encoder mobilenet --weights imagenet``)."""
+    import keras
+    if image_size % grid:
+        raise ValueError(f"--image-size {image_size} must be a multiple of the thumbnail grid {grid}")
+    inp = keras.Input((image_size, image_size, 3), name="image")
+    x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="to_unit_range")(inp)
+    x = keras.layers.AveragePooling2D(image_size // grid, name="thumbnail")(x)
+    if spatial:
+        half = grid // 2
+        x = keras.layers.Reshape((half, 2, half, 2, 3))(x)
+        x = keras.layers.Permute((1, 3, 2, 4, 5))(x)
+        x = keras.layers.Reshape((half, half, 12), name="cells")(x)
+    else:
+        x = keras.layers.Flatten(name="features")(x)
+    model = keras.Model(inp, x, name=f"thumbnail{grid}")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    model.save(path)
+    return path
 
 
 class StageError(RuntimeError):
@@ -159,8 +188,17 @@ class RunPipeline:
                                *self.train_profile_args, *t.extra]))
         e = c.evaluate
         plan.append(("evaluate", ["evaluate", "--model-dir", L.model, "--data", L.data, "--split", e.split,
-                                  "--beam-size", str(e.beam_size), "--output", L.eval, "--json", *e.extra]))
+                                  "--beam-size", str(e.beam_size), "--output", self.predictions_file,
+                                  "--json", *e.extra]))
         return plan
+
+    @property
+    def predictions_file(self) -> str:
+        return pio.join(self.layout.eval, f"{self.config.evaluate.split}.predictions.jsonl")
+
+    @property
+    def metrics_file(self) -> str:
+        return pio.join(self.layout.eval, f"{self.config.evaluate.split}.predictions.metrics.json")
 
     # ------------------------------------------------------------------ stage running
     def _header(self, n: int, total: int, name: str, argv: Sequence[str]) -> None:
@@ -242,7 +280,7 @@ class RunPipeline:
 
     def _parse_metrics(self, output: str) -> Dict[str, object]:
         """The JSON object ``evaluate --json`` printed (the last top-level JSON value in its output)."""
-        path = pio.join(self.layout.eval, "metrics.json")
+        path = self.metrics_file
         if pio.exists(path):
             return pio.read_json(path)
         text = output.strip()
@@ -347,11 +385,7 @@ class RunPipeline:
             self._header(n, total, name, argv)
             result = self.run_command(name, argv)
             if name == "evaluate":
-                if result.cached:
-                    self.metrics = self._parse_metrics("")
-                else:
-                    self.metrics = self._parse_metrics(result.output)
-                    pio.write_json(pio.join(self.layout.eval, "metrics.json"), self.metrics)
+                self.metrics = self._parse_metrics("" if result.cached else result.output)
             if not result.summary:
                 result.summary = self._summary(name, result)
             self._finish(result)
