@@ -76,6 +76,7 @@ class CaptionsConfig:
     features: Optional[str] = None               # directory written by `captionbeam features`
     num_shards: int = 0                          # 0: auto (about 128 MiB per shard)
     overwrite: bool = False
+    keep_empty: bool = False                     # keep captions that clean to nothing as <start> <end>
 
     @property
     def split_names(self) -> Tuple[str, ...]:
@@ -230,9 +231,10 @@ def _counter(name: str):
 
 # ----------------------------------------------------------------------------- reading captions
 class _ParseCaptionFile(beam.DoFn):
-    def __init__(self, fmt: str, clean: str):
+    def __init__(self, fmt: str, clean: str, keep_empty: bool = False):
         self.fmt = fmt
         self.clean = clean
+        self.keep_empty = keep_empty
 
     def process(self, path: str):
         cleaner = get_cleaner(self.clean)
@@ -248,7 +250,7 @@ class _ParseCaptionFile(beam.DoFn):
                 yield beam.pvalue.TaggedOutput("dead", DeadLetter.from_exception(path, row, "parse_captions"))
                 continue
             tokens = cleaner(row.caption)
-            if not tokens:
+            if not tokens and not self.keep_empty:
                 dead.inc()
                 yield beam.pvalue.TaggedOutput("dead", DeadLetter(
                     path=f"{path}#{row.order}", error="EmptyCaption",
@@ -262,14 +264,15 @@ class _ParseCaptionFile(beam.DoFn):
 class ReadCaptions(beam.PTransform):
     """Captions file -> (image_id, CaptionTokens); bad lines -> dead letters (tag ``dead``)."""
 
-    def __init__(self, path: str, fmt: str, clean: str):
+    def __init__(self, path: str, fmt: str, clean: str, keep_empty: bool = False):
         super().__init__()
-        self.path, self.fmt, self.clean = path, fmt, clean
+        self.path, self.fmt, self.clean, self.keep_empty = path, fmt, clean, keep_empty
 
     def expand(self, pbegin):
         return (pbegin
                 | "Captions file" >> beam.Create([self.path])
-                | "Parse and clean" >> beam.ParDo(_ParseCaptionFile(self.fmt, self.clean)).with_outputs("dead", main="captions"))
+                | "Parse and clean" >> beam.ParDo(_ParseCaptionFile(self.fmt, self.clean, self.keep_empty))
+                .with_outputs("dead", main="captions"))
 
 
 # ----------------------------------------------------------------------------- reading features
@@ -467,7 +470,7 @@ class _WriteSummary(beam.DoFn):
         self.header = {
             "captions_file": c.captions, "format": plan.fmt, "clean": c.clean, "min_count": c.min_count,
             "vocab_split": None if c.vocab else c.vocab_split, "vocab_source": c.vocab or "built",
-            "features": c.features, "split_files": {n: p for n, p in c.splits},
+            "features": c.features, "split_files": {n: p for n, p in c.splits}, "keep_empty": c.keep_empty,
         }
         self.split_names = list(c.split_names)
         self.split_file_images = {n: len(set(ids)) for n, ids in plan.split_ids.items()}
@@ -526,7 +529,7 @@ class _WriteSummary(beam.DoFn):
 def build(pipeline: beam.Pipeline, p: Plan) -> None:
     """Add the whole captions job to ``pipeline``."""
     c = p.config
-    caps = pipeline | "ReadCaptions" >> ReadCaptions(c.captions, p.fmt, c.clean)
+    caps = pipeline | "ReadCaptions" >> ReadCaptions(c.captions, p.fmt, c.clean, c.keep_empty)
     split_pairs = sorted({(iid, name) for name, ids in p.split_ids.items() for iid in ids})
     splits = pipeline | "Split ids" >> beam.Create(split_pairs)
     inputs = {"captions": caps.captions, "splits": splits}

@@ -251,22 +251,25 @@ def test_multiprocess_shuffled_gzip_run_gives_the_same_data(main_run, tmp_path):
 
 
 def test_captions_only_kaggle_basic_without_splits(tmp_path):
-    """No --features, no --split: every image is 'train', caption-only records, --clean basic."""
+    """No --features, no --split: every image is 'train', caption-only records, --clean basic; with
+    --keep-empty a caption with no words ('?!') stays as <start> <end>, an empty field is still a dead letter."""
     path = tmp_path / "captions.csv"
     path.write_text('image,caption\n'
                     'a.jpg,"A dog, a cat."\n'
                     'a.jpg,A black-and-white dog\n'
                     'b.jpg,a dog\n'
+                    'b.jpg,?!\n'
                     'b.jpg,\n', encoding="utf-8")
     out = str(tmp_path / "out")
     assert cli(["captions", "--captions", str(path), "--clean", "basic", "--min-count", "2", "--output", out,
-                "--runner=DirectRunner"]) == 0
+                "--keep-empty", "--runner=DirectRunner"]) == 0
     with open(os.path.join(out, "vocab.txt")) as f:
         assert f.read().splitlines() == list(RESERVED) + ["a", "dog"]
     with open(os.path.join(out, "stats.json")) as f:
         stats = json.load(f)
     assert stats["format"] == "kaggle" and stats["record_kind"] == "captions"
     assert list(stats["splits"]) == ["train"] and stats["splits"]["train"]["images"] == 2
+    assert stats["splits"]["train"]["captions"] == 4 and stats["keep_empty"] is True
     assert stats["splits"]["train"]["unknown_tokens"] == 4  # cat, black, and, white
     assert stats["dead_letters"] == {"total": 1, "parse_captions": 1}
     files = glob.glob(os.path.join(out, "*.tfrecord"))
@@ -280,7 +283,7 @@ def test_captions_only_kaggle_basic_without_splits(tmp_path):
         got[f["image_id"].bytes_list.value[0].decode()] = records.split_captions(
             f["caption_ids"].int64_list.value, f["caption_lengths"].int64_list.value)
     # a=4, dog=5: "a dog a cat", "a black and white dog", "a dog"
-    assert got == {"a": [[2, 4, 5, 4, 1, 3], [2, 4, 1, 1, 1, 5, 3]], "b": [[2, 4, 5, 3]]}
+    assert got == {"a": [[2, 4, 5, 4, 1, 3], [2, 4, 1, 1, 1, 5, 3]], "b": [[2, 4, 5, 3], [2, 3]]}
 
 
 def test_gcs_run_with_given_vocabulary(gcs_bucket, tmp_path, main_run):

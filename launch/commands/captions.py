@@ -72,6 +72,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="cleaning rule: seed = the classic tutorial exactly (lowercase, strip punctuation, drop "
                         "one-letter and non-alphabetic tokens); basic = unicode words incl. 'a' and numbers; "
                         "none = whitespace split (default: seed)")
+    t.add_argument("--keep-empty", action="store_true",
+                   help="keep captions that clean to no tokens (e.g. 'A' under seed) as <start> <end>, as the "
+                        "classic tutorial does; by default they are dead letters (stage clean)")
     t.add_argument("--min-count", type=_int_at_least(1), default=5,
                    help="keep tokens seen at least this many times in --vocab-split (default: 5)")
     t.add_argument("--vocab-split", default="train",
@@ -89,7 +92,8 @@ def main(args: argparse.Namespace, pipeline_args) -> int:
     config = CaptionsConfig(
         captions=args.captions, output=args.output, fmt=args.format, splits=tuple(args.splits), clean=args.clean,
         min_count=args.min_count, vocab_split=args.vocab_split, vocab=args.vocab, features=args.features,
-        num_shards=args.num_shards, overwrite=args.overwrite)
+        num_shards=args.num_shards, overwrite=args.overwrite,
+        keep_empty=args.keep_empty)
     try:
         result = run(config, pipeline_args)
     except (CaptionsConfigError, CaptionFileError) as e:
