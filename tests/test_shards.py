@@ -215,16 +215,17 @@ def _bad_shards(bucket):
 
 
 def test_features_over_shards_equal_loose_files(gcs_packed, gcs_bucket, tmp_path):
-    """One features job over the loose files, the tar and TFRecord packs on the emulator, and two
-    broken shards: every shard image gets the loose file's id and feature values; what is broken is
-    dead-lettered with shard path and member; the rest is encoded."""
+    """One features job (default --input-format auto: formats from the globs) over the loose files, the
+    tar and TFRecord packs on the emulator and two broken shards: every shard image gets the loose
+    file's id and feature values; what is broken is dead-lettered with shard path and member; the rest
+    is encoded."""
     from launch.cli import main
     from pipelines.deadletter import read_dead_letters
     bad = _bad_shards(gcs_bucket)
     out = str(tmp_path / "features")
     rc = main(["--log-level", "WARNING", "features", "--images", gcs_packed.images,
                f"{gcs_packed.tar}/*.tar", f"{gcs_packed.tfrecord}/*.tfrecord.gz", f"{bad}/*.tar", f"{bad}/*.tfrecord",
-               "--input-format", "auto", "--output", out, "--encoder", "mobilenet", "--weights", "none",
+               "--output", out, "--encoder", "mobilenet", "--weights", "none",
                "--image-size", "32", "--batch-size", "16"] + DIRECT)
     assert rc == 0
     groups = collections.defaultdict(dict)
