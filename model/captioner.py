@@ -176,3 +176,15 @@ class Captioner:
             chunk = list(images[start:start + self.batch_size])
             results += self.caption_features(self.encode_images(chunk))
         return results
+
+
+def iterate_records(files: Sequence[str], feature_shape: Sequence[int], batch_size: int):
+    """Batches of training records of a split, streamed: (image ids, features [B, ...], captions as id lists)."""
+    import tensorflow as tf
+    from model import records
+    ds = tf.data.TFRecordDataset(list(files), num_parallel_reads=min(len(files), 4))
+    ds = ds.map(lambda s: records.parse_training_example(s, feature_shape), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size).prefetch(2)
+    for batch in ds:
+        ids = [b.decode("utf-8") for b in batch["image_id"].numpy()]
+        yield ids, batch["feature"].numpy(), batch["captions"].to_list()

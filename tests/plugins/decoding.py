@@ -147,3 +147,46 @@ def image_model_dir(tmp_path_factory):
             fit(model, feats, classes, vocab, steps=150)
         out[arch] = write_model_dir(str(root / arch), model, vocab, spec)
     return out
+
+
+def write_decoding_data(directory, feature_shape, split="test", n=12, shards=2, seed=7):
+    """A ``--data`` dir for the decoding task: vocab.txt, features_spec.json, stats.json, <split> shards.
+    Each image has its class caption and a second reference ("<caption> today")."""
+    import tensorflow as tf
+    from model import records
+    vocab = decoding_vocab()
+    os.makedirs(directory, exist_ok=True)
+    vocab.save(os.path.join(directory, "vocab.txt"))
+    records.FeaturesSpec(encoder="synthetic", feature_shape=list(feature_shape), image_size=[32, 32],
+                         preprocessing="none", weights="none").save(directory)
+    feats, classes = synthetic_batch(tuple(feature_shape), n, seed=seed)
+    writers = [tf.io.TFRecordWriter(os.path.join(directory, f"{split}-{i:05d}-of-{shards:05d}.tfrecord"))
+               for i in range(shards)]
+    truth = {}
+    for i, (f, k) in enumerate(zip(feats, classes)):
+        iid = f"img_{i:03d}"
+        caps = [caption_tokens(vocab, int(k)), vocab.encode(["<start>"] + CAPTIONS[int(k)].split() + ["today", "<end>"])]
+        writers[i % shards].write(records.training_example(iid, f, caps))
+        truth[iid] = int(k)
+    for w in writers:
+        w.close()
+    with open(os.path.join(directory, "stats.json"), "w") as fh:
+        json.dump({"splits": {split: {"images": n, "captions": 2 * n}}}, fh)
+    return directory, truth
+
+
+@pytest.fixture(scope="session")
+def decoding_model_dirs(fitted_models, tmp_path_factory):
+    """dict arch -> (model dir of the fitted tiny model, data dir with its test split, image id -> class)."""
+    from model import records
+    vocab = decoding_vocab()
+    root = tmp_path_factory.mktemp("decoding_dirs")
+    out = {}
+    for arch, model in fitted_models.items():
+        shape = tuple(model.config.feature_shape)
+        spec = records.FeaturesSpec(encoder="synthetic", feature_shape=list(shape), image_size=[32, 32],
+                                    preprocessing="none", weights="none")
+        model_dir = write_model_dir(str(root / f"{arch}_model"), model, vocab, spec)
+        data_dir, truth = write_decoding_data(str(root / f"{arch}_data"), shape)
+        out[arch] = (model_dir, data_dir, truth)
+    return out

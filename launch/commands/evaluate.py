@@ -1,0 +1,182 @@
+"""``captionbeam evaluate``: decode a split of a ``--data`` directory with a trained model, write the
+predictions, and print BLEU-1..4 (NLTK) plus COCO metrics (METEOR, ROUGE-L, CIDEr-D)."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+
+from launch.commands.score import add_coco_arguments, compute, format_report, public, write_per_image
+from model.caption_files import FORMATS
+
+HELP = "decode a split with a trained model and print BLEU / METEOR / ROUGE-L / CIDEr-D"
+log = logging.getLogger("captionbeam.evaluate")
+
+
+def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
+    """Decoding flags shared with ``caption`` and ``export``."""
+    g = parser.add_argument_group("decoding")
+    g.add_argument("--beam-size", type=int, default=1, help="beam width; 1 = greedy decoding (default: 1)")
+    g.add_argument("--length-penalty", type=float, default=0.0, metavar="ALPHA",
+                   help="beam search ranks captions by log-prob / length**ALPHA (0 = raw log-prob, default; "
+                        "1 = mean per token)")
+    g.add_argument("--max-length", type=int, default=None,
+                   help="most tokens generated, <end> included (default: the longest training caption)")
+    g.add_argument("--batch-size", type=int, default=64, help="images decoded together (default: 64)")
+    g.add_argument("--weights", choices=("best", "last"), default="best",
+                   help="which weights of the model dir: best (lowest validation loss, default) or last")
+
+
+def check_decoding_arguments(args) -> None:
+    if args.beam_size < 1:
+        raise SystemExit(f"captionbeam: error: --beam-size must be >= 1, got {args.beam_size}")
+    if args.max_length is not None and args.max_length < 1:
+        raise SystemExit(f"captionbeam: error: --max-length must be >= 1, got {args.max_length}")
+    if args.batch_size < 1:
+        raise SystemExit(f"captionbeam: error: --batch-size must be >= 1, got {args.batch_size}")
+    if args.length_penalty < 0:
+        raise SystemExit(f"captionbeam: error: --length-penalty must be >= 0, got {args.length_penalty}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model-dir", required=True, help="trained model directory (captionbeam train --model-dir)")
+    parser.add_argument("--data", required=True, help="data directory with <split>-*.tfrecord (captionbeam captions)")
+    parser.add_argument("--split", default="test", help="split to decode (default: test)")
+    add_decoding_arguments(parser)
+    parser.add_argument("--references", metavar="FILE",
+                        help="score against this caption file (the original text, as published numbers are) "
+                             "instead of the records' captions (token ids turned back into words, <unk> kept)")
+    parser.add_argument("--references-format", choices=("auto",) + FORMATS, default="auto",
+                        help="format of --references (default: auto-detect)")
+    parser.add_argument("--output", metavar="FILE",
+                        help="predictions JSON lines (default: MODEL_DIR/eval/<split>-beam<K>.predictions.jsonl); "
+                             "the metrics go beside it as .metrics.json")
+    parser.add_argument("--limit", type=int, default=None, help="decode only the first N images (smoke runs)")
+    add_coco_arguments(parser)
+    parser.add_argument("--per-image", metavar="FILE", help="also write per-image scores as JSON lines")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+
+
+def _write_text(path: str, text: str) -> None:
+    import tensorflow as tf
+    parent = path.rsplit("/", 1)[0] if "/" in path else ""
+    if parent and not tf.io.gfile.exists(parent):
+        tf.io.gfile.makedirs(parent)
+    with tf.io.gfile.GFile(path, "w") as f:
+        f.write(text)
+
+
+def decode_split(captioner, files, feature_shape, data_vocab, batch_size, limit=None, total=None):
+    """Stream the split through the captioner -> (predictions rows, references from the records, seconds)."""
+    from collections import OrderedDict
+    from model.captioner import iterate_records
+    rows, refs = OrderedDict(), OrderedDict()
+    duplicates = 0
+    start = last_log = time.monotonic()
+    for ids, feats, captions in iterate_records(files, feature_shape, batch_size):
+        if limit is not None:
+            room = limit - len(rows)
+            if room <= 0:
+                break
+            ids, feats, captions = ids[:room], feats[:room], captions[:room]
+        results = captioner.caption_features(feats)
+        for iid, res, caps in zip(ids, results, captions):
+            if iid in rows:
+                duplicates += 1
+                continue
+            rows[iid] = {"image_id": iid, "caption": res.caption, "log_prob": round(res.log_prob, 6),
+                         "finished": res.finished}
+            texts = [" ".join(data_vocab.decode(c)) for c in caps]
+            if any(t.strip() for t in texts):
+                refs[iid] = [t for t in texts if t.strip()]
+        now = time.monotonic()
+        if now - last_log > 10:
+            last_log = now
+            rate = len(rows) / (now - start)
+            eta = f", ETA {(total - len(rows)) / rate:.0f}s" if total and rate > 0 else ""
+            log.info("evaluate: %d%s images decoded, %.1f images/s%s", len(rows), f"/{total}" if total else "",
+                     rate, eta)
+    if duplicates:
+        log.warning("evaluate: %d duplicate image ids in the records were decoded once", duplicates)
+    return rows, refs, time.monotonic() - start
+
+
+def main(args, pipeline_args) -> int:
+    check_decoding_arguments(args)
+    if args.limit is not None and args.limit < 1:
+        raise SystemExit(f"captionbeam evaluate: error: --limit must be >= 1, got {args.limit}")
+    from model.caption_files import CaptionFileError
+    from model.coco_metrics import CocoMetricsError
+    from model.references import MissingIdsError, load_image_ids, load_references, protect_json_lines
+
+    def fail(message):
+        print(f"captionbeam evaluate: error: {message}", file=sys.stderr)
+        return 2
+
+    try:
+        from model.captioner import Captioner
+        from model.data import open_data, split_files
+        info = open_data(args.data)
+        files = split_files(args.data, args.split)
+        if not files:
+            return fail(f"--split: no '{args.split}' records in {args.data} "
+                        f"(expected {args.split}-NNNNN-of-NNNNN.tfrecord)")
+        captioner = Captioner.load(args.model_dir, beam_size=args.beam_size, max_length=args.max_length,
+                                   batch_size=args.batch_size, alpha=args.length_penalty, which=args.weights)
+        if list(captioner.config.feature_shape) != list(info.feature_shape):
+            return fail(f"--data {args.data} holds features of shape {tuple(info.feature_shape)}, the model in "
+                        f"{args.model_dir} reads {tuple(captioner.config.feature_shape)}")
+        if info.features_spec.encoder != captioner.encoder_name:
+            log.warning("evaluate: data features come from encoder %r, the model was trained on %r",
+                        info.features_spec.encoder, captioner.encoder_name)
+        if tuple(info.vocab.tokens) != tuple(captioner.vocab.tokens):
+            log.warning("evaluate: the data vocabulary differs from the model's; references use the data's")
+        references_file = load_references(args.references, args.references_format) if args.references else None
+        image_ids = load_image_ids(args.image_ids) if args.image_ids else None
+    except (OSError, ValueError, CaptionFileError) as e:
+        return fail(str(e))
+
+    total = (info.stats.get("splits", {}).get(args.split, {}) or {}).get("images")
+    if args.limit:
+        total = min(total or args.limit, args.limit)
+    log.info("evaluate: decoding split %r of %s (%d shard(s)) with %s, beam %d, max length %d",
+             args.split, args.data, len(files), args.model_dir, captioner.beam_size, captioner.max_length)
+    rows, record_refs, seconds = decode_split(captioner, files, info.feature_shape, info.vocab, args.batch_size,
+                                              args.limit, total)
+    if not rows:
+        return fail(f"--split {args.split}: no images in {len(files)} record file(s)")
+    output = args.output or f"{args.model_dir.rstrip('/')}/eval/{args.split}-beam{captioner.beam_size}.predictions.jsonl"
+    _write_text(output, "".join(protect_json_lines(json.dumps(r, ensure_ascii=False)) + "\n" for r in rows.values()))
+
+    predictions = {i: r["caption"] for i, r in rows.items()}
+    refs = references_file.captions if references_file is not None else record_refs
+    try:
+        report = compute(args, predictions, refs,
+                         image_ids if image_ids is not None else (list(predictions) if references_file else None))
+    except (MissingIdsError, CocoMetricsError, ValueError) as e:
+        return fail(f"{e} (predictions written to {output})")
+    report["decoding"] = {
+        "model_dir": args.model_dir, "model_version": captioner.model_version, "encoder": captioner.encoder_name,
+        "arch": captioner.config.arch, "split": args.split, "beam_size": captioner.beam_size,
+        "length_penalty": captioner.alpha, "max_length": captioner.max_length, "images": len(rows),
+        "unfinished": sum(1 for r in rows.values() if not r["finished"]), "seconds": round(seconds, 3),
+        "images_per_second": round(len(rows) / max(seconds, 1e-9), 2),
+        "references": args.references or "records",
+    }
+    report["predictions"] = output
+    if args.per_image:
+        write_per_image(args.per_image, report)
+    out = public(report)
+    _write_text(output.rsplit(".jsonl", 1)[0] + ".metrics.json", json.dumps(out, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(out))
+    else:
+        d = report["decoding"]
+        print(f"{d['arch']} model {d['model_version']} ({d['encoder']}), split {d['split']}, beam {d['beam_size']}: "
+              f"{d['images']} images in {d['seconds']:.1f}s ({d['images_per_second']} images/s), "
+              f"{d['unfinished']} cut at max length")
+        print(format_report(report))
+        print(f"predictions: {output}")
+    return 0
