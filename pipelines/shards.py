@@ -27,6 +27,7 @@ import posixpath
 import struct
 import tarfile
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import BinaryIO, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -58,6 +59,9 @@ BAD_RECORD = "bad_record"
 DUPLICATE_ID = "duplicate_id"
 UNKNOWN_FORMAT = "unknown_format"
 DUPLICATE_POLICIES = ("drop", "keep")
+# What a corrupt archive / compressed stream raises (dead-lettered). Anything else -- a storage or
+# network error -- propagates, so the runner retries the shard instead of dead-lettering good data.
+CORRUPT_STREAM_ERRORS = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile)
 
 
 # ----------------------------------------------------------------------------- formats
@@ -248,7 +252,7 @@ def iter_tar(fileobj: BinaryIO, shard: str) -> Iterator[ShardItem]:
                     continue
                 group[ext] = (info.name, data)
                 count += 1
-    except (tarfile.TarError, EOFError, OSError, zlib_error()) as e:
+    except CORRUPT_STREAM_ERRORS as e:  # storage errors are not caught: Beam retries the shard
         if group:  # only fully read members are in the group
             yield from _group_items(shard, key, group)
         err = TRUNCATED if isinstance(e, EOFError) or "unexpected end" in str(e).lower() else UNREADABLE
@@ -261,9 +265,6 @@ def iter_tar(fileobj: BinaryIO, shard: str) -> Iterator[ShardItem]:
         yield from _group_items(shard, key, group)
 
 
-def zlib_error():
-    import zlib
-    return zlib.error
 
 
 # ----------------------------------------------------------------------------- TFRecord
@@ -392,7 +393,7 @@ def iter_tfrecord(fileobj: BinaryIO, shard: str, fields: TfrecordFields = Tfreco
     except TfrecordCorrupt as e:
         yield ShardError(shard, f"record-{next_index}..", BAD_CRC if "CRC" in str(e) else TRUNCATED,
                          f"rest of shard unreadable: {e}")
-    except (OSError, EOFError, zlib_error()) as e:  # gzip stream broken
+    except CORRUPT_STREAM_ERRORS as e:  # gzip stream broken (storage errors propagate: Beam retries)
         yield ShardError(shard, f"record-{next_index}..", TRUNCATED, f"rest of shard unreadable: {type(e).__name__}: {e}")
 
 

@@ -251,3 +251,27 @@ def test_features_over_shards_equal_loose_files(gcs_packed, gcs_bucket, tmp_path
         ("bad.tar#x3.jpg..", S.TRUNCATED, "shard"),
         ("bad.tfrecord#record-1", S.BAD_CRC, "shard"),
     }
+
+
+@pytest.mark.parametrize("fmt", ["tar", "tfrecord"])
+def test_storage_errors_propagate_so_the_runner_retries(fmt):
+    """A broken download is not a corrupt shard: it must raise (Beam retries the bundle), not
+    dead-letter the rest of a good shard."""
+    data = _tar([(f"i{k}.jpg", _jpeg(k)) for k in range(4)]) if fmt == "tar" else _tfrecord(4)
+
+    class Flaky(io.RawIOBase):
+        def __init__(self):
+            self._b = io.BytesIO(data)
+
+        def readable(self):
+            return True
+
+        def readinto(self, buf):
+            if self._b.tell() > len(data) // 2:
+                raise ConnectionError("connection reset by peer")
+            chunk = self._b.read(min(len(buf), 700))
+            buf[:len(chunk)] = chunk
+            return len(chunk)
+
+    with pytest.raises(ConnectionError):
+        list(S.iter_shard(f"s.{fmt}", fmt, fileobj=Flaky()))
