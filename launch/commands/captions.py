@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "of images that could not be joined, by reason) and dead_letters/*.jsonl (unparseable lines). "
         "Any Beam pipeline option (--runner, --direct_num_workers, ...) passes through.")
     g = parser.add_argument_group("inputs and outputs")
-    g.add_argument("--captions", required=True,
+    g.add_argument("--captions", required=True, metavar="FILE",
                    help="captions file, local or gs://: Flickr8k token file, Kaggle-style CSV (image,caption), "
                         "COCO captions JSON or JSON lines")
     g.add_argument("--format", default="auto", choices=("auto",) + tuple(FORMATS),
@@ -65,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--output", required=True, metavar="DIR", help="output directory, local or gs://")
     g.add_argument("--overwrite", action="store_true",
                    help="replace the files of an earlier run in --output (by default the job refuses to mix runs)")
-    g.add_argument("--num-shards", type=_int_at_least(0), default=0,
+    g.add_argument("--num-shards", type=_int_at_least(0), default=0, metavar="N",
                    help="TFRecord shards per split; 0 = auto, about 128 MiB per shard (default: 0)")
     t = parser.add_argument_group("text and vocabulary")
     t.add_argument("--clean", default="seed", choices=sorted(CLEANERS),
@@ -75,10 +75,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--keep-empty", action="store_true",
                    help="keep captions that clean to no tokens (e.g. 'A' under seed) as <start> <end>, as the "
                         "classic tutorial does; by default they are dead letters (stage clean)")
-    t.add_argument("--min-count", type=_int_at_least(1), default=5,
+    t.add_argument("--min-count", type=_int_at_least(1), default=5, metavar="N",
                    help="keep tokens seen at least this many times in --vocab-split (default: 5)")
-    t.add_argument("--vocab-split", default="train",
-                   help="the split whose captions build the vocabulary (default: train)")
+    t.add_argument("--vocab-split", default="train", metavar="NAME",
+                   help="the split whose records' captions build the vocabulary (with --features: only images "
+                        "that have features, i.e. exactly what the trainer sees) (default: train)")
     t.add_argument("--vocab", default=None, metavar="FILE",
                    help="use this vocab.txt instead of building one (e.g. to encode new data for a trained model)")
 

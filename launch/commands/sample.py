@@ -30,17 +30,21 @@ def _positive(text: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--output", required=True,
+    parser.description = (HELP + ". Procedurally drawn scenes (1-3 objects: circle, square, triangle, star, "
+                          "diamond; six colours; small/large; left/right/top/bottom/centre; plain or gradient "
+                          "background) with five varied captions each that describe what is drawn. Image k depends "
+                          "only on (--seed, k).")
+    parser.add_argument("--output", required=True, metavar="DIR",
                         help="directory to write (local or gs://): images/*.jpg, captions.txt (Flickr8k token "
                              "format), train.txt, dev.txt, test.txt (Flickr8k split files), scenes.jsonl")
-    parser.add_argument("--images", type=_positive, default=100, help="number of images (default: 100)")
-    parser.add_argument("--seed", type=int, default=0,
+    parser.add_argument("--images", type=_positive, default=100, metavar="N", help="number of images (default: 100)")
+    parser.add_argument("--seed", type=int, default=0, metavar="S",
                         help="random seed; the same seed gives byte-identical files (default: 0)")
-    parser.add_argument("--size", type=_positive, default=128, help="image side in pixels, 16..2048 (default: 128)")
-    parser.add_argument("--captions-per-image", type=_positive, default=5, help="captions per image (default: 5)")
+    parser.add_argument("--size", type=_positive, default=128, metavar="PX", help="image side in pixels, 16..2048 (default: 128)")
+    parser.add_argument("--captions-per-image", type=_positive, default=5, metavar="N", help="captions per image (default: 5)")
     parser.add_argument("--splits", type=_fractions, default=(0.8, 0.1, 0.1), metavar="TRAIN,DEV,TEST",
                         help="relative sizes of the train, dev and test splits (default: 80,10,10)")
-    parser.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality 1..95 (default: 90)")
+    parser.add_argument("--jpeg-quality", type=int, default=90, metavar="Q", help="JPEG quality 1..95 (default: 90)")
 
 
 def main(args: argparse.Namespace, pipeline_args=None) -> int:
