@@ -1,14 +1,16 @@
 """Image shards: read tar (WebDataset layout) and TFRecord shards of images as a stream.
 
-Two layers:
+Three parts:
 
 * pure, streaming readers over a binary file object (:func:`iter_tar`, :func:`iter_tfrecord`) that
   yield :class:`ShardRecord` (one image, with its caption / metadata if the shard carries them) or
   :class:`ShardError` (something that could not be read: a truncated archive, a bad CRC, a member
   that is not an image). They never hold more than one tar member group / one TFRecord record;
+* :class:`ShardWriter` (used by ``captionbeam pack``, :mod:`pipelines.pack`): streams samples into a
+  WebDataset tar or a TFRecord file, CRCs framed as TensorFlow does;
 * :class:`ReadImageShards`, a composite ``PTransform``: shard globs -> ``ImageBlob``s + dead letters,
-  one shard per work item (matched with ``fileio.MatchAll`` and redistributed with a ``Reshuffle``),
-  read through Beam's ``FileSystems`` so ``gs://`` (and the tests' emulator) work.
+  one shard per work item (matched with ``fileio.MatchAll``, spread over workers by a ``Distinct``
+  shuffle), read through Beam's ``FileSystems`` so ``gs://`` (and the tests' emulator) work.
 
 Sources are named ``<shard path>#<member>``: the tar member name, or the TFRecord id field
 (``#record-<n>`` where a record has no readable id). Duplicate image ids across (or within) shards
@@ -83,19 +85,6 @@ def resolve_format(path: str, input_format: str = "auto") -> str:
 
 def is_gzip_name(path: str) -> bool:
     return path.lower().endswith((".gz", ".tgz"))
-
-
-def patterns_format(patterns: Sequence[str], input_format: str = "auto") -> str:
-    """The format a list of globs names, judged from the patterns themselves (``*.tar`` ...).
-
-    ``files`` when no pattern names a shard suffix; raises when patterns mix formats under ``auto``."""
-    if input_format != "auto":
-        return resolve_format("", input_format)
-    kinds = {detect_format(p) for p in patterns}
-    if len(kinds) > 1:
-        raise ValueError(f"--images mixes formats ({', '.join(sorted(kinds))}); use one kind per run or "
-                         f"--input-format")
-    return kinds.pop() if kinds else "files"
 
 
 @dataclass(frozen=True)
