@@ -51,7 +51,7 @@ class DataSection:
 
 @dataclass
 class FeaturesSection:
-    encoder: str = "mobilenet"
+    encoder: str = "thumbnail"       # the embedded default's tiny encoder (launch.run.build_thumbnail_encoder)
     weights: str = "none"
     image_size: int = 64
     batch_size: int = 32
@@ -69,7 +69,8 @@ class CaptionsSection:
 class TrainSection:
     arch: str = "merge"
     epochs: int = 12
-    batch_size: int = 32
+    batch_size: int = 64
+    learning_rate: float = 0.003
     extra: List[str] = field(default_factory=list)    # more `captionbeam train` flags
 
 

@@ -629,7 +629,19 @@ def retrain_once(config: RetrainConfig) -> AttemptResult:
           file=sys.stderr)
 
     # 3. records: all captions so far + the new ones; new images join the training split
-    new_ids = sorted({pio.image_id_from_path(p) for p, _ in with_caps})
+    known_ids = set()
+    for split_file in pio.match([r.path("data", "*.txt")]):
+        if pio.basename(split_file) != "captions.txt":
+            known_ids.update(parse_split_file(pio.read_text(split_file)))
+    # images already in a split (e.g. landed again) keep their split and captions: no test image leaks into train
+    new_ids = sorted({pio.image_id_from_path(p) for p, _ in with_caps} - known_ids)
+    if not new_ids:
+        result.status = "nothing-new"
+        result.reasons.append(f"all {len(with_caps)} landed image(s) are already in the root's splits")
+        write_consumed(r, batch, with_caps)
+        result.seconds = time.time() - start
+        return result
+    result.reasons.append(f"{len(new_ids)} image(s) join the training split")
     base_caps = read_captions([r.path("data", "captions.txt")], "flickr8k")
     merged = dict(base_caps)
     for i in new_ids:
@@ -675,7 +687,7 @@ def retrain_once(config: RetrainConfig) -> AttemptResult:
 
     # 5. the gate
     decision = promotion_decision(result.old_metrics, result.new_metrics, config.tolerance, config.min_drop)
-    result.reasons = decision.reasons
+    result.reasons += decision.reasons
     info = VersionInfo(name=version, parent=current, created=now(), metrics=result.new_metrics,
                        train_images=len(train_ids), vocab_size=len(tokens) if tokens else len(old_vocab),
                        batch=batch, promoted=decision.promote, decision=decision.reasons)

@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, TextIO
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, TextIO
 
 import pipelines.io as pio
 from launch.config import RunConfig
@@ -130,6 +130,40 @@ class Layout:
     def stages(self) -> str: return self.p("stages")
 
 
+def grounding(scenes_jsonl: str, predictions: Mapping[str, str]) -> Dict[str, float]:
+    """On the sample dataset, how often the words of a caption are true of its image: of the colour
+    (shape) words a caption uses, the fraction naming a colour (shape) that is drawn in it; next to
+    the same figure with the captions given to other images (what an image-blind model scores)."""
+    from pipelines.sample import COLOURS, SHAPE_PLURALS, SHAPE_WORDS
+    word_shape = {w: s for s, ws in SHAPE_WORDS.items() for w in ws}
+    word_shape.update({SHAPE_PLURALS[w]: s for w, s in list(word_shape.items()) if w in SHAPE_PLURALS})
+    scenes = {}
+    for line in pio.read_text(scenes_jsonl).splitlines():
+        if line.strip():
+            row = json.loads(line)
+            colours = {o["colour"] for o in row["objects"]} | set(str(row.get("background", "")).split("-"))
+            scenes[row["image_id"]] = (colours, {o["shape"] for o in row["objects"]})
+    ids = [i for i in predictions if i in scenes]
+
+    def score(pairs):
+        hit = {"colour": [0, 0], "shape": [0, 0]}
+        for scene_id, caption in pairs:
+            colours, shapes = scenes[scene_id]
+            for w in caption.lower().split():
+                if w in COLOURS:
+                    hit["colour"][0] += w in colours
+                    hit["colour"][1] += 1
+                elif w in word_shape:
+                    hit["shape"][0] += word_shape[w] in shapes
+                    hit["shape"][1] += 1
+        return {k: (a / b if b else 0.0) for k, (a, b) in hit.items()}
+
+    own = score((i, predictions[i]) for i in ids)
+    shifted = score((i, predictions[j]) for i, j in zip(ids, ids[1:] + ids[:1]))
+    return {"colour_words_true": own["colour"], "colour_words_true_image_blind": shifted["colour"],
+            "shape_words_true": own["shape"], "shape_words_true_image_blind": shifted["shape"]}
+
+
 def _fmt_seconds(s: float) -> str:
     return f"{s:.1f}s" if s < 120 else f"{int(s // 60)}m{int(s % 60):02d}s"
 
@@ -171,7 +205,7 @@ class RunPipeline:
             plan.append(("sample", ["sample", "--output", L.sample, "--images", str(c.sample.images),
                                     "--size", str(c.sample.size), "--seed", str(c.sample.seed)]))
         f = c.features
-        plan.append(("features", ["features", "--images", *images, "--output", L.features, "--encoder", f.encoder,
+        plan.append(("features", ["features", "--images", *images, "--output", L.features, "--encoder", self.encoder,
                                   "--weights", f.weights, "--image-size", str(f.image_size),
                                   "--batch-size", str(f.batch_size), *f.extra,
                                   *self.stage_pipeline_args("features")]))
@@ -185,12 +219,33 @@ class RunPipeline:
         t = c.train
         plan.append(("train", ["train", "--data", L.data, "--model-dir", L.model, "--arch", t.arch,
                                "--epochs", str(t.epochs), "--batch-size", str(t.batch_size),
+                               "--learning-rate", str(t.learning_rate),
                                *self.train_profile_args, *t.extra]))
         e = c.evaluate
         plan.append(("evaluate", ["evaluate", "--model-dir", L.model, "--data", L.data, "--split", e.split,
                                   "--beam-size", str(e.beam_size), "--output", self.predictions_file,
                                   "--json", *e.extra]))
         return plan
+
+    @property
+    def encoder(self) -> str:
+        """The ``--encoder`` of the features stage: the thumbnail encoder's file in the workdir, or as given."""
+        if self.config.features.encoder == THUMBNAIL:
+            return pio.join(self.layout.workdir, "encoder", f"{THUMBNAIL}.keras")
+        return self.config.features.encoder
+
+    def prepare_encoder(self) -> None:
+        if self.config.features.encoder != THUMBNAIL:
+            return
+        spatial = self.config.train.arch == "attention"
+        if pio.is_gcs(self.encoder):
+            with tempfile.TemporaryDirectory(prefix="captionbeam-encoder-") as tmp:
+                local = build_thumbnail_encoder(os.path.join(tmp, "thumbnail.keras"), self.config.features.image_size,
+                                                spatial=spatial)
+                with open(local, "rb") as fh:
+                    pio.write_bytes(self.encoder, fh.read())
+        else:
+            build_thumbnail_encoder(self.encoder, self.config.features.image_size, spatial=spatial)
 
     @property
     def predictions_file(self) -> str:
@@ -315,7 +370,12 @@ class RunPipeline:
         if attention:
             argv += ["--attention-plot", pio.join(self.layout.eval, "attention")]
         self._header(n, total, "caption", argv)
-        result = self.run_command("caption", argv) if paths else StageResult("caption", argv)
+        # features_spec.json names a model-file encoder by its base name, which the captioner resolves
+        # against the working directory: run the stage beside the thumbnail encoder's file
+        here = (os.path.dirname(self.encoder) if self.config.features.encoder == THUMBNAIL
+                and not pio.is_gcs(self.encoder) else os.getcwd())
+        with contextlib.chdir(here):
+            result = self.run_command("caption", argv) if paths else StageResult("caption", argv)
         rows = []
         for line in result.output.splitlines():
             line = line.strip()
@@ -324,9 +384,7 @@ class RunPipeline:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError:
                     pass
-        if rows or not result.cached:
-            pio.write_text(out_jsonl, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
-        elif pio.exists(out_jsonl):
+        if result.cached and not rows and pio.exists(out_jsonl):
             rows = [json.loads(l) for l in pio.read_text(out_jsonl).splitlines() if l.strip()]
         refs = self._references()
         for r in rows:
@@ -334,9 +392,10 @@ class RunPipeline:
             r["image_id"] = iid
             r["references"] = refs.get(iid, [])
             if attention:
-                plot = pio.join(self.layout.eval, "attention", f"{iid}.png")
+                plot = pio.join(self.layout.eval, "attention", f"{iid}.attention.png")
                 r["attention"] = plot if pio.exists(plot) else None
         self.captions = rows
+        pio.write_text(out_jsonl, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
         result.summary = f"{len(rows)} held-out images captioned"
         return self._finish(result)
 
@@ -383,9 +442,18 @@ class RunPipeline:
         print(f"captionbeam run: {total} stages into {self.layout.workdir}", file=self.console)
         for n, (name, argv) in enumerate(plan, 1):
             self._header(n, total, name, argv)
+            if name == "features" and not self._cached(name, argv):
+                self.prepare_encoder()
             result = self.run_command(name, argv)
             if name == "evaluate":
                 self.metrics = self._parse_metrics("" if result.cached else result.output)
+                if self.config.data.is_sample and pio.exists(self.predictions_file):
+                    preds = {}
+                    for line in pio.read_text(self.predictions_file).splitlines():
+                        if line.strip():
+                            row = json.loads(line)
+                            preds[row["image_id"]] = row["caption"]
+                    self.metrics["grounding"] = grounding(pio.join(self.layout.sample, "scenes.jsonl"), preds)
             if not result.summary:
                 result.summary = self._summary(name, result)
             self._finish(result)

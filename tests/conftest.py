@@ -10,4 +10,5 @@ pytest_plugins = [
     "tests.plugins.data",
     "tests.plugins.training",
     "tests.plugins.decoding",
+    "tests.plugins.launch",
 ]

@@ -92,3 +92,83 @@ def test_iter_tfrecords_matches_tensorflow(tmp_path):
     assert list(iter_tfrecords(open(path, "rb").read())) == payloads
     with pytest.raises(ValueError, match="truncated"):
         list(iter_tfrecords(open(path, "rb").read()[:-3]))
+
+
+# ----------------------------------------------------------------------------- end to end (GCS emulator)
+def _landing(tmp_path, name, first, count, shuffle_seed=None):
+    """Sample images [first, first + count) (seed 0, 32 px: the same bytes as small_run's for ids < 48) and
+    their captions; with ``shuffle_seed`` the captions are moved to other images of the batch."""
+    from model.caption_files import group, parse
+    from pipelines.sample import SampleConfig, write_sample
+    out = tmp_path / name
+    write_sample(SampleConfig(output=str(out), images=first + count, seed=0, size=32))
+    caps = dict(group(parse((out / "captions.txt").read_text(), "flickr8k")))
+    ids = [f"sample_{i:05d}" for i in range(first, first + count)]
+    if shuffle_seed is not None:
+        rng = random.Random(shuffle_seed)
+        moved = ids[1:] + ids[:1]          # a derangement: no image keeps its own captions
+        rng.shuffle(moved)
+        while any(a == b for a, b in zip(ids, moved)):
+            rng.shuffle(moved)
+        caps = {**caps, **{a: caps[b] for a, b in zip(ids, moved)}}
+    keep = out / "landing"
+    keep.mkdir()
+    for i in ids:
+        shutil.copy(out / "images" / f"{i}.jpg", keep / f"{i}.jpg")
+    (out / "landing-captions.txt").write_text(
+        "".join(f"{i}.jpg#{n}\t{c}\n" for i in ids for n, c in enumerate(caps[i])))
+    return keep, out / "landing-captions.txt"
+
+
+def _retrain(capsys, argv):
+    from launch import cli
+    rc = cli.main(["retrain", *argv, "--json"])
+    out = capsys.readouterr().out
+    assert rc == 0, out[-3000:]
+    return [json.loads(l) for l in out.splitlines() if l.startswith("{")]
+
+
+def test_retrain_promotes_good_batch_and_rejects_shuffled_captions(small_run, gcs_bucket, tmp_path, capsys):
+    assert small_run.rc == 0
+    from launch.retrain import feature_hashes
+    root = f"{gcs_bucket.url}/models"
+    [init] = _retrain(capsys, ["--root", root, "--init", "--from-run", small_run.workdir])
+    r = ModelRoot(root)
+    assert init["status"] == "promoted" and r.current() == "v001" and "CIDEr" in r.info("v001").metrics
+    base_hashes = feature_hashes([r.path("features")])
+    assert len(base_hashes) == 48
+
+    # a landing with the 48 images the model already knows (same bytes) and 48 new ones
+    old_dir, old_caps = _landing(tmp_path, "old", 0, 48)
+    new_dir, new_caps = _landing(tmp_path, "good", 48, 48)
+    gcs_bucket.upload_dir(str(old_dir), "landing/a")
+    gcs_bucket.upload_dir(str(new_dir), "landing/a")
+    caps_url = gcs_bucket.upload_bytes("landing/a-captions.txt", old_caps.read_bytes() + new_caps.read_bytes())
+    flags = ["--root", root, "--captions", caps_url, "--epochs", "3", "--train-arg=--learning-rate=0.005",
+             "--train-arg=--checkpoint-every=1000"]
+    [good] = _retrain(capsys, flags + ["--images", f"{gcs_bucket.url}/landing/a/*.jpg"])
+    # only the 48 new images are featurised; the 48 others have the same bytes as images already in the manifest
+    assert (good["new_images"], good["featurised"], good["reused_features"]) == (96, 48, 48), good
+    assert good["status"] == "promoted", good["reasons"]
+    assert r.current() == "v002" and r.versions() == ["v001", "v002"]
+    hashes = feature_hashes([r.path("features")])
+    assert len(hashes) == 96 and set(base_hashes) < set(hashes)
+    assert sorted(hashes[h] for h in set(hashes) - set(base_hashes)) == [f"sample_{i:05d}" for i in range(48, 96)]
+    assert any(k.startswith("models/features/features-b0001-") for k in gcs_bucket.keys("models/features/"))
+    assert r.info("v002").parent == "v001" and r.info("v002").promoted
+
+    # nothing new: a restart finds every landed image consumed and does nothing
+    [again] = _retrain(capsys, flags + ["--images", f"{gcs_bucket.url}/landing/a/*.jpg"])
+    assert again["status"] == "nothing-new" and r.current() == "v002"
+
+    # a bad batch: captions shuffled across the images -> rejected, v002 stays current
+    bad_dir, bad_caps = _landing(tmp_path, "bad", 96, 96, shuffle_seed=1)
+    gcs_bucket.upload_dir(str(bad_dir), "landing/b")
+    bad_url = gcs_bucket.upload_bytes("landing/b-captions.txt", bad_caps.read_bytes())
+    [bad] = _retrain(capsys, ["--root", root, "--captions", bad_url, "--images", f"{gcs_bucket.url}/landing/b/*.jpg",
+                              "--epochs", "3", "--tolerance", "0", "--min-drop", "0",
+                              "--train-arg=--learning-rate=0.005", "--train-arg=--checkpoint-every=1000"])
+    assert bad["status"] == "rejected", bad
+    assert any("fell" in reason for reason in bad["reasons"])
+    assert r.current() == "v002" and not r.info(bad["version"]).promoted
+    assert gcs_bucket.read("models/CURRENT") == b"v002\n"

@@ -65,11 +65,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help=f"architecture (default: {_T.arch}; attention needs a conv-map encoder)")
     t.add_argument("--epochs", type=int, default=None, help=f"training epochs (default: {_T.epochs})")
     t.add_argument("--batch-size", type=int, default=None, help=f"training batch size (default: {_T.batch_size})")
+    t.add_argument("--learning-rate", type=float, default=None,
+                   help=f"Adam learning rate (default: {_T.learning_rate})")
     t.add_argument("--train-arg", action="append", default=None, metavar="FLAG",
                    help="extra `captionbeam train` flag, repeatable, e.g. --train-arg=--learning-rate=0.003")
     e = parser.add_argument_group("evaluation")
     e.add_argument("--eval-split", default=None, help=f"held-out split to evaluate (default: {_E.split})")
     e.add_argument("--beam-size", type=int, default=None, help=f"beam width, 1 = greedy (default: {_E.beam_size})")
+    e.add_argument("--eval-arg", action="append", default=None, metavar="FLAG",
+                   help="extra `captionbeam evaluate` flag, repeatable, e.g. --eval-arg=--coco-metrics=bleu,cider "
+                        "(no METEOR: no JVM start)")
     e.add_argument("--caption-images", type=int, default=None,
                    help=f"held-out images to caption for the report (default: {_E.caption_images})")
 
@@ -86,9 +91,11 @@ def build_config(args: argparse.Namespace) -> RunConfig:
         "features.batch_size": args.features_batch_size,
         "captions.clean": args.clean, "captions.min_count": args.min_count,
         "train.arch": args.arch, "train.epochs": args.epochs, "train.batch_size": args.batch_size,
+        "train.learning_rate": args.learning_rate,
         "train.extra": (config.train.extra + list(args.train_arg)) if args.train_arg else None,
         "evaluate.split": args.eval_split, "evaluate.beam_size": args.beam_size,
         "evaluate.caption_images": args.caption_images,
+        "evaluate.extra": (config.evaluate.extra + list(args.eval_arg)) if args.eval_arg else None,
     })
     if getattr(args, "profile", None) and not config.runner.profile:
         config.runner.profile = args.profile
