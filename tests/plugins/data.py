@@ -2,7 +2,7 @@
 
 - ``sample_dir``: the sample captioning dataset (``captionbeam sample``), 60 images of 64x64:
   ``images/*.jpg``, ``captions.txt``, ``train.txt``/``dev.txt``/``test.txt``, ``scenes.jsonl``.
-- ``sample_records``: ``sample_dir`` run through the real command line, ``captionbeam features``
+- ``sample_records``: ``sample_dir`` run through the real command line (``str()`` of it is the data dir), ``captionbeam features``
   (``mobilenet``, random seeded weights, 32 px: 1024-d pooled vectors) then ``captionbeam captions``
   (``--clean seed``, ``--min-count 2``, the three splits): training TFRecords for trainer tests.
 - ``sample_records_conv``: the same with ``mobilenet-conv`` at 64 px: a 2x2x1024 spatial map per image,
@@ -50,6 +50,14 @@ class SampleRecords:
     encoder: str
     feature_shape: List[int]
     stats: Dict[str, object] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        """The data directory (what ``captionbeam train --data`` takes): ``str(sample_records)`` and
+        ``os.fspath(sample_records)`` both give it."""
+        return self.data_dir
+
+    def __fspath__(self) -> str:
+        return self.data_dir
 
     @property
     def vocab_path(self) -> str:
