@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
@@ -32,7 +32,7 @@ from model.encoders import EncoderConfig, build_encoder, describe_config
 from pipelines.deadletter import DeadLetter, WriteDeadLetters, dead_letters_pattern
 from pipelines.images import DEFAULT_MAX_PIXELS, ImageDecodeError, load_image
 from pipelines.inference import keyed_encoder_handler
-from pipelines.sources import ImageBlob, ReadImages
+from pipelines.sources import ReadImages
 
 NAMESPACE = "captionbeam"
 log = logging.getLogger(__name__)

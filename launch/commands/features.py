@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 HELP = "encode images with a CNN into feature TFRecords (Beam job)"
@@ -144,7 +143,9 @@ def main(args: argparse.Namespace, pipeline_args=None) -> int:
           f"{' (GZIP)' if args.compress else ''}")
     print(f"  spec: {pio.join(args.output, 'features_spec.json')}")
     print(f"  dead letters: {pio.join(args.output, 'dead_letters', 'dead_letters-*.jsonl')}")
-    if result.files_matched != result.images_encoded + result.dead_letters:
+    from pipelines.sources import split_by_format
+    only_files = set(split_by_format(args.images, args.input_format)) == {"files"}
+    if only_files and result.files_matched != result.images_encoded + result.dead_letters:
         print(f"features: warning: {result.files_matched} files read but {result.images_encoded} encoded + "
               f"{result.dead_letters} dead letters", file=sys.stderr)
     return 0
