@@ -168,14 +168,22 @@ def train(cfg, model_overrides) -> Dict[str, object]:
         optimizer.apply_gradients(zip(grads, variables))
         return nll, tokens
 
+    traces = {"train": 0, "eval": 0}
+
     @tf.function
     def train_step(iterator):
+        traces["train"] += 1
         nll, tokens = dist.strategy.run(replica_step, args=(next(iterator),))
         return (dist.strategy.reduce(tf.distribute.ReduceOp.SUM, nll, axis=None),
                 dist.strategy.reduce(tf.distribute.ReduceOp.SUM, tokens, axis=None))
 
-    @tf.function(reduce_retracing=True)
+    eval_signature = [{"feature": tf.TensorSpec([None] + list(info.feature_shape), tf.float32),
+                       "input": tf.TensorSpec([None, None], tf.int32),
+                       "target": tf.TensorSpec([None, None], tf.int32)}]
+
+    @tf.function(input_signature=eval_signature)
     def eval_step(batch):
+        traces["eval"] += 1
         logits, _ = model.forward(batch["feature"], batch["input"], training=False)
         mask = tf.cast(tf.not_equal(batch["target"], 0), tf.float32)
         nll = tf.nn.sparse_softmax_cross_entropy_with_logits(batch["target"], logits) * mask
@@ -302,5 +310,6 @@ def train(cfg, model_overrides) -> Dict[str, object]:
                "final_train_loss": history[-1]["train_loss"] if history else None,
                "worker": dist.worker_index, "weights_sha256": weights_digest(model),
                "seconds": round(time.perf_counter() - t_start, 1), "stopped_by": stopped_by}
+    log.debug("tf.function traces: %s", traces)
     log.info("training finished: %s", json.dumps(summary, sort_keys=True))
     return summary

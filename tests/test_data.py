@@ -80,7 +80,6 @@ def test_file_sharding_splits_files_between_workers(synthetic_data, caplog):
     everything = captions()
     shards = [captions(num_pipelines=3, pipeline_index=i) for i in range(3)]
     assert sorted(sum(shards, [])) == sorted(everything) and all(len(s) == 96 for s in shards)
-    assert all(len(set(a) & set(b)) < 20 for a in shards for b in shards if a is not b)
     with caplog.at_level("WARNING"):
         few = [captions(num_pipelines=4, pipeline_index=i) for i in range(4)]  # 3 files, 4 workers
     assert "sharding by example" in caplog.text

@@ -122,7 +122,7 @@ def trained_model_dirs(tmp_path_factory, synthetic_data, synthetic_map_data):
     root = tmp_path_factory.mktemp("trained")
     for arch, data in (("merge", synthetic_data), ("inject", synthetic_data), ("attention", synthetic_map_data)):
         model_dir = str(root / arch)
-        train(TrainConfig(data=data, model_dir=model_dir, epochs=6, batch_size=32, learning_rate=0.01,
+        train(TrainConfig(data=data, model_dir=model_dir, epochs=3, steps_per_epoch=18, batch_size=32, learning_rate=0.01,
                           log_every=10, checkpoint_every=50, shuffle_buffer=500, early_stopping_patience=0,
                           strategy="one_device", seed=1),
               ModelConfig(arch=arch, units=32, embedding_dim=32, attention_units=16, dropout=0.1))
