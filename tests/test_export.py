@@ -1,0 +1,87 @@
+"""``captionbeam export``: one SavedModel, loaded in a fresh interpreter that cannot import this project."""
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from launch.cli import main as cli
+from tests.plugins.decoding import CAPTIONS, draw_images
+
+LOADER = r"""
+import json, sys
+sys.path.append(sys.argv[1])          # site-packages only: no .pth files, so no editable captionbeam
+try:
+    import model.decode
+    print("PROJECT-IMPORTABLE")
+except ImportError:
+    pass
+import tensorflow as tf
+m = tf.saved_model.load(sys.argv[2])
+images = tf.constant([open(p, "rb").read() for p in sys.argv[3:]])
+out = m.signatures["serving_default"](images=images)
+feats = tf.zeros([2] + list(m.signatures["caption_features"].structured_input_signature[1]["features"].shape[1:]))
+f_out = m.signatures["caption_features"](features=feats)
+print(json.dumps({
+    "captions": [c.decode() for c in out["captions"].numpy()], "log_probs": out["log_probs"].numpy().tolist(),
+    "valid": out["valid"].numpy().tolist(), "feature_captions": [c.decode() for c in f_out["captions"].numpy()],
+    "feature_log_probs": f_out["log_probs"].numpy().tolist(),
+    "project_modules": sorted(k for k in sys.modules if k.split(".")[0] in ("model", "launch", "pipelines")),
+}))
+"""
+
+
+@pytest.fixture(scope="module")
+def exported(image_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "saved"
+    rc = cli(["export", "--model-dir", image_model_dir["merge"], "--output", str(out), "--beam-size", "2"])
+    assert rc == 0
+    return out
+
+
+def test_export_serves_image_bytes_without_the_project(exported, image_model_dir, tmp_path):
+    images, classes = draw_images(4, size=32, seed=3)      # the encoder's own size: no resize differences
+    paths = []
+    for i, img in enumerate(images):
+        p = tmp_path / (f"x{i}.png" if i % 2 else f"x{i}.bmp")
+        Image.fromarray(img).save(p)
+        paths.append(str(p))
+    big = tmp_path / "big.jpg"
+    Image.fromarray(np.kron(images[1], np.ones((4, 3, 1), np.uint8))).save(big, quality=95)
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"this is not an image")
+    workdir = tmp_path / "elsewhere"
+    workdir.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    proc = subprocess.run([sys.executable, "-I", "-S", "-c", LOADER, sysconfig.get_paths()["purelib"], str(exported),
+                           *paths, str(big), str(bad)], cwd=workdir, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "PROJECT-IMPORTABLE" not in proc.stdout
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["project_modules"] == []
+    assert result["captions"][:4] == [CAPTIONS[k] for k in classes]
+    assert result["captions"][4] == CAPTIONS[classes[1]]           # resized in the graph, same caption
+    assert result["valid"] == [True] * 5 + [False] and result["captions"][5] == ""
+    # the same numbers as the Captioner in this process (same beam search, same weights)
+    from model.captioner import Captioner
+    cap = Captioner.load(image_model_dir["merge"], beam_size=2)
+    mine = cap.caption_images(images)
+    np.testing.assert_allclose(result["log_probs"][:4], [r.log_prob for r in mine], atol=1e-3)
+    zeros = cap.caption_features(np.zeros([2] + list(cap.config.feature_shape), np.float32))
+    assert result["feature_captions"] == [r.caption for r in zeros]
+
+
+def test_export_metadata_and_overwrite_guard(exported, image_model_dir, capsys):
+    meta = json.loads((exported / "captionbeam_export.json").read_text())
+    assert meta["encoder"] == "mobilenet" and meta["beam_size"] == 2 and meta["image_size"] == [32, 32]
+    from model.captioner import Captioner
+    assert meta["model_version"] == Captioner.load(image_model_dir["merge"]).model_version
+    capsys.readouterr()
+    rc = cli(["export", "--model-dir", image_model_dir["merge"], "--output", str(exported)])
+    assert rc == 2 and "--overwrite" in capsys.readouterr().err
