@@ -168,7 +168,7 @@ def test_multi_process_equals_single_process(inputs, mixed_run, tmp_path):
     assert read_dead_letters(str(tmp_path)) == read_dead_letters(str(mixed_run))
 
 
-def test_gcs_input_and_output(inputs, gcs_bucket):
+def test_gcs_input_and_output(inputs, gcs_bucket, tmp_path):
     src = gcs_bucket.upload_dir(str(inputs / "mixed"), "raw")
     out = f"{gcs_bucket.url}/features"
     images = [f"{src}/img_*.jpg", f"{src}/rgba.png", f"{src}/empty.jpg"]
@@ -179,18 +179,18 @@ def test_gcs_input_and_output(inputs, gcs_bucket):
     spec = records.FeaturesSpec.from_json(gcs_bucket.read("features/features_spec.json").decode())
     assert (spec.count, spec.dead_letters, spec.extra["compression"]) == (6, 1, "GZIP")
     import gzip
+
+    import tensorflow as tf
     ids = set()
     for k in shards:
-        import tensorflow as tf
         raw = gzip.decompress(gcs_bucket.read(k))
-        local = f"/tmp/{gcs_bucket.name}-{os.path.basename(k)}"
+        local = str(tmp_path / os.path.basename(k))
         with open(local, "wb") as f:
             f.write(raw)
         for rec in tf.data.TFRecordDataset([local]):
             r = records.parse_feature_example(rec.numpy())
             assert r["path"].startswith(f"{src}/") and r["feature"].shape == (1024,)
             ids.add(r["image_id"])
-        os.remove(local)
     assert ids == {os.path.splitext(k)[0] for k in CLEAN} | {"rgba"}
     dead = [json.loads(line) for k in keys if k.startswith("features/dead_letters/")
             for line in gcs_bucket.read(k).decode().splitlines() if line]
