@@ -96,22 +96,27 @@ def run_measured(cmd: List[str], env: Optional[dict] = None, timeout: float = 36
             done.wait(0.2)
 
     t = threading.Thread(target=sample, daemon=True)
+    import resource
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.monotonic()
     t.start()
     out, err = proc.communicate(timeout=timeout)
     wall = time.monotonic() - t0
     done.set()
     t.join()
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)  # whole tree, once reaped
     if proc.returncode != 0:
         sys.stderr.write(err[-4000:])
-    return {"rc": proc.returncode, "wall_s": wall, "peak_rss_mib": peak[0] / 2 ** 20, "stdout": out, "stderr": err}
+    return {"rc": proc.returncode, "wall_s": wall, "cpu_s": cpu, "peak_rss_mib": peak[0] / 2 ** 20,
+            "stdout": out, "stderr": err}
 
 
 def bulk_run(images_glob: str, model_dir: str, output: str, workers: int, batch_size: int,
              extra: Optional[List[str]] = None) -> dict:
     cmd = CAPTIONBEAM + ["--log-level", "WARNING", "bulk", "--images", images_glob, "--model-dir", model_dir,
                          "--output", output, "--batch-size", str(batch_size), "--json"]
-    if workers > 1:
+    if workers >= 1:  # 0: the in-process DirectRunner; N: N worker processes
         cmd += ["--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"]
     cmd += extra or []
     r = run_measured(cmd)
@@ -121,6 +126,9 @@ def bulk_run(images_glob: str, model_dir: str, output: str, workers: int, batch_
         "workers": workers, "batch_size": batch_size, "rc": r["rc"], "wall_s": round(r["wall_s"], 2),
         "peak_rss_mib": round(r["peak_rss_mib"], 1), "counters": c,
         "images_per_s": round(c.get("captioned", 0) / r["wall_s"], 2) if r["wall_s"] else 0.0,
+        "cpu_s": round(r["cpu_s"], 1),
+        "images_per_cpu_s": round(c.get("captioned", 0) / r["cpu_s"], 2) if r["cpu_s"] else 0.0,
+        "load_avg_1m": round(os.getloadavg()[0], 1),
         "matched_per_s": round(c.get("matched", 0) / r["wall_s"], 2) if r["wall_s"] else 0.0,
         "pipeline_s": summary.get("seconds"),
         "command": " ".join(cmd[2:]),
@@ -149,31 +157,32 @@ def tutorial_baseline(model_dir: str, paths: List[str]) -> dict:
 
 
 def tutorial_parts(cap):
-    """A per-image, per-word captioner over the Captioner's own encoder and caption model."""
-    import tensorflow as tf
-    from model.vocab import END, START
-    encoder = cap.encoder            # model.encoders.Encoder: .preprocess, .model (keras)
-    model = cap.model                # model.architectures.CaptionModel
-    vocab = cap.vocab                # model.vocab.Vocabulary
+    """A per-image, per-word captioner over the Captioner's own encoder and caption model: the classic
+    tutorial's ``generate_desc`` (``model.predict([photo, sequence])`` once per word on the padded prefix,
+    argmax, stop at the end token). Greedy, like bulk's default ``--beam-size 1``."""
+    from model.vocab import END_ID, START_ID
+    encoder = cap.encoder            # model.encoders.Encoder (KerasEncoder: .model is the keras.Model)
+    model = cap.model                # model.architectures.CaptionModel: model((features, tokens)) -> logits
+    vocab = cap.vocab
     max_length = cap.max_length
-    start_id, end_id = vocab.id(START), vocab.id(END)
     keras_encoder = getattr(encoder, "model", None)
 
     def caption(pixels: np.ndarray) -> str:
-        x = encoder.preprocess(pixels[None].astype(np.float32))
+        x = encoder.preprocess(cap.prepare([pixels]).astype(np.float32))
         feature = keras_encoder.predict(x, verbose=0) if keras_encoder is not None else encoder(x)
-        ids = [start_id]
+        ids = [START_ID]
         for _ in range(max_length):
             seq = np.zeros((1, max_length + 1), np.int32)
             seq[0, :len(ids)] = ids
             logits = model.predict((np.asarray(feature, np.float32), seq), verbose=0)
-            nxt = int(np.argmax(logits[0, len(ids) - 1]))
-            if nxt == end_id:
+            step = logits[0, len(ids) - 1].copy()
+            step[[0, START_ID]] = -np.inf  # never <pad> / <start>, as the batched decoder
+            nxt = int(np.argmax(step))
+            if nxt == END_ID:
                 break
             ids.append(nxt)
-        return " ".join(vocab.token(i) for i in ids[1:])
+        return " ".join(vocab.decode(ids[1:]))
 
-    _ = tf  # imported for its side effect of initialising TF before timing
     return caption
 
 
@@ -182,12 +191,15 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model-dir", required=True, help="trained model directory")
     ap.add_argument("--sizes", default="1000,10000", help="comma-separated archive sizes (generated images)")
-    ap.add_argument("--workers", default="1,2", help="comma-separated --direct_num_workers to compare")
+    ap.add_argument("--workers", default="0,1,2",
+                    help="comma-separated --direct_num_workers to compare; 0 = in-process DirectRunner "
+                         "(the largest is used for the archive-size runs)")
     ap.add_argument("--scaling-size", type=int, default=None,
                     help="archive size for the workers comparison (default: the smallest of --sizes)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--image-px", type=int, default=64, help="side of the generated JPEGs")
-    ap.add_argument("--baseline-images", type=int, default=30, help="subset for the tutorial comparison")
+    ap.add_argument("--baseline-images", type=int, default=30,
+                    help="subset for the tutorial comparison (0 = skip it)")
     ap.add_argument("--flickr", default=None, help="directory of Flickr8k images (optional)")
     ap.add_argument("--flickr-images", type=int, default=0, help="how many Flickr8k images (0 = all)")
     ap.add_argument("--workdir", default="/tmp/captionbeam-bench-bulk")
@@ -213,10 +225,13 @@ def main(argv=None) -> int:
         r["images"] = n
         growth.append(r)
         print(f"[size] {n:>7} images, {w_max} workers: {r['images_per_s']:.1f} images/s, "
-              f"peak RSS {r['peak_rss_mib']:.0f} MiB, wall {r['wall_s']:.0f}s, counters {r['counters']}", flush=True)
+              f"peak RSS {r['peak_rss_mib']:.0f} MiB, wall {r['wall_s']:.0f}s, cpu {r['cpu_s']:.0f}s "
+              f"({r['images_per_cpu_s']:.1f} images/cpu-s), load {r['load_avg_1m']}, counters {r['counters']}", flush=True)
     report["growth"] = growth
 
     # 2) the largest archive again with --skip-existing: nothing to caption
+    if not sizes:
+        return _finish_without_archives(args, report, w_max)
     n = sizes[-1]
     g = os.path.join(args.workdir, f"gen-{n}", "**.jpg")
     skip_out = os.path.join(args.workdir, "out", f"gen-{n}")
@@ -228,15 +243,27 @@ def main(argv=None) -> int:
 
     # 3) workers scaling
     n = args.scaling_size or sizes[0]
-    g = generate_images(os.path.join(args.workdir, f"gen-{n}"), n, args.image_px)
+    if len(workers) < 2:
+        n = 0
+    g = generate_images(os.path.join(args.workdir, f"gen-{n}"), n, args.image_px) if n else ""
     scaling = []
-    for w in workers:
+    for w in (workers if n else []):
         r = bulk_run(g, args.model_dir, out_dir(f"workers-{w}"), w, args.batch_size)
         r["images"] = n
         scaling.append(r)
         print(f"[workers] {w} worker(s), {n} images: {r['images_per_s']:.1f} images/s, "
-              f"peak RSS {r['peak_rss_mib']:.0f} MiB", flush=True)
+              f"peak RSS {r['peak_rss_mib']:.0f} MiB, cpu {r['cpu_s']:.0f}s, load {r['load_avg_1m']}", flush=True)
     report["workers"] = scaling
+
+    return _finish_without_archives(args, report, w_max, largest=growth[-1])
+
+
+def _finish_without_archives(args, report, w_max, largest=None) -> int:
+    """Flickr8k and the tutorial comparison (also run alone with ``--sizes ''``)."""
+    def out_dir(name):
+        d = os.path.join(args.workdir, "out", name)
+        shutil.rmtree(d, ignore_errors=True)
+        return d
 
     # 4) Flickr8k
     if args.flickr:
@@ -255,9 +282,20 @@ def main(argv=None) -> int:
               flush=True)
 
     # 5) the tutorial's one-at-a-time approach against bulk, same subset
-    subset_dir = os.path.join(args.workdir, f"subset-{args.baseline_images}")
-    g = generate_images(subset_dir, args.baseline_images, args.image_px)
-    paths = sorted(glob.glob(g, recursive=True)) or sorted(glob.glob(os.path.join(subset_dir, "*", "*.jpg")))
+    if not args.baseline_images:
+        return _write(args, report)
+    if args.flickr:  # the tutorial comparison on real photos when there are some
+        subset_dir = os.path.join(args.workdir, f"flickr-subset-{args.baseline_images}")
+        if not os.path.isdir(subset_dir):
+            os.makedirs(subset_dir)
+            for f in sorted(glob.glob(os.path.join(args.flickr, "*.jpg")))[:args.baseline_images]:
+                os.symlink(f, os.path.join(subset_dir, os.path.basename(f)))
+        g = os.path.join(subset_dir, "*.jpg")
+        paths = sorted(glob.glob(g))
+    else:
+        subset_dir = os.path.join(args.workdir, f"subset-{args.baseline_images}")
+        g = generate_images(subset_dir, args.baseline_images, args.image_px)
+        paths = sorted(glob.glob(os.path.join(subset_dir, "*", "*.jpg")))
     base = tutorial_baseline(args.model_dir, paths)
     bulk_subset = bulk_run(g, args.model_dir, out_dir("subset"), 1, args.batch_size)
     rows = {}
@@ -266,7 +304,7 @@ def main(argv=None) -> int:
             row = json.loads(line)
             rows[row["path"]] = row["caption"]
     same = sum(rows.get(p) == c for p, c in base["captions"].items())
-    largest = growth[-1]
+    largest = largest or report.get("flickr8k") or bulk_subset
     report["tutorial"] = {k: v for k, v in base.items() if k != "captions"}
     report["tutorial"]["same_captions_as_bulk"] = f"{same}/{len(paths)}"
     report["bulk_subset"] = bulk_subset
@@ -275,6 +313,10 @@ def main(argv=None) -> int:
           f"bulk at scale: {largest['images_per_s']:.1f} images/s = "
           f"{largest['images_per_s'] / base['images_per_s']:.1f}x the tutorial); same captions {same}/{len(paths)}",
           flush=True)
+    return _write(args, report)
+
+
+def _write(args, report) -> int:
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump(report, f, indent=2)

@@ -124,6 +124,7 @@ class CaptionerModelHandler(ModelHandler[ImageToCaption, Dict[str, Any], Any]):
         t0 = time.monotonic()
         captioner = Captioner.load(self.config.model_dir, beam_size=self.config.beam_size,
                                    max_length=self.config.max_length, batch_size=self.config.batch_size)
+        _ = captioner.encoder  # build the image encoder now (it is lazy): failures surface at load time
         log.info("bulk: loaded captioner %s (encoder %s, version %s) in %.1fs", self.config.model_dir,
                  captioner.encoder_name, captioner.model_version, time.monotonic() - t0)
         return captioner
