@@ -172,7 +172,7 @@ class _WriteSpecFn(beam.DoFn):
         self.description = description
         self.config = config
 
-    def process(self, _, count, dead, shapes):
+    def process(self, _, count, dead, shapes, duplicates):
         d = dict(self.description)
         shape = list(shapes[0]) if shapes else d.get("feature_shape")
         if shape is None:  # nothing encoded: ask the architecture (random weights, same shapes)
@@ -185,6 +185,10 @@ class _WriteSpecFn(beam.DoFn):
             dead_letters=int(dead),
             extra={
                 "files_matched": int(count) + int(dead),
+                # image ids carried by more than one record (same file name in several directories): the
+                # records are all kept; a join by image id (captions) will see each of them
+                "duplicate_image_ids": sorted(duplicates)[:100],
+                "duplicate_image_id_count": len(duplicates),
                 "encoder_spec": {**d, "feature_shape": [int(s) for s in shape]},
                 "compression": "GZIP" if c.compress else "NONE",
                 "record_pattern": "features-*-of-*.tfrecord",
@@ -214,12 +218,18 @@ class WriteFeaturesSpec(beam.PTransform):
         shapes = (features
                   | "Shapes" >> beam.Map(lambda kv: tuple(int(s) for s in np.shape(kv[1])))
                   | "DistinctShapes" >> beam.Distinct())
+        duplicates = (features
+                      | "ImageIds" >> beam.Map(lambda kv: (kv[0][0], 1))
+                      | "CountPerId" >> beam.CombinePerKey(sum)
+                      | "Duplicated" >> beam.Filter(lambda kv: kv[1] > 1)
+                      | "DuplicateId" >> beam.Map(lambda kv: kv[0]))
         done = written | "WritesDone" >> beam.combiners.Count.Globally()
         return (done
                 | "WriteSpec" >> beam.ParDo(_WriteSpecFn(self.output, self.description, self.config),
                                             count=beam.pvalue.AsSingleton(count),
                                             dead=beam.pvalue.AsSingleton(n_dead),
-                                            shapes=beam.pvalue.AsList(shapes)))
+                                            shapes=beam.pvalue.AsList(shapes),
+                                            duplicates=beam.pvalue.AsList(duplicates)))
 
 
 def build_pipeline(p: beam.Pipeline, config: FeaturesConfig, description: Dict[str, object]) -> None:

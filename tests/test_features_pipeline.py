@@ -28,6 +28,11 @@ BAD = {"corrupt.jpg": ("NotAnImageError", make_corrupt), "truncated.jpg": ("Trun
        "empty.jpg": ("EmptyImageError", lambda: b""), "bomb.png": ("DecompressionBombError", make_bomb_png)}
 
 
+
+def MIXED_GLOBS(inputs):  # noqa: N802 - a constant that needs the fixture
+    return [str(inputs / "mixed" / "*"), str(inputs / "dup" / "*.jpg"), str(inputs / "mixed" / "img_*.jpg")]
+
+
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     root = tmp_path_factory.mktemp("features_inputs")
@@ -42,6 +47,8 @@ def inputs(tmp_path_factory):
         (mixed / name).write_bytes(make())
     for name, (_, make) in BAD.items():
         (mixed / name).write_bytes(make())
+    (root / "dup").mkdir()
+    (root / "dup" / "img_0.jpg").write_bytes(make_rgb_jpeg(100))  # same image id as mixed/img_0.jpg
     return root
 
 
@@ -81,7 +88,7 @@ def mixed_run(inputs, tmp_path_factory):
     out = tmp_path_factory.mktemp("mixed_out")
     summary = io.StringIO()
     with contextlib.redirect_stdout(summary):
-        assert _run([str(inputs / "mixed" / "*")], out, "--num-shards", "2") == 0
+        assert _run(MIXED_GLOBS(inputs), out, "--num-shards", "2") == 0
     (out.parent / f"{out.name}.summary.txt").write_text(summary.getvalue())
     return out
 
@@ -121,20 +128,23 @@ def test_bad_files_become_dead_letters_and_counts_add_up(inputs, mixed_run):
     assert all(d.stage == "decode" and d.message for d in dead)
     by_tf, n, files = read_records_tf(mixed_run)
     good = {os.path.splitext(k)[0] for k in list(CLEAN) + list(ODD_GOOD)}
-    assert set(by_tf) == good and n == len(good)
+    assert set(by_tf) == good and n == len(good) + 1  # + dup/img_0.jpg, same id as mixed/img_0.jpg
     assert len(files) == 2 and all(f.endswith("-of-00002.tfrecord") for f in files)
     spec = records.FeaturesSpec.from_json((mixed_run / "features_spec.json").read_text())
-    matched = len(os.listdir(inputs / "mixed"))
-    assert (spec.count, spec.dead_letters, spec.extra["files_matched"]) == (len(good), len(BAD), matched)
-    assert spec.count + spec.dead_letters == matched
+    # files matched by two globs (mixed/* and mixed/img_*.jpg) are read once
+    matched = {str(p) for p in (inputs / "mixed").iterdir()} | {str(inputs / "dup" / "img_0.jpg")}
+    assert (spec.count, spec.dead_letters, spec.extra["files_matched"]) == (len(good) + 1, len(BAD), len(matched))
+    assert spec.extra["duplicate_image_ids"] == ["img_0"] and spec.extra["duplicate_image_id_count"] == 1
     # every matched file is in exactly one of the two outputs
-    assert {os.path.basename(r["path"]) for r in by_tf.values()} | {os.path.basename(d.path) for d in dead} \
-        == set(os.listdir(inputs / "mixed"))
+    import tensorflow as tf
+    paths = [records.parse_feature_example(r.numpy())["path"] for r in tf.data.TFRecordDataset(files)]
+    assert len(paths) == len(set(paths))
+    assert set(paths) | {d.path for d in dead} == matched and not set(paths) & {d.path for d in dead}
 
 
 def test_summary_is_printed(mixed_run):
     out = (mixed_run.parent / f"{mixed_run.name}.summary.txt").read_text()
-    good = len(CLEAN) + len(ODD_GOOD)
+    good = len(CLEAN) + len(ODD_GOOD) + 1
     assert f"{good} images encoded" in out and f"{len(BAD)} dead letters" in out
     assert f"{good + len(BAD)} files in all" in out and f"dead letters by stage: decode {len(BAD)}" in out
     assert "images/s" in out
@@ -156,14 +166,20 @@ def test_rerun_into_the_same_output_needs_overwrite(inputs, clean_run, capsys):
     assert "--overwrite" in capsys.readouterr().err
 
 
+def _by_path(output):
+    import tensorflow as tf
+    _, _, files = read_records_tf(output)
+    rows = [records.parse_feature_example(r.numpy()) for r in tf.data.TFRecordDataset(files)]
+    return {r["path"]: r for r in rows}
+
+
 def test_multi_process_equals_single_process(inputs, mixed_run, tmp_path):
-    assert _run([str(inputs / "mixed" / "*")], tmp_path, "--direct_running_mode=multi_processing",
+    assert _run(MIXED_GLOBS(inputs), tmp_path, "--direct_running_mode=multi_processing",
                 "--direct_num_workers=2") == 0
-    single, _, _ = read_records_tf(mixed_run)
-    multi, _, _ = read_records_tf(tmp_path)
-    assert set(single) == set(multi)
+    single, multi = _by_path(mixed_run), _by_path(tmp_path)
+    assert set(single) == set(multi) and len(single) == len(CLEAN) + len(ODD_GOOD) + 1
     for k in single:
-        assert single[k]["sha256"] == multi[k]["sha256"]
+        assert (single[k]["image_id"], single[k]["sha256"]) == (multi[k]["image_id"], multi[k]["sha256"])
         np.testing.assert_allclose(multi[k]["feature"], single[k]["feature"], rtol=1e-4, atol=1e-6)
     assert read_dead_letters(str(tmp_path)) == read_dead_letters(str(mixed_run))
 

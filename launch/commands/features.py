@@ -138,6 +138,11 @@ def main(args: argparse.Namespace, pipeline_args=None) -> int:
           f"{result.dead_letters} dead letters, {result.images_encoded + result.dead_letters} files in all")
     if result.dead_letters_by_stage:
         print("  dead letters by stage: " + ", ".join(f"{k} {v}" for k, v in result.dead_letters_by_stage.items()))
+    if spec and spec.extra.get("duplicate_image_id_count"):
+        dups = spec.extra["duplicate_image_ids"]
+        print(f"features: warning: {spec.extra['duplicate_image_id_count']} image ids belong to several files "
+              f"(same name in different directories), e.g. {', '.join(dups[:5])}; all their records were kept",
+              file=sys.stderr)
     print(f"  {result.seconds:.1f}s wall, {result.images_per_second:.1f} images/s (including pipeline start-up)")
     print(f"  records: {pio.join(args.output, 'features-*-of-*.tfrecord')}"
           f"{' (GZIP)' if args.compress else ''}")
