@@ -158,6 +158,13 @@ class Captioner:
                                          attention=att, finished=bool(out.finished[i])))
         return results
 
+    def warm_up(self) -> float:
+        """Trace the decoder once (one dummy image); returns the seconds it took."""
+        import time
+        t = time.monotonic()
+        self.decoder(np.zeros([1] + [int(d) for d in self.config.feature_shape], np.float32))
+        return time.monotonic() - t
+
     def caption_features(self, features: np.ndarray) -> List[CaptionResult]:
         features = np.asarray(features, np.float32)
         want = tuple(int(d) for d in self.config.feature_shape)

@@ -143,6 +143,7 @@ def main(args, pipeline_args) -> int:
         total = min(total or args.limit, args.limit)
     log.info("evaluate: decoding split %r of %s (%d shard(s)) with %s, beam %d, max length %d",
              args.split, args.data, len(files), args.model_dir, captioner.beam_size, captioner.max_length)
+    trace_seconds = captioner.warm_up()
     rows, record_refs, seconds = decode_split(captioner, files, info.feature_shape, info.vocab, args.batch_size,
                                               args.limit, total)
     if not rows:
@@ -161,7 +162,7 @@ def main(args, pipeline_args) -> int:
         "model_dir": args.model_dir, "model_version": captioner.model_version, "encoder": captioner.encoder_name,
         "arch": captioner.config.arch, "split": args.split, "beam_size": captioner.beam_size,
         "length_penalty": captioner.alpha, "max_length": captioner.max_length, "images": len(rows),
-        "unfinished": sum(1 for r in rows.values() if not r["finished"]), "seconds": round(seconds, 3),
+        "unfinished": sum(1 for r in rows.values() if not r["finished"]), "seconds": round(seconds, 3), "trace_seconds": round(trace_seconds, 3),
         "images_per_second": round(len(rows) / max(seconds, 1e-9), 2),
         "references": args.references or "records",
     }
@@ -175,7 +176,8 @@ def main(args, pipeline_args) -> int:
     else:
         d = report["decoding"]
         print(f"{d['arch']} model {d['model_version']} ({d['encoder']}), split {d['split']}, beam {d['beam_size']}: "
-              f"{d['images']} images in {d['seconds']:.1f}s ({d['images_per_second']} images/s), "
+              f"{d['images']} images in {d['seconds']:.1f}s ({d['images_per_second']} images/s, after "
+              f"{d['trace_seconds']:.1f}s tracing), "
               f"{d['unfinished']} cut at max length")
         print(format_report(report))
         print(f"predictions: {output}")
