@@ -507,7 +507,11 @@ def init_root(root: str, model_dir: str, features: str, captions: str, splits: M
     shards = pio.match([pio.join(features, "features-*-of-*.tfrecord*")])
     for s in shards:
         pio.write_bytes(r.path("features", pio.basename(s).replace("features-", "features-b0000-", 1)), pio.read_bytes(s))
-    pio.write_bytes(r.path("features", "features_spec.json"), pio.read_bytes(pio.join(features, "features_spec.json")))
+    spec_bytes = pio.read_bytes(pio.join(features, "features_spec.json"))
+    pio.write_bytes(r.path("features", "features_spec.json"), spec_bytes)
+    encoder_file = _encoder_file(json.loads(spec_bytes))
+    if encoder_file:   # a model-file encoder travels with the root
+        pio.write_bytes(r.path("encoder", pio.basename(encoder_file)), pio.read_bytes(encoder_file))
     for shard in shards:
         from model.records import parse_feature_example
         for rec in iter_tfrecords(pio.read_bytes(shard)):
@@ -575,6 +579,28 @@ def find_pending(r: ModelRoot, images: Sequence[str]) -> List[Tuple[str, str]]:
     return out
 
 
+def _encoder_file(spec: Mapping[str, object]) -> Optional[str]:
+    """The model file of a ``.keras`` / ``.h5`` / ``.tflite`` encoder (features_spec.json names it by
+    its base name; ``extra.encoder_spec.source`` has the path)."""
+    enc = dict((spec.get("extra") or {}).get("encoder_spec") or {})
+    if enc.get("kind") in ("keras-file", "tflite") or str(spec.get("encoder", "")).endswith(
+            (".keras", ".h5", ".hdf5", ".tflite")):
+        return str(enc.get("source") or spec.get("encoder"))
+    return None
+
+
+def _encoder_argument(r: ModelRoot, spec: Mapping[str, object]) -> str:
+    """``--encoder`` for new features: the registered name, or the root's copy of the model file
+    (the original path when the root is on gs:// and the original is still on this machine)."""
+    source = _encoder_file(spec)
+    if source is None:
+        return str(spec["encoder"])
+    copy = r.path("encoder", pio.basename(source))
+    if pio.is_gcs(copy) and os.path.exists(source):
+        return source
+    return copy
+
+
 def retrain_once(config: RetrainConfig) -> AttemptResult:
     """Featurise what is new, rebuild the records, warm-start, evaluate, promote or keep the old."""
     from model.caption_files import parse_split_file
@@ -616,7 +642,7 @@ def retrain_once(config: RetrainConfig) -> AttemptResult:
     if todo:
         spec = pio.read_json(r.path("features", "features_spec.json"))
         out = pio.join(attempt, "features")
-        argv = ["features", "--images", *todo, "--output", out, "--encoder", spec["encoder"],
+        argv = ["features", "--images", *todo, "--output", out, "--encoder", _encoder_argument(r, spec),
                 "--weights", spec.get("weights", "imagenet"), "--image-size", str(spec["image_size"][0]),
                 "--overwrite", *config.pipeline_args]
         if spec.get("preprocessing"):
