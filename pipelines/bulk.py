@@ -355,6 +355,23 @@ def list_run_files(output: str, run: str, model_version: str) -> Dict[str, List[
     }
 
 
+def drop_empty_parquet(files: List[str]) -> List[str]:
+    """Beam's Parquet sink writes a schema-only file when a run captioned nothing (the JSON-lines sink
+    skips empty output): delete those of this run so a no-op re-run leaves no caption file at all."""
+    import pyarrow.parquet as pq
+    from apache_beam.io.filesystems import FileSystems
+    kept = []
+    for f in files:
+        if f.endswith(".parquet"):
+            with FileSystems.open(f, compression_type="uncompressed") as fh:
+                rows = pq.ParquetFile(fh).metadata.num_rows
+            if rows == 0:
+                FileSystems.delete([f])
+                continue
+        kept.append(f)
+    return kept
+
+
 def build_pipeline(pipeline, config: BulkConfig, model: ModelInfo, run: str):
     """Apply the whole job to ``pipeline``; returns the written-file PCollections."""
     outputs = pipeline | "BulkCaption" >> BulkCaption(config, model)
@@ -380,6 +397,8 @@ def run(config: BulkConfig, model: ModelInfo, pipeline_args: Sequence[str], run_
     res = BulkResult(run=token, model_version=model.model_version, encoder=model.encoder,
                      counters=query_counters(result), seconds=seconds,
                      files=list_run_files(config.output, token, model.model_version))
+    if config.format == "parquet":
+        res.files["captions"] = drop_empty_parquet(res.files["captions"])
     res.record_path = run_record_path(config.output, token)
     pio.write_json(res.record_path, {
         "run": token, "started": started.isoformat(), "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(),

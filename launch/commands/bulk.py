@@ -113,6 +113,8 @@ def model_info(model_dir: str, beam_size: int, max_length, batch_size: int):
 
 def main(args: argparse.Namespace, pipeline_args) -> int:
     from pipelines.bulk import BulkConfig, run
+    # an empty optional output (no dead letters, nothing new) is normal here, not worth a warning
+    logging.getLogger("apache_beam.io.filebasedsink").setLevel(logging.ERROR)
 
     def fail(message: str) -> None:
         print(f"captionbeam bulk: error: {message}", file=sys.stderr)
@@ -148,7 +150,8 @@ def main(args: argparse.Namespace, pipeline_args) -> int:
         print(f"run {result.run}: model {result.model_version} ({result.encoder})")
         print(f"  matched {c['matched']}  captioned {c['captioned']}  skipped {c['skipped']}  failed {c['failed']}"
               f"  ({'balanced' if result.balanced else 'NOT BALANCED'})")
-        print(f"  {result.seconds:.1f}s, {result.images_per_s:.1f} images/s captioned")
+        matched_per_s = c["matched"] / result.seconds if result.seconds else 0.0
+        print(f"  {result.seconds:.1f}s: {result.images_per_s:.1f} images/s captioned, {matched_per_s:.1f} images/s matched")
         for kind, files in result.files.items():
             print(f"  {kind}: {len(files)} file(s)" + (f", e.g. {files[0]}" if files else ""))
         print(f"  run record: {result.record_path}")
