@@ -529,7 +529,7 @@ def init_root(root: str, model_dir: str, features: str, captions: str, splits: M
         version = "v001"
         with tempfile.TemporaryDirectory(prefix="captionbeam-init-") as tmp:
             data = _build_data(r, settings, os.path.join(tmp, "data"), pio.join(m, "vocab.txt"),
-                               r.path("data", "captions.txt"), r.path("data", "train.txt"), [])
+                               r.path("data", "captions.txt"), r.path("data", "train.txt"), ["--runner=DirectRunner"])
             with local_dir(data) as local_data:
                 metrics = evaluate(m, local_data, eval_split, beam_size, os.path.join(tmp, "eval"))
         copy_tree(m, r.version_dir(version))

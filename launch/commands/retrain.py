@@ -98,8 +98,9 @@ def _watch_globs(prefix: str):
 
 
 def main(args: argparse.Namespace, pipeline_args) -> int:
-    from launch import retrain as rt
     import pipelines.io as pio
+    from launch import retrain as rt
+    from launch.profiles import merge_flags
 
     def emit(result):
         if args.json:
@@ -145,7 +146,8 @@ def main(args: argparse.Namespace, pipeline_args) -> int:
                                   extend_vocab=args.extend_vocab, min_new=args.min_new, epochs=args.epochs,
                                   batch_size=args.batch_size, train_args=list(args.train_arg),
                                   eval_split=args.eval_split, beam_size=args.beam_size, tolerance=args.tolerance,
-                                  min_drop=args.min_drop, pipeline_args=list(pipeline_args))
+                                  min_drop=args.min_drop,
+                                  pipeline_args=merge_flags(["--runner=DirectRunner"], pipeline_args))
         if args.watch:
             rt.watch(config, args.interval, args.max_polls, on_result=emit)
         else:

@@ -112,7 +112,9 @@ def _pipeline(args: argparse.Namespace, pipeline_args, console=None):
 
     config = build_config(args)
     explicit = list(pipeline_args)
-    stage_args = lambda stage: merge_flags(explicit, config.runner.pipeline_args)  # noqa: E731
+    # an explicit runner: without one, Beam tries to download its Prism runner before falling back
+    default_runner = ["--runner=DirectRunner"]
+    stage_args = lambda stage: merge_flags(default_runner, explicit, config.runner.pipeline_args)  # noqa: E731
     train_args: list = []
     profile = config.runner.profile
     if profile:
@@ -123,7 +125,8 @@ def _pipeline(args: argparse.Namespace, pipeline_args, console=None):
         explicit = [a for a in explicit if a not in own]   # what the user typed, without the profile's
 
         def stage_args(stage):  # noqa: F811 - the profile's section for this stage, then explicit flags
-            return merge_flags(profile_args(profiles, profile, stage), config.runner.pipeline_args, explicit)
+            return merge_flags(default_runner, profile_args(profiles, profile, stage), config.runner.pipeline_args,
+                               explicit)
         train_args = profile_train_args(profiles, profile)
     return RunPipeline(config, pipeline_args=explicit, train_profile_args=train_args, stage_pipeline_args=stage_args,
                        resume=args.resume, console=console)
