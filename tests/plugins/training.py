@@ -105,26 +105,29 @@ def synthetic_map_data(tmp_path_factory):
     return write_synthetic_data(str(tmp_path_factory.mktemp("synthetic_map")), feature_shape=(2, 2, 16))
 
 
-def _sample_data_or_none(request):
-    """The data engineers' ``sample_records`` fixture when it exists (a ``--data`` dir), else None."""
-    try:
-        return str(request.getfixturevalue("sample_records"))
-    except pytest.FixtureLookupError:
-        return None
+def _train_tiny(data, model_dir, arch, epochs=3, steps=18):
+    from model.config import ModelConfig, TrainConfig
+    from model.train import train
+    train(TrainConfig(data=str(data), model_dir=str(model_dir), epochs=epochs, steps_per_epoch=steps, batch_size=32,
+                      learning_rate=0.01, log_every=10, checkpoint_every=50, shuffle_buffer=500,
+                      early_stopping_patience=0, strategy="one_device", seed=1),
+          ModelConfig(arch=arch, units=32, embedding_dim=32, attention_units=16, dropout=0.1))
+    return str(model_dir)
 
 
 @pytest.fixture(scope="session")
-def trained_model_dirs(tmp_path_factory, synthetic_data, synthetic_map_data):
-    """dict arch -> model dir of a tiny model trained in-process for a few epochs on synthetic data."""
-    from model.config import ModelConfig, TrainConfig
-    from model.train import train
-    out = {}
+def trained_model_dirs(tmp_path_factory, sample_records, sample_records_conv):
+    """dict arch -> model dir of a tiny model (32 units) trained in-process for 4 x 30 steps on the
+    captionbeam sample dataset's records (merge / inject: pooled mobilenet vectors; attention: the
+    2x2x1024 mobilenet-conv map). Encoders have random weights, so the captions are learnt mostly as a
+    language model; use ``synthetic_model_dir`` where the image must matter."""
     root = tmp_path_factory.mktemp("trained")
-    for arch, data in (("merge", synthetic_data), ("inject", synthetic_data), ("attention", synthetic_map_data)):
-        model_dir = str(root / arch)
-        train(TrainConfig(data=data, model_dir=model_dir, epochs=3, steps_per_epoch=18, batch_size=32, learning_rate=0.01,
-                          log_every=10, checkpoint_every=50, shuffle_buffer=500, early_stopping_patience=0,
-                          strategy="one_device", seed=1),
-              ModelConfig(arch=arch, units=32, embedding_dim=32, attention_units=16, dropout=0.1))
-        out[arch] = model_dir
-    return out
+    return {arch: _train_tiny(data, root / arch, arch, epochs=4, steps=30)
+            for arch, data in (("merge", sample_records), ("inject", sample_records),
+                               ("attention", sample_records_conv))}
+
+
+@pytest.fixture(scope="session")
+def synthetic_model_dir(tmp_path_factory, synthetic_data):
+    """A tiny merge model trained on ``synthetic_data``: its captions name the image's class."""
+    return _train_tiny(synthetic_data, tmp_path_factory.mktemp("trained_synthetic") / "merge", "merge")
