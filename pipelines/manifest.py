@@ -132,7 +132,7 @@ def _split_group(element, skipped_tag: str):
 class SplitAlreadyCaptioned(beam.PTransform):
     """Anti-join of ``(path, (sha256, item))`` against ``(path, sha256)`` manifest keys.
 
-    Returns a ``DoOutputsTuple``: ``[None]`` main output = items to caption, ``["skipped"]`` = items
+    Returns a ``DoOutputsTuple``: ``.todo`` = items to caption, ``["skipped"]`` = items
     whose (path, sha256) the manifest already has. A CoGroupByKey keyed by path: each key holds one
     path's entries (a handful), so the join is bounded per key however large the archive and the
     manifest are; it also serves as the fusion break before inference."""
