@@ -36,11 +36,11 @@ def _random_corpus(rng):
 def test_random_corpora_equal_nltk():
     rng = random.Random(1234)
     nonzero = 0
-    for _ in range(400):
+    for _ in range(250):
         refs, hyps = _random_corpus(rng)
         _assert_equal_to_nltk(refs, hyps)
         nonzero += metrics.bleu_scores(refs, hyps)["bleu4"] > 1e-6
-    assert nonzero > 50, "the random corpora should exercise non-trivial BLEU-4 values"
+    assert nonzero > 30, "the random corpora should exercise non-trivial BLEU-4 values"
 
 
 @pytest.mark.parametrize("refs,hyps", [
