@@ -29,7 +29,10 @@ METRIC_NAMES = (
     ("bleu1", "BLEU-1 (NLTK)"), ("bleu2", "BLEU-2 (NLTK)"), ("bleu3", "BLEU-3 (NLTK)"), ("bleu4", "BLEU-4 (NLTK)"),
     ("Bleu_1", "BLEU-1 (COCO)"), ("Bleu_2", "BLEU-2 (COCO)"), ("Bleu_3", "BLEU-3 (COCO)"),
     ("Bleu_4", "BLEU-4 (COCO)"), ("METEOR", "METEOR"), ("ROUGE_L", "ROUGE-L"), ("CIDEr", "CIDEr-D"),
+    ("colour_words_true", "colour words true"), ("colour_words_true_image_blind", "  ... image-blind"),
+    ("shape_words_true", "shape words true"), ("shape_words_true_image_blind", "  ... image-blind"),
 )
+NESTED_METRICS = ("coco", "grounding")   # nested sections whose numbers are scores
 
 
 @dataclass
@@ -59,6 +62,8 @@ def flatten_metrics(metrics: Mapping[str, object]) -> Dict[str, float]:
     """``{"bleu1": .., "coco": {"CIDEr": ..}}`` -> one flat dict of numbers (nested keys lifted)."""
     flat: Dict[str, float] = {}
     for key, value in (metrics or {}).items():
+        if isinstance(value, Mapping) and key not in NESTED_METRICS:
+            continue   # bookkeeping (counts, decoding settings, BLEU internals), not scores
         if isinstance(value, Mapping):
             for k, v in value.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool):

@@ -475,7 +475,7 @@ class RunPipeline:
         if rows:
             print(f"metrics ({self.config.evaluate.split} split):", file=out)
             for name, value in rows:
-                print(f"  {name:<16}{value:.4f}", file=out)
+                print(f"  {name:<20}{value:.4f}", file=out)
         if self.captions:
             print("captions of held-out images:", file=out)
             for r in self.captions:
