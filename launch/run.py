@@ -207,7 +207,7 @@ class RunPipeline:
         f = c.features
         plan.append(("features", ["features", "--images", *images, "--output", L.features, "--encoder", self.encoder,
                                   "--weights", f.weights, "--image-size", str(f.image_size),
-                                  "--batch-size", str(f.batch_size), *f.extra,
+                                  "--batch-size", str(f.batch_size), "--overwrite", *f.extra,
                                   *self.stage_pipeline_args("features")]))
         cap = ["captions", "--captions", captions, "--format", c.data.caption_format]
         for name, path in splits.items():
@@ -291,6 +291,15 @@ class RunPipeline:
         if rc:
             raise StageError(name, f"`captionbeam {argv[0]}` exited with status {rc}")
         return StageResult(name=name, argv=argv, seconds=seconds, output=tee.getvalue())
+
+    @staticmethod
+    def _clear(directory: str) -> None:
+        """Remove an output directory of this run's own before its stage runs again."""
+        if pio.is_gcs(directory):
+            pio.delete(pio.match([pio.join(directory, "**")]))
+        elif os.path.isdir(directory):
+            import shutil
+            shutil.rmtree(directory)
 
     def _finish(self, result: StageResult) -> StageResult:
         if not result.cached:
@@ -444,6 +453,8 @@ class RunPipeline:
             self._header(n, total, name, argv)
             if name == "features" and not self._cached(name, argv):
                 self.prepare_encoder()
+            if name == "train" and not self._cached(name, argv):
+                self._clear(self.layout.model)   # a model dir with checkpoints would be resumed, not retrained
             result = self.run_command(name, argv)
             if name == "evaluate":
                 self.metrics = self._parse_metrics("" if result.cached else result.output)
