@@ -75,7 +75,7 @@ def test_file_sharding_splits_files_between_workers(synthetic_data, caplog):
 
     def captions(**kw):
         ds = training_dataset(files, [16], 4, seed=0, shuffle_buffer=1, repeat=False, **kw)
-        return [tuple(row) for b in ds for row in b["input"].numpy()]
+        return [tuple(row[row != 0]) for b in ds for row in b["input"].numpy()]
 
     everything = captions()
     shards = [captions(num_pipelines=3, pipeline_index=i) for i in range(3)]
