@@ -93,6 +93,8 @@ def plot_curve(model_dir: str, epochs: List[Dict[str, float]], title: str) -> Op
         ax.plot([v[0] for v in vals], [v[1] for v in vals], "s-", label="validation")
         best = min(vals, key=lambda v: v[1])
         ax.axvline(best[0], color="gray", ls=":", label=f"best (epoch {best[0]})")
+    from matplotlib.ticker import MaxNLocator
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("cross-entropy per token")
     ax.set_title(title)
