@@ -328,7 +328,7 @@ class RunPipeline:
             if name == "train":
                 from launch.report import load_history
                 h = load_history(L.model) or {}
-                loss = [x for x in h.get("loss", []) if x is not None]
+                loss = [x for x in h.get("loss", h.get("train_loss", [])) if x is not None]
                 val = [x for x in h.get("val_loss", []) if x is not None]
                 if loss:
                     return (f"{len(loss)} epochs, loss {loss[0]:.3f} -> {loss[-1]:.3f}"
