@@ -32,6 +32,7 @@ from model.encoders import EncoderConfig, build_encoder, describe_config
 from pipelines.deadletter import DeadLetter, WriteDeadLetters, dead_letters_pattern
 from pipelines.images import DEFAULT_MAX_PIXELS, ImageDecodeError, load_image
 from pipelines.inference import keyed_encoder_handler
+from pipelines.shards import TfrecordFields
 from pipelines.sources import ReadImages
 
 NAMESPACE = "captionbeam"
@@ -53,6 +54,7 @@ class FeaturesConfig:
     compress: bool = False
     input_format: str = "files"
     model_copies: Optional[int] = None
+    tfrecord_fields: Optional[TfrecordFields] = None  # image TFRecord field names (None: the defaults)
 
 
 # ----------------------------------------------------------------------------- steps
@@ -158,7 +160,8 @@ class ComputeFeatures(beam.PTransform):
 
     def expand(self, pbegin):
         c = self.config
-        read = pbegin | "ReadImages" >> ReadImages(c.images, c.input_format, c.max_bytes)
+        read = pbegin | "ReadImages" >> ReadImages(c.images, c.input_format, c.max_bytes,
+                                                             shard_fields=c.tfrecord_fields)
         decoded = read["images"] | "DecodeImages" >> DecodeImages(self.image_size, c.max_pixels, c.resize_method)
         encoded = decoded["images"] | "EncodeImages" >> EncodeImages(c.encoder, c.batch_size, c.model_copies)
         dead = ((read["dead_letters"], decoded["dead_letters"], encoded["dead_letters"])

@@ -275,3 +275,35 @@ def test_storage_errors_propagate_so_the_runner_retries(fmt):
 
     with pytest.raises(ConnectionError):
         list(S.iter_shard(f"s.{fmt}", fmt, fileobj=Flaky()))
+
+
+def test_features_tfrecord_field_flags(tmp_path):
+    """`captionbeam features --tfrecord-image-field/--tfrecord-id-field` reads shards with other field names;
+    without the flags the same records are dead letters naming the fields they lack, nothing is dropped."""
+    import tensorflow as tf
+    from launch.cli import main
+    from pipelines.deadletter import read_dead_letters
+
+    def example(key: str, data: bytes) -> bytes:
+        return tf.train.Example(features=tf.train.Features(feature={
+            "photo/jpeg": tf.train.Feature(bytes_list=tf.train.BytesList(value=[data])),
+            "photo/name": tf.train.Feature(bytes_list=tf.train.BytesList(value=[key.encode()])),
+        })).SerializeToString()
+
+    shard = tmp_path / "custom-00000.tfrecord"
+    shard.write_bytes(b"".join(S.frame_record(example(f"p{i}", _jpeg(30 + i, 20))) for i in range(3)))
+    common = ["--log-level", "WARNING", "features", "--images", str(shard), "--encoder", "mobilenet",
+              "--weights", "none", "--image-size", "32"] + DIRECT
+
+    out = tmp_path / "with_flags"
+    assert main(common + ["--output", str(out), "--tfrecord-image-field", "photo/jpeg",
+                          "--tfrecord-id-field", "photo/name"]) == 0
+    assert sorted(r["image_id"] for r in _features(str(out))) == ["p0", "p1", "p2"]
+    assert list(read_dead_letters(str(out))) == []
+
+    out = tmp_path / "defaults"
+    assert main(common + ["--output", str(out)]) == 0
+    assert _features(str(out)) == []
+    dead = list(read_dead_letters(str(out)))
+    assert len(dead) == 3 and {d.error for d in dead} == {S.MISSING_ID}
+    assert all("image/id" in d.message for d in dead)

@@ -35,6 +35,7 @@ def _non_negative(text: str) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from pipelines.images import DEFAULT_MAX_PIXELS, RESIZE_METHODS
+    from launch.shard_flags import add_tfrecord_field_arguments
     from pipelines.sources import INPUT_FORMATS
     parser.add_argument("--images", nargs="+", required=True, metavar="GLOB",
                         help="one or more globs of image files, local or gs:// (quote them so the shell does not "
@@ -76,6 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "tars, TFRecords of tf.train.Example with image/encoded|image/data and "
                              "image/id|image/filename); auto: from each glob's extension: .tar .tar.gz .tgz -> tar, "
                              ".tfrecord[s][.gz] -> tfrecord, else files (default: auto)")
+    add_tfrecord_field_arguments(parser)
     parser.add_argument("--model-copies", type=_positive, default=None, metavar="N",
                         help="share N encoder copies across all worker processes of a machine (GPU workers, big "
                              "models); default: one copy per worker process, shared by its threads")
@@ -107,6 +109,7 @@ def _check_images_match(patterns, input_format: str):
 def main(args: argparse.Namespace, pipeline_args=None) -> int:
     import pipelines.io as pio
     from model.encoders import EncoderConfig, EncoderError, describe_config
+    from launch.shard_flags import tfrecord_fields
     from pipelines.features import FeaturesConfig, existing_outputs, run
 
     encoder = EncoderConfig(name=args.encoder, weights=args.weights, image_size=args.image_size,
@@ -127,7 +130,8 @@ def main(args: argparse.Namespace, pipeline_args=None) -> int:
     config = FeaturesConfig(images=tuple(args.images), output=args.output, encoder=encoder,
                             batch_size=args.batch_size, max_pixels=args.max_pixels, max_bytes=args.max_bytes,
                             resize_method=args.resize_method, num_shards=args.num_shards, compress=args.compress,
-                            input_format=args.input_format, model_copies=args.model_copies)
+                            input_format=args.input_format, model_copies=args.model_copies,
+                            tfrecord_fields=tfrecord_fields(args))
     print(f"features: encoder {description['encoder']} ({description['weights']} weights, "
           f"{description['image_size'][0]}px, {description['preprocessing']}), batch {args.batch_size}",
           file=sys.stderr)
