@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help install test run bench lint clean
+.PHONY: help install sysdeps test run bench lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -23,7 +23,19 @@ $(STAMP): setup.py
 
 install: $(STAMP)  ## create .venv and install captionbeam with its test, eval and report extras
 
-test: $(STAMP)  ## run the test suite
+# System packages the tests need beyond Python: Java (METEOR and the PTB tokenizer in pycocoevalcap) and
+# headless Chromium (the report tests render the HTML report). Installed with apt-get when missing and
+# apt-get is there (root, or passwordless sudo); elsewhere install them yourself (see README).
+SYSDEPS := $(if $(shell command -v java),,default-jre-headless) $(if $(shell command -v chromium),,chromium)
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo -n)
+sysdeps:  ## install Java and headless Chromium with apt-get when they are missing
+	@if [ -z "$(strip $(SYSDEPS))" ]; then echo "sysdeps: java and chromium present"; \
+	elif command -v apt-get >/dev/null; then \
+	  echo "sysdeps: apt-get install $(strip $(SYSDEPS))"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(SYSDEPS) >/dev/null; \
+	else echo "sysdeps: missing $(strip $(SYSDEPS)) and no apt-get: install them (see README)" >&2; exit 1; fi
+
+test: $(STAMP) sysdeps  ## run the test suite (installs Java and Chromium first when missing)
 	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
 
 run: $(STAMP)  ## run the main job on the embedded sample dataset (no data, no cloud account)
