@@ -3,15 +3,29 @@
 This file is also what Dataflow's ``--setup_file`` ships to workers, so it installs
 only what a worker needs (``pipelines`` + ``model``); the extras add the rest.
 """
+import os
 import platform
+import shutil
 
 from setuptools import find_packages, setup
 
 
 def _tensorflow_requirement() -> str:
-    # tensorflow-cpu has no wheels for macOS/arm64; there plain tensorflow is the CPU build.
+    """The TensorFlow build for this machine, chosen at install time.
+
+    ``$CAPTIONBEAM_TENSORFLOW`` wins (e.g. ``tensorflow[and-cuda]>=2.16`` when building a GPU worker
+    image on a machine without a GPU). Otherwise Linux with an NVIDIA driver (``nvidia-smi`` on PATH)
+    gets the CUDA build, macOS plain ``tensorflow`` (its CPU build; tensorflow-cpu has no macOS/arm64
+    wheels), everything else ``tensorflow-cpu``. Only one of them is ever installed: they ship the same
+    ``tensorflow`` package and overwrite each other's files.
+    """
+    override = os.environ.get("CAPTIONBEAM_TENSORFLOW", "").strip()
+    if override:
+        return override
     if platform.system() == "Darwin":
         return "tensorflow>=2.16"
+    if platform.system() == "Linux" and shutil.which("nvidia-smi"):
+        return "tensorflow[and-cuda]>=2.16"
     return "tensorflow-cpu>=2.16"
 
 
@@ -28,8 +42,6 @@ REQUIRED = [
 ]
 
 EXTRAS = {
-    # GPU workers and training hosts: the full TensorFlow build with CUDA.
-    "gpu": ["tensorflow[and-cuda]>=2.16"],
     # COCO caption metrics (METEOR, CIDEr-D, ROUGE-L, PTB tokenizer; needs Java).
     "eval": ["pycocoevalcap>=1.2"],
     # Plots in reports: training curves, attention maps, galleries.
@@ -43,7 +55,7 @@ EXTRAS = {
         "pyarrow",
     ],
 }
-EXTRAS["all"] = sorted({r for k, v in EXTRAS.items() if k != "gpu" for r in v})
+EXTRAS["all"] = sorted({r for v in EXTRAS.values() for r in v})
 
 setup(
     name="captionbeam",
