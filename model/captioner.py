@@ -43,16 +43,20 @@ def _read_bytes(path: str) -> bytes:
         return f.read()
 
 
+def hash_files(parts: Sequence[Tuple[str, str]]) -> str:
+    """Stable 16-hex id of files: sha256 over (label, length, bytes) of each ``(label, path)`` in order."""
+    h = hashlib.sha256()
+    for label, path in parts:
+        data = _read_bytes(path)
+        h.update(label.encode() + b"\0" + len(data).to_bytes(8, "little") + data)
+    return h.hexdigest()[:16]
+
+
 def model_version_of(model_dir: str, weights_file: str) -> str:
     """Stable id of a model: sha256 over config.json, vocab.txt, features_spec.json and the weights bytes."""
-    h = hashlib.sha256()
     base = model_dir.rstrip("/")
-    for name in ("config.json", VOCAB_FILE, "features_spec.json"):
-        data = _read_bytes(f"{base}/{name}")
-        h.update(name.encode() + b"\0" + len(data).to_bytes(8, "little") + data)
-    data = _read_bytes(weights_file)
-    h.update(b"weights\0" + len(data).to_bytes(8, "little") + data)
-    return h.hexdigest()[:16]
+    names = ("config.json", VOCAB_FILE, "features_spec.json")
+    return hash_files([(name, f"{base}/{name}") for name in names] + [("weights", weights_file)])
 
 
 def encoder_arguments(spec) -> Tuple[str, str, int, Optional[str]]:

@@ -28,6 +28,11 @@ import tensorflow as tf
 
 from model.decode import decode_graph, tokens_to_strings
 
+METADATA_FILE = "captionbeam_export.json"
+SAVED_MODEL_FILE = "saved_model.pb"
+SERVING_INPUT = "images"
+SERVING_OUTPUTS = ("captions", "log_probs", "valid")
+
 
 def _valid_image(data):
     """True for JPEG / PNG / GIF / BMP magic numbers."""
@@ -115,6 +120,57 @@ def export(model_dir: str, output: str, beam_size: int = 1, max_length: Optional
                             "outputs": ["captions", "log_probs", "tokens", "lengths", "valid"]},
         "caption_features": {"inputs": {"features": f"float32[N, {', '.join(map(str, server.feature_shape))}]"},
                              "outputs": ["captions", "log_probs", "tokens", "lengths"]}})
-    with tf.io.gfile.GFile(os.path.join(output, "captionbeam_export.json"), "w") as f:
+    with tf.io.gfile.GFile(os.path.join(output, METADATA_FILE), "w") as f:
         f.write(json.dumps(meta, indent=2))
     return meta
+
+
+# ----------------------------------------------------------------------------- reading an export back
+def is_export(path: str) -> bool:
+    """True when ``path`` (local or gs://) is a SavedModel directory (it holds ``saved_model.pb``)."""
+    return tf.io.gfile.exists(f"{path.rstrip('/')}/{SAVED_MODEL_FILE}")
+
+
+def read_metadata(path: str) -> dict:
+    """``captionbeam_export.json`` of an export; ValueError when it is missing or lacks the keys bulk needs."""
+    meta_path = f"{path.rstrip('/')}/{METADATA_FILE}"
+    if not tf.io.gfile.exists(meta_path):
+        raise ValueError(f"{path} is a SavedModel without {METADATA_FILE}: not written by captionbeam export")
+    with tf.io.gfile.GFile(meta_path, "r") as f:
+        meta = json.loads(f.read())
+    missing = [k for k in ("model_version", "encoder", "image_size", "beam_size", "max_length") if k not in meta]
+    if missing:
+        raise ValueError(f"{meta_path}: missing {', '.join(missing)}")
+    return meta
+
+
+def check_serving_signature(path: str) -> None:
+    """ValueError unless ``serving_default`` takes ``images`` and returns captions, log_probs and valid
+    (read from ``saved_model.pb`` without loading the graph)."""
+    from tensorflow.core.protobuf import saved_model_pb2
+    proto = saved_model_pb2.SavedModel()
+    with tf.io.gfile.GFile(f"{path.rstrip('/')}/{SAVED_MODEL_FILE}", "rb") as f:
+        proto.ParseFromString(f.read())
+    for graph in proto.meta_graphs:
+        sig = graph.signature_def.get("serving_default")
+        if sig is not None and SERVING_INPUT in sig.inputs and all(o in sig.outputs for o in SERVING_OUTPUTS):
+            return
+    raise ValueError(f"{path}: no serving_default({SERVING_INPUT}=...) signature returning "
+                     f"{', '.join(SERVING_OUTPUTS)}")
+
+
+def export_files(path: str) -> list:
+    """Every file of the export as sorted (path relative to the export, full path)."""
+    base = path.rstrip("/")
+    out = []
+    for root, _, files in tf.io.gfile.walk(base):
+        rel_root = root[len(base):].strip("/")
+        out.extend(("/".join(p for p in (rel_root, name) if p), f"{root.rstrip('/')}/{name}") for name in files)
+    return sorted(out)
+
+
+def export_version(path: str) -> str:
+    """Stable id of an export: the model-version hash over all its files (SavedModel graph, variables and
+    ``captionbeam_export.json``, which records the source model's version and the decoding settings)."""
+    from model.captioner import hash_files
+    return hash_files(export_files(path))
