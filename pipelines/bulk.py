@@ -6,7 +6,8 @@ Pipeline (each step a composite PTransform)::
       -> Hash (path, sha256)
       -> [--skip-existing] SplitAlreadyCaptioned: CoGroupByKey by path with ReadManifest(model version)
       -> DecodeForCaptioner (pipelines.images.load_image at the encoder's input size)
-      -> CaptionBatches: RunInference(CaptionerModelHandler) -- encoder + decoder, batched
+         [exported SavedModel as --model-dir: PassImageBytes instead, the export decodes in its graph]
+      -> CaptionBatches: RunInference(CaptionerModelHandler | SavedModelHandler) -- encoder + decoder, batched
       -> WriteBulkOutputs: captions-<run>-*.jsonl|parquet, then manifest/<version>/manifest-<run>-*,
          dead_letters/dead_letters-<run>-*.jsonl
 
@@ -34,7 +35,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import apache_beam as beam
 
 import pipelines.io as pio
-from pipelines.bulk_handler import CaptionerConfig, CaptionerModelHandler, ImageToCaption
+from pipelines.bulk_handler import (CaptionerConfig, CaptionerModelHandler, ImageBytes, ImageToCaption,
+                                    SavedModelHandler)
 from pipelines.deadletter import DEAD_LETTERS_PREFIX, DEAD_LETTERS_SUFFIX, DeadLetter, dead_letters_dir
 from pipelines.manifest import ManifestEntry, ReadManifest, SplitAlreadyCaptioned, manifest_prefix
 
@@ -84,10 +86,16 @@ class BulkConfig:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What the pipeline must know about the model before it starts (from the launcher)."""
+    """What the pipeline must know about the model before it starts (from the launcher).
+
+    ``exported``: ``--model-dir`` is a SavedModel of ``captionbeam export`` (raw bytes go to its
+    ``serving_default``; ``model_version`` is then the hash over its files and ``source_model_version``
+    the version of the model directory it was exported from)."""
     model_version: str
     encoder: str
     image_size: int
+    exported: bool = False
+    source_model_version: Optional[str] = None
 
 
 def new_run_token(now: Optional[_dt.datetime] = None) -> str:
@@ -163,6 +171,11 @@ class _DecodeFn(beam.DoFn):
         yield ImageToCaption(path=blob.source, image_id=blob.image_id, sha256=sha, pixels=pixels)
 
 
+def _to_image_bytes(item) -> ImageBytes:
+    blob, sha = item
+    return ImageBytes(path=blob.source, image_id=blob.image_id, sha256=sha, data=blob.data)
+
+
 def _failed_batch_to_dead_letters(failed):
     batch, exc = failed
     for item in batch:
@@ -189,6 +202,28 @@ class DecodeForCaptioner(beam.PTransform):
         return {"images": out.images, "dead_letters": out[_DecodeFn.DEAD]}
 
 
+class PassImageBytes(beam.PTransform):
+    """(ImageBlob, sha256) -> {"images": ImageBytes, "dead_letters": (none)}: for an exported SavedModel,
+    which decodes the bytes itself (bytes it rejects come back from the handler as dead letters)."""
+
+    def expand(self, items):
+        images = items | "ToImageBytes" >> beam.Map(_to_image_bytes)
+        return {"images": images, "dead_letters": items.pipeline | "NoDecodeFailures" >> beam.Create([])}
+
+
+def make_handler(config: BulkConfig, model: ModelInfo):
+    """The job's one ModelHandler: SavedModelHandler for an export, CaptionerModelHandler otherwise."""
+    if model.exported:
+        return SavedModelHandler(config.captioner_config(), model.model_version, model.encoder)
+    return CaptionerModelHandler(config.captioner_config())
+
+
+def prepare_for_model(config: BulkConfig, model: ModelInfo) -> beam.PTransform:
+    if model.exported:
+        return PassImageBytes()
+    return DecodeForCaptioner(model.image_size, config.max_pixels, config.resize_method)
+
+
 class CaptionBatches(beam.PTransform):
     """ImageToCaption -> {"rows": output rows, "dead_letters": DeadLetter} through RunInference.
 
@@ -196,7 +231,7 @@ class CaptionBatches(beam.PTransform):
     still escapes (a whole batch failing) is caught by RunInference's exception handling and each of
     its images becomes a dead letter (stage ``inference``): the job finishes."""
 
-    def __init__(self, handler: CaptionerModelHandler):
+    def __init__(self, handler):
         super().__init__()
         self.handler = handler
 
@@ -221,11 +256,11 @@ class BulkCaption(beam.PTransform):
 
     Writes nothing: :class:`WriteBulkOutputs` does."""
 
-    def __init__(self, config: BulkConfig, model: ModelInfo, handler: Optional[CaptionerModelHandler] = None):
+    def __init__(self, config: BulkConfig, model: ModelInfo, handler=None):
         super().__init__()
         self.config = config
         self.model = model
-        self.handler = handler or CaptionerModelHandler(config.captioner_config())
+        self.handler = handler or make_handler(config, model)
 
     def expand(self, pbegin):
         from pipelines.sources import ReadImages
@@ -248,8 +283,8 @@ class BulkCaption(beam.PTransform):
                 todo = todo | "Redistribute" >> beam.Reshuffle()
             skipped = pbegin | "NothingSkipped" >> beam.Create([])
         skipped = skipped | "CountSkipped" >> beam.ParDo(_Count("skipped"))
-        decoded = todo | "DecodeForCaptioner" >> DecodeForCaptioner(self.model.image_size, cfg.max_pixels,
-                                                                    cfg.resize_method)
+        step = "PassImageBytes" if self.model.exported else "DecodeForCaptioner"
+        decoded = todo | step >> prepare_for_model(cfg, self.model)
         captioned = decoded["images"] | "CaptionBatches" >> CaptionBatches(self.handler)
         rows = captioned["rows"] | "CountCaptioned" >> beam.ParDo(_Count("captioned"))
         failed = ((decoded["dead_letters"], captioned["dead_letters"])
@@ -404,6 +439,7 @@ def run(config: BulkConfig, model: ModelInfo, pipeline_args: Sequence[str], run_
         "run": token, "started": started.isoformat(), "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(),
         "seconds": round(seconds, 3), "images_per_s": round(res.images_per_s, 3),
         "model_dir": config.model_dir, "model_version": model.model_version, "encoder": model.encoder,
+        "exported": model.exported, "source_model_version": model.source_model_version,
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
         "pipeline_args": list(pipeline_args), "counters": res.counters, "balanced": res.balanced,
         "files": res.files,

@@ -1,8 +1,20 @@
-"""RunInference ModelHandler of the bulk job: encoder and decoder together, one batched call.
+"""RunInference ModelHandlers of the bulk job: encoder and decoder together, one batched call.
 
-``load_model()`` returns :class:`model.captioner.Captioner` (CNN encoder + caption decoder, greedy
-or beam search, batched inside compiled TensorFlow functions). ``run_inference`` captions a batch
-of decoded images and returns one output row per image.
+Two handlers, one per kind of ``--model-dir`` (a job uses one of them):
+
+- :class:`CaptionerModelHandler` (a training model directory): ``load_model()`` returns
+  :class:`model.captioner.Captioner` (CNN encoder + caption decoder, greedy or beam search, batched
+  inside compiled TensorFlow functions); ``run_inference`` captions a batch of decoded images
+  (:class:`ImageToCaption`, pixels decoded and resized by Pillow in Beam).
+- :class:`SavedModelHandler` (an export of ``captionbeam export``, a directory with ``saved_model.pb``):
+  ``load_model()`` is ``tf.saved_model.load``; ``run_inference`` feeds the raw file bytes of a batch
+  (:class:`ImageBytes`) to its ``serving_default(images=...)`` signature, which decodes, resizes,
+  encodes and decodes the captions in one graph. Rows whose ``valid`` output is False (bytes that are
+  not a JPEG/PNG/GIF/BMP by their header) become dead letters (stage ``decode``).
+
+Both return one output row (or one ``DeadLetter``) per image, and share the failure isolation of
+:class:`_IsolatingHandler`: a batch that raises is retried image by image so a bad image (e.g. a
+corrupt JPEG with a valid header, which fails the export's whole request) costs only itself.
 
 How many models per worker
 --------------------------
@@ -30,7 +42,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler
 
-from pipelines.deadletter import DeadLetter
+from pipelines.deadletter import MAX_MESSAGE_CHARS, DeadLetter
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +76,23 @@ class ImageToCaption:
     pixels: np.ndarray
 
 
-def caption_row(item: ImageToCaption, result, model_version: str, encoder: str) -> Dict[str, Any]:
-    """The bulk job's output row for one image."""
+@dataclass(frozen=True)
+class ImageBytes:
+    """One image file's undecoded bytes on their way to an exported SavedModel (which decodes them)."""
+    path: str
+    image_id: str
+    sha256: str
+    data: bytes
+
+
+def caption_row(item, caption: str, log_prob: float, model_version: str, encoder: str) -> Dict[str, Any]:
+    """The bulk job's output row for one image (``item``: ImageToCaption or ImageBytes)."""
     return {
         "path": item.path,
         "image_id": item.image_id,
         "sha256": item.sha256,
-        "caption": result.caption,
-        "log_prob": float(result.log_prob),
+        "caption": caption,
+        "log_prob": float(log_prob),
         "model_version": model_version,
         "encoder": encoder,
     }
@@ -108,15 +129,60 @@ class _Progress:
                 log.info("bulk: this worker captioned %d images, %.1f images/s", self.count, rate)
 
 
-class CaptionerModelHandler(ModelHandler[ImageToCaption, Dict[str, Any], Any]):
-    """RunInference handler: ``ImageToCaption`` in, output row (dict) out; batches of up to
-    ``config.batch_size`` images."""
+class _IsolatingHandler(ModelHandler):
+    """What both handlers share: batches of up to ``config.batch_size``, one model per process (or
+    ``model_copies`` per machine), progress logs, and failure isolation in :meth:`run_inference`.
+    Subclasses give ``load_model``, ``_caption(batch, model)`` (rows, or DeadLetters for images the
+    model itself rejects) and ``get_num_bytes``."""
 
     def __init__(self, config: CaptionerConfig):
         super().__init__(min_batch_size=1, max_batch_size=config.batch_size,
                          model_copies=config.model_copies)
         self.config = config
         self._progress = None
+
+    def run_inference(self, batch: Sequence[Any], model, inference_args=None) -> List[Any]:
+        """Rows for the batch. If the batched call fails, each image is retried alone so that one bad
+        image costs only itself: those that fail alone come back as ``DeadLetter`` (:meth:`_dead_letter`)."""
+        try:
+            out = self._caption(batch, model)
+        except Exception as batch_error:  # noqa: BLE001
+            if len(batch) == 1:
+                out = [self._dead_letter(batch[0], batch_error)]
+            else:
+                log.warning("bulk: a batch of %d failed (%s: %s); retrying its images one by one",
+                            len(batch), type(batch_error).__name__, _first_line(batch_error))
+                out = []
+                for item in batch:
+                    try:
+                        out.extend(self._caption([item], model))
+                    except Exception as e:  # noqa: BLE001
+                        out.append(self._dead_letter(item, e))
+        if self._progress is None:
+            self._progress = _Progress()
+        self._progress.add(len(batch))
+        return out
+
+    def _dead_letter(self, item, exc: BaseException) -> DeadLetter:
+        return DeadLetter.from_exception(item.path, exc, "inference")
+
+    def _caption(self, batch: Sequence[Any], model) -> List[Any]:
+        raise NotImplementedError
+
+    def get_metrics_namespace(self) -> str:
+        return "captionbeam.bulk.inference"
+
+    def batch_elements_kwargs(self):
+        return dict(self._batching_kwargs)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else repr(exc)
+
+
+class CaptionerModelHandler(_IsolatingHandler):
+    """RunInference handler of a training model directory: ``ImageToCaption`` in, output row (dict) out."""
 
     def load_model(self):
         from model.captioner import Captioner
@@ -129,39 +195,63 @@ class CaptionerModelHandler(ModelHandler[ImageToCaption, Dict[str, Any], Any]):
                  captioner.encoder_name, captioner.model_version, time.monotonic() - t0)
         return captioner
 
-    def run_inference(self, batch: Sequence[ImageToCaption], model, inference_args=None) -> List[Any]:
-        """Rows for the batch. If the batched call fails, each image is retried alone so that one bad
-        image costs only itself: those that fail alone come back as ``DeadLetter`` (stage inference)."""
-        try:
-            out = self._caption(batch, model)
-        except Exception as batch_error:  # noqa: BLE001
-            if len(batch) == 1:
-                raise
-            log.warning("bulk: a batch of %d failed (%s: %s); retrying its images one by one",
-                        len(batch), type(batch_error).__name__, batch_error)
-            out = []
-            for item in batch:
-                try:
-                    out.extend(self._caption([item], model))
-                except Exception as e:  # noqa: BLE001
-                    out.append(DeadLetter.from_exception(item.path, e, "inference"))
-        if self._progress is None:
-            self._progress = _Progress()
-        self._progress.add(len(batch))
-        return out
-
-    @staticmethod
-    def _caption(batch: Sequence[ImageToCaption], model) -> List[Dict[str, Any]]:
+    def _caption(self, batch: Sequence[ImageToCaption], model) -> List[Dict[str, Any]]:
         results = model.caption_images([item.pixels for item in batch])
         if len(results) != len(batch):
             raise RuntimeError(f"captioner returned {len(results)} results for {len(batch)} images")
-        return [caption_row(item, r, model.model_version, model.encoder_name) for item, r in zip(batch, results)]
+        return [caption_row(item, r.caption, r.log_prob, model.model_version, model.encoder_name)
+                for item, r in zip(batch, results)]
 
     def get_num_bytes(self, batch: Sequence[ImageToCaption]) -> int:
         return int(sum(item.pixels.nbytes for item in batch))
 
-    def get_metrics_namespace(self) -> str:
-        return "captionbeam.bulk.inference"
 
-    def batch_elements_kwargs(self):
-        return dict(self._batching_kwargs)
+def not_an_image(item: ImageBytes) -> DeadLetter:
+    """Dead letter of bytes the export rejected by their header (``valid`` False)."""
+    return DeadLetter(path=item.path, error="NotAnImageError", stage="decode",
+                      message=(f"not a JPEG/PNG/GIF/BMP image by its header: the export's serving_default "
+                               f"returned valid=False ({len(item.data)} bytes, starts with {item.data[:8]!r})"))
+
+
+class SavedModelHandler(_IsolatingHandler):
+    """RunInference handler of an exported SavedModel (``captionbeam export``): ``ImageBytes`` in, output
+    row or ``DeadLetter`` out. Decoding (beam size, max length, resize) is baked into the export.
+
+    ``model_version`` and ``encoder`` come from the launcher (hash over the export's files, and its
+    ``captionbeam_export.json``), so workers do not hash the files again."""
+
+    def __init__(self, config: CaptionerConfig, model_version: str, encoder: str):
+        super().__init__(config)
+        self.model_version = model_version
+        self.encoder = encoder
+
+    def load_model(self):
+        import tensorflow as tf
+        _enable_gpu_memory_growth()
+        t0 = time.monotonic()
+        # keep the loaded root object: its signatures hold only weak references to its variables
+        loaded = tf.saved_model.load(self.config.model_dir)
+        log.info("bulk: loaded export %s (encoder %s, version %s) in %.1fs", self.config.model_dir,
+                 self.encoder, self.model_version, time.monotonic() - t0)
+        return loaded
+
+    def _caption(self, batch: Sequence[ImageBytes], model) -> List[Any]:
+        import tensorflow as tf
+        out = model.signatures["serving_default"](images=tf.constant([item.data for item in batch], tf.string))
+        captions, log_probs, valid = (out[k].numpy() for k in ("captions", "log_probs", "valid"))
+        if not len(captions) == len(log_probs) == len(valid) == len(batch):
+            raise RuntimeError(f"serving_default returned {len(captions)} captions for {len(batch)} images")
+        return [caption_row(item, c.decode("utf-8"), lp, self.model_version, self.encoder) if ok
+                else not_an_image(item)
+                for item, c, lp, ok in zip(batch, captions, log_probs, valid)]
+
+    def _dead_letter(self, item: ImageBytes, exc: BaseException) -> DeadLetter:
+        """An image that fails the export alone: TensorFlow's InvalidArgumentError comes from the in-graph
+        image decoder (corrupt data behind a valid header): stage ``decode``; anything else ``inference``."""
+        import tensorflow as tf
+        stage = "decode" if isinstance(exc, tf.errors.InvalidArgumentError) else "inference"
+        return DeadLetter(path=item.path, error=type(exc).__name__, stage=stage,
+                          message=f"the export's serving_default failed on this image alone: {_first_line(exc)}"[:MAX_MESSAGE_CHARS])
+
+    def get_num_bytes(self, batch: Sequence[ImageBytes]) -> int:
+        return int(sum(len(item.data) for item in batch))
