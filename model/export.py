@@ -126,11 +126,6 @@ def export(model_dir: str, output: str, beam_size: int = 1, max_length: Optional
 
 
 # ----------------------------------------------------------------------------- reading an export back
-def is_export(path: str) -> bool:
-    """True when ``path`` (local or gs://) is a SavedModel directory (it holds ``saved_model.pb``)."""
-    return tf.io.gfile.exists(f"{path.rstrip('/')}/{SAVED_MODEL_FILE}")
-
-
 def read_metadata(path: str) -> dict:
     """``captionbeam_export.json`` of an export; ValueError when it is missing or lacks the keys bulk needs."""
     meta_path = f"{path.rstrip('/')}/{METADATA_FILE}"
