@@ -151,7 +151,7 @@ class _IsolatingHandler(ModelHandler):
                 out = [self._dead_letter(batch[0], batch_error)]
             else:
                 log.warning("bulk: a batch of %d failed (%s: %s); retrying its images one by one",
-                            len(batch), type(batch_error).__name__, _first_line(batch_error))
+                            len(batch), type(batch_error).__name__, tf_error_summary(batch_error))
                 out = []
                 for item in batch:
                     try:
@@ -179,6 +179,22 @@ class _IsolatingHandler(ModelHandler):
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else repr(exc)
+
+
+_TF_NOISE = ("Graph execution error", "Detected at node", "<stack traces", "[[", "File ")
+
+
+def tf_error_summary(exc: BaseException) -> str:
+    """TensorFlow's actual message out of a graph error, plus the failing node: ``jpeg::Uncompress failed.
+    Invalid JPEG data or crop window. (node map/while/cond/decode_image/DecodeImage)`` instead of the
+    ``Graph execution error:`` + stack dump that ``str()`` gives."""
+    import re
+    text = str(exc)
+    lines = [line.rstrip() for line in text.splitlines()]
+    kept = [line for line in lines if line and not line[0].isspace() and not line.startswith(_TF_NOISE)]
+    summary = kept[-1] if kept else _first_line(exc)
+    node = re.search(r"\{\{node ([^}]+)\}\}", text)
+    return f"{summary} (node {node.group(1)})" if node else summary
 
 
 class CaptionerModelHandler(_IsolatingHandler):
@@ -251,7 +267,7 @@ class SavedModelHandler(_IsolatingHandler):
         import tensorflow as tf
         stage = "decode" if isinstance(exc, tf.errors.InvalidArgumentError) else "inference"
         return DeadLetter(path=item.path, error=type(exc).__name__, stage=stage,
-                          message=f"the export's serving_default failed on this image alone: {_first_line(exc)}"[:MAX_MESSAGE_CHARS])
+                          message=f"the export's serving_default failed on this image alone: {tf_error_summary(exc)}"[:MAX_MESSAGE_CHARS])
 
     def get_num_bytes(self, batch: Sequence[ImageBytes]) -> int:
         return int(sum(len(item.data) for item in batch))
