@@ -204,3 +204,88 @@ def test_multiprocess_jsonl_equals_single_process_parquet(tmp_path, sample_dir, 
     a, b = _rows(single["files"]["captions"]), _rows(multi["files"]["captions"])
     assert len(a) == 10 and sorted(map(key, a)) == sorted(map(key, b))
     assert [d.path for d in read_dead_letters(str(tmp_path / "multi"))] == [str(images / "broken.jpg")]
+
+
+# ----------------------------------------------------------------------------- an exported SavedModel
+def _served(export_dir, datas):
+    """What the export itself returns for these bytes (its own serving_default, in this process)."""
+    import tensorflow as tf
+    m = tf.saved_model.load(str(export_dir))
+    out = m.signatures["serving_default"](images=tf.constant(datas, tf.string))
+    return [(c.decode(), float(lp), bool(v)) for c, lp, v in
+            zip(out["captions"].numpy(), out["log_probs"].numpy(), out["valid"].numpy())], m
+
+
+def test_exported_savedmodel_as_model_dir(tmp_path, sample_dir, exported_model, capsys):
+    """--model-dir E, E written by captionbeam export: raw bytes into its serving_default; rows equal the
+    export's own outputs; non-images and corrupt JPEGs are dead letters; --skip-existing; baked-in beam size."""
+    from model.export import export_version, read_metadata
+    from pipelines.bulk_handler import CaptionerConfig, ImageBytes, SavedModelHandler
+    meta = read_metadata(str(exported_model))
+    images = tmp_path / "images"
+    images.mkdir()
+    paths = _images(sample_dir, 5, start=40)
+    for p in paths:
+        shutil.copy(p, images)
+    (images / "notes.jpg").write_bytes(b"this is not an image at all")
+    broken = open(paths[0], "rb").read()[:300]            # a JPEG header, then nothing: fails in the graph
+    (images / "broken.jpg").write_bytes(broken)
+    out = tmp_path / "out"
+    argv = ["--images", str(images / "*.jpg"), "--model-dir", str(exported_model), "--output", str(out),
+            "--batch-size", "4"]
+
+    # decoding is baked into the export: a different --beam-size (or --max-length, --resize-method) fails fast
+    for flag, value in (("--beam-size", "3"), ("--max-length", str(meta["max_length"] + 1)),
+                        ("--resize-method", "bicubic")):
+        with pytest.raises(SystemExit):
+            cli_main(["bulk", *argv, flag, value])
+        err = capsys.readouterr().err
+        assert f"{flag} {value}" in err and "export" in err, err
+    assert "beam size is 2" in _bad_beam_size_message(argv, capsys)
+
+    rc, s1 = _bulk(capsys, *argv, "--beam-size", "2")       # the export's own beam size is accepted
+    assert rc == 0, s1
+    assert s1["counters"] == {"matched": 7, "captioned": 5, "skipped": 0, "failed": 2} and s1["balanced"]
+    version = export_version(str(exported_model))
+    assert s1["model_version"] == version != meta["model_version"]
+    assert s1["exported"] and s1["source_model_version"] == meta["model_version"]
+    datas = [open(p, "rb").read() for p in paths]
+    served, loaded = _served(exported_model, datas)
+    expected = {os.path.basename(p)[:-4]: (p, d, s) for p, d, s in zip(paths, datas, served)}
+    rows = _all_rows(str(out))
+    assert sorted(r["image_id"] for r in rows) == sorted(expected)
+    for r in rows:
+        p, data, (caption, log_prob, valid) = expected[r["image_id"]]
+        assert valid and set(r) == set(ROW_FIELDS)
+        assert r["path"] == str(images / os.path.basename(p)) and r["sha256"] == pio.sha256_hex(data)
+        assert r["caption"] == caption and r["log_prob"] == pytest.approx(log_prob, abs=1e-5)
+        assert r["model_version"] == version and r["encoder"] == meta["encoder"] == "mobilenet"
+    dead = {os.path.basename(d.path): d for d in read_dead_letters(str(out))}
+    assert sorted(dead) == ["broken.jpg", "notes.jpg"] and all(d.stage == "decode" for d in dead.values())
+    assert dead["notes.jpg"].error == "NotAnImageError" and "valid=False" in dead["notes.jpg"].message
+    assert dead["broken.jpg"].error == "InvalidArgumentError"
+    assert "failed on this image alone" in dead["broken.jpg"].message
+    assert "DecodeImage" in dead["broken.jpg"].message                  # TF's message and node, not a stack dump
+    assert set(read_manifest_keys(str(out), version)) == {(r["path"], r["sha256"]) for r in rows}
+
+    # a second run over the same archive: same model version, nothing new to caption
+    rc, s2 = _bulk(capsys, *argv, "--skip-existing")
+    assert rc == 0
+    assert s2["counters"] == {"matched": 7, "captioned": 0, "skipped": 5, "failed": 2}
+    assert s2["model_version"] == version and s2["files"]["captions"] == [] and s2["files"]["manifest"] == []
+    assert len(_all_rows(str(out))) == 5
+
+    # one batch with a corrupt JPEG in it: the batch is retried image by image, only that image is lost
+    handler = SavedModelHandler(CaptionerConfig(model_dir=str(exported_model), batch_size=4), version, "mobilenet")
+    batch = [ImageBytes(path=f"p{i}", image_id=f"i{i}", sha256="0" * 64, data=d)
+             for i, d in enumerate([datas[1], broken, b"text", datas[2]])]
+    got = handler.run_inference(batch, loaded)
+    assert [type(g).__name__ for g in got] == ["dict", "DeadLetter", "DeadLetter", "dict"]
+    assert [g["caption"] for g in (got[0], got[3])] == [served[1][0], served[2][0]]
+    assert (got[1].stage, got[1].error, got[2].error) == ("decode", "InvalidArgumentError", "NotAnImageError")
+
+
+def _bad_beam_size_message(argv, capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["bulk", *argv, "--beam-size", "5"])
+    return capsys.readouterr().err

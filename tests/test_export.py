@@ -36,11 +36,8 @@ print(json.dumps({
 
 
 @pytest.fixture(scope="module")
-def exported(image_model_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("export") / "saved"
-    rc = cli(["export", "--model-dir", image_model_dir["merge"], "--output", str(out), "--beam-size", "2"])
-    assert rc == 0
-    return out
+def exported(exported_model):
+    return exported_model
 
 
 def test_export_serves_image_bytes_without_the_project(exported, image_model_dir, tmp_path):

@@ -6,6 +6,8 @@
 - ``image_model_dir``: a model directory with a real encoder (``mobilenet`` at 32 px, seeded
   ``--weights none``) and a merge decoder fitted on that encoder's features of a few drawn images:
   for ``caption``, the ``Captioner`` and the export.
+- ``exported_model``: ``captionbeam export --beam-size 2`` of ``image_model_dir["merge"]`` (a SavedModel
+  directory), for the export and bulk tests.
 """
 import json
 import os
@@ -146,6 +148,17 @@ def image_model_dir(tmp_path_factory):
             feats = enc(enc.preprocess(batch))
             fit(model, feats, classes, vocab, steps=150)
         out[arch] = write_model_dir(str(root / arch), model, vocab, spec)
+    return out
+
+
+@pytest.fixture(scope="session")
+def exported_model(image_model_dir, tmp_path_factory):
+    """``captionbeam export`` of ``image_model_dir["merge"]`` with beam size 2: a SavedModel directory
+    (shared by the export and bulk tests; exporting costs tens of seconds)."""
+    from launch.cli import main as cli
+    out = tmp_path_factory.mktemp("export") / "saved"
+    rc = cli(["export", "--model-dir", image_model_dir["merge"], "--output", str(out), "--beam-size", "2"])
+    assert rc == 0
     return out
 
 
