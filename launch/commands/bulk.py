@@ -135,7 +135,8 @@ def check_export_flags(meta: dict, model_dir: str, beam_size, max_length, resize
     baked = {"--beam-size": (beam_size, meta["beam_size"]), "--max-length": (max_length, meta["max_length"])}
     for flag, (given, exported) in baked.items():
         if given is not None and int(given) != int(exported):
-            raise ValueError(f"{flag} {given}: --model-dir {model_dir} is an export whose {flag[2:].replace('-', ' ')} is "
+            what = flag[2:].replace("-", " ")
+            raise ValueError(f"{flag} {given}: --model-dir {model_dir} is an export whose {what} is "
                              f"{exported}, baked in at export time; drop {flag} (or pass {flag} {exported}), "
                              f"or re-export with captionbeam export {flag} {given}")
     if resize_method is not None:
