@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# The README's Flickr8k results table: the whole chain on ../shared/data/flickr8k with the standard
+# 6,000 / 1,000 / 1,000 splits, MobileNet v1 1.0 ImageNet features (the best encoder available offline:
+# VGG16 weights cannot be had on these machines), merge / inject / attention, greedy and beam search.
+#
+#   bash benchmarks/flickr8k.sh [WORKDIR]        # default work/flickr8k; each stage skips when done
+#
+# Environment: EPOCHS (default 12), BATCH (default 64), BEAM (default 3), ARCHS ("merge inject attention").
+# Tuning (epochs, early stopping, beam width) looks at the dev split only; test is scored once per row.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CB=${CB:-.venv/bin/captionbeam}
+SHARED=${SHARED:-../shared}
+F8K=$SHARED/data/flickr8k
+W=${1:-work/flickr8k}
+EPOCHS=${EPOCHS:-12}
+BATCH=${BATCH:-64}
+BEAM=${BEAM:-3}
+ARCHS=${ARCHS:-merge inject attention}
+mkdir -p "$W/keras/models" "$W/logs" "$W/stages"
+# Offline ImageNet weights: Keras looks in $KERAS_HOME/models before downloading.
+cp -n "$SHARED"/models/keras/*.h5 "$W/keras/models/"
+export KERAS_HOME=$PWD/$W/keras
+SPLITS=(--split "train=$F8K/text/Flickr_8k.trainImages.txt" --split "dev=$F8K/text/Flickr_8k.devImages.txt"
+        --split "test=$F8K/text/Flickr_8k.testImages.txt")
+
+stage() {  # stage NAME COMMAND...: run unless $W/stages/NAME.done exists; log to $W/logs/NAME.log
+  local name=$1; shift
+  local done=$W/stages/$name.done
+  if [ -e "$done" ]; then echo "== $name: done earlier ($done)"; return; fi
+  echo "== $name: $*"
+  local t0=$SECONDS
+  "$@" > "$W/logs/$name.log" 2>&1 || { echo "== $name FAILED: see $W/logs/$name.log"; tail -n 20 "$W/logs/$name.log"; exit 1; }
+  grep -v -E "^(WARNING|I0000|W0000)|BatchElements statistics" "$W/logs/$name.log" | tail -n 8
+  echo "$((SECONDS - t0))" > "$done"
+  echo "== $name: $((SECONDS - t0)) s"
+}
+
+for enc in mobilenet mobilenet-conv; do
+  stage "features-$enc" \
+    $CB features --images "$F8K/images/*.jpg" --output "$W/features-$enc" --encoder "$enc" \
+      --weights imagenet --batch-size 64
+  stage "captions-$enc" \
+    $CB captions --captions "$F8K/text/Flickr8k.token.txt" "${SPLITS[@]}" --features "$W/features-$enc" \
+      --output "$W/data-$enc" --clean basic --min-count 5
+done
+
+for arch in $ARCHS; do
+  data=$W/data-mobilenet; [ "$arch" = attention ] && data=$W/data-mobilenet-conv
+  stage "train-$arch" \
+    $CB train --data "$data" --model-dir "$W/models/$arch" --arch "$arch" --epochs "$EPOCHS" \
+      --batch-size "$BATCH" --early-stopping-patience 3 --log-every 200
+  for k in 1 "$BEAM"; do
+    stage "evaluate-$arch-beam$k" \
+      $CB evaluate --model-dir "$W/models/$arch" --data "$data" --split test --beam-size "$k" \
+        --references "$F8K/text/Flickr8k.token.txt" --bleu-tokenizer basic --output "$W/eval/$arch-beam$k.jsonl" --json
+    # BLEU on the classic tutorial's cleaned tokens (its clean_descriptions on both sides: no "a", no punctuation)
+    stage "score-seed-$arch-beam$k" \
+      $CB score --predictions "$W/eval/$arch-beam$k.jsonl" --references "$F8K/text/Flickr8k.token.txt" \
+        --image-ids "$F8K/text/Flickr_8k.testImages.txt" --bleu-tokenizer seed --no-coco --json
+  done
+done
+
+.venv/bin/python - "$W" <<'PY'
+import json, pathlib, sys
+w = pathlib.Path(sys.argv[1])
+def last_json(path):
+    lines = [l for l in path.read_text().splitlines() if l.startswith("{")] if path.exists() else []
+    return json.loads(lines[-1]) if lines else {}
+print("| model | decoding | BLEU-1 | BLEU-2 | BLEU-3 | BLEU-4 | METEOR | ROUGE-L | CIDEr-D | BLEU-1 / BLEU-4, tutorial tokens |")
+print("|---|---|---|---|---|---|---|---|---|---|")
+for f in sorted((w / "eval").glob("*.metrics.json")):
+    m = json.loads(f.read_text()); c = m.get("coco", {})
+    name = f.name[: -len(".metrics.json")]
+    arch, dec = name.rsplit("-", 1)
+    seed = last_json(w / "logs" / f"score-seed-{name}.log")
+    vals = [m.get(f"bleu{i}") for i in range(1, 5)] + [c.get("METEOR"), c.get("ROUGE_L"), c.get("CIDEr")]
+    cells = ["-" if v is None else f"{v:.3f}" for v in vals] + [f"{seed.get('bleu1', 0):.3f} / {seed.get('bleu4', 0):.3f}"]
+    print(f"| {arch} | {'greedy' if dec == 'beam1' else 'beam ' + dec[4:]} | " + " | ".join(cells) + " |")
+PY
