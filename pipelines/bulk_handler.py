@@ -266,8 +266,8 @@ class SavedModelHandler(_IsolatingHandler):
         image decoder (corrupt data behind a valid header): stage ``decode``; anything else ``inference``."""
         import tensorflow as tf
         stage = "decode" if isinstance(exc, tf.errors.InvalidArgumentError) else "inference"
-        return DeadLetter(path=item.path, error=type(exc).__name__, stage=stage,
-                          message=f"the export's serving_default failed on this image alone: {tf_error_summary(exc)}"[:MAX_MESSAGE_CHARS])
+        message = f"the export's serving_default failed on this image alone: {tf_error_summary(exc)}"
+        return DeadLetter(path=item.path, error=type(exc).__name__, stage=stage, message=message[:MAX_MESSAGE_CHARS])
 
     def get_num_bytes(self, batch: Sequence[ImageBytes]) -> int:
         return int(sum(len(item.data) for item in batch))
