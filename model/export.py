@@ -30,6 +30,9 @@ from model.decode import decode_graph, tokens_to_strings
 
 METADATA_FILE = "captionbeam_export.json"
 SAVED_MODEL_FILE = "saved_model.pb"
+# Bump when the serving graph changes what it computes (decode, resize, preprocessing, decoding): it is
+# part of every export's version, so bulk's --skip-existing re-captions with a changed graph.
+EXPORT_FORMAT = 1
 SERVING_INPUT = "images"
 SERVING_OUTPUTS = ("captions", "log_probs", "valid")
 
@@ -67,7 +70,7 @@ class CaptionServer:
         self.metadata = {"model_version": captioner.model_version, "encoder": captioner.encoder_name,
                          "arch": captioner.config.arch, "image_size": [self.size, self.size],
                          "preprocessing_mode": mode, "beam_size": self.beam_size, "max_length": self.max_length,
-                         "length_penalty": self.alpha}
+                         "length_penalty": self.alpha, "export_format": EXPORT_FORMAT}
         self.image_signature = [tf.TensorSpec([None], tf.string, name="images")]
         self.features_signature = [tf.TensorSpec([None] + self.feature_shape, tf.float32, name="features")]
 
@@ -154,18 +157,14 @@ def check_serving_signature(path: str) -> None:
                      f"{', '.join(SERVING_OUTPUTS)}")
 
 
-def export_files(path: str) -> list:
-    """Every file of the export as sorted (path relative to the export, full path)."""
-    base = path.rstrip("/")
-    out = []
-    for root, _, files in tf.io.gfile.walk(base):
-        rel_root = root[len(base):].strip("/")
-        out.extend(("/".join(p for p in (rel_root, name) if p), f"{root.rstrip('/')}/{name}") for name in files)
-    return sorted(out)
-
-
 def export_version(path: str) -> str:
-    """Stable id of an export: the model-version hash over all its files (SavedModel graph, variables and
-    ``captionbeam_export.json``, which records the source model's version and the decoding settings)."""
-    from model.captioner import hash_files
-    return hash_files(export_files(path))
+    """Stable id of an export, the same for every re-export of one model with the same settings.
+
+    A hash of ``captionbeam_export.json`` without its ``model_dir``: the source model's version (itself a
+    hash of its weights, vocabulary and config), the encoder and decoding settings and ``export_format``
+    (the serving graph's version). Not of the SavedModel's bytes: ``saved_model.pb`` (function names),
+    the variables files and ``fingerprint.pb`` change from one save to the next although what they
+    compute does not."""
+    import hashlib
+    meta = {k: v for k, v in read_metadata(path).items() if k != "model_dir"}
+    return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:16]

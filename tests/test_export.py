@@ -82,3 +82,18 @@ def test_export_metadata_and_overwrite_guard(exported, image_model_dir, capsys):
     capsys.readouterr()
     rc = cli(["export", "--model-dir", image_model_dir["merge"], "--output", str(exported)])
     assert rc == 2 and "--overwrite" in capsys.readouterr().err
+
+
+def test_export_version_is_stable_across_reexports(image_model_dir, exported_model, tmp_path):
+    """Re-exporting the same model with the same settings, to another directory, gives the same export
+    version (bulk's manifest key), although the variables files differ byte-wise; another beam size
+    gives another version."""
+    from launch.cli import main as cli
+    from model.export import export_version
+    again = tmp_path / "again"
+    assert cli(["export", "--model-dir", image_model_dir["merge"], "--output", str(again), "--beam-size", "2"]) == 0
+    assert export_version(str(again)) == export_version(str(exported_model))
+    meta = json.loads((again / "captionbeam_export.json").read_text())
+    meta["beam_size"] = 3
+    (again / "captionbeam_export.json").write_text(json.dumps(meta))
+    assert export_version(str(again)) != export_version(str(exported_model))
