@@ -55,7 +55,8 @@ def test_dry_run_resolves_each_profile_and_round_trips(capsys, profile):
     assert report["profile"] == profile
     # the command's own options are resolved too, defaults included
     assert report["command_options"]["images"] == ["gs://b/photos/*.jpg"]
-    assert report["command_options"]["beam_size"] == 1
+    assert report["command_options"]["batch_size"] == 32
+    assert report["command_options"]["beam_size"] is None  # not given: 1 for a model dir, an export's own
     # the equivalent command line: no profile, no dry-run, every option once
     tokens = shlex.split(line)
     assert tokens[:2] == ["captionbeam", "bulk"]
