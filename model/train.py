@@ -226,8 +226,18 @@ def train(cfg, model_overrides) -> Dict[str, object]:
     t_start = time.perf_counter()
     epoch = int(state.epoch)
     if bool(state.finished):
-        log.info("training already finished in %s (%d epochs); nothing to do", model_dir, epoch)
-        epoch = cfg.epochs
+        early = cfg.early_stopping_patience and int(state.bad_epochs) >= cfg.early_stopping_patience
+        if epoch < cfg.epochs and not early:
+            # The same command with a larger --epochs (or a larger --early-stopping-patience) goes on.
+            log.info("training in %s finished after %d epoch(s); extending it to --epochs %d", model_dir, epoch,
+                     cfg.epochs)
+            state.finished.assign(False)
+        else:
+            why = (f"stopped early: no improvement for {int(state.bad_epochs)} epoch(s); a larger "
+                   f"--early-stopping-patience (or 0) continues it") if early and epoch < cfg.epochs else \
+                  f"--epochs {cfg.epochs} reached"
+            log.info("training already finished in %s (%d epochs, %s); nothing to do", model_dir, epoch, why)
+            epoch = cfg.epochs
     while epoch < cfg.epochs:
         done_in_epoch = max(0, int(state.step) - epoch * steps_per_epoch)
         iterator = iter(dataset_for_epoch(epoch, done_in_epoch))

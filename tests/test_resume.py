@@ -34,6 +34,16 @@ def test_stop_mid_epoch_then_rerun_resumes_at_that_step(synthetic_data, tmp_path
     history = json.load(open(model_dir / "history.json"))["epochs"]
     assert [e["epoch"] for e in history] == [1, 2] and history[-1]["step"] == 20
 
+    # a finished run: the same command does nothing; a larger --epochs extends it from where it ended
+    again = _run(train_command(synthetic_data, model_dir, *COMMON))
+    assert "nothing to do" in again and "--epochs 2 reached" in again and not STEP_RE.search(again)
+    more = _run(train_command(synthetic_data, model_dir, *BASE, "--epochs", "3"))
+    assert "extending it to --epochs 3" in more
+    steps = [int(s) for s in STEP_RE.findall(more)]
+    assert steps[0] == 21 and steps[-1] == 30
+    history = json.load(open(model_dir / "history.json"))["epochs"]
+    assert [e["epoch"] for e in history] == [1, 2, 3] and history[-1]["step"] == 30
+
 
 def test_sigkill_mid_epoch_loses_at_most_checkpoint_every_steps(synthetic_data, tmp_path):
     model_dir = tmp_path / "k"
