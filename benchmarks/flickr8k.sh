@@ -5,7 +5,8 @@
 #
 #   bash benchmarks/flickr8k.sh [WORKDIR]        # default work/flickr8k; each stage skips when done
 #
-# Environment: EPOCHS (default 12), BATCH (default 64), BEAM (default 3), ARCHS ("merge inject attention").
+# Environment: EPOCHS (default 12; early stopping on dev loss usually ends sooner), EPOCHS_inject (default 24:
+# inject's dev loss still fell at epoch 12), BATCH (default 64), BEAM (default 3), ARCHS ("merge inject attention").
 # Tuning (epochs, early stopping, beam width) looks at the dev split only; test is scored once per row.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +15,7 @@ SHARED=${SHARED:-../shared}
 F8K=$SHARED/data/flickr8k
 W=${1:-work/flickr8k}
 EPOCHS=${EPOCHS:-12}
+EPOCHS_inject=${EPOCHS_inject:-24}
 BATCH=${BATCH:-64}
 BEAM=${BEAM:-3}
 ARCHS=${ARCHS:-merge inject attention}
@@ -47,8 +49,9 @@ done
 
 for arch in $ARCHS; do
   data=$W/data-mobilenet; [ "$arch" = attention ] && data=$W/data-mobilenet-conv
+  epochs_var=EPOCHS_$arch; epochs=${!epochs_var:-$EPOCHS}
   stage "train-$arch" \
-    $CB train --data "$data" --model-dir "$W/models/$arch" --arch "$arch" --epochs "$EPOCHS" \
+    $CB train --data "$data" --model-dir "$W/models/$arch" --arch "$arch" --epochs "$epochs" \
       --batch-size "$BATCH" --early-stopping-patience 3 --log-every 200
   for k in 1 "$BEAM"; do
     stage "evaluate-$arch-beam$k" \
