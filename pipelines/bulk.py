@@ -416,15 +416,14 @@ def build_pipeline(pipeline, config: BulkConfig, model: ModelInfo, run: str):
 
 def run(config: BulkConfig, model: ModelInfo, pipeline_args: Sequence[str], run_token: Optional[str] = None) -> BulkResult:
     """Run the job to completion; write ``runs/<run>.json``; return counters and files."""
-    from pipelines.options import pipeline_options
+    from pipelines.options import new_pipeline
     token = run_token or new_run_token()
     pio.makedirs(config.output)
-    options = pipeline_options(pipeline_args)
     started = _dt.datetime.now(_dt.timezone.utc)
     t0 = time.monotonic()
     log.info("bulk run %s: model %s (%s, version %s) -> %s", token, config.model_dir, model.encoder,
              model.model_version, config.output)
-    pipeline = beam.Pipeline(options=options)
+    pipeline = new_pipeline(pipeline_args)
     build_pipeline(pipeline, config, model, token)
     result = pipeline.run()
     result.wait_until_finish()

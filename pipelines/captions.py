@@ -585,7 +585,7 @@ class RunResult:
 
 def run(config: CaptionsConfig, pipeline_args: Sequence[str] = ()) -> RunResult:
     """Plan, run the job to completion and return ``stats.json`` (read back) and the counters."""
-    from pipelines.options import pipeline_options
+    from pipelines.options import new_pipeline
 
     p = plan(config)
     if config.overwrite:
@@ -594,7 +594,7 @@ def run(config: CaptionsConfig, pipeline_args: Sequence[str] = ()) -> RunResult:
             log.info("--overwrite: removed %d file(s) of an earlier run in %s", n, config.output)
     pio.makedirs(config.output)
     start = time.time()
-    pipeline = beam.Pipeline(options=pipeline_options(pipeline_args))
+    pipeline = new_pipeline(pipeline_args)
     build(pipeline, p)
     result = pipeline.run()
     result.wait_until_finish()

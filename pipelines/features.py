@@ -285,10 +285,10 @@ def _counters(result) -> Dict[str, int]:
 def run(config: FeaturesConfig, pipeline_args: Sequence[str] = (), description: Optional[Dict[str, object]] = None
         ) -> FeaturesResult:
     """Run the job and wait for it; returns counts (from the written spec, else from Beam counters)."""
-    from pipelines.options import pipeline_options
+    from pipelines.options import new_pipeline
     description = description or describe_config(config.encoder)
     start = time.time()
-    p = beam.Pipeline(options=pipeline_options(pipeline_args))
+    p = new_pipeline(pipeline_args)
     build_pipeline(p, config, description)
     result = p.run()
     result.wait_until_finish()

@@ -17,3 +17,20 @@ def pipeline_options(pipeline_args: Sequence[str]):
     options = PipelineOptions(args)
     options.view_as(SetupOptions).save_main_session = False
     return options
+
+
+def new_pipeline(pipeline_args: Sequence[str]):
+    """``beam.Pipeline`` with :func:`pipeline_options`. ``DirectRunner`` (also the default when no
+    ``--runner`` is given) runs in Beam's own Python engines (FnApiRunner, in-process or with
+    ``--direct_running_mode=multi_processing``), the ones the tests run: Beam ≥ 2.6x's DirectRunner would
+    first try to download and start the Prism binary for some pipelines, which fails offline, ignores the
+    ``direct_*`` options and differs between machines. ``--runner=PrismRunner`` still chooses Prism."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import StandardOptions
+    from apache_beam.runners.direct.direct_runner import DirectRunner
+    options = pipeline_options(pipeline_args)
+    if (options.view_as(StandardOptions).runner or "DirectRunner") in ("DirectRunner", "direct"):
+        runner = DirectRunner()
+        runner.is_interactive()  # public switch; DirectRunner reads it only to skip its Prism attempt
+        return beam.Pipeline(runner=runner, options=options)
+    return beam.Pipeline(options=options)

@@ -303,10 +303,10 @@ def read_manifest(output: str) -> List[dict]:
 def run(config: PackConfig, pipeline_args: Sequence[str] = ()) -> PackSummary:
     """Run the pack job to completion; writes ``pack.json`` and returns its summary."""
     from pipelines.deadletter import read_dead_letters
-    from pipelines.options import pipeline_options
+    from pipelines.options import new_pipeline
     pio.makedirs(config.output)
     start = time.time()
-    with beam.Pipeline(options=pipeline_options(pipeline_args)) as p:
+    with new_pipeline(pipeline_args) as p:
         _ = p | "Pack" >> PackImages(config)
     rows = read_manifest(config.output)
     shards = sorted({r["shard"] for r in rows})
