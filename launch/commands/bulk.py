@@ -118,7 +118,7 @@ def model_info(model_dir: str, beam_size, max_length, batch_size: int):
 
 def export_info(model_dir: str):
     """An exported SavedModel: check its metadata and serving signature (without loading the graph);
-    its model version is the hash over its files. Returns (ModelInfo, the export's metadata)."""
+    its model version is model.export.export_version. Returns (ModelInfo, the export's metadata)."""
     from model.export import check_serving_signature, export_version, read_metadata
     from pipelines.bulk import ModelInfo
     meta = read_metadata(model_dir)
