@@ -63,7 +63,9 @@ def compute_features(cache: str, batch: int = 64) -> str:
     for split in ("train", "dev"):
         with open(os.path.join(text, f"Flickr_8k.{split}Images.txt")) as f:
             ids += parse_split_file(f.read())
-    encoder = keras.applications.MobileNet(weights="imagenet", include_top=False, pooling="avg",
+    # the weights file itself: KERAS_HOME is read when keras is first imported, which may be before this
+    weights = os.path.join(keras_home, "models", "mobilenet_1_0_224_tf_no_top.h5")
+    encoder = keras.applications.MobileNet(weights=weights, include_top=False, pooling="avg",
                                            input_shape=(224, 224, 3))
     images = os.path.join(SHARED, "data", "flickr8k", "images")
 
