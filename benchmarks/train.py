@@ -38,6 +38,15 @@ sys.path.insert(0, ROOT)
 
 
 def peak_rss_mb() -> float:
+    """This process's own peak RSS: VmHWM of its memory map on Linux. ``ru_maxrss`` is not: Linux keeps it
+    across fork + exec, so a child started by a parent holding 1.4 GB reported at least 1.4 GB."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
