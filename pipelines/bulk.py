@@ -39,6 +39,7 @@ from pipelines.bulk_handler import (CaptionerConfig, CaptionerModelHandler, Imag
                                     SavedModelHandler)
 from pipelines.deadletter import DEAD_LETTERS_PREFIX, DEAD_LETTERS_SUFFIX, DeadLetter, dead_letters_dir
 from pipelines.manifest import ManifestEntry, ReadManifest, SplitAlreadyCaptioned, manifest_prefix
+from pipelines.shards import TfrecordFields
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ class BulkConfig:
     max_bytes: int = 0
     max_pixels: int = 89_478_485
     resize_method: str = "bilinear"
+    tfrecord_fields: Optional[TfrecordFields] = None  # image TFRecord field names (None: the defaults)
 
     def __post_init__(self):
         if not self.images:
@@ -89,8 +91,8 @@ class ModelInfo:
     """What the pipeline must know about the model before it starts (from the launcher).
 
     ``exported``: ``--model-dir`` is a SavedModel of ``captionbeam export`` (raw bytes go to its
-    ``serving_default``; ``model_version`` is then the hash over its files and ``source_model_version``
-    the version of the model directory it was exported from)."""
+    ``serving_default``; ``model_version`` is then ``model.export.export_version`` and
+    ``source_model_version`` the version of the model directory it was exported from)."""
     model_version: str
     encoder: str
     image_size: int
@@ -218,10 +220,11 @@ def make_handler(config: BulkConfig, model: ModelInfo):
     return CaptionerModelHandler(config.captioner_config())
 
 
-def prepare_for_model(config: BulkConfig, model: ModelInfo) -> beam.PTransform:
+def prepare_for_model(config: BulkConfig, model: ModelInfo) -> Tuple[str, beam.PTransform]:
+    """(step name, transform) that turns (ImageBlob, sha256) into what the job's handler takes."""
     if model.exported:
-        return PassImageBytes()
-    return DecodeForCaptioner(model.image_size, config.max_pixels, config.resize_method)
+        return "PassImageBytes", PassImageBytes()
+    return "DecodeForCaptioner", DecodeForCaptioner(model.image_size, config.max_pixels, config.resize_method)
 
 
 class CaptionBatches(beam.PTransform):
@@ -266,7 +269,7 @@ class BulkCaption(beam.PTransform):
         from pipelines.sources import ReadImages
         cfg = self.config
         read = pbegin | "ReadImages" >> ReadImages(list(cfg.images), input_format=cfg.input_format,
-                                                   max_bytes=cfg.max_bytes)
+                                                   max_bytes=cfg.max_bytes, shard_fields=cfg.tfrecord_fields)
         read_dead = read["dead_letters"] | "CountReadFailures" >> beam.ParDo(_CountReadDeadLetters())
         blobs = read["images"] | "CountMatched" >> beam.ParDo(_Count("matched"))
         keyed = blobs | "HashAndKeyByPath" >> beam.Map(_key_by_path)
@@ -283,8 +286,8 @@ class BulkCaption(beam.PTransform):
                 todo = todo | "Redistribute" >> beam.Reshuffle()
             skipped = pbegin | "NothingSkipped" >> beam.Create([])
         skipped = skipped | "CountSkipped" >> beam.ParDo(_Count("skipped"))
-        step = "PassImageBytes" if self.model.exported else "DecodeForCaptioner"
-        decoded = todo | step >> prepare_for_model(cfg, self.model)
+        step, prepare = prepare_for_model(cfg, self.model)
+        decoded = todo | step >> prepare
         captioned = decoded["images"] | "CaptionBatches" >> CaptionBatches(self.handler)
         rows = captioned["rows"] | "CountCaptioned" >> beam.ParDo(_Count("captioned"))
         failed = ((decoded["dead_letters"], captioned["dead_letters"])

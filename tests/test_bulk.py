@@ -289,3 +289,33 @@ def _bad_beam_size_message(argv, capsys):
     with pytest.raises(SystemExit):
         cli_main(["bulk", *argv, "--beam-size", "5"])
     return capsys.readouterr().err
+
+
+def test_tfrecord_field_flags_reach_the_shard_reader(tmp_path, sample_dir, model_dir, capsys):
+    """--tfrecord-image-field / --tfrecord-id-field: a TFRecord shard with other field names is captioned,
+    every image accounted for; without the flags each record is a dead letter naming the missing field."""
+    import tensorflow as tf
+    from pipelines import shards as S
+
+    def example(key: str, data: bytes) -> bytes:
+        return tf.train.Example(features=tf.train.Features(feature={
+            "photo/jpeg": tf.train.Feature(bytes_list=tf.train.BytesList(value=[data])),
+            "photo/name": tf.train.Feature(bytes_list=tf.train.BytesList(value=[key.encode()])),
+        })).SerializeToString()
+
+    paths = _images(sample_dir, 3, start=50)
+    assert len(paths) == 3
+    shard = tmp_path / "custom-00000.tfrecord"
+    shard.write_bytes(b"".join(S.frame_record(example(os.path.basename(p)[:-4], open(p, "rb").read()))
+                               for p in paths))
+    rc, s = _bulk(capsys, "--images", str(shard), "--model-dir", model_dir, "--output", str(tmp_path / "a"),
+                  "--tfrecord-image-field", "photo/jpeg", "--tfrecord-id-field", "photo/name")
+    assert rc == 0 and s["counters"] == {"matched": 3, "captioned": 3, "skipped": 0, "failed": 0}, s
+    assert sorted(r["image_id"] for r in _all_rows(str(tmp_path / "a"))) == sorted(
+        os.path.basename(p)[:-4] for p in paths)
+
+    rc, s = _bulk(capsys, "--images", str(shard), "--model-dir", model_dir, "--output", str(tmp_path / "b"))
+    assert rc == 0 and s["counters"]["captioned"] == 0 and s["counters"]["failed"] == 3 and s["balanced"]
+    from pipelines.deadletter import read_dead_letters
+    dead = list(read_dead_letters(str(tmp_path / "b")))
+    assert len(dead) == 3 and {d.error for d in dead} == {S.MISSING_ID}

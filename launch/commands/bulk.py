@@ -41,6 +41,7 @@ def _non_negative_int(text: str) -> int:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from pipelines.bulk import FORMATS
     from pipelines.images import DEFAULT_MAX_PIXELS, RESIZE_METHODS
+    from launch.shard_flags import add_tfrecord_field_arguments
     from pipelines.sources import INPUT_FORMATS
     parser.epilog = (
         "Output under --output: captions/captions-<run>-*.jsonl|parquet (path, image_id, sha256, caption, "
@@ -54,6 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--input-format", default="auto", choices=INPUT_FORMATS,
                    help="how to read --images: loose files, tar or TFRecord shards; auto decides per glob "
                         "from its extension (default: auto)")
+    add_tfrecord_field_arguments(g)
     g.add_argument("--model-dir", required=True,
                    help="trained model directory (captionbeam train --model-dir), or an exported SavedModel "
                         "(captionbeam export --output: a directory with saved_model.pb; the raw image bytes go to "
@@ -156,6 +158,7 @@ def load_model_info(args):
 
 
 def main(args: argparse.Namespace, pipeline_args) -> int:
+    from launch.shard_flags import tfrecord_fields
     from pipelines.bulk import BulkConfig, run
     # an empty optional output (no dead letters, nothing new) is normal here, not worth a warning
     logging.getLogger("apache_beam.io.filebasedsink").setLevel(logging.ERROR)
@@ -184,7 +187,7 @@ def main(args: argparse.Namespace, pipeline_args) -> int:
             batch_size=args.batch_size, max_length=max_length, format=args.format,
             skip_existing=args.skip_existing, input_format=args.input_format, num_shards=args.num_shards,
             model_copies=args.model_copies, max_bytes=args.max_bytes, max_pixels=args.max_pixels,
-            resize_method=args.resize_method or model_resize or "bilinear")
+            resize_method=args.resize_method or model_resize or "bilinear", tfrecord_fields=tfrecord_fields(args))
     except ValueError as e:
         fail(str(e))
     result = run(config, info, pipeline_args)
