@@ -39,7 +39,7 @@ from pipelines.bulk_handler import (CaptionerConfig, CaptionerModelHandler, Imag
                                     SavedModelHandler)
 from pipelines.deadletter import DEAD_LETTERS_PREFIX, DEAD_LETTERS_SUFFIX, DeadLetter, dead_letters_dir
 from pipelines.manifest import ManifestEntry, ReadManifest, SplitAlreadyCaptioned, manifest_prefix
-from pipelines.shards import TfrecordFields
+from pipelines.shards.image_examples import TfrecordFields
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +250,7 @@ class CaptionBatches(beam.PTransform):
 
 
 def _reads_shards(config: BulkConfig) -> bool:
-    from pipelines.sources import split_by_format
+    from pipelines.formats import split_by_format
     return any(fmt != "files" for fmt in split_by_format(list(config.images), config.input_format))
 
 

@@ -32,7 +32,7 @@ from model.encoders import EncoderConfig, build_encoder, describe_config
 from pipelines.deadletter import DeadLetter, WriteDeadLetters, dead_letters_pattern
 from pipelines.images import DEFAULT_MAX_PIXELS, ImageDecodeError, load_image
 from pipelines.inference import keyed_encoder_handler
-from pipelines.shards import TfrecordFields
+from pipelines.shards.image_examples import TfrecordFields
 from pipelines.sources import ReadImages
 
 NAMESPACE = "captionbeam"
