@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from typing import Dict
 
-NAMESPACE = "captionbeam"
+NAMESPACE = "captionbeam"                      # features, captions, pack, shards, dead letters
+BULK_NAMESPACE = f"{NAMESPACE}.bulk"           # the bulk job's accounting (matched = captioned + skipped + failed)
+BULK_INFERENCE_NAMESPACE = f"{BULK_NAMESPACE}.inference"  # RunInference's own metrics in the bulk job
 
 
 def query_counters(result, namespace: str = NAMESPACE) -> Dict[str, int]:
