@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from typing import Dict
+from typing import Dict, List
 
 import apache_beam as beam
 
@@ -48,6 +48,25 @@ class DeadLetter:
     def from_json(cls, line: str) -> "DeadLetter":
         d = json.loads(line)
         return cls(path=d["path"], error=d["error"], message=d["message"], stage=d["stage"])
+
+
+def failed_batch_dead_letters(failed, path_of, stage: str = "inference") -> List[DeadLetter]:
+    """A failed ``RunInference`` batch -> one dead letter per element of the batch.
+
+    Beam's ``with_exception_handling`` gives ``(batch, (exception type, repr of the exception,
+    traceback lines))``; ``error`` is the exception's class name as in :meth:`DeadLetter.from_exception`,
+    ``message`` its repr. ``path_of(element)`` names each element's input."""
+    batch, info = failed
+    if isinstance(info, BaseException):
+        exc_type, exc_text = type(info), str(info) or repr(info)
+    elif isinstance(info, (tuple, list)) and len(info) >= 2:
+        exc_type, exc_text = info[0], str(info[1])
+    else:
+        exc_type, exc_text = type(info), str(info)
+    error = getattr(exc_type, "__name__", str(exc_type))
+    items = batch if isinstance(batch, list) else [batch]
+    return [DeadLetter(path=str(path_of(item)), error=error, message=exc_text[:MAX_MESSAGE_CHARS], stage=stage)
+            for item in items]
 
 
 def dead_letters_dir(output_dir: str) -> str:
