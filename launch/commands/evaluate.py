@@ -8,7 +8,7 @@ import logging
 import sys
 import time
 
-from launch.commands.score import add_coco_arguments, compute, format_report, public, write_per_image
+from launch.commands.score import add_coco_arguments, scoring_options
 from model.caption_files import FORMATS
 
 HELP = "decode a split with a trained model and print BLEU / METEOR / ROUGE-L / CIDEr-D"
@@ -109,7 +109,9 @@ def main(args, pipeline_args) -> int:
         raise SystemExit(f"captionbeam evaluate: error: --limit must be >= 1, got {args.limit}")
     from model.caption_files import CaptionFileError
     from model.coco_metrics import CocoMetricsError
-    from model.references import MissingIdsError, load_image_ids, load_references, protect_json_lines
+    from model import jsonl
+    from model.references import MissingIdsError, load_image_ids, load_references
+    from model.scoring import format_report, score
 
     def fail(message):
         print(f"captionbeam evaluate: error: {message}", file=sys.stderr)
@@ -149,16 +151,16 @@ def main(args, pipeline_args) -> int:
     if not rows:
         return fail(f"--split {args.split}: no images in {len(files)} record file(s)")
     output = args.output or f"{args.model_dir.rstrip('/')}/eval/{args.split}-beam{captioner.beam_size}.predictions.jsonl"
-    _write_text(output, "".join(protect_json_lines(json.dumps(r, ensure_ascii=False)) + "\n" for r in rows.values()))
+    _write_text(output, jsonl.dumps(rows.values()))
 
     predictions = {i: r["caption"] for i, r in rows.items()}
     refs = references_file.captions if references_file is not None else record_refs
     try:
-        report = compute(args, predictions, refs,
-                         image_ids if image_ids is not None else (list(predictions) if references_file else None))
+        report = score(predictions, refs, scoring_options(args),
+                       image_ids if image_ids is not None else (list(predictions) if references_file else None))
     except (MissingIdsError, CocoMetricsError, ValueError) as e:
         return fail(f"{e} (predictions written to {output})")
-    report["decoding"] = {
+    report.extra["decoding"] = {
         "model_dir": args.model_dir, "model_version": captioner.model_version, "encoder": captioner.encoder_name,
         "arch": captioner.config.arch, "split": args.split, "beam_size": captioner.beam_size,
         "length_penalty": captioner.alpha, "max_length": captioner.max_length, "images": len(rows),
@@ -166,15 +168,16 @@ def main(args, pipeline_args) -> int:
         "images_per_second": round(len(rows) / max(seconds, 1e-9), 2),
         "references": args.references or "records",
     }
-    report["predictions"] = output
+    report.extra["predictions"] = output
     if args.per_image:
-        write_per_image(args.per_image, report)
-    out = public(report)
+        with open(args.per_image, "w", encoding="utf-8") as f:
+            f.write(report.per_image_jsonl())
+    out = report.to_dict()
     _write_text(output.rsplit(".jsonl", 1)[0] + ".metrics.json", json.dumps(out, indent=2) + "\n")
     if args.json:
         print(json.dumps(out))
     else:
-        d = report["decoding"]
+        d = report.extra["decoding"]
         print(f"{d['arch']} model {d['model_version']} ({d['encoder']}), split {d['split']}, beam {d['beam_size']}: "
               f"{d['images']} images in {d['seconds']:.1f}s ({d['images_per_second']} images/s, after "
               f"{d['trace_seconds']:.1f}s tracing), "
