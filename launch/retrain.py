@@ -226,7 +226,7 @@ def feature_hashes(feature_dirs: Sequence[str]) -> Dict[str, str]:
         for shard in pio.match([pio.join(d, "features-*.tfrecord")]):
             for rec in iter_tfrecords(pio.read_bytes(shard)):
                 ex = parse_feature_example(rec)
-                out[ex["sha256"]] = ex["image_id"]
+                out[ex.sha256] = ex.image_id
     return out
 
 
@@ -516,7 +516,7 @@ def init_root(root: str, model_dir: str, features: str, captions: str, splits: M
         from model.records import parse_feature_example
         for rec in iter_tfrecords(pio.read_bytes(shard)):
             ex = parse_feature_example(rec)
-            consumed.append((ex["path"], ex["sha256"]))
+            consumed.append((ex.path, ex.sha256))
     # settings the later attempts repeat
     stats_path = pio.join(data_dir, "stats.json") if data_dir else None
     stats = pio.read_json(stats_path) if stats_path and pio.exists(stats_path) else {}

@@ -25,7 +25,6 @@ Accounting (Beam counters, namespace ``captionbeam.bulk``): every matched image 
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import logging
 import time
 import uuid
@@ -36,6 +35,7 @@ import apache_beam as beam
 
 import pipelines.io as pio
 from pipelines.bulk_handler import CaptionerConfig, CaptionerModelHandler, ImageBytes, SavedModelHandler
+from pipelines.bulk_rows import CaptionRow, parquet_schema
 from pipelines.counters import BULK_INFERENCE_NAMESPACE, query_counters
 from pipelines.counters import BULK_NAMESPACE as NAMESPACE  # noqa: N811 (the namespace of this job)
 from pipelines.deadletter import (DEAD_LETTERS_PREFIX, DEAD_LETTERS_SUFFIX, DeadLetter, dead_letters_dir,
@@ -53,7 +53,6 @@ CAPTIONS_DIR = "captions"
 CAPTIONS_PREFIX = "captions"
 RUNS_DIR = "runs"
 SHARD_TEMPLATE = "-SSSSS-of-NNNNN"
-ROW_FIELDS = ("path", "image_id", "sha256", "caption", "log_prob", "model_version", "encoder")
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -266,20 +265,8 @@ class BulkCaption(beam.PTransform):
         return {"rows": rows, "skipped": skipped, "dead_letters": dead}
 
 
-def parquet_schema():
-    import pyarrow as pa
-    return pa.schema([
-        ("path", pa.string()), ("image_id", pa.string()), ("sha256", pa.string()), ("caption", pa.string()),
-        ("log_prob", pa.float64()), ("model_version", pa.string()), ("encoder", pa.string()),
-    ])
-
-
-def _row_json(row: Dict[str, Any]) -> str:
-    return json.dumps({k: row[k] for k in ROW_FIELDS}, ensure_ascii=False)
-
-
-def _manifest_line(row: Dict[str, Any], run: str, _written_files) -> str:
-    return ManifestEntry(path=row["path"], sha256=row["sha256"], image_id=row["image_id"], run=run).to_json()
+def _manifest_line(row: CaptionRow, run: str, _written_files) -> str:
+    return ManifestEntry(path=row.path, sha256=row.sha256, image_id=row.image_id, run=run).to_json()
 
 
 class WriteBulkOutputs(beam.PTransform):
@@ -298,12 +285,12 @@ class WriteBulkOutputs(beam.PTransform):
         prefix = captions_prefix(self.output, self.run)
         if self.fmt == "parquet":
             from apache_beam.io.parquetio import WriteToParquet
-            captions = rows | "WriteParquet" >> WriteToParquet(
+            captions = rows | "RowsToDicts" >> beam.Map(CaptionRow.to_dict) | "WriteParquet" >> WriteToParquet(
                 prefix, schema=parquet_schema(), file_name_suffix=".parquet", num_shards=self.num_shards,
                 shard_name_template=SHARD_TEMPLATE, record_batch_size=1000)
         else:
             captions = (rows
-                        | "RowsToJson" >> beam.Map(_row_json)
+                        | "RowsToJson" >> beam.Map(CaptionRow.to_json)
                         | "WriteJsonl" >> beam.io.WriteToText(
                             prefix, file_name_suffix=".jsonl", num_shards=self.num_shards,
                             shard_name_template=SHARD_TEMPLATE, skip_if_empty=True))

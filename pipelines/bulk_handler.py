@@ -37,10 +37,11 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
 from apache_beam.ml.inference.base import ModelHandler
 
+from pipelines.bulk_rows import CaptionRow
 from pipelines.counters import BULK_INFERENCE_NAMESPACE
 from pipelines.deadletter import MAX_MESSAGE_CHARS, DeadLetter
 from pipelines.image_items import DecodedImage
@@ -77,17 +78,10 @@ class ImageBytes:
     data: bytes
 
 
-def caption_row(item, caption: str, log_prob: float, model_version: str, encoder: str) -> Dict[str, Any]:
+def caption_row(item, caption: str, log_prob: float, model_version: str, encoder: str) -> CaptionRow:
     """The bulk job's output row for one image (``item``: DecodedImage or ImageBytes)."""
-    return {
-        "path": item.path,
-        "image_id": item.image_id,
-        "sha256": item.sha256,
-        "caption": caption,
-        "log_prob": float(log_prob),
-        "model_version": model_version,
-        "encoder": encoder,
-    }
+    return CaptionRow(path=item.path, image_id=item.image_id, sha256=item.sha256, caption=caption,
+                      log_prob=float(log_prob), model_version=model_version, encoder=encoder)
 
 
 def _enable_gpu_memory_growth() -> None:
@@ -190,7 +184,7 @@ def tf_error_summary(exc: BaseException) -> str:
 
 
 class CaptionerModelHandler(_IsolatingHandler):
-    """RunInference handler of a training model directory: ``DecodedImage`` in, output row (dict) out."""
+    """RunInference handler of a training model directory: ``DecodedImage`` in, ``CaptionRow`` out."""
 
     def load_model(self):
         from model.captioner import Captioner
@@ -203,7 +197,7 @@ class CaptionerModelHandler(_IsolatingHandler):
                  captioner.encoder_name, captioner.model_version, time.monotonic() - t0)
         return captioner
 
-    def _caption(self, batch: Sequence[DecodedImage], model) -> List[Dict[str, Any]]:
+    def _caption(self, batch: Sequence[DecodedImage], model) -> List[CaptionRow]:
         results = model.caption_images([item.pixels for item in batch])
         if len(results) != len(batch):
             raise RuntimeError(f"captioner returned {len(results)} results for {len(batch)} images")

@@ -13,8 +13,9 @@ import pytest
 
 from launch.cli import main as cli_main
 from pipelines import io as pio
-from pipelines.bulk import BulkConfig, ROW_FIELDS, new_run_token
+from pipelines.bulk import BulkConfig, new_run_token
 from pipelines.bulk_handler import CaptionerModelHandler
+from pipelines.bulk_rows import ROW_FIELDS
 from pipelines.deadletter import read_dead_letters
 from pipelines.manifest import check_model_version, parse_manifest_line, read_manifest_keys
 
@@ -281,8 +282,8 @@ def test_exported_savedmodel_as_model_dir(tmp_path, sample_dir, exported_model, 
     batch = [ImageBytes(path=f"p{i}", image_id=f"i{i}", sha256="0" * 64, data=d)
              for i, d in enumerate([datas[1], broken, b"text", datas[2]])]
     got = handler.run_inference(batch, loaded)
-    assert [type(g).__name__ for g in got] == ["dict", "DeadLetter", "DeadLetter", "dict"]
-    assert [g["caption"] for g in (got[0], got[3])] == [served[1][0], served[2][0]]
+    assert [type(g).__name__ for g in got] == ["CaptionRow", "DeadLetter", "DeadLetter", "CaptionRow"]
+    assert [g.caption for g in (got[0], got[3])] == [served[1][0], served[2][0]]
     assert (got[1].stage, got[1].error, got[2].error) == ("decode", "InvalidArgumentError", "NotAnImageError")
 
 
