@@ -100,7 +100,7 @@ def _watch_globs(prefix: str):
 def main(args: argparse.Namespace, pipeline_args) -> int:
     import pipelines.io as pio
     from launch import retrain as rt
-    from launch.profiles import merge_flags
+    from launch.beam_options import merge_flags
 
     def emit(result):
         if args.json:

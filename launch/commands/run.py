@@ -104,10 +104,8 @@ def build_config(args: argparse.Namespace) -> RunConfig:
 
 def _pipeline(args: argparse.Namespace, pipeline_args, console=None):
     """The RunPipeline for these arguments, with per-stage Beam flags (profile section of each stage)."""
-    import os
-
-    from launch.beam_options import DEFAULT_PROFILES_FILE, PROFILES_ENV
-    from launch.profiles import load_profiles, merge_flags, profile_args, profile_train_args
+    from launch.beam_options import merge_flags
+    from launch.profiles import load_profiles, profile_args, profile_train_args, profiles_file
     from launch.run import RunPipeline
 
     config = build_config(args)
@@ -118,8 +116,7 @@ def _pipeline(args: argparse.Namespace, pipeline_args, console=None):
     train_args: list = []
     profile = config.runner.profile
     if profile:
-        path = (config.runner.profiles_file or getattr(args, "profiles_file", None)
-                or os.environ.get(PROFILES_ENV, DEFAULT_PROFILES_FILE))
+        path = profiles_file(config.runner.profiles_file or getattr(args, "profiles_file", None))
         profiles = load_profiles(path)
         own = set(merge_flags(profile_args(profiles, profile, "run")))
         explicit = [a for a in explicit if a not in own]   # what the user typed, without the profile's
