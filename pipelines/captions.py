@@ -33,6 +33,7 @@ import numpy as np
 
 import pipelines.io as pio
 from model import caption_files, records
+from model.data_stats import STATS_FILE, DataStats
 from model.text import get_cleaner, wrap
 from model.vocab import UNK_ID, VOCAB_FILE, Vocabulary
 from pipelines.counters import NAMESPACE, query_counters
@@ -41,7 +42,6 @@ from pipelines.vocabulary import BuildVocabulary, CountTokens, token_counts_text
 
 log = logging.getLogger(__name__)
 
-STATS_FILE = "stats.json"
 TOKEN_COUNTS_FILE = "token_counts.tsv"
 JOIN_DIR = "join"
 DEFAULT_SPLIT = "train"
@@ -500,20 +500,19 @@ class _WriteSummary(beam.DoFn):
             splits[name] = d
         dead = dict(sorted(dead_counts))
         joined = sum(s.images for s in per_split.values())
-        stats = dict(self.header)
-        stats.update({
-            "split_order": self.split_names,
-            "record_kind": "examples" if self.with_features else "captions",
-            "vocab_size": len(vocabulary),
-            "tokens_in_vocab_split": sum(n for _, n in counts),
-            "distinct_tokens_in_vocab_split": len(counts),
-            "max_caption_length": max((s.max_length for s in per_split.values()), default=0),
-            "splits": splits,
-            "join": {"joined": joined, **{cat: len(ids) for cat, ids in join_lists.items()},
-                     "images_total": joined + sum(len(ids) for ids in join_lists.values()), "lists": lists},
-            "dead_letters": {"total": sum(dead.values()), **dead},
-        })
-        pio.write_json(pio.join(self.output, STATS_FILE), stats)
+        stats = DataStats(
+            **self.header,
+            split_order=self.split_names,
+            record_kind="examples" if self.with_features else "captions",
+            vocab_size=len(vocabulary),
+            tokens_in_vocab_split=sum(n for _, n in counts),
+            distinct_tokens_in_vocab_split=len(counts),
+            max_caption_length=max((s.max_length for s in per_split.values()), default=0),
+            splits=splits,
+            join={"joined": joined, **{cat: len(ids) for cat, ids in join_lists.items()},
+                  "images_total": joined + sum(len(ids) for ids in join_lists.values()), "lists": lists},
+            dead_letters={"total": sum(dead.values()), **dead})
+        pio.write_text(pio.join(self.output, STATS_FILE), stats.to_json())
         yield stats
 
 
@@ -570,7 +569,7 @@ def clear_outputs(output: str) -> int:
 
 @dataclass
 class RunResult:
-    stats: dict
+    stats: DataStats
     seconds: float
     counters: Dict[str, int]
 
@@ -591,33 +590,34 @@ def run(config: CaptionsConfig, pipeline_args: Sequence[str] = ()) -> RunResult:
     result = pipeline.run()
     result.wait_until_finish()
     seconds = time.time() - start
-    return RunResult(pio.read_json(pio.join(config.output, STATS_FILE)), seconds, query_counters(result))
+    return RunResult(DataStats.from_json(pio.read_text(pio.join(config.output, STATS_FILE))), seconds,
+                     query_counters(result))
 
 
-def summary_lines(stats: dict, seconds: Optional[float] = None) -> List[str]:
+def summary_lines(stats: DataStats, seconds: Optional[float] = None) -> List[str]:
     """Human-readable summary of a ``stats.json``."""
-    lines = [f"captions: {stats['captions_file']} ({stats['format']}, --clean {stats['clean']})"]
-    lines.append(f"vocabulary: {stats['vocab_size']} tokens incl. 4 reserved "
-                 + (f"(min count {stats['min_count']} over {stats['vocab_split']}: "
-                    f"{stats['distinct_tokens_in_vocab_split']} distinct, {stats['tokens_in_vocab_split']} in all)"
-                    if stats["vocab_source"] == "built" else f"(from {stats['vocab_source']})"))
-    lines.append(f"longest caption: {stats['max_caption_length']} tokens with <start>/<end>")
+    lines = [f"captions: {stats.captions_file} ({stats.format}, --clean {stats.clean})"]
+    lines.append(f"vocabulary: {stats.vocab_size} tokens incl. 4 reserved "
+                 + (f"(min count {stats.min_count} over {stats.vocab_split}: "
+                    f"{stats.distinct_tokens_in_vocab_split} distinct, {stats.tokens_in_vocab_split} in all)"
+                    if stats.vocab_source == "built" else f"(from {stats.vocab_source})"))
+    lines.append(f"longest caption: {stats.max_caption_length} tokens with <start>/<end>")
     lines.append(f"{'split':<10}{'images':>8}{'captions':>10}{'tokens':>10}{'unk rate':>10}{'max len':>9}{'shards':>8}")
-    for name in stats.get("split_order") or list(stats["splits"]):
-        s = stats["splits"][name]
+    for name in stats.ordered_splits():
+        s = stats.splits[name]
         lines.append(f"{name:<10}{s['images']:>8}{s['captions']:>10}{s['tokens']:>10}{s['unknown_rate']:>10.4f}"
                      f"{s['max_caption_length']:>9}{s['shards']:>8}")
-    j = stats["join"]
+    j = stats.join
     parts = [f"{j['joined']} joined"] + [f"{j[c]} {c.replace('_', ' ')}" for c in JOIN_CATEGORIES if j.get(c)]
-    lines.append(f"join ({'captions + features' if stats['features'] else 'captions only'}, "
+    lines.append(f"join ({'captions + features' if stats.features else 'captions only'}, "
                  f"{j['images_total']} image ids): " + ", ".join(parts))
-    d = stats["dead_letters"]
+    d = stats.dead_letters
     if d["total"]:
         lines.append("dead letters: " + ", ".join(f"{k} {v}" for k, v in d.items() if k != "total")
                      + f" (total {d['total']})")
     else:
         lines.append("dead letters: none")
     if seconds is not None:
-        caps = sum(s["captions"] for s in stats["splits"].values())
+        caps = sum(s["captions"] for s in stats.splits.values())
         lines.append(f"done in {seconds:.1f}s ({caps / max(seconds, 1e-9):.0f} captions/s)")
     return lines

@@ -140,7 +140,7 @@ def main(args, pipeline_args) -> int:
     except (OSError, ValueError, CaptionFileError) as e:
         return fail(str(e))
 
-    total = (info.stats.get("splits", {}).get(args.split, {}) or {}).get("images")
+    total = info.stats.split_images(args.split)
     if args.limit:
         total = min(total or args.limit, args.limit)
     log.info("evaluate: decoding split %r of %s (%d shard(s)) with %s, beam %d, max length %d",
