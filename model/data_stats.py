@@ -7,6 +7,8 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Dict, List, Optional
 
+from model import gfile
+
 STATS_FILE = "stats.json"
 
 
@@ -57,9 +59,5 @@ class DataStats:
     @classmethod
     def load(cls, directory: str) -> Optional["DataStats"]:
         """``<directory>/stats.json`` (local or gs://, through ``tf.io.gfile``), None when there is none."""
-        import tensorflow as tf
-        path = f"{directory.rstrip('/')}/{STATS_FILE}"
-        if not tf.io.gfile.exists(path):
-            return None
-        with tf.io.gfile.GFile(path) as f:
-            return cls.from_json(f.read())
+        text = gfile.read_text(gfile.join(directory, STATS_FILE))
+        return None if text is None else cls.from_json(text)
