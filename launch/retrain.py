@@ -237,7 +237,6 @@ def now() -> float:
 # ============================================================================= retraining
 # (everything above is the root's state; below, one retraining attempt and the watcher)
 import contextlib
-import io as _io
 import logging
 import shutil
 import sys
@@ -257,7 +256,6 @@ class RootSettings:
     clean: str = "seed"
     min_count: int = 5
     caption_format: str = "auto"
-    arch_flags: List[str] = field(default_factory=list)   # `captionbeam train` flags of the architecture
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -339,22 +337,18 @@ def local_dir(path: str, download: bool = True, upload: bool = False):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _cli(argv: Sequence[str], quiet: bool = False) -> str:
-    """Run one captionbeam subcommand in-process; its stdout is returned (and echoed unless quiet)."""
-    from launch.cli import main as cli_main
-    buf = _io.StringIO()
-    print("    $ captionbeam " + " ".join(argv[:12]) + (" ..." if len(argv) > 12 else ""), file=sys.stderr)
+def _announce(inv) -> None:
+    print("    $ " + inv.line, file=sys.stderr)
+
+
+def _call(run, inv, *args, **kwargs):
+    """A command's typed run; its CommandError becomes a RetrainError naming the stage."""
+    from launch.command_args import CommandError
+    _announce(inv)
     try:
-        with contextlib.redirect_stdout(buf):
-            rc = cli_main(list(argv))
-    except SystemExit as e:
-        rc = e.code if isinstance(e.code, int) else 2
-    out = buf.getvalue()
-    if not quiet:
-        sys.stdout.write("".join("    " + line + "\n" for line in out.splitlines()))
-    if rc:
-        raise RetrainError(f"`captionbeam {argv[0]}` failed with status {rc}:\n{out[-2000:]}")
-    return out
+        return run(*args, **kwargs)
+    except CommandError as e:
+        raise RetrainError(f"`captionbeam {inv.command}` failed: {e}") from None
 
 
 # ----------------------------------------------------------------------------- captions
@@ -400,22 +394,16 @@ def flat_metrics(obj: Mapping[str, object]) -> Dict[str, float]:
 
 
 def evaluate(model_dir: str, data_dir: str, split: str, beam_size: int, out_dir: str) -> Dict[str, float]:
-    """``captionbeam evaluate --json`` on local dirs -> flat metrics (CIDEr, Bleu_4, bleu1..)."""
+    """``captionbeam evaluate`` (BLEU and CIDEr-D only) on local dirs -> flat metrics (CIDEr, Bleu_4, bleu1..)."""
+    from launch.command_args import invocation
+    from launch.commands import evaluate as evaluate_cmd
+    from launch.report import flatten_metrics
     os.makedirs(out_dir, exist_ok=True)
-    out = _cli(["evaluate", "--model-dir", model_dir, "--data", data_dir, "--split", split,
-                "--beam-size", str(beam_size), "--output", os.path.join(out_dir, "predictions.jsonl"),
-                "--coco-metrics", "bleu,cider", "--json"], quiet=True)
-    metrics_file = os.path.join(out_dir, "predictions.metrics.json")
-    if os.path.exists(metrics_file):
-        with open(metrics_file) as f:
-            return flat_metrics(json.load(f))
-    text = out.strip()
-    for i in [i for i, ch in enumerate(text) if ch == "{" and (i == 0 or text[i - 1] == "\n")]:
-        try:
-            return flat_metrics(json.loads(text[i:]))
-        except json.JSONDecodeError:
-            continue
-    raise RetrainError(f"`captionbeam evaluate --json` printed no metrics:\n{out[-1000:]}")
+    inv = invocation(evaluate_cmd, {"model_dir": model_dir, "data": data_dir, "split": split, "beam_size": beam_size,
+                                    "output": os.path.join(out_dir, "predictions.jsonl"),
+                                    "coco_metrics": ("bleu", "cider")})
+    report = _call(evaluate_cmd.run, inv, evaluate_cmd.config_from_args(inv.args))
+    return flatten_metrics(evaluate_cmd.public(report))
 
 
 # ----------------------------------------------------------------------------- warm start
@@ -473,13 +461,6 @@ def write_warm_start(old_model_dir: str, new_model_dir: str, vocab_tokens: Optio
     return {"vocab_size": len(tokens), "old_vocab_size": len(old_vocab), "grown": grown}
 
 
-def arch_flags(cfg) -> List[str]:
-    """`captionbeam train` flags that rebuild exactly this architecture."""
-    return ["--arch", cfg.arch, "--units", str(cfg.units), "--embedding-dim", str(cfg.embedding_dim),
-            "--layers", str(cfg.num_layers), "--dropout", str(cfg.dropout),
-            "--attention-units", str(cfg.attention_units), "--attention-lambda", str(cfg.attention_lambda)]
-
-
 # ----------------------------------------------------------------------------- bootstrap
 def init_root(root: str, model_dir: str, features: str, captions: str, splits: Mapping[str, str],
               eval_split: str = "test", beam_size: int = 1, caption_format: str = "auto",
@@ -523,7 +504,7 @@ def init_root(root: str, model_dir: str, features: str, captions: str, splits: M
     with local_dir(model_dir) as m:
         cfg = ModelConfig.load(m)
         settings = RootSettings(clean=stats.get("clean", "seed"), min_count=int(stats.get("min_count", 5)),
-                                caption_format="flickr8k", arch_flags=arch_flags(cfg))
+                                caption_format="flickr8k")
         write_atomic(r.path(ROOT_FILE), settings.to_json() + "\n")
         # evaluate on the fixed split, with the model's own vocabulary
         version = "v001"
@@ -547,14 +528,14 @@ def init_root(root: str, model_dir: str, features: str, captions: str, splits: M
 def _build_data(r: ModelRoot, settings: RootSettings, out: str, vocab: str, captions: str, train: str,
                 pipeline_args: Sequence[str]) -> str:
     """``captionbeam captions`` over every feature of the root, with a given vocabulary."""
-    argv = ["captions", "--captions", captions, "--format", "flickr8k", "--split", f"train={train}"]
-    for name in ("dev", "test"):
-        path = r.path("data", f"{name}.txt")
-        if pio.exists(path):
-            argv += ["--split", f"{name}={path}"]
-    argv += ["--features", r.path("features"), "--output", out, "--vocab", vocab, "--clean", settings.clean,
-             "--overwrite", *pipeline_args]
-    _cli(argv, quiet=True)
+    from launch.command_args import invocation
+    from launch.commands import captions as captions_cmd
+    splits = [("train", train)] + [(name, r.path("data", f"{name}.txt")) for name in ("dev", "test")
+                                   if pio.exists(r.path("data", f"{name}.txt"))]
+    inv = invocation(captions_cmd, {"captions": captions, "format": "flickr8k", "splits": splits,
+                                    "features": r.path("features"), "output": out, "vocab": vocab,
+                                    "clean": settings.clean, "overwrite": True}, pipeline_args=pipeline_args)
+    _call(captions_cmd.run, inv, captions_cmd.config_from_args(inv.args), inv.pipeline_args)
     return out
 
 
@@ -640,14 +621,17 @@ def retrain_once(config: RetrainConfig) -> AttemptResult:
     result.featurised, result.reused_features = len(todo), len(with_caps) - len(todo)
     attempt = r.path("attempts", batch)
     if todo:
+        from launch.command_args import invocation
+        from launch.commands import features as features_cmd
         spec = pio.read_json(r.path("features", "features_spec.json"))
         out = pio.join(attempt, "features")
-        argv = ["features", "--images", *todo, "--output", out, "--encoder", _encoder_argument(r, spec),
-                "--weights", spec.get("weights", "imagenet"), "--image-size", str(spec["image_size"][0]),
-                "--overwrite", *config.pipeline_args]
+        values = {"images": todo, "output": out, "encoder": _encoder_argument(r, spec),
+                  "weights": spec.get("weights", "imagenet"), "image_size": int(spec["image_size"][0]),
+                  "overwrite": True}
         if spec.get("preprocessing"):
-            argv[argv.index("--overwrite"):argv.index("--overwrite")] = ["--preprocessing", spec["preprocessing"]]
-        _cli(argv, quiet=True)
+            values["preprocessing"] = spec["preprocessing"]
+        inv = invocation(features_cmd, values, pipeline_args=config.pipeline_args)
+        _call(features_cmd.run, inv, features_cmd.config_from_args(inv.args), inv.pipeline_args, overwrite=True)
         for s in pio.match([pio.join(out, "features-*-of-*.tfrecord*")]):
             pio.write_bytes(r.path("features", pio.basename(s).replace("features-", f"features-{batch}-", 1)),
                             pio.read_bytes(s))
@@ -698,9 +682,14 @@ def retrain_once(config: RetrainConfig) -> AttemptResult:
             local_dir(r.version_dir(version), download=False, upload=True) as local_new:
         ws = write_warm_start(local_old, local_new, tokens)
         print(f"[{batch}] {version}: warm start from {current} (vocabulary {ws['vocab_size']})", file=sys.stderr)
-        _cli(["train", "--data", local_data, "--model-dir", local_new, *settings.arch_flags,
-              "--epochs", str(config.epochs), "--batch-size", str(config.batch_size), *config.train_args],
-             quiet=True)
+        from launch.command_args import invocation
+        from launch.commands import train as train_cmd
+        from model.config import ModelConfig
+        inv = invocation(train_cmd, {"data": local_data, "model_dir": local_new,
+                                     **train_cmd.architecture_values(ModelConfig.load(local_old)),
+                                     "epochs": config.epochs, "batch_size": config.batch_size},
+                         extra=config.train_args)
+        _call(train_cmd.run, inv, train_cmd.config_from_args(inv.args))
         with tempfile.TemporaryDirectory(prefix="captionbeam-eval-") as tmp:
             result.new_metrics = evaluate(local_new, local_data, config.eval_split, config.beam_size,
                                           os.path.join(tmp, "new"))
