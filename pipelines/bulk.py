@@ -37,13 +37,15 @@ import apache_beam as beam
 import pipelines.io as pio
 from pipelines.bulk_handler import (CaptionerConfig, CaptionerModelHandler, ImageBytes, ImageToCaption,
                                     SavedModelHandler)
+from pipelines.counters import BULK_INFERENCE_NAMESPACE, query_counters
+from pipelines.counters import BULK_NAMESPACE as NAMESPACE  # noqa: N811 (the namespace of this job)
 from pipelines.deadletter import DEAD_LETTERS_PREFIX, DEAD_LETTERS_SUFFIX, DeadLetter, dead_letters_dir
+from pipelines.images import DEFAULT_MAX_PIXELS
 from pipelines.manifest import ManifestEntry, ReadManifest, SplitAlreadyCaptioned, manifest_prefix
-from pipelines.shards import TfrecordFields
+from pipelines.shards.image_examples import TfrecordFields
 
 log = logging.getLogger(__name__)
 
-NAMESPACE = "captionbeam.bulk"
 COUNTERS = ("matched", "captioned", "skipped", "failed")
 FORMATS = ("jsonl", "parquet")
 CAPTIONS_DIR = "captions"
@@ -68,7 +70,7 @@ class BulkConfig:
     num_shards: int = 0  # 0: let the runner choose
     model_copies: Optional[int] = None
     max_bytes: int = 0
-    max_pixels: int = 89_478_485
+    max_pixels: int = DEFAULT_MAX_PIXELS
     resize_method: str = "bilinear"
     tfrecord_fields: Optional[TfrecordFields] = None  # image TFRecord field names (None: the defaults)
 
@@ -241,7 +243,7 @@ class CaptionBatches(beam.PTransform):
     def expand(self, images):
         from apache_beam.ml.inference.base import RunInference
         main, other = images | "RunInference" >> RunInference(
-            self.handler, metrics_namespace="captionbeam.bulk.inference").with_exception_handling()
+            self.handler, metrics_namespace=BULK_INFERENCE_NAMESPACE).with_exception_handling()
         split = main | "SplitFailures" >> beam.FlatMap(_split_inference_output).with_outputs(
             "dead_letters", main="rows")
         failed_batches = other.failed_inferences | "FailedBatches" >> beam.FlatMap(_failed_batch_to_dead_letters)
@@ -250,7 +252,7 @@ class CaptionBatches(beam.PTransform):
 
 
 def _reads_shards(config: BulkConfig) -> bool:
-    from pipelines.sources import split_by_format
+    from pipelines.formats import split_by_format
     return any(fmt != "files" for fmt in split_by_format(list(config.images), config.input_format))
 
 
@@ -373,15 +375,9 @@ class BulkResult:
         return self.counters["captioned"] / self.seconds if self.seconds > 0 else 0.0
 
 
-def query_counters(result) -> Dict[str, int]:
-    """The job's counters in NAMESPACE (committed values where the runner has them)."""
-    from apache_beam.metrics.metric import MetricsFilter
-    out = {name: 0 for name in COUNTERS}
-    found = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))
-    for c in found["counters"]:
-        value = c.committed if c.committed is not None else c.attempted
-        out[c.key.metric.name] = out.get(c.key.metric.name, 0) + int(value or 0)
-    return out
+def bulk_counters(result) -> Dict[str, int]:
+    """The job's accounting counters (every one of ``COUNTERS``, 0 where nothing was counted)."""
+    return {**{name: 0 for name in COUNTERS}, **query_counters(result, NAMESPACE)}
 
 
 def list_run_files(output: str, run: str, model_version: str) -> Dict[str, List[str]]:
@@ -432,7 +428,7 @@ def run(config: BulkConfig, model: ModelInfo, pipeline_args: Sequence[str], run_
     result.wait_until_finish()
     seconds = time.monotonic() - t0
     res = BulkResult(run=token, model_version=model.model_version, encoder=model.encoder,
-                     counters=query_counters(result), seconds=seconds,
+                     counters=bulk_counters(result), seconds=seconds,
                      files=list_run_files(config.output, token, model.model_version))
     if config.format == "parquet":
         res.files["captions"] = drop_empty_parquet(res.files["captions"])

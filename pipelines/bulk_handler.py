@@ -42,6 +42,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler
 
+from pipelines.counters import BULK_INFERENCE_NAMESPACE
 from pipelines.deadletter import MAX_MESSAGE_CHARS, DeadLetter
 
 log = logging.getLogger(__name__)
@@ -170,7 +171,7 @@ class _IsolatingHandler(ModelHandler):
         raise NotImplementedError
 
     def get_metrics_namespace(self) -> str:
-        return "captionbeam.bulk.inference"
+        return BULK_INFERENCE_NAMESPACE
 
     def batch_elements_kwargs(self):
         return dict(self._batching_kwargs)

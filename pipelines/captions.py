@@ -35,12 +35,12 @@ import pipelines.io as pio
 from model import caption_files, records
 from model.text import get_cleaner, wrap
 from model.vocab import UNK_ID, VOCAB_FILE, Vocabulary
+from pipelines.counters import NAMESPACE, query_counters
 from pipelines.deadletter import DeadLetter, WriteDeadLetters, dead_letters_dir
 from pipelines.vocabulary import BuildVocabulary, CountTokens, token_counts_text
 
 log = logging.getLogger(__name__)
 
-NAMESPACE = "captionbeam"
 STATS_FILE = "stats.json"
 TOKEN_COUNTS_FILE = "token_counts.tsv"
 JOIN_DIR = "join"
@@ -599,13 +599,7 @@ def run(config: CaptionsConfig, pipeline_args: Sequence[str] = ()) -> RunResult:
     result = pipeline.run()
     result.wait_until_finish()
     seconds = time.time() - start
-    counters = {}
-    try:
-        for c in result.metrics().query(beam.metrics.MetricsFilter().with_namespace(NAMESPACE))["counters"]:
-            counters[c.key.metric.name] = counters.get(c.key.metric.name, 0) + int(c.committed or c.attempted or 0)
-    except Exception:  # noqa: BLE001 - some runners do not report metrics
-        pass
-    return RunResult(pio.read_json(pio.join(config.output, STATS_FILE)), seconds, counters)
+    return RunResult(pio.read_json(pio.join(config.output, STATS_FILE)), seconds, query_counters(result))
 
 
 def summary_lines(stats: dict, seconds: Optional[float] = None) -> List[str]:

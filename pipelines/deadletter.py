@@ -18,6 +18,7 @@ from typing import Dict
 import apache_beam as beam
 
 import pipelines.io as pio
+from pipelines.counters import NAMESPACE
 
 DEAD_LETTERS_DIR = "dead_letters"
 DEAD_LETTERS_PREFIX = "dead_letters"
@@ -74,7 +75,7 @@ class WriteDeadLetters(beam.PTransform):
     "the job never got there". Also counts them in the ``captionbeam`` metrics namespace
     (``dead_letters`` and ``dead_letters_<stage>``)."""
 
-    def __init__(self, output_dir: str, num_shards: int = 1, namespace: str = "captionbeam"):
+    def __init__(self, output_dir: str, num_shards: int = 1, namespace: str = NAMESPACE):
         super().__init__()
         self.output_dir = output_dir
         self.num_shards = num_shards

@@ -31,13 +31,13 @@ from apache_beam.ml.inference.base import RunInference
 import pipelines.io as pio
 from model import records
 from model.encoders import EncoderConfig, build_encoder, describe_config
+from pipelines.counters import NAMESPACE, query_counters
 from pipelines.deadletter import DeadLetter, WriteDeadLetters, dead_letters_pattern
 from pipelines.images import DEFAULT_MAX_PIXELS, ImageDecodeError, load_image
 from pipelines.inference import keyed_encoder_handler
-from pipelines.shards import TfrecordFields
+from pipelines.shards.image_examples import TfrecordFields
 from pipelines.sources import ReadImages
 
-NAMESPACE = "captionbeam"
 log = logging.getLogger(__name__)
 
 ImageKey = Tuple[str, str, str]  # (image_id, path, sha256)
@@ -307,19 +307,6 @@ class FeaturesResult:
         return self.images_encoded / self.seconds if self.seconds > 0 else 0.0
 
 
-def _counters(result) -> Dict[str, int]:
-    from apache_beam.metrics.metric import MetricsFilter
-    out: Dict[str, int] = {}
-    try:
-        metrics = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))
-    except Exception:  # noqa: BLE001 - some runners do not report metrics
-        return out
-    for c in metrics.get("counters", []):
-        value = c.committed if c.committed is not None else c.attempted
-        out[c.key.metric.name] = out.get(c.key.metric.name, 0) + int(value or 0)
-    return out
-
-
 def run(config: FeaturesConfig, pipeline_args: Sequence[str] = (), description: Optional[Dict[str, object]] = None
         ) -> FeaturesResult:
     """Run the job and wait for it; returns counts (from the written spec, else from Beam counters)."""
@@ -331,7 +318,7 @@ def run(config: FeaturesConfig, pipeline_args: Sequence[str] = (), description: 
     result = p.run()
     result.wait_until_finish()
     seconds = time.time() - start
-    counters = _counters(result)
+    counters = query_counters(result)
     spec = None
     spec_path = pio.join(config.output, records.FEATURES_SPEC_FILE)
     if pio.exists(spec_path):

@@ -38,7 +38,9 @@ from apache_beam.io.filesystem import CompressionTypes
 
 import pipelines.io as pio
 from pipelines.deadletter import DeadLetter, WriteDeadLetters
-from pipelines.shards import IMAGE_EXTENSIONS, NAMESPACE, ShardWriter
+from pipelines.counters import NAMESPACE
+from pipelines.formats import IMAGE_EXTENSIONS
+from pipelines.shards.writer import ShardWriter
 
 LOG = logging.getLogger(__name__)
 

@@ -295,7 +295,8 @@ def test_tfrecord_field_flags_reach_the_shard_reader(tmp_path, sample_dir, model
     """--tfrecord-image-field / --tfrecord-id-field: a TFRecord shard with other field names is captioned,
     every image accounted for; without the flags each record is a dead letter naming the missing field."""
     import tensorflow as tf
-    from pipelines import shards as S
+    from pipelines.image_items import MISSING_ID
+    from pipelines.shards.tfrecord import frame_record
 
     def example(key: str, data: bytes) -> bytes:
         return tf.train.Example(features=tf.train.Features(feature={
@@ -306,7 +307,7 @@ def test_tfrecord_field_flags_reach_the_shard_reader(tmp_path, sample_dir, model
     paths = _images(sample_dir, 3, start=50)
     assert len(paths) == 3
     shard = tmp_path / "custom-00000.tfrecord"
-    shard.write_bytes(b"".join(S.frame_record(example(os.path.basename(p)[:-4], open(p, "rb").read()))
+    shard.write_bytes(b"".join(frame_record(example(os.path.basename(p)[:-4], open(p, "rb").read()))
                                for p in paths))
     rc, s = _bulk(capsys, "--images", str(shard), "--model-dir", model_dir, "--output", str(tmp_path / "a"),
                   "--tfrecord-image-field", "photo/jpeg", "--tfrecord-id-field", "photo/name")
@@ -318,4 +319,4 @@ def test_tfrecord_field_flags_reach_the_shard_reader(tmp_path, sample_dir, model
     assert rc == 0 and s["counters"]["captioned"] == 0 and s["counters"]["failed"] == 3 and s["balanced"]
     from pipelines.deadletter import read_dead_letters
     dead = list(read_dead_letters(str(tmp_path / "b")))
-    assert len(dead) == 3 and {d.error for d in dead} == {S.MISSING_ID}
+    assert len(dead) == 3 and {d.error for d in dead} == {MISSING_ID}

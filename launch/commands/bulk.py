@@ -93,8 +93,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _check_images(parser_error, patterns) -> None:
     """Fail fast when a glob matches nothing (a limit-1 match per pattern: cheap even on a huge bucket)."""
-    import pipelines.io  # noqa: F401  (anonymous gs:// on an emulator)
     from apache_beam.io.filesystems import FileSystems
+    from pipelines.io import use_anonymous_gcs_if_emulated
+    use_anonymous_gcs_if_emulated()
     try:
         results = FileSystems.match(list(patterns), limits=[1] * len(patterns))
     except Exception as e:  # noqa: BLE001 - e.g. a bucket that does not exist
