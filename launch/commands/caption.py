@@ -18,8 +18,9 @@ import sys
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Tuple
 
+import pipelines.io as pio
 from launch.command_args import CommandError
-from launch.commands.evaluate import add_decoding_arguments, check_decoding_arguments
+from launch.commands.evaluate import Decoding, add_decoding_arguments, check_decoding_arguments
 
 HELP = "caption image files with a trained model"
 log = logging.getLogger("captionbeam.caption")
@@ -39,15 +40,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "base name, found in the working directory by default)")
     parser.add_argument("--json", action="store_true",
                         help='JSON lines: {"path", "image_id", "caption", "tokens", "log_prob"} per image')
-
-
-def read_bytes(path: str) -> bytes:
-    if "://" in path:
-        import tensorflow as tf
-        with tf.io.gfile.GFile(path, "rb") as f:
-            return f.read()
-    with open(path, "rb") as f:
-        return f.read()
 
 
 def plot_attention(path: str, image, words: List[str], attention, feature_shape, out_path: str) -> None:
@@ -85,11 +77,7 @@ def plot_attention(path: str, image, words: List[str], attention, feature_shape,
 class CaptionConfig:
     model_dir: str
     images: Tuple[str, ...]
-    beam_size: int = 1
-    length_penalty: float = 0.0
-    max_length: Optional[int] = None
-    batch_size: int = 64
-    weights: str = "best"
+    decoding: Decoding = Decoding()
     attention_plot: Optional[str] = None
     max_pixels: int = 89_478_485
     encoder_file: Optional[str] = None
@@ -102,9 +90,8 @@ class CaptionResult:
 
 
 def config_from_args(args: argparse.Namespace) -> CaptionConfig:
-    return CaptionConfig(model_dir=args.model_dir, images=tuple(args.images), beam_size=args.beam_size,
-                         length_penalty=args.length_penalty, max_length=args.max_length, batch_size=args.batch_size,
-                         weights=args.weights, attention_plot=args.attention_plot, max_pixels=args.max_pixels,
+    return CaptionConfig(model_dir=args.model_dir, images=tuple(args.images), decoding=Decoding.from_args(args),
+                         attention_plot=args.attention_plot, max_pixels=args.max_pixels,
                          encoder_file=args.encoder_file)
 
 
@@ -114,11 +101,8 @@ def run(config: CaptionConfig, on_row: Optional[Callable[[dict], None]] = None,
     (``on_error``) as soon as it is known. :class:`CommandError` when the model dir is unusable."""
     from pipelines.images import ImageDecodeError, decode_image
     from model.caption_files import image_id as to_image_id
-    from model.captioner import Captioner
     try:
-        captioner = Captioner.load(config.model_dir, beam_size=config.beam_size, max_length=config.max_length,
-                                   batch_size=config.batch_size, alpha=config.length_penalty, which=config.weights,
-                                   encoder_file=config.encoder_file)
+        captioner = config.decoding.load_captioner(config.model_dir, config.encoder_file)
         captioner.encoder   # build it now: a model dir without a usable encoder fails before any image
     except (OSError, ValueError) as e:
         raise CommandError(f"--model-dir {config.model_dir}: {e}") from None
@@ -137,12 +121,13 @@ def run(config: CaptionConfig, on_row: Optional[Callable[[dict], None]] = None,
 
     # decode in chunks of --batch-size so memory stays bounded for long file lists
     paths = list(config.images)
-    for start in range(0, len(paths), config.batch_size):
+    batch_size = config.decoding.batch_size
+    for start in range(0, len(paths), batch_size):
         chunk: List[str] = []
         images = []
-        for path in paths[start:start + config.batch_size]:
+        for path in paths[start:start + batch_size]:
             try:
-                images.append(decode_image(read_bytes(path), max_pixels=config.max_pixels))
+                images.append(decode_image(pio.read_bytes(path), max_pixels=config.max_pixels))
                 chunk.append(path)
             except (OSError, ImageDecodeError, ValueError) as e:
                 report_error(path, e)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Optional, Tuple
 
 from launch.commands.score import add_coco_arguments, compute, format_report, public, write_per_image
+import pipelines.io as pio
 from launch.command_args import CommandError
 from model.caption_files import FORMATS
 
@@ -30,6 +31,27 @@ def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=64, help="images decoded together (default: 64)")
     g.add_argument("--weights", choices=("best", "last"), default="best",
                    help="which weights of the model dir: best (lowest validation loss, default) or last")
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """The decoding flags shared with ``caption`` and ``export`` (:func:`add_decoding_arguments`), typed."""
+    beam_size: int = 1
+    length_penalty: float = 0.0
+    max_length: Optional[int] = None
+    batch_size: int = 64
+    weights: str = "best"
+
+    @classmethod
+    def from_args(cls, args) -> "Decoding":
+        return cls(beam_size=args.beam_size, length_penalty=args.length_penalty, max_length=args.max_length,
+                   batch_size=args.batch_size, weights=args.weights)
+
+    def load_captioner(self, model_dir: str, encoder_file: Optional[str] = None):
+        from model.captioner import Captioner
+        return Captioner.load(model_dir, beam_size=self.beam_size, max_length=self.max_length,
+                              batch_size=self.batch_size, alpha=self.length_penalty, which=self.weights,
+                              encoder_file=encoder_file)
 
 
 def check_decoding_arguments(args) -> None:
@@ -60,15 +82,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_coco_arguments(parser)
     parser.add_argument("--per-image", metavar="FILE", help="also write per-image scores as JSON lines")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-
-
-def _write_text(path: str, text: str) -> None:
-    import tensorflow as tf
-    parent = path.rsplit("/", 1)[0] if "/" in path else ""
-    if parent and not tf.io.gfile.exists(parent):
-        tf.io.gfile.makedirs(parent)
-    with tf.io.gfile.GFile(path, "w") as f:
-        f.write(text)
 
 
 def decode_split(captioner, files, feature_shape, data_vocab, batch_size, limit=None, total=None):
@@ -112,11 +125,7 @@ class EvaluateConfig:
     model_dir: str
     data: str
     split: str = "test"
-    beam_size: int = 1
-    length_penalty: float = 0.0
-    max_length: Optional[int] = None
-    batch_size: int = 64
-    weights: str = "best"
+    decoding: Decoding = Decoding()
     references: Optional[str] = None
     references_format: str = "auto"
     output: Optional[str] = None
@@ -131,7 +140,8 @@ class EvaluateConfig:
 
 
 def config_from_args(args: argparse.Namespace) -> EvaluateConfig:
-    return EvaluateConfig(**{k: getattr(args, k) for k in EvaluateConfig.__dataclass_fields__})
+    return EvaluateConfig(decoding=Decoding.from_args(args),
+                          **{k: getattr(args, k) for k in EvaluateConfig.__dataclass_fields__ if k != "decoding"})
 
 
 def run(config: EvaluateConfig) -> dict:
@@ -144,15 +154,13 @@ def run(config: EvaluateConfig) -> dict:
     from model.references import MissingIdsError, load_image_ids, load_references, protect_json_lines
 
     try:
-        from model.captioner import Captioner
         from model.data import open_data, split_files
         info = open_data(config.data)
         files = split_files(config.data, config.split)
         if not files:
             raise CommandError(f"--split: no '{config.split}' records in {config.data} "
                                f"(expected {config.split}-NNNNN-of-NNNNN.tfrecord)")
-        captioner = Captioner.load(config.model_dir, beam_size=config.beam_size, max_length=config.max_length,
-                                   batch_size=config.batch_size, alpha=config.length_penalty, which=config.weights)
+        captioner = config.decoding.load_captioner(config.model_dir)
         if list(captioner.config.feature_shape) != list(info.feature_shape):
             raise CommandError(f"--data {config.data} holds features of shape {tuple(info.feature_shape)}, the "
                                f"model in {config.model_dir} reads {tuple(captioner.config.feature_shape)}")
@@ -175,13 +183,13 @@ def run(config: EvaluateConfig) -> dict:
     log.info("evaluate: decoding split %r of %s (%d shard(s)) with %s, beam %d, max length %d",
              config.split, config.data, len(files), config.model_dir, captioner.beam_size, captioner.max_length)
     trace_seconds = captioner.warm_up()
-    rows, record_refs, seconds = decode_split(captioner, files, info.feature_shape, info.vocab, config.batch_size,
-                                              config.limit, total)
+    rows, record_refs, seconds = decode_split(captioner, files, info.feature_shape, info.vocab,
+                                              config.decoding.batch_size, config.limit, total)
     if not rows:
         raise CommandError(f"--split {config.split}: no images in {len(files)} record file(s)")
     output = (config.output
               or f"{config.model_dir.rstrip('/')}/eval/{config.split}-beam{captioner.beam_size}.predictions.jsonl")
-    _write_text(output, "".join(protect_json_lines(json.dumps(r, ensure_ascii=False)) + "\n" for r in rows.values()))
+    pio.write_text(output, "".join(protect_json_lines(json.dumps(r, ensure_ascii=False)) + "\n" for r in rows.values()))
 
     predictions = {i: r["caption"] for i, r in rows.items()}
     refs = references_file.captions if references_file is not None else record_refs
@@ -202,7 +210,7 @@ def run(config: EvaluateConfig) -> dict:
     report["predictions"] = output
     if config.per_image:
         write_per_image(config.per_image, report)
-    _write_text(metrics_path(output), json.dumps(public(report), indent=2) + "\n")
+    pio.write_text(metrics_path(output), json.dumps(public(report), indent=2) + "\n")
     return report
 
 
