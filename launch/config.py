@@ -53,7 +53,7 @@ class DataSection:
 
 @dataclass
 class FeaturesSection:
-    encoder: str = "thumbnail"       # the embedded default's tiny encoder (launch.run.build_thumbnail_encoder)
+    encoder: str = "thumbnail"       # the embedded default's tiny encoder (model.thumbnail.build_thumbnail_encoder)
     weights: str = "none"
     image_size: int = 64
     batch_size: int = 32

@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, TextIO
+from typing import Callable, Dict, List, Optional, Sequence, TextIO
 
 import pipelines.io as pio
 from launch.command_args import CommandError, Invocation, invocation
@@ -34,37 +34,11 @@ from launch.commands import features as features_cmd
 from launch.commands import sample as sample_cmd
 from launch.commands import train as train_cmd
 from launch.config import RunConfig
+from launch.grounding import grounding
+from model.thumbnail import build_thumbnail_encoder
 
 BEAM_STAGES = ("features", "captions")
 THUMBNAIL = "thumbnail"
-
-
-def build_thumbnail_encoder(path: str, image_size: int, grid: int = 16, spatial: bool = False) -> str:
-    """Write the embedded default's tiny encoder to ``path`` (a ``.keras`` file ``captionbeam
-    features --encoder PATH`` loads like any user model): the image rescaled to -1..1 and
-    average-pooled to a ``grid`` x ``grid`` colour thumbnail; flattened (merge / inject), or as a
-    (grid/2, grid/2, 12) map (2x2 cells stacked per location) for the attention model.
-
-    No weights to download and nothing random: on the sample dataset (coloured shapes at positions
-    on backgrounds) this keeps what the captions talk about, so a model trained for a minute or two
-    learns it. Real data wants a real encoder (``--encoder mobilenet --weights imagenet``)."""
-    import keras
-    if image_size % grid:
-        raise ValueError(f"--image-size {image_size} must be a multiple of the thumbnail grid {grid}")
-    inp = keras.Input((image_size, image_size, 3), name="image")
-    x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="to_unit_range")(inp)
-    x = keras.layers.AveragePooling2D(image_size // grid, name="thumbnail")(x)
-    if spatial:
-        half = grid // 2
-        x = keras.layers.Reshape((half, 2, half, 2, 3))(x)
-        x = keras.layers.Permute((1, 3, 2, 4, 5))(x)
-        x = keras.layers.Reshape((half, half, 12), name="cells")(x)
-    else:
-        x = keras.layers.Flatten(name="features")(x)
-    model = keras.Model(inp, x, name=f"thumbnail{grid}")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    model.save(path)
-    return path
 
 
 class StageError(RuntimeError):
@@ -106,40 +80,6 @@ class Layout:
     def report(self) -> str: return self.p("report")
     @property
     def stages(self) -> str: return self.p("stages")
-
-
-def grounding(scenes_jsonl: str, predictions: Mapping[str, str]) -> Dict[str, float]:
-    """On the sample dataset, how often the words of a caption are true of its image: of the colour
-    (shape) words a caption uses, the fraction naming a colour (shape) that is drawn in it; next to
-    the same figure with the captions given to other images (what an image-blind model scores)."""
-    from pipelines.sample import COLOURS, SHAPE_PLURALS, SHAPE_WORDS
-    word_shape = {w: s for s, ws in SHAPE_WORDS.items() for w in ws}
-    word_shape.update({SHAPE_PLURALS[w]: s for w, s in list(word_shape.items()) if w in SHAPE_PLURALS})
-    scenes = {}
-    for line in pio.read_text(scenes_jsonl).splitlines():
-        if line.strip():
-            row = json.loads(line)
-            colours = {o["colour"] for o in row["objects"]} | set(str(row.get("background", "")).split("-"))
-            scenes[row["image_id"]] = (colours, {o["shape"] for o in row["objects"]})
-    ids = [i for i in predictions if i in scenes]
-
-    def score(pairs):
-        hit = {"colour": [0, 0], "shape": [0, 0]}
-        for scene_id, caption in pairs:
-            colours, shapes = scenes[scene_id]
-            for w in caption.lower().split():
-                if w in COLOURS:
-                    hit["colour"][0] += w in colours
-                    hit["colour"][1] += 1
-                elif w in word_shape:
-                    hit["shape"][0] += word_shape[w] in shapes
-                    hit["shape"][1] += 1
-        return {k: (a / b if b else 0.0) for k, (a, b) in hit.items()}
-
-    own = score((i, predictions[i]) for i in ids)
-    shifted = score((i, predictions[j]) for i, j in zip(ids, ids[1:] + ids[:1]))
-    return {"colour_words_true": own["colour"], "colour_words_true_image_blind": shifted["colour"],
-            "shape_words_true": own["shape"], "shape_words_true_image_blind": shifted["shape"]}
 
 
 def _fmt_seconds(s: float) -> str:
