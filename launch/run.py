@@ -220,7 +220,8 @@ class RunPipeline:
             result = train_cmd.run(train_cmd.config_from_args(args))
         elif name == "evaluate":
             result = evaluate_cmd.run(evaluate_cmd.config_from_args(args))
-            self._say(evaluate_cmd.format_report(result).splitlines())
+            from model.scoring import format_report
+            self._say(format_report(result).splitlines())
         else:
             raise ValueError(f"not a stage of captionbeam run: {name}")
         return result
@@ -238,7 +239,7 @@ class RunPipeline:
             raise StageError(inv.command, str(e)) from None
         result = StageResult(name=inv.command, argv=inv.argv, seconds=time.time() - start)
         if inv.command == "evaluate":
-            self.metrics = evaluate_cmd.public(value)
+            self.metrics = value.to_dict()
         return result
 
     @staticmethod

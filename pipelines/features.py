@@ -32,8 +32,10 @@ import pipelines.io as pio
 from model import records
 from model.encoders import EncoderConfig, build_encoder, describe_config
 from pipelines.counters import NAMESPACE, query_counters
-from pipelines.deadletter import DeadLetter, WriteDeadLetters, dead_letters_pattern
-from pipelines.images import DEFAULT_MAX_PIXELS, ImageDecodeError, load_image
+from pipelines import decoding
+from pipelines.deadletter import WriteDeadLetters, dead_letters_pattern, failed_batch_dead_letters
+from pipelines.image_items import DecodedImage
+from pipelines.images import DEFAULT_MAX_PIXELS
 from pipelines.inference import keyed_encoder_handler
 from pipelines.shards.image_examples import TfrecordFields
 from pipelines.sources import ReadImages
@@ -60,50 +62,29 @@ class FeaturesConfig:
 
 
 # ----------------------------------------------------------------------------- steps
-class _DecodeFn(beam.DoFn):
-    DEAD = "dead_letters"
+def _hashed(blob) -> Tuple[object, str]:
+    return blob, pio.sha256_hex(blob.data)
 
-    def __init__(self, image_size: int, max_pixels: int, resize_method: str):
-        self.image_size = image_size
-        self.max_pixels = max_pixels
-        self.resize_method = resize_method
 
-    def setup(self):
-        self.decoded = beam.metrics.Metrics.counter(NAMESPACE, "images_decoded")
-
-    def process(self, blob):
-        try:
-            image = load_image(blob.data, self.image_size, self.max_pixels, self.resize_method)
-        except ImageDecodeError as e:
-            yield beam.pvalue.TaggedOutput(self.DEAD, DeadLetter.from_exception(blob.source, e, "decode"))
-            return
-        except Exception as e:  # noqa: BLE001 - a decoder bug must not lose the file either
-            yield beam.pvalue.TaggedOutput(self.DEAD, DeadLetter.from_exception(blob.source, e, "decode"))
-            return
-        self.decoded.inc()
-        yield (blob.image_id, blob.source, pio.sha256_hex(blob.data)), image
+def _keyed(image: DecodedImage) -> Tuple[ImageKey, np.ndarray]:
+    return (image.image_id, image.path, image.sha256), image.pixels
 
 
 class DecodeImages(beam.PTransform):
-    """ImageBlob -> ``((image_id, path, sha256), uint8 (size, size, 3))``; undecodable -> dead letters."""
+    """ImageBlob -> ``((image_id, path, sha256), uint8 (size, size, 3))``; undecodable -> dead letters
+    (:class:`pipelines.decoding.DecodeImages`, keyed for the encoder)."""
 
     def __init__(self, image_size: int, max_pixels: int = DEFAULT_MAX_PIXELS, resize_method: str = "bilinear"):
         super().__init__()
-        self.fn = _DecodeFn(image_size, max_pixels, resize_method)
+        self.decode = decoding.DecodeImages(image_size, max_pixels, resize_method)
 
     def expand(self, blobs):
-        out = blobs | "Decode" >> beam.ParDo(self.fn).with_outputs(_DecodeFn.DEAD, main="images")
-        return {"images": out.images, "dead_letters": out[_DecodeFn.DEAD]}
+        out = blobs | "Hash" >> beam.Map(_hashed) | "Decode" >> self.decode
+        return {"images": out["images"] | "Key" >> beam.Map(_keyed), "dead_letters": out["dead_letters"]}
 
 
-def _failed_batch_to_dead_letters(bad):
-    """A failed RunInference batch, ``(batch, (exc_type, exc_repr, traceback))``, -> one dead letter per image."""
-    batch, info = bad
-    exc_type, exc_repr = (info[0], info[1]) if isinstance(info, (tuple, list)) and len(info) >= 2 else (type(info), info)
-    error = getattr(exc_type, "__name__", str(exc_type))
-    items = batch if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], tuple) else [batch]
-    return [DeadLetter(path=str(key[1]), error=error, message=str(exc_repr)[:2000], stage="inference")
-            for key, _ in items]
+def _inference_path(keyed) -> str:
+    return keyed[0][1]
 
 
 class EncodeImages(beam.PTransform):
@@ -116,7 +97,7 @@ class EncodeImages(beam.PTransform):
 
     def expand(self, keyed_images):
         main, dlq = keyed_images | "RunInference" >> RunInference(self.handler).with_exception_handling()
-        dead = dlq.failed_inferences | "FailedBatches" >> beam.FlatMap(_failed_batch_to_dead_letters)
+        dead = dlq.failed_inferences | "FailedBatches" >> beam.FlatMap(failed_batch_dead_letters, _inference_path)
         return {"features": main, "dead_letters": dead}
 
 

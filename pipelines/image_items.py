@@ -1,7 +1,7 @@
 """What the image readers yield: :class:`ImageBlob` (one image's raw bytes, from a loose file or a
 shard), and the shard readers' :class:`ShardRecord` / :class:`ShardError` with their error codes.
 
-Plain data (no Beam, no TensorFlow), shared by :mod:`pipelines.sources`, :mod:`pipelines.shards` and
+Plain data (no Beam, no TensorFlow; NumPy for pixels), shared by :mod:`pipelines.sources`, :mod:`pipelines.shards` and
 the jobs that consume images.
 """
 from __future__ import annotations
@@ -11,6 +11,8 @@ import tarfile
 import zlib
 from dataclasses import dataclass, field
 from typing import List, Optional, Union
+
+import numpy as np
 
 STAGE = "shard"  # dead-letter stage of everything the shard readers report
 
@@ -70,3 +72,12 @@ class ShardError:
 
 
 ShardItem = Union[ShardRecord, ShardError]
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """One decoded image on its way to a model: ``pixels`` are uint8 HxWx3 RGB at the encoder's size."""
+    path: str  # the blob's source
+    image_id: str
+    sha256: str  # of the file's bytes
+    pixels: np.ndarray

@@ -25,7 +25,7 @@ def _reparsed(inv):
 @pytest.mark.parametrize("config", [
     RunConfig(),
     from_mapping({"train": {"arch": "attention", "extra": ["--units=32", "--dropout", "0.25"]},
-                  "evaluate": {"beam_size": 3, "extra": ["--coco-metrics=bleu,cider", "--no-coco"]},
+                  "evaluate": {"beam_size": 3, "extra": ["--coco-metrics=bleu,cider", "--allow-missing"]},
                   "captions": {"min_count": 1, "extra": ["--keep-empty"]},
                   "runner": {"pipeline_args": ["--direct_num_workers=2"]}}),
 ], ids=["default", "extras"])
@@ -46,7 +46,8 @@ def test_printed_command_lines_parse_back_to_the_same_config(tmp_path, config):
     if config.train.extra:
         assert (job.model.units, job.model.dropout) == (32, 0.25)
         ev = evaluate.config_from_args(by_name["evaluate"].args)
-        assert ev.coco_metrics == ("bleu", "cider") and ev.no_coco and ev.decoding.beam_size == 3
+        assert ev.scoring.coco_metrics == ("bleu", "cider") and ev.scoring.allow_missing
+        assert ev.decoding.beam_size == 3
         assert by_name["features"].pipeline_args == ["--direct_num_workers=2"]
         assert by_name["features"].line.endswith(" --direct_num_workers=2")
 

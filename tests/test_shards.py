@@ -259,17 +259,17 @@ def test_features_over_shards_equal_loose_files(gcs_packed, gcs_bucket, tmp_path
     assert rc == 0
     groups = collections.defaultdict(dict)
     for r in _features(out):
-        kind = ("bad" if r["path"].startswith(bad) else "tar" if r["path"].startswith(gcs_packed.tar)
-                else "tfrecord" if r["path"].startswith(gcs_packed.tfrecord) else "loose")
-        assert r["image_id"] not in groups[kind]
-        groups[kind][r["image_id"]] = r
+        kind = ("bad" if r.path.startswith(bad) else "tar" if r.path.startswith(gcs_packed.tar)
+                else "tfrecord" if r.path.startswith(gcs_packed.tfrecord) else "loose")
+        assert r.image_id not in groups[kind]
+        groups[kind][r.image_id] = r
     loose = groups["loose"]
     assert len(loose) == 60
     for kind in ("tar", "tfrecord"):
         assert sorted(groups[kind]) == sorted(loose)
         for iid, r in groups[kind].items():
-            assert r["path"].split("#")[1] in (f"{iid}.jpg", iid) and r["sha256"] == loose[iid]["sha256"]
-            np.testing.assert_allclose(r["feature"], loose[iid]["feature"], rtol=1e-5, atol=1e-5)
+            assert r.path.split("#")[1] in (f"{iid}.jpg", iid) and r.sha256 == loose[iid].sha256
+            np.testing.assert_allclose(r.feature, loose[iid].feature, rtol=1e-5, atol=1e-5)
     assert sorted(groups["bad"]) == ["x0", "x2", "y0", "y2", "y3"]
     dead = {(d.path[len(bad) + 1:], d.error, d.stage) for d in read_dead_letters(out)}
     decode_error = [d for d in dead if d[0] == "bad.tar#x1.jpg"]
@@ -327,7 +327,7 @@ def test_features_tfrecord_field_flags(tmp_path):
     out = tmp_path / "with_flags"
     assert main(common + ["--output", str(out), "--tfrecord-image-field", "photo/jpeg",
                           "--tfrecord-id-field", "photo/name"]) == 0
-    assert sorted(r["image_id"] for r in _features(str(out))) == ["p0", "p1", "p2"]
+    assert sorted(r.image_id for r in _features(str(out))) == ["p0", "p1", "p2"]
     assert list(read_dead_letters(str(out))) == []
 
     out = tmp_path / "defaults"

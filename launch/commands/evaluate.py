@@ -8,11 +8,11 @@ import logging
 import sys
 import time
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Optional
 
-from launch.commands.score import add_coco_arguments, compute, format_report, public, write_per_image
 import pipelines.io as pio
 from launch.command_args import CommandError
+from launch.commands.score import add_coco_arguments, scoring_options
 from model.caption_files import FORMATS
 
 HELP = "decode a split with a trained model and print BLEU / METEOR / ROUGE-L / CIDEr-D"
@@ -130,28 +130,28 @@ class EvaluateConfig:
     references_format: str = "auto"
     output: Optional[str] = None
     limit: Optional[int] = None
-    bleu_variant: str = "nltk"
-    bleu_tokenizer: str = "lower"
-    coco_metrics: Tuple[str, ...] = ("bleu", "meteor", "rouge", "cider")
-    no_coco: bool = False
-    allow_missing: bool = False
+    scoring: "object" = None          # model.scoring.ScoringOptions (default: its defaults)
     image_ids: Optional[str] = None
-    per_image: Optional[str] = None
+    per_image: Optional[str] = None   # also write per-image scores to this JSON-lines file
 
 
 def config_from_args(args: argparse.Namespace) -> EvaluateConfig:
-    return EvaluateConfig(decoding=Decoding.from_args(args),
-                          **{k: getattr(args, k) for k in EvaluateConfig.__dataclass_fields__ if k != "decoding"})
+    return EvaluateConfig(decoding=Decoding.from_args(args), scoring=scoring_options(args),
+                          **{k: getattr(args, k) for k in EvaluateConfig.__dataclass_fields__
+                             if k not in ("decoding", "scoring")})
 
 
-def run(config: EvaluateConfig) -> dict:
-    """Decode the split, write the predictions and ``<predictions>.metrics.json``, and return the full
-    report (metrics, counts, ``decoding``, ``predictions``); :class:`CommandError` names what is wrong."""
+def run(config: EvaluateConfig):
+    """Decode the split, write the predictions and ``<predictions>.metrics.json``, and return the
+    ``model.scoring.ScoreReport`` (``extra``: ``decoding``, ``predictions``); :class:`CommandError` names
+    what is wrong."""
     if config.limit is not None and config.limit < 1:
         raise CommandError(f"--limit must be >= 1, got {config.limit}")
     from model.caption_files import CaptionFileError
     from model.coco_metrics import CocoMetricsError
-    from model.references import MissingIdsError, load_image_ids, load_references, protect_json_lines
+    from model import jsonl
+    from model.references import MissingIdsError, load_image_ids, load_references
+    from model.scoring import ScoringOptions, score
 
     try:
         from model.data import open_data, split_files
@@ -189,16 +189,16 @@ def run(config: EvaluateConfig) -> dict:
         raise CommandError(f"--split {config.split}: no images in {len(files)} record file(s)")
     output = (config.output
               or f"{config.model_dir.rstrip('/')}/eval/{config.split}-beam{captioner.beam_size}.predictions.jsonl")
-    pio.write_text(output, "".join(protect_json_lines(json.dumps(r, ensure_ascii=False)) + "\n" for r in rows.values()))
+    pio.write_text(output, jsonl.dumps(rows.values()))
 
     predictions = {i: r["caption"] for i, r in rows.items()}
     refs = references_file.captions if references_file is not None else record_refs
     try:
-        report = compute(config, predictions, refs,
-                         image_ids if image_ids is not None else (list(predictions) if references_file else None))
+        report = score(predictions, refs, config.scoring or ScoringOptions(),
+                       image_ids if image_ids is not None else (list(predictions) if references_file else None))
     except (MissingIdsError, CocoMetricsError, ValueError) as e:
         raise CommandError(f"{e} (predictions written to {output})") from None
-    report["decoding"] = {
+    report.extra["decoding"] = {
         "model_dir": config.model_dir, "model_version": captioner.model_version, "encoder": captioner.encoder_name,
         "arch": captioner.config.arch, "split": config.split, "beam_size": captioner.beam_size,
         "length_penalty": captioner.alpha, "max_length": captioner.max_length, "images": len(rows),
@@ -207,10 +207,10 @@ def run(config: EvaluateConfig) -> dict:
         "images_per_second": round(len(rows) / max(seconds, 1e-9), 2),
         "references": config.references or "records",
     }
-    report["predictions"] = output
+    report.extra["predictions"] = output
     if config.per_image:
-        write_per_image(config.per_image, report)
-    pio.write_text(metrics_path(output), json.dumps(public(report), indent=2) + "\n")
+        pio.write_text(config.per_image, report.per_image_jsonl())
+    pio.write_text(metrics_path(output), json.dumps(report.to_dict(), indent=2) + "\n")
     return report
 
 
@@ -227,13 +227,14 @@ def main(args, pipeline_args) -> int:
         print(f"captionbeam evaluate: error: {e}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps(public(report)))
+        print(json.dumps(report.to_dict()))
     else:
-        d = report["decoding"]
+        from model.scoring import format_report
+        d = report.extra["decoding"]
         print(f"{d['arch']} model {d['model_version']} ({d['encoder']}), split {d['split']}, beam {d['beam_size']}: "
               f"{d['images']} images in {d['seconds']:.1f}s ({d['images_per_second']} images/s, after "
               f"{d['trace_seconds']:.1f}s tracing), "
               f"{d['unfinished']} cut at max length")
         print(format_report(report))
-        print(f"predictions: {report['predictions']}")
+        print(f"predictions: {report.extra['predictions']}")
     return 0

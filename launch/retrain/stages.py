@@ -77,4 +77,4 @@ def evaluate(model_dir: str, data_dir: str, split: str, beam_size: int, out_dir:
                                     "output": os.path.join(out_dir, "predictions.jsonl"),
                                     "coco_metrics": ("bleu", "cider")})
     report = _call(evaluate_cmd.run, inv, evaluate_cmd.config_from_args(inv.args))
-    return flatten_metrics(evaluate_cmd.public(report))
+    return flatten_metrics(report.to_dict())
