@@ -1,6 +1,7 @@
 """The import graph of the project's packages, read from the source with ``ast`` (every ``import`` and
 ``from ... import`` anywhere in a module, function-level ones included, plus ``importlib.import_module`` /
-``__import__`` calls with a string literal): no circle anywhere, and the layering holds
+``__import__`` calls with a string literal or an f-string whose literal prefix names a package, e.g.
+``import_module(f"launch.commands.{name}")``): no circle anywhere, and the layering holds
 (launch -> pipelines -> model; model never imports Beam)."""
 import ast
 import os
@@ -46,6 +47,11 @@ def _imported_names(path: str, module: str, is_package: bool):
             called = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
             if called in ("import_module", "__import__"):
                 names.append(node.args[0].value)
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.JoinedStr):
+            f, arg = node.func, node.args[0]
+            called = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
+            if called in ("import_module", "__import__") and arg.values and isinstance(arg.values[0], ast.Constant):
+                names.append(arg.values[0].value + "*")  # every module under that prefix
     return names
 
 
@@ -55,6 +61,10 @@ def _graph():
     for name, path in modules.items():
         deps = set()
         for imported in _imported_names(path, name, path.endswith("__init__.py")):
+            if imported.endswith("*"):
+                prefix = imported[:-1]
+                deps |= {m for m in modules if m.startswith(prefix) and m != prefix.rstrip(".") and m != name}
+                continue
             # the deepest project module the name points at (``pipelines.shards.read.iter_shard`` -> ``...read``)
             parts = imported.split(".")
             while parts and ".".join(parts) not in modules:
@@ -104,6 +114,10 @@ def test_the_reader_sees_function_level_and_importlib_imports(tmp_path):
                    "    return importlib.import_module('model.vocab')\n")
     names = _imported_names(str(src), "pipelines.m", False)
     assert {"pipelines.shards", "pipelines.shards.read", "model.vocab"} <= set(names)
+
+
+def test_importlib_f_string_prefixes_count_as_imports():
+    assert "launch.commands.run" in _graph()["launch.cli"]  # cli imports each command by f-string name
 
 
 def test_a_cycle_is_found():
