@@ -9,7 +9,8 @@ import os
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PACKAGES = ("launch",)
+PACKAGES = ("launch", "pipelines", "model")
+LAYERS = ("launch", "pipelines", "model")   # each may import only those after it
 
 
 def _modules(packages):
@@ -97,7 +98,15 @@ def test_importlib_prefixes_count_as_imports():
     assert "launch.commands.run" in graph["launch.cli"]   # cli imports commands through importlib f-strings
 
 
-@pytest.mark.parametrize("packages", [PACKAGES])
+@pytest.mark.parametrize("packages", [("launch",), PACKAGES], ids=["launch", "tree"])
 def test_no_import_circle(packages):
     cycle = find_cycle(import_graph(packages))
     assert cycle is None, "import circle: " + " -> ".join(cycle)
+
+
+def test_layers_import_only_downwards():
+    """launch -> pipelines -> model: nothing imports a layer above its own (model never sees Beam's jobs)."""
+    graph = import_graph()
+    up = sorted((module, dep) for module, deps in graph.items() for dep in deps
+                if LAYERS.index(dep.split(".")[0]) < LAYERS.index(module.split(".")[0]))
+    assert up == []
