@@ -87,6 +87,8 @@ def config_from_args(args: argparse.Namespace, pipeline_args=()):
 
 def main(args: argparse.Namespace, pipeline_args) -> int:
     import pipelines.io as pio
+    from launch.command_args import CommandError, invocation
+    from launch.commands import train as train_cmd
     from launch.retrain.attempt import describe, retrain_once
     from launch.retrain.bootstrap import init_root
     from launch.retrain.root import RetrainError, VersionError
@@ -129,6 +131,11 @@ def main(args: argparse.Namespace, pipeline_args) -> int:
         config = config_from_args(args, pipeline_args)
         if not config.images:
             print("captionbeam retrain: error: --images or --watch PREFIX is required", file=sys.stderr)
+            return 2
+        try:   # the --train-arg flags, checked before anything runs
+            invocation(train_cmd, {"data": "DATA", "model_dir": "MODEL_DIR"}, extra=config.train_args)
+        except CommandError as e:
+            print(f"captionbeam retrain: error: --train-arg: {e}", file=sys.stderr)
             return 2
         if args.watch:
             watch(config, args.interval, args.max_polls, on_result=emit)

@@ -138,6 +138,7 @@ def main(args: argparse.Namespace, pipeline_args) -> int:
     from launch.run import StageError
     try:
         pipe = _pipeline(args, pipeline_args)
+        pipe.invocations()   # every stage's flags (--train-arg, --eval-arg, ...) checked before anything runs
     except (ConfigError, KeyError, ValueError, FileNotFoundError) as e:
         print(f"captionbeam run: error: {e}", file=sys.stderr)
         return 2
