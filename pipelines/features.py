@@ -17,7 +17,6 @@ bytes and the encoder, so a re-run over the same inputs writes the same records.
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.ml.inference.base import RunInference
 
 import pipelines.io as pio
-from model import records
+from model import jsonl, records
 from model.encoders import EncoderConfig, build_encoder, describe_config
 from pipelines.counters import NAMESPACE, query_counters
 from pipelines import decoding
@@ -227,7 +226,7 @@ def ids_pattern(output: str) -> str:
 
 def _id_row(keyed) -> str:
     (image_id, path, sha256), _ = keyed
-    return json.dumps({"image_id": image_id, "path": path, "sha256": sha256}, sort_keys=True)
+    return jsonl.dumps_line({"image_id": image_id, "path": path, "sha256": sha256}, sort_keys=True)
 
 
 class WriteFeatureIds(beam.PTransform):
@@ -249,7 +248,7 @@ def read_feature_ids(output: str) -> List[Dict[str, str]]:
     """The ``ids/`` rows of a features output (``{"image_id", "path", "sha256"}`` per record)."""
     rows = []
     for path in pio.match([ids_pattern(output)]):
-        rows += [json.loads(line) for line in pio.read_text(path).splitlines() if line.strip()]
+        rows += jsonl.loads(pio.read_text(path), path)
     return rows
 
 
