@@ -17,7 +17,6 @@ Every stage leaves ``W/stages/<stage>.json`` (its command line, seconds and summ
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import tempfile
@@ -35,6 +34,7 @@ from launch.commands import sample as sample_cmd
 from launch.commands import train as train_cmd
 from launch.config import RunConfig
 from launch.grounding import grounding
+from model import jsonl
 from model.thumbnail import build_thumbnail_encoder
 
 BEAM_STAGES = ("features", "captions")
@@ -318,7 +318,7 @@ class RunPipeline:
         if result:
             print(f"    (done earlier, --resume: {result.summary})", file=self.console)
             if pio.exists(out_jsonl):
-                rows = [json.loads(l) for l in pio.read_text(out_jsonl).splitlines() if l.strip()]
+                rows = jsonl.loads(pio.read_text(out_jsonl), out_jsonl)
         else:
             start = time.time()
             if paths:
@@ -339,7 +339,7 @@ class RunPipeline:
                 plot = pio.join(self.layout.eval, "attention", f"{iid}.attention.png")
                 r["attention"] = plot if pio.exists(plot) else None
         self.captions = rows
-        pio.write_text(out_jsonl, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+        pio.write_text(out_jsonl, jsonl.dumps(rows, sort_keys=True))
         result.summary = f"{len(rows)} held-out images captioned"
         return self._finish(result)
 
@@ -391,11 +391,8 @@ class RunPipeline:
                 if result.cached:
                     self.metrics = pio.read_json(self.metrics_file) if pio.exists(self.metrics_file) else {}
                 if self.config.data.is_sample and pio.exists(self.predictions_file):
-                    preds = {}
-                    for line in pio.read_text(self.predictions_file).splitlines():
-                        if line.strip():
-                            row = json.loads(line)
-                            preds[row["image_id"]] = row["caption"]
+                    preds = {row["image_id"]: row["caption"]
+                             for row in jsonl.loads(pio.read_text(self.predictions_file), self.predictions_file)}
                     self.metrics["grounding"] = grounding(pio.join(self.layout.sample, "scenes.jsonl"), preds)
             if not result.summary:
                 result.summary = self._summary(inv.command, result)

@@ -74,7 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help=f"held-out images to caption for the report (default: {_E.caption_images})")
 
 
-def build_config(args: argparse.Namespace) -> RunConfig:
+def config_from_args(args: argparse.Namespace) -> RunConfig:
     from launch import config as cfg
     config = cfg.load(args.config) if args.config else RunConfig()
     cfg.apply_overrides(config, {
@@ -103,7 +103,7 @@ def _pipeline(args: argparse.Namespace, pipeline_args, console=None):
     from launch.profiles import load_profiles, profile_args, profile_train_args, profiles_file
     from launch.run import RunPipeline
 
-    config = build_config(args)
+    config = config_from_args(args)
     explicit = list(pipeline_args)
     # an explicit runner: without one, Beam tries to download its Prism runner before falling back
     default_runner = ["--runner=DirectRunner"]
@@ -138,6 +138,7 @@ def main(args: argparse.Namespace, pipeline_args) -> int:
     from launch.run import StageError
     try:
         pipe = _pipeline(args, pipeline_args)
+        pipe.invocations()   # every stage's flags (--train-arg, --eval-arg, ...) checked before anything runs
     except (ConfigError, KeyError, ValueError, FileNotFoundError) as e:
         print(f"captionbeam run: error: {e}", file=sys.stderr)
         return 2
