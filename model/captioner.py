@@ -75,6 +75,18 @@ def encoder_arguments(spec) -> Tuple[str, str, int, Optional[str]]:
     return spec.encoder, spec.weights or "imagenet", size, override
 
 
+def local_copy(path: str) -> str:
+    """A local path for a file a loader can only read locally (a gs:// file is copied to a temp dir)."""
+    if "://" not in path:
+        return path
+    import os
+    import tempfile
+    import tensorflow as tf
+    local = os.path.join(tempfile.mkdtemp(prefix="captionbeam-encoder-"), path.rsplit("/", 1)[-1])
+    tf.io.gfile.copy(path, local, overwrite=True)
+    return local
+
+
 def resize_square(image: np.ndarray, size: int, method: str = DEFAULT_RESIZE) -> np.ndarray:
     """uint8 RGB (h, w, 3) -> (size, size, 3) with Pillow, squashed (as the features job resizes)."""
     from PIL import Image
@@ -127,9 +139,12 @@ class Captioner:
         with self._lock:
             if self._encoder is None:
                 from model.encoders import build_encoder
+                from model.integrity import encoder_file
                 name, weights, size, pre = encoder_arguments(self.spec)
+                bundled = encoder_file(self.spec, self.model_dir)   # checked copy inside the model dir
                 try:
-                    self._encoder = build_encoder(name, weights=weights, image_size=size, preprocessing=pre)
+                    self._encoder = build_encoder(local_copy(bundled) if bundled else name, weights=weights,
+                                                  image_size=size, preprocessing=pre)
                 except ValueError as e:
                     raise ValueError(f"{self.model_dir}: cannot build the image encoder {name!r} named in "
                                      f"features_spec.json: {e}") from e
