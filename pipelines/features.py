@@ -29,7 +29,7 @@ from apache_beam.ml.inference.base import RunInference
 import pipelines.io as pio
 from model import records
 from model.encoders import EncoderConfig, build_encoder, describe_config
-from pipelines.deadletter import DeadLetter, WriteDeadLetters, dead_letters_pattern
+from pipelines.deadletter import DeadLetter, WriteDeadLetters, dead_letters_dir, dead_letters_pattern
 from pipelines.images import DEFAULT_MAX_PIXELS, ImageDecodeError, load_image
 from pipelines.inference import keyed_encoder_handler
 from pipelines.shards import TfrecordFields
@@ -288,6 +288,7 @@ def run(config: FeaturesConfig, pipeline_args: Sequence[str] = (), description: 
     from pipelines.options import new_pipeline
     description = description or describe_config(config.encoder)
     start = time.time()
+    pio.remove_stale_beam_temp([config.output, dead_letters_dir(config.output)])
     p = new_pipeline(pipeline_args)
     build_pipeline(p, config, description)
     result = p.run()

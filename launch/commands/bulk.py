@@ -16,6 +16,7 @@ HELP = "caption an archive of images at scale, resumably (Beam job)"
 BEAM = True
 
 log = logging.getLogger(__name__)
+OUTPUT_IN_USE = 75   # EX_TEMPFAIL: another run holds the --output's lease; retry later
 
 
 def _positive_int(text: str) -> int:
@@ -69,6 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--skip-existing", action="store_true",
                    help="caption only images whose (path, SHA-256) is not yet in this model version's manifest "
                         "under --output; a finished archive then writes no new rows")
+    g.add_argument("--force", action="store_true",
+                   help="take the --output's lease even when another run holds it (only when that run is dead; "
+                        "a dead run's lease expires 15 minutes after its last heartbeat anyway)")
     d = parser.add_argument_group("decoding and inference")
     d.add_argument("--beam-size", type=_positive_int, default=None,
                    help="beam width; 1 = greedy (default: 1; for an export, the one baked into it, which is the "
@@ -187,10 +191,16 @@ def main(args: argparse.Namespace, pipeline_args) -> int:
             batch_size=args.batch_size, max_length=max_length, format=args.format,
             skip_existing=args.skip_existing, input_format=args.input_format, num_shards=args.num_shards,
             model_copies=args.model_copies, max_bytes=args.max_bytes, max_pixels=args.max_pixels,
-            resize_method=args.resize_method or model_resize or "bilinear", tfrecord_fields=tfrecord_fields(args))
+            resize_method=args.resize_method or model_resize or "bilinear", tfrecord_fields=tfrecord_fields(args),
+            force=args.force)
     except ValueError as e:
         fail(str(e))
-    result = run(config, info, pipeline_args)
+    from pipelines.lease import LeaseHeld
+    try:
+        result = run(config, info, pipeline_args)
+    except LeaseHeld as e:
+        print(f"captionbeam bulk: error: {e}", file=sys.stderr)
+        return OUTPUT_IN_USE
     c = result.counters
     summary = {
         "run": result.run, "model_version": result.model_version, "encoder": result.encoder,
