@@ -62,6 +62,13 @@ class CaptionsConfigError(ValueError):
     """A bad command line or input found before the job starts; the message names the flag."""
 
 
+class CaptionsDataError(ValueError):
+    """The job ran but its output cannot train anything (no image joined, or no word in the vocabulary)."""
+
+
+DEFAULT_MAX_CAPTION_TOKENS = 50
+
+
 # ----------------------------------------------------------------------------- configuration
 @dataclass(frozen=True)
 class CaptionsConfig:
@@ -77,6 +84,7 @@ class CaptionsConfig:
     num_shards: int = 0                          # 0: auto (about 128 MiB per shard)
     overwrite: bool = False
     keep_empty: bool = False                     # keep captions that clean to nothing as <start> <end>
+    max_caption_tokens: int = DEFAULT_MAX_CAPTION_TOKENS   # longer captions are cut (counted in stats.json)
 
     @property
     def split_names(self) -> Tuple[str, ...]:
@@ -136,8 +144,12 @@ def plan(config: CaptionsConfig) -> Plan:
         raise CaptionsConfigError(f"--min-count must be at least 1, got {config.min_count}")
     if config.num_shards < 0:
         raise CaptionsConfigError(f"--num-shards must be 0 (auto) or positive, got {config.num_shards}")
+    if config.max_caption_tokens < 1:
+        raise CaptionsConfigError(f"--max-caption-tokens must be at least 1, got {config.max_caption_tokens}")
     if not pio.exists(config.captions):
         raise CaptionsConfigError(f"--captions: file not found: {config.captions}")
+    if not _head(config.captions).strip():
+        raise CaptionsConfigError(f"--captions {config.captions}: the file is empty")
     fmt = config.fmt if config.fmt != "auto" else detect_format(config.captions, _head(config.captions))
 
     names = [n for n, _ in config.splits]
@@ -231,10 +243,14 @@ def _counter(name: str):
 
 # ----------------------------------------------------------------------------- reading captions
 class _ParseCaptionFile(beam.DoFn):
-    def __init__(self, fmt: str, clean: str, keep_empty: bool = False):
+    TRUNCATED = "truncated"
+
+    def __init__(self, fmt: str, clean: str, keep_empty: bool = False,
+                 max_tokens: int = DEFAULT_MAX_CAPTION_TOKENS):
         self.fmt = fmt
         self.clean = clean
         self.keep_empty = keep_empty
+        self.max_tokens = max_tokens
 
     def process(self, path: str):
         cleaner = get_cleaner(self.clean)
@@ -257,22 +273,31 @@ class _ParseCaptionFile(beam.DoFn):
                     message=f"caption {row.caption!r} of {row.image_id!r} has no tokens left after --clean {self.clean}",
                     stage="clean"))
                 continue
+            if len(tokens) > self.max_tokens:
+                cut = len(tokens) - self.max_tokens
+                tokens = tokens[: self.max_tokens]
+                _counter("captions_truncated").inc()
+                _counter("caption_tokens_cut").inc(cut)
+                yield beam.pvalue.TaggedOutput(self.TRUNCATED, cut)
             read.inc()
             yield row.image_id, CaptionTokens(row.order, tokens)
 
 
 class ReadCaptions(beam.PTransform):
-    """Captions file -> (image_id, CaptionTokens); bad lines -> dead letters (tag ``dead``)."""
+    """Captions file -> (image_id, CaptionTokens); bad lines -> dead letters (tag ``dead``); captions longer
+    than ``max_tokens`` are cut to it and the number of tokens cut from each goes to tag ``truncated``."""
 
-    def __init__(self, path: str, fmt: str, clean: str, keep_empty: bool = False):
+    def __init__(self, path: str, fmt: str, clean: str, keep_empty: bool = False,
+                 max_tokens: int = DEFAULT_MAX_CAPTION_TOKENS):
         super().__init__()
-        self.path, self.fmt, self.clean, self.keep_empty = path, fmt, clean, keep_empty
+        self.path, self.fmt, self.clean, self.keep_empty, self.max_tokens = path, fmt, clean, keep_empty, max_tokens
 
     def expand(self, pbegin):
         return (pbegin
                 | "Captions file" >> beam.Create([self.path])
-                | "Parse and clean" >> beam.ParDo(_ParseCaptionFile(self.fmt, self.clean, self.keep_empty))
-                .with_outputs("dead", main="captions"))
+                | "Parse and clean" >> beam.ParDo(_ParseCaptionFile(self.fmt, self.clean, self.keep_empty,
+                                                                    self.max_tokens))
+                .with_outputs("dead", _ParseCaptionFile.TRUNCATED, main="captions"))
 
 
 # ----------------------------------------------------------------------------- reading features
@@ -471,6 +496,7 @@ class _WriteSummary(beam.DoFn):
             "captions_file": c.captions, "format": plan.fmt, "clean": c.clean, "min_count": c.min_count,
             "vocab_split": None if c.vocab else c.vocab_split, "vocab_source": c.vocab or "built",
             "features": c.features, "split_files": {n: p for n, p in c.splits}, "keep_empty": c.keep_empty,
+            "max_caption_tokens": c.max_caption_tokens,
         }
         self.split_names = list(c.split_names)
         self.split_file_images = {n: len(set(ids)) for n, ids in plan.split_ids.items()}
@@ -479,7 +505,7 @@ class _WriteSummary(beam.DoFn):
         self.shards = dict(plan.shards)
         self.vocab_given = c.vocab is not None
 
-    def process(self, _, vocabulary, counts, split_stats, accounting, dead_counts):
+    def process(self, _, vocabulary, counts, split_stats, accounting, dead_counts, truncated):
         join_lists = {cat: [] for cat in JOIN_CATEGORIES}
         for cat, ids in accounting:
             join_lists[cat] = sorted(ids)
@@ -515,6 +541,9 @@ class _WriteSummary(beam.DoFn):
             "vocab_size": len(vocabulary),
             "tokens_in_vocab_split": sum(n for _, n in counts),
             "distinct_tokens_in_vocab_split": len(counts),
+            "max_token_count": max((n for _, n in counts), default=0),
+            "truncated": {"captions": len(truncated), "tokens_cut": sum(truncated),
+                          "max_caption_tokens": self.header["max_caption_tokens"]},
             "max_caption_length": max((s.max_length for s in per_split.values()), default=0),
             "splits": splits,
             "join": {"joined": joined, **{cat: len(ids) for cat, ids in join_lists.items()},
@@ -529,7 +558,7 @@ class _WriteSummary(beam.DoFn):
 def build(pipeline: beam.Pipeline, p: Plan) -> None:
     """Add the whole captions job to ``pipeline``."""
     c = p.config
-    caps = pipeline | "ReadCaptions" >> ReadCaptions(c.captions, p.fmt, c.clean, c.keep_empty)
+    caps = pipeline | "ReadCaptions" >> ReadCaptions(c.captions, p.fmt, c.clean, c.keep_empty, c.max_caption_tokens)
     split_pairs = sorted({(iid, name) for name, ids in p.split_ids.items() for iid in ids})
     splits = pipeline | "Split ids" >> beam.Create(split_pairs)
     inputs = {"captions": caps.captions, "splits": splits}
@@ -567,7 +596,8 @@ def build(pipeline: beam.Pipeline, p: Plan) -> None:
      | "Summary trigger" >> beam.Create([None])
      | "WriteSummary" >> beam.ParDo(
          _WriteSummary(p), beam.pvalue.AsSingleton(vocabulary), beam.pvalue.AsSingleton(counts),
-         beam.pvalue.AsList(split_stats), beam.pvalue.AsList(accounting), beam.pvalue.AsList(dead_counts)))
+         beam.pvalue.AsList(split_stats), beam.pvalue.AsList(accounting), beam.pvalue.AsList(dead_counts),
+         beam.pvalue.AsList(caps[_ParseCaptionFile.TRUNCATED])))
 
 
 def clear_outputs(output: str) -> int:
@@ -593,6 +623,7 @@ def run(config: CaptionsConfig, pipeline_args: Sequence[str] = ()) -> RunResult:
         if n:
             log.info("--overwrite: removed %d file(s) of an earlier run in %s", n, config.output)
     pio.makedirs(config.output)
+    pio.remove_stale_beam_temp([config.output, dead_letters_dir(config.output)])
     start = time.time()
     pipeline = new_pipeline(pipeline_args)
     build(pipeline, p)
@@ -605,7 +636,26 @@ def run(config: CaptionsConfig, pipeline_args: Sequence[str] = ()) -> RunResult:
             counters[c.key.metric.name] = counters.get(c.key.metric.name, 0) + int(c.committed or c.attempted or 0)
     except Exception:  # noqa: BLE001 - some runners do not report metrics
         pass
-    return RunResult(pio.read_json(pio.join(config.output, STATS_FILE)), seconds, counters)
+    stats = pio.read_json(pio.join(config.output, STATS_FILE))
+    check_usable(stats)
+    return RunResult(stats, seconds, counters)
+
+
+def check_usable(stats: dict) -> None:
+    """:class:`CaptionsDataError` when the written records cannot train a model: no image joined (an
+    empty or all-bad captions file, or ids that match no feature / split), or a built vocabulary with no
+    word beyond the 4 reserved tokens (``--min-count`` above every word's count)."""
+    j, d = stats["join"], stats["dead_letters"]
+    if j["joined"] == 0:
+        raise CaptionsDataError(
+            f"no image was written: {j['images_total']} image id(s) in the inputs, none joined "
+            f"({', '.join(f'{j[c]} {c}' for c in JOIN_CATEGORIES if j.get(c)) or 'no captions read'}; "
+            f"{d['total']} dead letter(s)); the output's join/*.txt and dead_letters/ say why")
+    if stats["vocab_source"] == "built" and stats["vocab_size"] <= 4:
+        raise CaptionsDataError(
+            f"--min-count {stats['min_count']}: no word of --vocab-split {stats['vocab_split']} is seen that often "
+            f"(the most frequent is seen {stats.get('max_token_count', 0)} time(s)): the vocabulary would be only "
+            f"the 4 reserved tokens and every caption <unk>; lower --min-count")
 
 
 def summary_lines(stats: dict, seconds: Optional[float] = None) -> List[str]:
@@ -616,6 +666,10 @@ def summary_lines(stats: dict, seconds: Optional[float] = None) -> List[str]:
                     f"{stats['distinct_tokens_in_vocab_split']} distinct, {stats['tokens_in_vocab_split']} in all)"
                     if stats["vocab_source"] == "built" else f"(from {stats['vocab_source']})"))
     lines.append(f"longest caption: {stats['max_caption_length']} tokens with <start>/<end>")
+    cut = stats.get("truncated") or {}
+    if cut.get("captions"):
+        lines.append(f"truncated: {cut['captions']} caption(s) longer than --max-caption-tokens "
+                     f"{cut['max_caption_tokens']} ({cut['tokens_cut']} token(s) cut)")
     lines.append(f"{'split':<10}{'images':>8}{'captions':>10}{'tokens':>10}{'unk rate':>10}{'max len':>9}{'shards':>8}")
     for name in stats.get("split_order") or list(stats["splits"]):
         s = stats["splits"][name]

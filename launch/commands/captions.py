@@ -40,6 +40,7 @@ def _int_at_least(minimum: int):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from model.caption_files import FORMATS
+    from pipelines.captions import DEFAULT_MAX_CAPTION_TOKENS
     from model.text import CLEANERS
 
     parser.epilog = (
@@ -80,13 +81,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--vocab-split", default="train", metavar="NAME",
                    help="the split whose records' captions build the vocabulary (with --features: only images "
                         "that have features, i.e. exactly what the trainer sees) (default: train)")
+    t.add_argument("--max-caption-tokens", type=_int_at_least(1), default=DEFAULT_MAX_CAPTION_TOKENS, metavar="N",
+                   help="cut captions to their first N tokens after cleaning (it bounds the model's max length "
+                        "and training cost); the number cut is in stats.json 'truncated' (default: "
+                        f"{DEFAULT_MAX_CAPTION_TOKENS})")
     t.add_argument("--vocab", default=None, metavar="FILE",
                    help="use this vocab.txt instead of building one (e.g. to encode new data for a trained model)")
 
 
 def main(args: argparse.Namespace, pipeline_args) -> int:
     from model.caption_files import CaptionFileError
-    from pipelines.captions import CaptionsConfig, CaptionsConfigError, run, summary_lines
+    from pipelines.captions import CaptionsConfig, CaptionsConfigError, CaptionsDataError, run, summary_lines
 
     # Beam logs every string type hint it meets at INFO; nothing a user can act on.
     logging.getLogger("apache_beam.typehints.native_type_compatibility").setLevel(logging.WARNING)
@@ -94,12 +99,15 @@ def main(args: argparse.Namespace, pipeline_args) -> int:
         captions=args.captions, output=args.output, fmt=args.format, splits=tuple(args.splits), clean=args.clean,
         min_count=args.min_count, vocab_split=args.vocab_split, vocab=args.vocab, features=args.features,
         num_shards=args.num_shards, overwrite=args.overwrite,
-        keep_empty=args.keep_empty)
+        keep_empty=args.keep_empty, max_caption_tokens=args.max_caption_tokens)
     try:
         result = run(config, pipeline_args)
     except (CaptionsConfigError, CaptionFileError) as e:
         print(f"captionbeam captions: error: {e}", file=sys.stderr)
         return 2
+    except CaptionsDataError as e:
+        print(f"captionbeam captions: error: {e}", file=sys.stderr)
+        return 1
     for line in summary_lines(result.stats, result.seconds):
         print(line)
     print(f"outputs: {args.output} (vocab.txt, stats.json, records; join lists in {args.output.rstrip('/')}/join/)")
