@@ -89,6 +89,16 @@ def encoder_file(spec, model_dir: str) -> Optional[str]:
     return path
 
 
+def check_given_encoder(spec, path: str) -> str:
+    """An encoder file given explicitly (``caption --encoder-file``): it must be the one the model was
+    trained with (the hash recorded at training, else the one the features job recorded)."""
+    extra = spec.extra or {}
+    recorded = str((extra.get("encoder_file") or {}).get("sha256")
+                   or (extra.get("encoder_spec") or {}).get("file_sha256") or "")
+    check_file(path, recorded, "encoder file")
+    return path
+
+
 def copy_bundled_encoder(spec, from_dir: str, to_dir: str) -> None:
     """Copy the (checked) bundled encoder file of ``from_dir`` into ``to_dir`` (a warm-started copy)."""
     import tensorflow as tf

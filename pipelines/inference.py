@@ -27,6 +27,7 @@ import numpy as np
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler
 
 from model.encoders import Encoder, EncoderConfig, build_from_config
+from pipelines.counters import NAMESPACE
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ class EncoderModelHandler(ModelHandler[np.ndarray, np.ndarray, Encoder]):
     """uint8 image ``(size, size, 3)`` -> float32 features ``feature_shape``."""
 
     def __init__(self, config: EncoderConfig, batch_size: int = 32, model_copies: Optional[int] = None,
-                 namespace: str = "captionbeam"):
+                 namespace: str = NAMESPACE):
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         super().__init__(min_batch_size=batch_size, max_batch_size=batch_size, model_copies=model_copies)

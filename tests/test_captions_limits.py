@@ -27,13 +27,13 @@ def test_an_empty_captions_file_fails_before_the_job(tmp_path, capsys):
 
 def test_a_file_of_only_bad_lines_fails(tmp_path, capsys):
     rc, _, err = _captions(capsys, tmp_path, ["no tab here", "neither here"])
-    assert rc == 1 and "no image was written" in err and "2 dead letter(s)" in err
+    assert rc == 2 and "no image was written" in err and "2 dead letter(s)" in err
 
 
 def test_min_count_above_every_word_fails_naming_the_flag(tmp_path, capsys):
     rc, _, err = _captions(capsys, tmp_path, ["a.jpg#0\ta dog runs", "b.jpg#0\ta dog sits"],
                            "--min-count", "3", "--clean", "basic")
-    assert rc == 1 and "--min-count 3" in err and "the most frequent is seen 2 time(s)" in err
+    assert rc == 2 and "--min-count 3" in err and "the most frequent is seen 2 time(s)" in err
 
 
 def test_long_captions_are_capped_and_counted(tmp_path, capsys):
