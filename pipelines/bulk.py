@@ -376,8 +376,8 @@ def _caption_file_rows(path: str):
             return
         for line in fh:
             if line.strip():
-                r = json.loads(line)
-                yield r["path"], r["sha256"], r["image_id"], r["model_version"]
+                r = CaptionRow.from_json(line.decode("utf-8"))
+                yield r.path, r.sha256, r.image_id, r.model_version
 
 
 def recover_unfinished_runs(output: str) -> List[str]:
