@@ -42,6 +42,7 @@ from pipelines.counters import BULK_NAMESPACE as NAMESPACE  # noqa: N811 (the na
 from pipelines.deadletter import (DEAD_LETTERS_PREFIX, DEAD_LETTERS_SUFFIX, DeadLetter, dead_letters_dir,
                                   failed_batch_dead_letters)
 from pipelines.decoding import DecodeImages
+from pipelines.image_items import DEFAULT_MAX_BYTES
 from pipelines.images import DEFAULT_MAX_PIXELS
 from pipelines.manifest import ManifestEntry, ReadManifest, SplitAlreadyCaptioned, manifest_prefix
 from pipelines.shards.image_examples import TfrecordFields
@@ -70,7 +71,7 @@ class BulkConfig:
     input_format: str = "auto"
     num_shards: int = 0  # 0: let the runner choose
     model_copies: Optional[int] = None
-    max_bytes: int = 0
+    max_bytes: int = DEFAULT_MAX_BYTES
     max_pixels: int = DEFAULT_MAX_PIXELS
     resize_method: str = "bilinear"
     tfrecord_fields: Optional[TfrecordFields] = None  # image TFRecord field names (None: the defaults)

@@ -23,6 +23,7 @@ OUTPUT_IN_USE = 75   # EX_TEMPFAIL: another run holds the --output's lease; retr
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from pipelines.bulk import FORMATS
+    from pipelines.image_items import DEFAULT_MAX_BYTES
     from pipelines.images import DEFAULT_MAX_PIXELS, RESIZE_METHODS
     from launch.shard_flags import add_tfrecord_field_arguments
     from pipelines.sources import INPUT_FORMATS
@@ -66,8 +67,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d.add_argument("--model-copies", type=positive_int, default=None,
                    help="load exactly N models per worker machine, shared by all its SDK processes (Beam's "
                         "multi_process_shared); default: one model per worker process, shared by its threads")
-    d.add_argument("--max-bytes", type=non_negative_int, default=0,
-                   help="dead-letter files larger than this many bytes; 0 = no limit (default: 0)")
+    d.add_argument("--max-bytes", type=positive_int, default=DEFAULT_MAX_BYTES, metavar="N",
+                   help="the one byte limit of every reader: a file, tar member or TFRecord record larger than N bytes is a "
+                        "dead letter (too_large) and is never read into memory; there is no unlimited mode, raise N "
+                        "for larger images (default: %(default)s = 64 MiB)")
     d.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
                    help=f"dead-letter images with more pixels than this (decompression bombs) "
                         f"(default: {DEFAULT_MAX_PIXELS}; not checked for an export, which decodes in its graph)")

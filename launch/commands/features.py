@@ -18,6 +18,7 @@ _ENCODERS_HELP = ("vgg16 (default; fc2, 4096-d, the classic tutorial), vgg16-con
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from pipelines.image_items import DEFAULT_MAX_BYTES
     from pipelines.images import DEFAULT_MAX_PIXELS, RESIZE_METHODS
     from launch.shard_flags import add_tfrecord_field_arguments
     from pipelines.sources import INPUT_FORMATS
@@ -50,9 +51,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, metavar="N",
                         help=f"decompression-bomb guard: reject images whose header declares more than N pixels "
                              f"(default: {DEFAULT_MAX_PIXELS}, Pillow's own warning limit)")
-    parser.add_argument("--max-bytes", type=non_negative_int, default=0, metavar="N",
-                        help="reject files larger than N bytes (dead letter FileTooLargeError); 0: no limit "
-                             "(default: 0)")
+    parser.add_argument("--max-bytes", type=positive_int, default=DEFAULT_MAX_BYTES, metavar="N",
+                        help="the one byte limit of every reader: a file, tar member or TFRecord record larger than N bytes is a "
+                             "dead letter (too_large) and is never read into memory; there is no unlimited mode, raise N "
+                             "for larger images (default: %(default)s = 64 MiB)")
     parser.add_argument("--resize-method", default="bilinear", choices=sorted(RESIZE_METHODS),
                         help="filter used to squash images to --image-size (default: bilinear; Keras's load_img "
                              "uses nearest)")
