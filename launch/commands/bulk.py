@@ -12,7 +12,7 @@ import json
 import logging
 import sys
 
-from launch.arg_types import non_negative_int, positive_int
+from launch.arg_types import non_negative_int, positive_int, output_dir
 
 HELP = "caption an archive of images at scale, resumably (Beam job)"
 BEAM = True
@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(captionbeam export --output: a directory with saved_model.pb; the raw image bytes go to "
                         "its serving_default signature, which decodes, resizes and captions them with the beam "
                         "size and max length baked in at export); local, or gs:// on GCP")
-    g.add_argument("--output", required=True, help="output directory, local or gs://")
+    g.add_argument("--output", required=True, type=output_dir, help="output directory, local or gs://")
     g.add_argument("--format", default="jsonl", choices=FORMATS,
                    help="caption rows as JSON lines or Parquet (default: jsonl)")
     g.add_argument("--num-shards", type=non_negative_int, default=0,

@@ -14,7 +14,7 @@ import logging
 import sys
 from typing import List, Sequence
 
-from launch.arg_types import int_at_least, name_equals_file
+from launch.arg_types import int_at_least, name_equals_file, output_dir
 from launch.command_args import CommandError
 
 HELP = "clean captions, build the vocabulary, join with features into training TFRecords (Beam job)"
@@ -48,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--features", default=None, metavar="DIR",
                    help="directory written by `captionbeam features` (features-*.tfrecord + features_spec.json); "
                         "joined by image id. Without it, caption-only records are written")
-    g.add_argument("--output", required=True, metavar="DIR", help="output directory, local or gs://")
+    g.add_argument("--output", required=True, type=output_dir, metavar="DIR", help="output directory, local or gs://")
     g.add_argument("--overwrite", action="store_true",
                    help="replace the files of an earlier run in --output (by default the job refuses to mix runs)")
     g.add_argument("--num-shards", type=int_at_least(0), default=0, metavar="N",

@@ -5,7 +5,7 @@ import argparse
 import sys
 from typing import List, Sequence
 
-from launch.arg_types import non_negative_int, positive_int
+from launch.arg_types import non_negative_int, positive_int, output_dir
 from launch.command_args import CommandError
 
 HELP = "encode images with a CNN into feature TFRecords (Beam job)"
@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", nargs="+", required=True, metavar="GLOB",
                         help="one or more globs of image files, local or gs:// (quote them so the shell does not "
                              "expand them); with --input-format tar|tfrecord, globs of image shards")
-    parser.add_argument("--output", required=True,
+    parser.add_argument("--output", required=True, type=output_dir,
                         help="output directory, local or gs://: features-NNNNN-of-NNNNN.tfrecord, "
                              "features_spec.json, dead_letters/*.jsonl")
     parser.add_argument("--encoder", default="vgg16", help=f"encoder: {_ENCODERS_HELP}")

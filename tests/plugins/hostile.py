@@ -98,6 +98,7 @@ def write_hostile(root: str, huge_member_bytes: int = 64 << 20, clean_only: bool
             _add(tar, ".jpg", jpeg(19))
             dead(f"{tgz}#.jpg", "empty_id")
     if clean_only:
+        h.globs = [os.path.join(loose, "*.jpg"), os.path.join(shards, "*.tar.gz")]   # what exists
         return h
 
     # ---- loose files that must never be opened or read whole
