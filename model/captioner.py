@@ -129,8 +129,9 @@ class Captioner:
     def load(cls, model_dir: str, beam_size: int = 1, max_length: Optional[int] = None, batch_size: int = 32,
              alpha: float = 0.0, which: str = "best", encoder_file: Optional[str] = None) -> "Captioner":
         from model.model_dir import load_trained, weights_path
-        model, config, vocab, spec = load_trained(model_dir, which=which)
-        version = model_version_of(model_dir, weights_path(model_dir, which))
+        weights = weights_path(model_dir, which)     # once: a best -> last fallback warns once
+        model, config, vocab, spec = load_trained(model_dir, which=which, weights_file=weights)
+        version = model_version_of(model_dir, weights)
         return cls(model, config, vocab, spec, model_dir, version, beam_size=beam_size, max_length=max_length,
                    batch_size=batch_size, alpha=alpha, encoder_file=encoder_file)
 

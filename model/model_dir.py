@@ -42,7 +42,8 @@ def weights_path(model_dir: str, which: str = "best") -> str:
                             f"with at least one epoch?)")
 
 
-def load_trained(model_dir: str, which: str = "best", dtype_policy: Optional[str] = None
+def load_trained(model_dir: str, which: str = "best", dtype_policy: Optional[str] = None,
+                 weights_file: Optional[str] = None
                  ) -> Tuple[CaptionModel, ModelConfig, Vocabulary, records.FeaturesSpec]:
     """config + vocabulary + weights -> (ready CaptionModel, ModelConfig, Vocabulary, FeaturesSpec)."""
     config = ModelConfig.load(model_dir)
@@ -53,7 +54,7 @@ def load_trained(model_dir: str, which: str = "best", dtype_policy: Optional[str
     if len(vocab) != config.vocab_size:
         raise ValueError(f"{model_dir}: vocab.txt has {len(vocab)} tokens but config.json says {config.vocab_size}")
     model = build_model(config, dtype_policy=dtype_policy)
-    path = weights_path(model_dir, which)
+    path = weights_file or weights_path(model_dir, which)
     if "://" in path:
         with tempfile.TemporaryDirectory() as tmp:
             local = os.path.join(tmp, os.path.basename(path))
