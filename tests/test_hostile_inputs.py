@@ -28,6 +28,9 @@ def _record_ids(output):
 def test_every_hostile_input_is_a_record_or_a_dead_letter(tmp_path):
     h = write_hostile(str(tmp_path / "in"))
     out = tmp_path / "features"
+    leftover = out / "beam-temp-features-00000-0123456789abcdef"        # what a killed run leaves (#11)
+    leftover.mkdir(parents=True)
+    (leftover / "shard").write_bytes(b"half written")
     rc = cli(["--log-level", "WARNING", "features", "--images", *h.globs, "--output", str(out), *ENCODER,
               "--max-bytes", str(LIMIT)])
     assert rc == 0
@@ -36,6 +39,7 @@ def test_every_hostile_input_is_a_record_or_a_dead_letter(tmp_path):
     assert sorted(ids) == sorted(h.records)                      # the good images are all written
     assert dead == h.dead                                        # each bad one with its reason
     assert len(ids) + len(read_dead_letters(str(out))) == h.inputs   # exactly one output each
+    assert not leftover.exists()
 
 
 def test_a_truncated_tar_keeps_the_members_read_so_far():
