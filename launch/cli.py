@@ -81,7 +81,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                                                profiles_path=args.profiles_file)
         if args.dry_run:
             from launch.dry_run import dry_run_report, print_dry_run
-            print_dry_run(dry_run_report(name, module, args, argv, rest, pipeline_args))
+            report = dry_run_report(name, module, args, argv, rest, pipeline_args)
+            print_dry_run(report)
+            plan = report.get("plan")
+            if isinstance(plan, dict) and plan.get("error"):    # the plan itself is invalid: say so by exit code
+                print(f"captionbeam {name}: error: {plan['error']}", file=sys.stderr)
+                return 2
             return 0
     else:
         args = parser.parse_args(argv)

@@ -86,6 +86,16 @@ def _fmt_seconds(s: float) -> str:
     return f"{s:.1f}s" if s < 120 else f"{int(s // 60)}m{int(s % 60):02d}s"
 
 
+def check_encoder(config: RunConfig) -> None:
+    """The features stage's encoder settings, checked before any stage runs (the embedded thumbnail
+    encoder is built by the run itself). Raises ``model.encoders.EncoderError`` naming the flag."""
+    f = config.features
+    if f.encoder == THUMBNAIL:
+        return
+    from model.encoders import EncoderConfig, validate_config
+    validate_config(EncoderConfig(name=f.encoder, weights=f.weights, image_size=f.image_size))
+
+
 class RunPipeline:
     """Drives the stages of ``captionbeam run`` for one :class:`RunConfig`."""
 
@@ -93,6 +103,7 @@ class RunPipeline:
                  stage_pipeline_args: Optional[Callable[[str], List[str]]] = None, resume: bool = False,
                  console: Optional[TextIO] = None):
         self.config = config.validate()
+        check_encoder(self.config)            # a bad --encoder fails here, before the sample stage
         self.layout = Layout(config.workdir if "://" in config.workdir else os.path.abspath(config.workdir))
         self.pipeline_args = list(pipeline_args)
         self.train_profile_args = list(train_profile_args)

@@ -43,6 +43,8 @@ class ModelConfig:
     encoder_weights: str = ""
     image_size: List[int] = field(default_factory=list)
     preprocessing: str = ""
+    # SHA-256 of the vocab.txt the model was trained with: loading refuses another vocabulary file
+    vocab_sha256: str = ""
 
     def validate(self) -> "ModelConfig":
         if self.arch not in ARCHITECTURES:

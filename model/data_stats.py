@@ -23,12 +23,16 @@ class DataStats:
     features: Optional[str] = None        # the --features directory (None: captions-only records)
     split_files: Dict[str, str] = field(default_factory=dict)
     keep_empty: bool = False
+    max_caption_tokens: int = 50          # --max-caption-tokens: longer captions were cut to it
     split_order: List[str] = field(default_factory=list)
     record_kind: str = "examples"         # "examples" (with features) or "captions"
     vocab_size: int = 0
     tokens_in_vocab_split: int = 0
     distinct_tokens_in_vocab_split: int = 0
     max_caption_length: int = 0
+    max_token_count: int = 0              # count of the vocabulary split's most frequent token
+    # captions cut to --max-caption-tokens: {"captions", "tokens_cut", "max_caption_tokens"}
+    truncated: Dict[str, int] = field(default_factory=dict)
     # per split: images, captions, tokens, unknown_tokens, unknown_rate, max_caption_length, records, shards...
     splits: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     join: Dict[str, Any] = field(default_factory=dict)          # joined, <category> counts, images_total, lists

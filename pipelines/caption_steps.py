@@ -47,11 +47,18 @@ def _counter(name: str):
 
 
 # ----------------------------------------------------------------------------- reading captions
+DEFAULT_MAX_CAPTION_TOKENS = 50
+
+
 class _ParseCaptionFile(beam.DoFn):
-    def __init__(self, fmt: str, clean: str, keep_empty: bool = False):
+    TRUNCATED = "truncated"
+
+    def __init__(self, fmt: str, clean: str, keep_empty: bool = False,
+                 max_tokens: int = DEFAULT_MAX_CAPTION_TOKENS):
         self.fmt = fmt
         self.clean = clean
         self.keep_empty = keep_empty
+        self.max_tokens = max_tokens
 
     def process(self, path: str):
         cleaner = get_cleaner(self.clean)
@@ -74,22 +81,31 @@ class _ParseCaptionFile(beam.DoFn):
                     message=f"caption {row.caption!r} of {row.image_id!r} has no tokens left after --clean {self.clean}",
                     stage="clean"))
                 continue
+            if len(tokens) > self.max_tokens:
+                cut = len(tokens) - self.max_tokens
+                tokens = tokens[: self.max_tokens]
+                _counter("captions_truncated").inc()
+                _counter("caption_tokens_cut").inc(cut)
+                yield beam.pvalue.TaggedOutput(self.TRUNCATED, cut)
             read.inc()
             yield row.image_id, CaptionTokens(row.order, tokens)
 
 
 class ReadCaptions(beam.PTransform):
-    """Captions file -> (image_id, CaptionTokens); bad lines -> dead letters (tag ``dead``)."""
+    """Captions file -> (image_id, CaptionTokens); bad lines -> dead letters (tag ``dead``); captions longer
+    than ``max_tokens`` are cut to it and the number of tokens cut from each goes to tag ``truncated``."""
 
-    def __init__(self, path: str, fmt: str, clean: str, keep_empty: bool = False):
+    def __init__(self, path: str, fmt: str, clean: str, keep_empty: bool = False,
+                 max_tokens: int = DEFAULT_MAX_CAPTION_TOKENS):
         super().__init__()
-        self.path, self.fmt, self.clean, self.keep_empty = path, fmt, clean, keep_empty
+        self.path, self.fmt, self.clean, self.keep_empty, self.max_tokens = path, fmt, clean, keep_empty, max_tokens
 
     def expand(self, pbegin):
         return (pbegin
                 | "Captions file" >> beam.Create([self.path])
-                | "Parse and clean" >> beam.ParDo(_ParseCaptionFile(self.fmt, self.clean, self.keep_empty))
-                .with_outputs("dead", main="captions"))
+                | "Parse and clean" >> beam.ParDo(_ParseCaptionFile(self.fmt, self.clean, self.keep_empty,
+                                                                    self.max_tokens))
+                .with_outputs("dead", _ParseCaptionFile.TRUNCATED, main="captions"))
 
 
 # ----------------------------------------------------------------------------- reading features

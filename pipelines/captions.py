@@ -35,8 +35,9 @@ import pipelines.io as pio
 from model import records
 from model.data_stats import STATS_FILE, DataStats
 from model.vocab import VOCAB_FILE, Vocabulary
-from pipelines.caption_steps import (JOIN_CATEGORIES, EncodeCaptions, JoinByImage, MergeSplitStats, ReadCaptions,
-                                     ReadFeatures, SplitStats, WriteSplits)
+from pipelines.caption_steps import (DEFAULT_MAX_CAPTION_TOKENS, JOIN_CATEGORIES, EncodeCaptions, JoinByImage,
+                                     MergeSplitStats, ReadCaptions, ReadFeatures, SplitStats, WriteSplits,
+                                     _ParseCaptionFile)
 from pipelines.counters import query_counters
 from pipelines.deadletter import WriteDeadLetters, dead_letters_dir
 from pipelines.vocabulary import BuildVocabulary, CountTokens, token_counts_text
@@ -55,6 +56,10 @@ class CaptionsConfigError(ValueError):
     """A bad command line or input found before the job starts; the message names the flag."""
 
 
+class CaptionsDataError(ValueError):
+    """The job ran but its output cannot train anything (no image joined, or no word in the vocabulary)."""
+
+
 # ----------------------------------------------------------------------------- configuration
 @dataclass(frozen=True)
 class CaptionsConfig:
@@ -70,6 +75,7 @@ class CaptionsConfig:
     num_shards: int = 0                          # 0: auto (about 128 MiB per shard)
     overwrite: bool = False
     keep_empty: bool = False                     # keep captions that clean to nothing as <start> <end>
+    max_caption_tokens: int = DEFAULT_MAX_CAPTION_TOKENS   # longer captions are cut (counted in stats.json)
 
     @property
     def split_names(self) -> Tuple[str, ...]:
@@ -129,8 +135,12 @@ def plan(config: CaptionsConfig) -> Plan:
         raise CaptionsConfigError(f"--min-count must be at least 1, got {config.min_count}")
     if config.num_shards < 0:
         raise CaptionsConfigError(f"--num-shards must be 0 (auto) or positive, got {config.num_shards}")
+    if config.max_caption_tokens < 1:
+        raise CaptionsConfigError(f"--max-caption-tokens must be at least 1, got {config.max_caption_tokens}")
     if not pio.exists(config.captions):
         raise CaptionsConfigError(f"--captions: file not found: {config.captions}")
+    if not _head(config.captions).strip():
+        raise CaptionsConfigError(f"--captions {config.captions}: the file is empty")
     fmt = config.fmt if config.fmt != "auto" else detect_format(config.captions, _head(config.captions))
 
     names = [n for n, _ in config.splits]
@@ -206,6 +216,7 @@ class _WriteSummary(beam.DoFn):
             "captions_file": c.captions, "format": plan.fmt, "clean": c.clean, "min_count": c.min_count,
             "vocab_split": None if c.vocab else c.vocab_split, "vocab_source": c.vocab or "built",
             "features": c.features, "split_files": {n: p for n, p in c.splits}, "keep_empty": c.keep_empty,
+            "max_caption_tokens": c.max_caption_tokens,
         }
         self.split_names = list(c.split_names)
         self.split_file_images = {n: len(set(ids)) for n, ids in plan.split_ids.items()}
@@ -214,7 +225,7 @@ class _WriteSummary(beam.DoFn):
         self.shards = dict(plan.shards)
         self.vocab_given = c.vocab is not None
 
-    def process(self, _, vocabulary, counts, split_stats, accounting, dead_counts):
+    def process(self, _, vocabulary, counts, split_stats, accounting, dead_counts, truncated):
         join_lists = {cat: [] for cat in JOIN_CATEGORIES}
         for cat, ids in accounting:
             join_lists[cat] = sorted(ids)
@@ -250,6 +261,9 @@ class _WriteSummary(beam.DoFn):
             vocab_size=len(vocabulary),
             tokens_in_vocab_split=sum(n for _, n in counts),
             distinct_tokens_in_vocab_split=len(counts),
+            max_token_count=max((n for _, n in counts), default=0),
+            truncated={"captions": len(truncated), "tokens_cut": sum(truncated),
+                       "max_caption_tokens": self.header["max_caption_tokens"]},
             max_caption_length=max((s.max_length for s in per_split.values()), default=0),
             splits=splits,
             join={"joined": joined, **{cat: len(ids) for cat, ids in join_lists.items()},
@@ -263,7 +277,7 @@ class _WriteSummary(beam.DoFn):
 def build(pipeline: beam.Pipeline, p: Plan) -> None:
     """Add the whole captions job to ``pipeline``."""
     c = p.config
-    caps = pipeline | "ReadCaptions" >> ReadCaptions(c.captions, p.fmt, c.clean, c.keep_empty)
+    caps = pipeline | "ReadCaptions" >> ReadCaptions(c.captions, p.fmt, c.clean, c.keep_empty, c.max_caption_tokens)
     split_pairs = sorted({(iid, name) for name, ids in p.split_ids.items() for iid in ids})
     splits = pipeline | "Split ids" >> beam.Create(split_pairs)
     inputs = {"captions": caps.captions, "splits": splits}
@@ -301,7 +315,8 @@ def build(pipeline: beam.Pipeline, p: Plan) -> None:
      | "Summary trigger" >> beam.Create([None])
      | "WriteSummary" >> beam.ParDo(
          _WriteSummary(p), beam.pvalue.AsSingleton(vocabulary), beam.pvalue.AsSingleton(counts),
-         beam.pvalue.AsList(split_stats), beam.pvalue.AsList(accounting), beam.pvalue.AsList(dead_counts)))
+         beam.pvalue.AsList(split_stats), beam.pvalue.AsList(accounting), beam.pvalue.AsList(dead_counts),
+         beam.pvalue.AsList(caps[_ParseCaptionFile.TRUNCATED])))
 
 
 def clear_outputs(output: str) -> int:
@@ -327,14 +342,33 @@ def run(config: CaptionsConfig, pipeline_args: Sequence[str] = ()) -> RunResult:
         if n:
             log.info("--overwrite: removed %d file(s) of an earlier run in %s", n, config.output)
     pio.makedirs(config.output)
+    pio.remove_stale_beam_temp([config.output, dead_letters_dir(config.output)])
     start = time.time()
     pipeline = new_pipeline(pipeline_args)
     build(pipeline, p)
     result = pipeline.run()
     result.wait_until_finish()
     seconds = time.time() - start
-    return RunResult(DataStats.from_json(pio.read_text(pio.join(config.output, STATS_FILE))), seconds,
-                     query_counters(result))
+    stats = DataStats.from_json(pio.read_text(pio.join(config.output, STATS_FILE)))
+    check_usable(stats)
+    return RunResult(stats, seconds, query_counters(result))
+
+
+def check_usable(stats: DataStats) -> None:
+    """:class:`CaptionsDataError` when the written records cannot train a model: no image joined (an
+    empty or all-bad captions file, or ids that match no feature / split), or a built vocabulary with no
+    word beyond the 4 reserved tokens (``--min-count`` above every word's count)."""
+    j, d = stats.join, stats.dead_letters
+    if j.get("joined", 0) == 0:
+        raise CaptionsDataError(
+            f"no image was written: {j.get('images_total', 0)} image id(s) in the inputs, none joined "
+            f"({', '.join(f'{j[c]} {c}' for c in JOIN_CATEGORIES if j.get(c)) or 'no captions read'}; "
+            f"{d.get('total', 0)} dead letter(s)); the output's join/*.txt and dead_letters/ say why")
+    if stats.vocab_source == "built" and stats.vocab_size <= 4:
+        raise CaptionsDataError(
+            f"--min-count {stats.min_count}: no word of --vocab-split {stats.vocab_split} is seen that often "
+            f"(the most frequent is seen {stats.max_token_count} time(s)): the vocabulary would be only "
+            f"the 4 reserved tokens and every caption <unk>; lower --min-count")
 
 
 def summary_lines(stats: DataStats, seconds: Optional[float] = None) -> List[str]:
@@ -345,6 +379,10 @@ def summary_lines(stats: DataStats, seconds: Optional[float] = None) -> List[str
                     f"{stats.distinct_tokens_in_vocab_split} distinct, {stats.tokens_in_vocab_split} in all)"
                     if stats.vocab_source == "built" else f"(from {stats.vocab_source})"))
     lines.append(f"longest caption: {stats.max_caption_length} tokens with <start>/<end>")
+    cut = stats.truncated or {}
+    if cut.get("captions"):
+        lines.append(f"truncated: {cut['captions']} caption(s) longer than --max-caption-tokens "
+                     f"{cut['max_caption_tokens']} ({cut['tokens_cut']} token(s) cut)")
     lines.append(f"{'split':<10}{'images':>8}{'captions':>10}{'tokens':>10}{'unk rate':>10}{'max len':>9}{'shards':>8}")
     for name in stats.ordered_splits():
         s = stats.splits[name]

@@ -32,8 +32,8 @@ from model import jsonl, records
 from model.encoders import EncoderConfig, build_encoder, describe_config
 from pipelines.counters import NAMESPACE, query_counters
 from pipelines import decoding
-from pipelines.deadletter import WriteDeadLetters, dead_letters_pattern, failed_batch_dead_letters
-from pipelines.image_items import DecodedImage
+from pipelines.deadletter import WriteDeadLetters, dead_letters_dir, dead_letters_pattern, failed_batch_dead_letters
+from pipelines.image_items import DEFAULT_MAX_BYTES, DecodedImage
 from pipelines.images import DEFAULT_MAX_PIXELS
 from pipelines.inference import keyed_encoder_handler
 from pipelines.shards.image_examples import TfrecordFields
@@ -51,7 +51,7 @@ class FeaturesConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     batch_size: int = 32
     max_pixels: int = DEFAULT_MAX_PIXELS
-    max_bytes: int = 0
+    max_bytes: int = DEFAULT_MAX_BYTES
     resize_method: str = "bilinear"
     num_shards: int = 0
     compress: bool = False
@@ -293,6 +293,7 @@ def run(config: FeaturesConfig, pipeline_args: Sequence[str] = (), description: 
     from pipelines.options import new_pipeline
     description = description or describe_config(config.encoder)
     start = time.time()
+    pio.remove_stale_beam_temp([config.output, dead_letters_dir(config.output)])
     p = new_pipeline(pipeline_args)
     build_pipeline(p, config, description)
     result = p.run()

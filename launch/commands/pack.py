@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from launch.arg_types import positive_int
+from launch.arg_types import output_dir, positive_int
 from launch.command_args import CommandError
 
 HELP = "pack loose images into tar or TFRecord shards, with a manifest (Beam job)"
@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--images", nargs="+", required=True, metavar="GLOB",
                    help="one or more globs of loose images, local or gs:// ('**' recurses); "
                         "extensions .jpg .jpeg .png .webp (other files are dead-lettered)")
-    g.add_argument("--output", required=True, help="output directory for the shards, local or gs://")
+    g.add_argument("--output", required=True, type=output_dir, help="output directory for the shards, local or gs://")
     g.add_argument("--format", required=True, choices=["tar", "tfrecord"],
                    help="shard format: WebDataset-layout tar, or TFRecord of tf.train.Example (im2txt fields)")
     g.add_argument("--shard-size", type=positive_int, default=1000,

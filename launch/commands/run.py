@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from launch.arg_types import name_equals_file
+from launch.arg_types import name_equals_file, output_dir
 
 from launch.config import (DEFAULT_WORKDIR, CaptionsSection, ConfigError, EvaluateSection, FeaturesSection,
                            RunConfig, SampleSection, TrainSection)
@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "data/, model/, eval/ (metrics.json, captions.jsonl), report/index.html, stages/<stage>.json.")
     g = parser.add_argument_group("run")
     g.add_argument("--config", default=None, metavar="RUN.YAML", help="run configuration file, local or gs://")
-    g.add_argument("--workdir", default=None,
+    g.add_argument("--workdir", default=None, type=output_dir,
                    help=f"output root, local or gs:// (default: {DEFAULT_WORKDIR})")
     g.add_argument("--resume", action="store_true",
                    help="skip stages that finished earlier with the same command line (stages/<stage>.json)")
