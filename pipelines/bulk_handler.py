@@ -158,9 +158,6 @@ class _IsolatingHandler(ModelHandler):
     def get_metrics_namespace(self) -> str:
         return BULK_INFERENCE_NAMESPACE
 
-    def batch_elements_kwargs(self):
-        return dict(self._batching_kwargs)
-
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()

@@ -8,6 +8,7 @@ Pipeline (each step a composite PTransform)::
     ToFeatureExamples (records.feature_example)     -> serialized tf.train.Example
     WriteToTFRecord                                 -> <output>/features-NNNNN-of-NNNNN.tfrecord
     WriteDeadLetters                                -> <output>/dead_letters/dead_letters-*.jsonl
+    WriteFeatureIds                                 -> <output>/ids/ids-NNNNN-of-NNNNN.jsonl
     WriteFeaturesSpec (after both counts are known) -> <output>/features_spec.json
 
 Every matched file ends in exactly one of the two outputs: ``count + dead_letters == files matched``
@@ -16,6 +17,7 @@ bytes and the encoder, so a re-run over the same inputs writes the same records.
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -216,6 +218,41 @@ class WriteFeaturesSpec(beam.PTransform):
                                             duplicates=beam.pvalue.AsList(duplicates)))
 
 
+IDS_DIR = "ids"
+
+
+def ids_pattern(output: str) -> str:
+    return pio.join(output, IDS_DIR, "ids-*-of-*.jsonl")
+
+
+def _id_row(keyed) -> str:
+    (image_id, path, sha256), _ = keyed
+    return json.dumps({"image_id": image_id, "path": path, "sha256": sha256}, sort_keys=True)
+
+
+class WriteFeatureIds(beam.PTransform):
+    """(key, features) -> ``<output>/ids/ids-NNNNN-of-NNNNN.jsonl``: one ``{"image_id", "path", "sha256"}``
+    line per feature record, so a reader learns what the records hold without reading them."""
+
+    def __init__(self, output: str):
+        super().__init__()
+        self.output = output
+
+    def expand(self, features):
+        return (features
+                | "IdRows" >> beam.Map(_id_row)
+                | "WriteIds" >> beam.io.WriteToText(pio.join(self.output, IDS_DIR, "ids"), file_name_suffix=".jsonl",
+                                                    shard_name_template="-SSSSS-of-NNNNN"))
+
+
+def read_feature_ids(output: str) -> List[Dict[str, str]]:
+    """The ``ids/`` rows of a features output (``{"image_id", "path", "sha256"}`` per record)."""
+    rows = []
+    for path in pio.match([ids_pattern(output)]):
+        rows += [json.loads(line) for line in pio.read_text(path).splitlines() if line.strip()]
+    return rows
+
+
 def build_pipeline(p: beam.Pipeline, config: FeaturesConfig, description: Dict[str, object]) -> None:
     image_size = int(description["image_size"][0])
     computed = p | "ComputeFeatures" >> ComputeFeatures(config, image_size)
@@ -225,7 +262,8 @@ def build_pipeline(p: beam.Pipeline, config: FeaturesConfig, description: Dict[s
         num_shards=config.num_shards, shard_name_template="-SSSSS-of-NNNNN",
         compression_type=CompressionTypes.GZIP if config.compress else CompressionTypes.UNCOMPRESSED)
     dead_written = computed["dead_letters"] | "WriteDeadLetters" >> WriteDeadLetters(config.output)
-    all_written = (written, dead_written) | "AllWritten" >> beam.Flatten()
+    ids_written = computed["features"] | "WriteFeatureIds" >> WriteFeatureIds(config.output)
+    all_written = (written, dead_written, ids_written) | "AllWritten" >> beam.Flatten()
     _ = ((computed["features"], computed["dead_letters"], all_written)
          | "WriteFeaturesSpec" >> WriteFeaturesSpec(config.output, description, config))
 
@@ -233,7 +271,7 @@ def build_pipeline(p: beam.Pipeline, config: FeaturesConfig, description: Dict[s
 # ----------------------------------------------------------------------------- outputs
 def existing_outputs(output: str) -> List[str]:
     return pio.match([records.shard_pattern(output, records.FEATURES_PREFIX), dead_letters_pattern(output),
-                      pio.join(output, records.FEATURES_SPEC_FILE)])
+                      ids_pattern(output), pio.join(output, records.FEATURES_SPEC_FILE)])
 
 
 @dataclass

@@ -122,6 +122,17 @@ def test_clean_run_records(inputs, clean_run, capsys):
         assert np.array_equal(np.asarray(ex["feature"], np.float32), by_tf[image_id].feature)
 
 
+def test_ids_sidecar_names_every_record(clean_run, mixed_run):
+    """ids/ids-*.jsonl: one {"image_id", "path", "sha256"} line per feature record, none per dead letter."""
+    from pipelines.features import read_feature_ids
+    for out in (clean_run, mixed_run):
+        by_tf, n, _ = read_records_tf(out)
+        rows = read_feature_ids(str(out))
+        assert len(rows) == n
+        assert sorted((r["image_id"], r["path"], r["sha256"]) for r in rows) == sorted(
+            (r.image_id, r.path, r.sha256) for r in _by_path(out).values())
+
+
 def test_bad_files_become_dead_letters_and_counts_add_up(inputs, mixed_run):
     dead = read_dead_letters(str(mixed_run))
     assert {os.path.basename(d.path): d.error for d in dead} == {k: v[0] for k, v in BAD.items()}

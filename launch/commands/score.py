@@ -42,6 +42,9 @@ def _coco_list(value: str):
     return tuple(items)
 
 
+_coco_list.render = ",".join
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--predictions", required=True, metavar="FILE",
                         help='predictions, JSON lines {"image_id": ..., "caption": ...} (one per image)')
