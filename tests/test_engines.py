@@ -236,9 +236,15 @@ def test_missing_jar_or_binary_fails_fast_naming_the_engine(tmp_path, monkeypatc
     assert not (tmp_path / "out").exists()
 
 
-def test_unreachable_flink_master_fails_naming_it(tmp_path, capsys, inputs):
+def test_unreachable_flink_master_fails_naming_it(tmp_path, capsys, inputs, monkeypatch):
     from launch.engines import artifact_path, free_port
     need_engine("flink")
+    # Flink's REST client retries 20 times, 3 s apart, by default: one try keeps the test short (the job
+    # server that FlinkRunner starts reads $FLINK_CONF_DIR, as any Flink client does)
+    conf = tmp_path / "flink-conf"
+    conf.mkdir()
+    (conf / "flink-conf.yaml").write_text("rest.retry.max-attempts: 1\nrest.retry.delay: 100\n")
+    monkeypatch.setenv("FLINK_CONF_DIR", str(conf))
     master = f"127.0.0.1:{free_port()}"   # nothing listens there
     out = tmp_path / "out"
     rc = cli(["--log-level", "WARNING", "features", "--images", str(inputs / "loose" / "*.jpg"), "--output", str(out),
