@@ -97,7 +97,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return int(module.main(args, pipeline_args) or 0)
     except Exception as e:  # noqa: BLE001 - only a job on a portable engine is translated, the rest re-raised
         from launch.engines import explain_failure
-        # one Beam job (run / retrain chain them: their Beam stages are translated by the inner call)
+        # one Beam job (run translates its own Beam stages: launch/run.py run_stage)
         message = explain_failure(e, pipeline_args) if name not in ("run", "retrain") else None
         if message is None:
             raise
