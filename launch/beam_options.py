@@ -95,6 +95,11 @@ def validate_pipeline_args(parser: argparse.ArgumentParser, rest: Sequence[str],
         if bad:
             parser.error(f"--profile {profile}: {path} sets options Beam does not know: {' '.join(bad)}")
     merged = merge_flags(from_profile, rest)
+    from launch.engines import EngineError, resolve_engine_flags
+    try:
+        merged = resolve_engine_flags(merged)   # {engines} -> the engines cache; a missing jar/binary fails here
+    except EngineError as e:
+        parser.error(str(e))
     problem = bad_beam_values(merged)
     if problem:
         parser.error(problem)

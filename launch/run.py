@@ -248,6 +248,12 @@ class RunPipeline:
             value = self._execute(inv)
         except CommandError as e:
             raise StageError(inv.command, str(e)) from None
+        except Exception as e:  # noqa: BLE001 - a Beam stage that failed on a portable engine: name the engine
+            from launch.engines import explain_failure
+            message = explain_failure(e, inv.pipeline_args) if inv.pipeline_args else None
+            if message is None:
+                raise
+            raise StageError(inv.command, message) from None
         result = StageResult(name=inv.command, argv=inv.argv, seconds=time.time() - start)
         if inv.command == "evaluate":
             self.metrics = value.to_dict()
