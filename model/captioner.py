@@ -128,7 +128,9 @@ class Captioner:
     @classmethod
     def load(cls, model_dir: str, beam_size: int = 1, max_length: Optional[int] = None, batch_size: int = 32,
              alpha: float = 0.0, which: str = "best", encoder_file: Optional[str] = None) -> "Captioner":
+        from model.config import ModelConfig
         from model.model_dir import load_trained, weights_path
+        ModelConfig.load(model_dir)                  # a dir without config.json says so before naming weights
         weights = weights_path(model_dir, which)     # once: a best -> last fallback warns once
         model, config, vocab, spec = load_trained(model_dir, which=which, weights_file=weights)
         version = model_version_of(model_dir, weights)
