@@ -9,7 +9,7 @@ import pytest
 
 from tests.plugins.training import TINY
 
-ARCHS = ("merge", "inject", "attention")
+ARCHS = ("merge", "inject", "attention", "transformer")
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -50,7 +50,7 @@ def test_model_dir_contract_and_load_trained(trained_model_dirs, arch):
     assert vocab == Vocabulary.load(os.path.join(data, "vocab.txt")) and config.vocab_size == len(vocab)
     assert config.encoder == spec.encoder == FeaturesSpec.load(data).encoder
     assert config.feature_shape == spec.feature_shape and config.image_size == spec.image_size
-    assert (len(config.feature_shape) == 3) == (arch == "attention")
+    assert (len(config.feature_shape) == 3) == (arch in ("attention", "transformer"))
     # the loaded best weights reproduce the best validation loss recorded in history.json
     with open(os.path.join(model_dir, "history.json")) as f:
         best = min(e["val_loss"] for e in json.load(f)["epochs"])
@@ -110,7 +110,7 @@ def test_bad_inputs_fail_clearly(synthetic_data, tmp_path, capsys):
     assert "--mixed-precision needs a GPU" in capsys.readouterr().err
 
     with pytest.raises(SystemExit):
-        _cli("--data", synthetic_data, "--model-dir", out, "--arch", "transformer")
+        _cli("--data", synthetic_data, "--model-dir", out, "--arch", "nosuch")
     assert "--arch" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         _cli("--data", synthetic_data, "--model-dir", out, "--batch-size", "0")

@@ -1,4 +1,4 @@
-"""``captionbeam train``: train a merge / inject / attention captioner with tf.distribute, streaming
+"""``captionbeam train``: train a merge / inject / attention / transformer captioner with tf.distribute, streaming
 the training TFRecords of ``captionbeam captions``. Running the same command again resumes from the
 model dir's last checkpoint."""
 from __future__ import annotations
@@ -7,7 +7,7 @@ import argparse
 import logging
 import sys
 
-HELP = "train a merge / inject / attention captioner with tf.distribute, streaming TFRecords"
+HELP = "train a merge / inject / attention / transformer captioner with tf.distribute, streaming TFRecords"
 
 
 def _positive_int(text: str) -> int:
@@ -58,7 +58,7 @@ def _dropout(text: str) -> float:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from model.config import ARCHITECTURES, LR_SCHEDULES, STRATEGIES
+    from model.config import ARCHITECTURES, LR_SCHEDULES, POSITIONS, STRATEGIES
     io = parser.add_argument_group("input and output")
     io.add_argument("--data", required=True,
                     help="training data directory from `captionbeam captions --features` (local or gs://): "
@@ -75,15 +75,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     m = parser.add_argument_group("model (defaults: the classic tutorial's merge model)")
     m.add_argument("--arch", default="merge", choices=ARCHITECTURES,
                    help="merge (tutorial / Tanti et al.), inject (Show and Tell), attention (Show, Attend and "
-                        "Tell; needs a spatial feature map) (default: merge)")
-    m.add_argument("--units", type=_positive_int, default=256, help="LSTM / projection units (default: 256)")
+                        "Tell; needs a spatial feature map), transformer (decoder-only Transformer, cross-attention "
+                        "over the map's regions or one region for a vector) (default: merge)")
+    m.add_argument("--units", type=_positive_int, default=256,
+                   help="LSTM / projection units; the transformer's width (default: 256)")
     m.add_argument("--embedding-dim", type=_positive_int, default=256, help="word embedding size (default: 256)")
-    m.add_argument("--layers", type=_positive_int, default=1, help="stacked LSTM layers (default: 1)")
+    m.add_argument("--layers", type=_positive_int, default=1,
+                   help="stacked LSTM layers; transformer blocks (default: 1)")
     m.add_argument("--dropout", type=_dropout, default=0.5, help="dropout rate (default: 0.5)")
     m.add_argument("--attention-units", type=_positive_int, default=256,
                    help="attention MLP width, attention only (default: 256)")
     m.add_argument("--attention-lambda", type=_non_negative_float, default=1.0,
                    help="doubly-stochastic attention regularisation weight, attention only (default: 1.0)")
+    m.add_argument("--heads", type=_positive_int, default=4,
+                   help="attention heads, transformer only; must divide --units (default: 4)")
+    m.add_argument("--ffn-units", type=_non_negative_int, default=0,
+                   help="feed-forward width, transformer only; 0 = 4 x --units (default: 0)")
+    m.add_argument("--positions", default="learned", choices=POSITIONS,
+                   help="caption position encoding, transformer only: learned or sinusoidal (default: learned)")
 
     t = parser.add_argument_group("training")
     t.add_argument("--epochs", type=_positive_int, default=20, help="maximum epochs (default: 20)")
@@ -146,7 +155,8 @@ def main(args, pipeline_args=None) -> int:
         mixed_precision=args.mixed_precision, seed=args.seed, stop_after_steps=args.stop_after_steps)
     model = ModelConfig(arch=args.arch, units=args.units, embedding_dim=args.embedding_dim, num_layers=args.layers,
                         dropout=args.dropout, attention_units=args.attention_units,
-                        attention_lambda=args.attention_lambda)
+                        attention_lambda=args.attention_lambda, heads=args.heads, ffn_units=args.ffn_units,
+                        positions=args.positions)
     try:
         cfg.validate()
         from model.train import train
