@@ -58,7 +58,7 @@ def _dropout(text: str) -> float:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from model.config import ARCHITECTURES, LR_SCHEDULES, POSITIONS, STRATEGIES
+    from model.config import ARCHITECTURES, BASELINES, LR_SCHEDULES, OBJECTIVES, POSITIONS, SELECT_BY, STRATEGIES
     io = parser.add_argument_group("input and output")
     io.add_argument("--data", required=True,
                     help="training data directory from `captionbeam captions --features` (local or gs://): "
@@ -100,7 +100,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="steps per epoch (default: one pass over the training captions at the global batch)")
     t.add_argument("--batch-size", type=_positive_int, default=64,
                    help="examples (captions) per replica; global batch = this x replicas (default: 64)")
-    t.add_argument("--learning-rate", type=_positive_float, default=1e-3, help="Adam learning rate (default: 1e-3)")
+    t.add_argument("--learning-rate", type=_positive_float, default=None,
+                   help="Adam learning rate (default: 1e-3; 5e-5 with --objective scst)")
     t.add_argument("--lr-schedule", default="constant", choices=LR_SCHEDULES,
                    help="constant, cosine (to 1%% over all epochs) or exponential (x --lr-decay-rate per epoch) "
                         "(default: constant)")
@@ -122,6 +123,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--mixed-precision", action="store_true",
                    help="bfloat16 compute with float32 weights (GPU only; an error on CPU)")
 
+    o = parser.add_argument_group("objective and model selection")
+    o.add_argument("--objective", default="xent", choices=OBJECTIVES,
+                   help="xent: cross-entropy (teacher forcing); scst: self-critical sequence training, REINFORCE "
+                        "with the CIDEr-D of sampled captions, fine-tuning --init-from (default: xent)")
+    o.add_argument("--init-from", metavar="MODEL_DIR", default="",
+                   help="scst: the trained model dir to fine-tune (any architecture; its vocabulary must be --data's)")
+    o.add_argument("--samples", type=_positive_int, default=5,
+                   help="scst: captions sampled per image, K (default: 5); --batch-size counts images with scst")
+    o.add_argument("--baseline", default="mean", choices=BASELINES,
+                   help="scst: reward baseline: mean of the image's other K-1 samples, or its greedy caption's "
+                        "reward (default: mean)")
+    o.add_argument("--temperature", type=_positive_float, default=1.0,
+                   help="scst: sampling temperature (default: 1.0)")
+    o.add_argument("--select-by", default="", choices=("",) + SELECT_BY, metavar="{loss,cider}",
+                   help="what picks best.weights.h5 and drives early stopping: dev loss, or dev CIDEr-D of greedy "
+                        "captions (default: loss; cider with --objective scst)")
+
     d = parser.add_argument_group("distribution")
     d.add_argument("--strategy", default="auto", choices=STRATEGIES,
                    help="auto: multiworker when TF_CONFIG names several workers, mirrored with several GPUs or "
@@ -141,18 +159,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args, pipeline_args=None) -> int:
-    from model.config import ModelConfig, TrainConfig
+    from model.config import SCST_LEARNING_RATE, ModelConfig, TrainConfig
     for noisy in ("absl", "tensorflow"):   # per-step "Reduce to ..." INFO lines from tf.distribute
         logging.getLogger(noisy).setLevel(logging.WARNING)
     cfg = TrainConfig(
         data=args.data, model_dir=args.model_dir, train_split=args.train_split, val_split=args.val_split,
         epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
-        learning_rate=args.learning_rate, lr_schedule=args.lr_schedule, lr_decay_rate=args.lr_decay_rate,
+        learning_rate=args.learning_rate or (SCST_LEARNING_RATE if args.objective == "scst" else 1e-3),
+        lr_schedule=args.lr_schedule, lr_decay_rate=args.lr_decay_rate,
         clip_norm=args.clip_norm, early_stopping_patience=args.early_stopping_patience, min_delta=args.min_delta,
         checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints, log_every=args.log_every,
         shuffle_buffer=args.shuffle_buffer, bucket_by_length=args.bucket_by_length,
         max_val_batches=args.max_val_batches, strategy=args.strategy, cpu_replicas=args.cpu_replicas,
-        mixed_precision=args.mixed_precision, seed=args.seed, stop_after_steps=args.stop_after_steps)
+        mixed_precision=args.mixed_precision, seed=args.seed, stop_after_steps=args.stop_after_steps,
+        objective=args.objective, init_from=args.init_from, samples=args.samples, baseline=args.baseline,
+        temperature=args.temperature, select_by=args.select_by)
     model = ModelConfig(arch=args.arch, units=args.units, embedding_dim=args.embedding_dim, num_layers=args.layers,
                         dropout=args.dropout, attention_units=args.attention_units,
                         attention_lambda=args.attention_lambda, heads=args.heads, ffn_units=args.ffn_units,
