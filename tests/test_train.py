@@ -122,3 +122,23 @@ def test_a_model_dir_holding_another_model_is_not_resumed(synthetic_model_dir, s
     shutil.copytree(synthetic_model_dir, model_dir)
     assert _cli("--data", synthetic_data, "--model-dir", model_dir, "--units", "48", "--epochs", "7") == 2
     assert "holds a different model" in capsys.readouterr().err
+
+
+def test_select_by_cider_keeps_the_best_dev_cider_weights(synthetic_data, tmp_path):
+    """``--select-by cider``: dev CIDEr-D of greedy captions each epoch picks best.weights.h5."""
+    from model.data import split_files
+    from model.model_dir import load_trained
+    from model.selection import SplitCider
+    out = tmp_path / "by_cider"
+    assert _cli("--data", synthetic_data, "--model-dir", str(out), *TINY, "--epochs", "4", "--steps-per-epoch", "6",
+                "--batch-size", "32", "--learning-rate", "0.01", "--select-by", "cider",
+                "--early-stopping-patience", "0", "--strategy", "one_device") == 0
+    epochs = json.load(open(out / "history.json"))["epochs"]
+    cider = [e["val_cider"] for e in epochs]
+    assert len(cider) == 4 and max(cider) > cider[0] and max(cider) > 1.0
+    model, config, _, _ = load_trained(str(out), which="best")
+    best = SplitCider(model, split_files(synthetic_data, "dev"), config.feature_shape)()[0]
+    assert best == pytest.approx(max(cider), abs=1e-6)
+    last, _, _, _ = load_trained(str(out), which="last")
+    assert SplitCider(last, split_files(synthetic_data, "dev"), config.feature_shape)()[0] == \
+        pytest.approx(cider[-1], abs=1e-6)
