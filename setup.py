@@ -37,7 +37,7 @@ REQUIRED = [
     "pillow>=10",
     "nltk>=3.8",
     "google-cloud-storage>=2.10",
-    "tfrecord>=1.14",
+    "google-crc32c>=1.5",  # TFRecord CRCs of image shards (pipelines/shards/tfrecord.py)
     "pyyaml>=6",
 ]
 
@@ -50,6 +50,7 @@ EXTRAS = {
         "pytest>=8",
         "pytest-timeout>=2",
         "gcp-storage-emulator>=2024.0",
+        "tfrecord>=1.14",  # the tests read TFRecords back with it, next to TensorFlow
         "pycocoevalcap>=1.2",
         "matplotlib>=3.7",
         "pyarrow",

@@ -77,7 +77,7 @@ def read_features(out):
     feats = {}
     for rec in tf.data.TFRecordDataset(match([records.shard_pattern(out, records.FEATURES_PREFIX)])):
         r = records.parse_feature_example(rec.numpy())
-        feats[r["image_id"]] = r["feature"]
+        feats[r.image_id] = r.feature
     return feats
 
 

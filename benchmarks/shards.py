@@ -70,7 +70,8 @@ def beam_read_decode(patterns, input_format: str, size: int, beam_args) -> tuple
 def raw_read(paths, fmt: str) -> tuple:
     """Plain-Python streaming read of shard files (or loose files): (images, seconds)."""
     from pipelines import io as pio
-    from pipelines.shards import ShardRecord, iter_shard
+    from pipelines.image_items import ShardRecord
+    from pipelines.shards.read import iter_shard
     start, n = time.time(), 0
     for path in paths:
         if fmt == "files":

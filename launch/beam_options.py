@@ -1,13 +1,21 @@
-"""Beam flags on captionbeam's command line: validation (a bad flag fails fast, naming it) and
-named runner profiles (``--profile local|dataflow-gpu|flink|spark`` from a YAML file)."""
+"""Beam flags on captionbeam's command line: the runner arguments every Beam job takes (``--profile``,
+``--profiles-file``, ``--dry-run``), validation (a bad flag fails fast, naming it) and merging.
+
+Merge rules (:func:`merge_flags`): profile flags first, then the command line's; a single-valued
+option set twice keeps the last value (the command line wins); a repeatable option
+(``--experiments``, ``--dataflow_service_options``, ``--beam_plugin``) keeps every distinct value once.
+"""
 from __future__ import annotations
 
 import argparse
-import os
-from typing import Dict, List, Optional, Sequence
+import logging
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
 
-PROFILES_ENV = "CAPTIONBEAM_PROFILES"
-DEFAULT_PROFILES_FILE = os.path.join(os.path.dirname(__file__), "profiles.yaml")
+from launch.profiles import PROFILES_ENV, load_profiles, placeholders, profile_args, profiles_file
+
+RUNNER_FLAGS = ("--profile", "--profiles-file", "--dry-run")
+log = logging.getLogger(__name__)
 
 
 def add_profile_argument(parser: argparse.ArgumentParser) -> None:
@@ -15,7 +23,7 @@ def add_profile_argument(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--profile", default=None,
                        help="named runner profile from --profiles-file (e.g. local, dataflow-gpu, flink, spark); "
                             "explicit Beam flags override the profile's")
-    group.add_argument("--profiles-file", default=os.environ.get(PROFILES_ENV, DEFAULT_PROFILES_FILE),
+    group.add_argument("--profiles-file", default=profiles_file(),
                        help=f"YAML file of profiles (default: ${PROFILES_ENV} or the packaged profiles.yaml)")
     group.add_argument("--dry-run", action="store_true",
                        help="print the resolved pipeline options and the equivalent command line; submit nothing")
@@ -46,21 +54,17 @@ def unknown_beam_flags(args: Sequence[str]) -> List[str]:
 
 
 def validate_pipeline_args(parser: argparse.ArgumentParser, rest: Sequence[str], profile: Optional[str] = None,
-                           command: str = "", profiles_file: Optional[str] = None) -> List[str]:
+                           command: str = "", profiles_path: Optional[str] = None) -> List[str]:
     """Beam flags left after the command's own: fail (via ``parser.error``) on any Beam does not know;
-    put the profile's flags first so explicit flags win, and merge them without duplicates
-    (:func:`launch.profiles.merge_flags`)."""
+    put the profile's flags first so explicit flags win, and merge them without duplicates."""
     bad = unknown_beam_flags(rest)
     if bad:
         parser.error(f"unrecognized arguments: {' '.join(bad)} (neither a {command} option nor a Beam pipeline option)")
-    from launch.profiles import merge_flags, placeholders
     from_profile: List[str] = []
     if profile:
-        from launch.profiles import load_profiles, profile_args
-        path = profiles_file or os.environ.get(PROFILES_ENV, DEFAULT_PROFILES_FILE)
+        path = profiles_file(profiles_path)
         try:
-            profiles = load_profiles(path)
-            from_profile = profile_args(profiles, profile, command)
+            from_profile = profile_args(load_profiles(path), profile, command)
         except (KeyError, ValueError, FileNotFoundError) as e:
             parser.error(f"--profile: {e}")
         bad = unknown_beam_flags(from_profile)
@@ -69,8 +73,74 @@ def validate_pipeline_args(parser: argparse.ArgumentParser, rest: Sequence[str],
     merged = merge_flags(from_profile, rest)
     todo = placeholders(merged)
     if todo:
-        import logging
-        logging.getLogger(__name__).warning(
-            "pipeline options still hold placeholders from the example profiles file (edit it, point "
-            "--profiles-file at your copy, or pass the flags): %s", " ".join(todo))
+        log.warning("pipeline options still hold placeholders from the example profiles file (edit it, point "
+                    "--profiles-file at your copy, or pass the flags): %s", " ".join(todo))
     return merged
+
+
+@dataclass(frozen=True)
+class Flag:
+    dest: str          # the PipelineOptions attribute it sets
+    tokens: Tuple[str, ...]   # normalised tokens: ("--key=value",) or ("--switch",)
+    repeatable: bool
+
+
+def _beam_actions() -> Dict[str, argparse.Action]:
+    actions = {}
+    for action in _beam_parser()._actions:
+        for s in action.option_strings:
+            actions[s] = action
+    return actions
+
+
+def parse_flags(args: Sequence[str], actions: Optional[Dict[str, argparse.Action]] = None) -> List[Flag]:
+    """Beam flags -> normalised :class:`Flag`s (``--k v`` and ``--k=v`` both become ``--k=v``).
+    Tokens Beam does not know are kept as they are (single-valued)."""
+    actions = _beam_actions() if actions is None else actions
+    out: List[Flag] = []
+    i = 0
+    args = list(args)
+    while i < len(args):
+        tok = args[i]
+        key, eq, value = tok.partition("=")
+        action = actions.get(key)
+        if action is None:
+            out.append(Flag(dest=key, tokens=(tok,), repeatable=False))
+            i += 1
+            continue
+        repeatable = type(action).__name__ in ("_AppendAction", "_CommaSeparatedListAction", "_ExtendAction")
+        if action.nargs == 0:
+            out.append(Flag(dest=action.dest, tokens=(key,), repeatable=False))
+            i += 1
+            continue
+        if not eq:
+            if i + 1 < len(args):
+                value = args[i + 1]
+                i += 1
+        out.append(Flag(dest=action.dest, tokens=(f"{key}={value}",), repeatable=repeatable))
+        i += 1
+    return out
+
+
+def merge_flags(*groups: Sequence[str]) -> List[str]:
+    """Concatenate groups of Beam flags (earlier groups are overridden by later ones) without duplicates:
+    a single-valued option keeps its last value, a repeatable one every distinct value once."""
+    actions = _beam_actions()
+    flags: List[Flag] = []
+    for g in groups:
+        flags.extend(parse_flags(g, actions))
+    last_single: Dict[str, int] = {}
+    for n, f in enumerate(flags):
+        if not f.repeatable:
+            last_single[f.dest] = n
+    out: List[str] = []
+    seen_repeat = set()
+    for n, f in enumerate(flags):
+        if f.repeatable:
+            if f.tokens in seen_repeat:
+                continue
+            seen_repeat.add(f.tokens)
+        elif last_single[f.dest] != n:
+            continue
+        out.extend(f.tokens)
+    return out

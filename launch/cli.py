@@ -78,10 +78,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         add_profile_argument(subparsers[name])
         args, rest = parser.parse_known_args(argv)
         pipeline_args = validate_pipeline_args(subparsers[name], rest, profile=args.profile, command=name,
-                                               profiles_file=args.profiles_file)
+                                               profiles_path=args.profiles_file)
         if args.dry_run:
-            from launch.profiles import print_dry_run
-            print_dry_run(name, argv, pipeline_args)
+            from launch.dry_run import dry_run_report, print_dry_run
+            print_dry_run(dry_run_report(name, module, args, argv, rest, pipeline_args))
             return 0
     else:
         args = parser.parse_args(argv)

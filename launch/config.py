@@ -14,11 +14,13 @@ override the file; what neither sets keeps the defaults (the embedded sample dat
     evaluate: {split: test, beam_size: 3}
     runner:  {profile: dataflow, pipeline_args: ["--max_num_workers=50"]}
 
-Unknown keys are errors naming the key (a typo must not silently fall back to a default).
+Unknown keys, and values of the wrong type (``epochs: "three"``), are errors naming the key and what
+it expects (a typo must not silently fall back to a default, nor fail later as a ValueError).
 """
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from typing import Dict, List, Mapping, Optional, Sequence
 
@@ -51,7 +53,7 @@ class DataSection:
 
 @dataclass
 class FeaturesSection:
-    encoder: str = "thumbnail"       # the embedded default's tiny encoder (launch.run.build_thumbnail_encoder)
+    encoder: str = "thumbnail"       # the embedded default's tiny encoder (model.thumbnail.build_thumbnail_encoder)
     weights: str = "none"
     image_size: int = 64
     batch_size: int = 32
@@ -132,24 +134,64 @@ class RunConfig:
         return asdict(self)
 
 
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def _describe(hint) -> str:
+    origin, params = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union:
+        return " or ".join(_describe(p) if p is not type(None) else "null" for p in params)
+    if origin in (list, List):
+        return f"a list of {_describe(params[0]).split(' ', 1)[-1]}s" if params else "a list"
+    if origin in (dict, Dict):
+        return "a mapping of names to strings"
+    return _TYPE_NAMES.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _matches(hint, value) -> bool:
+    origin, params = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union:
+        return any(value is None if p is type(None) else _matches(p, value) for p in params)
+    if origin in (list, List):
+        return isinstance(value, list) and all(_matches(params[0], v) for v in value) if params else isinstance(value, list)
+    if origin in (dict, Dict):
+        return isinstance(value, Mapping) and all(_matches(params[0], k) and _matches(params[1], v)
+                                                  for k, v in value.items())
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def check_type(key: str, hint, value):
+    """``value`` if it is of the field's type (an int where a float is expected becomes a float), else a
+    :class:`ConfigError` naming ``key`` and the type it expects."""
+    if not _matches(hint, value):
+        raise ConfigError(f"{key}: expected {_describe(hint)}, got {type(value).__name__} {value!r}")
+    return float(value) if hint is float else value
+
+
 def _build(cls, data: Mapping[str, object], where: str):
     if data is None:
         return cls()
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
     known = {f.name: f for f in fields(cls)}
+    hints = typing.get_type_hints(cls)
     kwargs = {}
     for key, value in data.items():
+        dotted = f"{where + '.' if where else ''}{key}"
         if key not in known:
-            raise ConfigError(f"{where + '.' if where else ''}{key}: unknown key; known: {', '.join(known)}")
+            raise ConfigError(f"{dotted}: unknown key; known: {', '.join(known)}")
         f = known[key]
         sub = f.default_factory if f.default_factory is not dataclasses.MISSING else None
         if dataclasses.is_dataclass(sub):
-            kwargs[key] = _build(sub, value, f"{where + '.' if where else ''}{key}")
+            kwargs[key] = _build(sub, value, dotted)
         elif key in ("images", "extra", "pipeline_args") and isinstance(value, str):
             kwargs[key] = [value]
         else:
-            kwargs[key] = value
+            kwargs[key] = check_type(dotted, hints[key], value)
     return cls(**kwargs)
 
 

@@ -17,6 +17,8 @@ import io
 import json
 import os
 import shutil
+
+import pipelines.io as pio
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence
 
@@ -86,14 +88,6 @@ def _e(text: object) -> str:
 
 
 # ----------------------------------------------------------------------------- files
-def _read(path: str) -> bytes:
-    if "://" in path:
-        import pipelines.io as pio
-        return pio.read_bytes(path)
-    with open(path, "rb") as f:
-        return f.read()
-
-
 def _thumbnail(data: bytes, dest: str, side: int = THUMB_SIDE) -> None:
     """Write a JPEG thumbnail (RGB, longest side ``side``) of image bytes to ``dest``."""
     from PIL import Image, ImageOps
@@ -183,7 +177,7 @@ def write_report(data: ReportData, out_dir: str) -> str:
     if data.curves_png:
         curves = os.path.join(img_dir, "training_curves.png")
         with open(curves, "wb") as f:
-            f.write(_read(data.curves_png))
+            f.write(pio.read_bytes(data.curves_png))
     elif data.history:
         curves = plot_history(data.history, os.path.join(img_dir, "training_curves.png"))
     parts.append('<h2 id="curves">Training curves</h2>')
@@ -197,7 +191,7 @@ def write_report(data: ReportData, out_dir: str) -> str:
     for n, item in enumerate(data.gallery):
         name = f"{n:03d}.jpg"
         try:
-            _thumbnail(_read(item.image), os.path.join(img_dir, name))
+            _thumbnail(pio.read_bytes(item.image), os.path.join(img_dir, name))
             img = f'<img src="{IMAGES_DIR}/{name}" alt="{_e(item.image_id or item.image)}">'
         except (OSError, ValueError) as e:  # unreadable source: say so in the card
             img = f"<p>image not available: {_e(type(e).__name__)}: {_e(e)}</p>"
@@ -206,7 +200,7 @@ def write_report(data: ReportData, out_dir: str) -> str:
             att_name = f"{n:03d}-attention.png"
             try:
                 with open(os.path.join(img_dir, att_name), "wb") as f:
-                    f.write(_read(item.attention))
+                    f.write(pio.read_bytes(item.attention))
                 att = (f'<details class="att" open><summary>attention maps</summary>'
                        f'<img src="{IMAGES_DIR}/{att_name}" alt="attention maps"></details>')
             except OSError:
@@ -236,22 +230,19 @@ def write_report(data: ReportData, out_dir: str) -> str:
 
 
 # ----------------------------------------------------------------------------- from a model dir
+def history_columns(epochs: Sequence[Mapping[str, float]]) -> Optional[dict]:
+    """The trainer's per-epoch rows (``[{"epoch": 1, "loss": .., "val_loss": ..}, ...]``) as columns
+    (``{"loss": [...], "val_loss": [...]}``) for the curves; None without rows."""
+    if not epochs:
+        return None
+    keys = sorted({k for row in epochs for k in row if k != "epoch"})
+    return {k: [row.get(k) for row in epochs] for k in keys}
+
+
 def load_history(model_dir: str) -> Optional[dict]:
-    """The trainer's history (``history.json``), if the model dir has one."""
-    import pipelines.io as pio
-    for name in ("history.json", "metrics/history.json"):
-        path = pio.join(model_dir, name)
-        if pio.exists(path):
-            data = pio.read_json(path)
-            if isinstance(data, dict) and "epochs" in data and isinstance(data["epochs"], list):
-                # [{"epoch": 1, "loss": .., "val_loss": ..}, ...] -> {"loss": [...], ...}
-                keys = sorted({k for row in data["epochs"] for k in row if k != "epoch"})
-                return {k: [row.get(k) for row in data["epochs"]] for k in keys}
-            if isinstance(data, list):
-                keys = sorted({k for row in data for k in row if k != "epoch"})
-                return {k: [row.get(k) for row in data] for k in keys}
-            return data
-    return None
+    """The trainer's history (``history.json``, read by :func:`model.progress.load_history`) as columns."""
+    from model.progress import load_history as load_epochs
+    return history_columns(load_epochs(model_dir))
 
 
 def find_curves_png(model_dir: str) -> Optional[str]:

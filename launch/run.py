@@ -1,6 +1,6 @@
-"""``captionbeam run``: the whole chain, one stage after another, each stage the real subcommand
-(called in-process through :func:`launch.cli.main`), so ``run`` does nothing a user could not do by
-hand with the command lines it prints.
+"""``captionbeam run``: the whole chain, one stage after another. Each stage is a real subcommand's
+typed call (its ``config_from_args`` and ``run``), and ``run`` prints the equivalent ``captionbeam``
+command line first, so it does nothing a user could not do by hand with the lines it prints.
 
 Stages (workdir ``W``, local or ``gs://``)::
 
@@ -17,50 +17,28 @@ Every stage leaves ``W/stages/<stage>.json`` (its command line, seconds and summ
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
-import shlex
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, TextIO
+from dataclasses import asdict, dataclass
+from typing import Callable, Dict, List, Optional, Sequence, TextIO
 
 import pipelines.io as pio
+from launch.command_args import CommandError, Invocation, invocation
+from launch.commands import caption as caption_cmd
+from launch.commands import captions as captions_cmd
+from launch.commands import evaluate as evaluate_cmd
+from launch.commands import features as features_cmd
+from launch.commands import sample as sample_cmd
+from launch.commands import train as train_cmd
 from launch.config import RunConfig
+from launch.grounding import grounding
+from model.thumbnail import build_thumbnail_encoder
 
 BEAM_STAGES = ("features", "captions")
 THUMBNAIL = "thumbnail"
-
-
-def build_thumbnail_encoder(path: str, image_size: int, grid: int = 16, spatial: bool = False) -> str:
-    """Write the embedded default's tiny encoder to ``path`` (a ``.keras`` file ``captionbeam
-    features --encoder PATH`` loads like any user model): the image rescaled to -1..1 and
-    average-pooled to a ``grid`` x ``grid`` colour thumbnail; flattened (merge / inject), or as a
-    (grid/2, grid/2, 12) map (2x2 cells stacked per location) for the attention model.
-
-    No weights to download and nothing random: on the sample dataset (coloured shapes at positions
-    on backgrounds) this keeps what the captions talk about, so a model trained for a minute or two
-    learns it. Real data wants a real encoder (``--encoder mobilenet --weights imagenet``)."""
-    import keras
-    if image_size % grid:
-        raise ValueError(f"--image-size {image_size} must be a multiple of the thumbnail grid {grid}")
-    inp = keras.Input((image_size, image_size, 3), name="image")
-    x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="to_unit_range")(inp)
-    x = keras.layers.AveragePooling2D(image_size // grid, name="thumbnail")(x)
-    if spatial:
-        half = grid // 2
-        x = keras.layers.Reshape((half, 2, half, 2, 3))(x)
-        x = keras.layers.Permute((1, 3, 2, 4, 5))(x)
-        x = keras.layers.Reshape((half, half, 12), name="cells")(x)
-    else:
-        x = keras.layers.Flatten(name="features")(x)
-    model = keras.Model(inp, x, name=f"thumbnail{grid}")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    model.save(path)
-    return path
 
 
 class StageError(RuntimeError):
@@ -76,35 +54,9 @@ class StageResult:
     seconds: float = 0.0
     summary: str = ""
     cached: bool = False
-    output: str = ""
 
     def marker(self) -> dict:
         return {"name": self.name, "argv": self.argv, "seconds": round(self.seconds, 2), "summary": self.summary}
-
-
-class _Tee(io.TextIOBase):
-    """Write to the console (indented) and keep a copy."""
-
-    def __init__(self, console: TextIO, prefix: str = "    "):
-        self.console, self.prefix, self.buffer, self._bol = console, prefix, io.StringIO(), True
-
-    def write(self, text: str) -> int:
-        self.buffer.write(text)
-        out = []
-        for ch in text:
-            if self._bol and ch != "\n":
-                out.append(self.prefix)
-            out.append(ch)
-            self._bol = ch == "\n"
-        self.console.write("".join(out))
-        self.console.flush()
-        return len(text)
-
-    def flush(self):
-        self.console.flush()
-
-    def getvalue(self) -> str:
-        return self.buffer.getvalue()
 
 
 @dataclass
@@ -128,40 +80,6 @@ class Layout:
     def report(self) -> str: return self.p("report")
     @property
     def stages(self) -> str: return self.p("stages")
-
-
-def grounding(scenes_jsonl: str, predictions: Mapping[str, str]) -> Dict[str, float]:
-    """On the sample dataset, how often the words of a caption are true of its image: of the colour
-    (shape) words a caption uses, the fraction naming a colour (shape) that is drawn in it; next to
-    the same figure with the captions given to other images (what an image-blind model scores)."""
-    from pipelines.sample import COLOURS, SHAPE_PLURALS, SHAPE_WORDS
-    word_shape = {w: s for s, ws in SHAPE_WORDS.items() for w in ws}
-    word_shape.update({SHAPE_PLURALS[w]: s for w, s in list(word_shape.items()) if w in SHAPE_PLURALS})
-    scenes = {}
-    for line in pio.read_text(scenes_jsonl).splitlines():
-        if line.strip():
-            row = json.loads(line)
-            colours = {o["colour"] for o in row["objects"]} | set(str(row.get("background", "")).split("-"))
-            scenes[row["image_id"]] = (colours, {o["shape"] for o in row["objects"]})
-    ids = [i for i in predictions if i in scenes]
-
-    def score(pairs):
-        hit = {"colour": [0, 0], "shape": [0, 0]}
-        for scene_id, caption in pairs:
-            colours, shapes = scenes[scene_id]
-            for w in caption.lower().split():
-                if w in COLOURS:
-                    hit["colour"][0] += w in colours
-                    hit["colour"][1] += 1
-                elif w in word_shape:
-                    hit["shape"][0] += word_shape[w] in shapes
-                    hit["shape"][1] += 1
-        return {k: (a / b if b else 0.0) for k, (a, b) in hit.items()}
-
-    own = score((i, predictions[i]) for i in ids)
-    shifted = score((i, predictions[j]) for i, j in zip(ids, ids[1:] + ids[:1]))
-    return {"colour_words_true": own["colour"], "colour_words_true_image_blind": shifted["colour"],
-            "shape_words_true": own["shape"], "shape_words_true_image_blind": shifted["shape"]}
 
 
 def _fmt_seconds(s: float) -> str:
@@ -195,37 +113,42 @@ class RunPipeline:
                     {n: pio.join(s, f"{n}.txt") for n in ("train", "dev", "test")})
         return list(d.images), d.captions, dict(d.splits)
 
-    # ------------------------------------------------------------------ command lines
-    def commands(self) -> List[tuple]:
-        """(stage, argv) of every command stage, in order (the plan a dry run prints)."""
+    # ------------------------------------------------------------------ stages
+    def invocations(self) -> List[Invocation]:
+        """Every command stage's arguments and equivalent command line, in order (the plan a dry run prints)."""
         c, L = self.config, self.layout
         images, captions, splits = self.data_inputs()
         plan = []
         if c.data.is_sample:
-            plan.append(("sample", ["sample", "--output", L.sample, "--images", str(c.sample.images),
-                                    "--size", str(c.sample.size), "--seed", str(c.sample.seed)]))
+            plan.append(invocation(sample_cmd, {"output": L.sample, "images": c.sample.images,
+                                                "size": c.sample.size, "seed": c.sample.seed}))
         f = c.features
-        plan.append(("features", ["features", "--images", *images, "--output", L.features, "--encoder", self.encoder,
-                                  "--weights", f.weights, "--image-size", str(f.image_size),
-                                  "--batch-size", str(f.batch_size), "--overwrite", *f.extra,
-                                  *self.stage_pipeline_args("features")]))
-        cap = ["captions", "--captions", captions, "--format", c.data.caption_format]
-        for name, path in splits.items():
-            cap += ["--split", f"{name}={path}"]
-        cap += ["--features", L.features, "--output", L.data, "--clean", c.captions.clean,
-                "--min-count", str(c.captions.min_count), "--overwrite", *c.captions.extra,
-                *self.stage_pipeline_args("captions")]
-        plan.append(("captions", cap))
+        plan.append(invocation(features_cmd, {
+            "images": list(images), "output": L.features, "encoder": self.encoder, "weights": f.weights,
+            "image_size": f.image_size, "batch_size": f.batch_size, "overwrite": True},
+            extra=f.extra, pipeline_args=self.stage_pipeline_args("features")))
+        plan.append(invocation(captions_cmd, {
+            "captions": captions, "format": c.data.caption_format, "splits": list(splits.items()),
+            "features": L.features, "output": L.data, "clean": c.captions.clean, "min_count": c.captions.min_count,
+            "overwrite": True}, extra=c.captions.extra, pipeline_args=self.stage_pipeline_args("captions")))
         t = c.train
-        plan.append(("train", ["train", "--data", L.data, "--model-dir", L.model, "--arch", t.arch,
-                               "--epochs", str(t.epochs), "--batch-size", str(t.batch_size),
-                               "--learning-rate", str(t.learning_rate),
-                               *self.train_profile_args, *t.extra]))
+        plan.append(invocation(train_cmd, {
+            "data": L.data, "model_dir": L.model, "arch": t.arch, "epochs": t.epochs, "batch_size": t.batch_size,
+            "learning_rate": t.learning_rate}, extra=[*self.train_profile_args, *t.extra]))
         e = c.evaluate
-        plan.append(("evaluate", ["evaluate", "--model-dir", L.model, "--data", L.data, "--split", e.split,
-                                  "--beam-size", str(e.beam_size), "--output", self.predictions_file,
-                                  "--json", *e.extra]))
+        plan.append(invocation(evaluate_cmd, {
+            "model_dir": L.model, "data": L.data, "split": e.split, "beam_size": e.beam_size,
+            "output": self.predictions_file}, extra=e.extra))
         return plan
+
+    def caption_invocation(self, paths: Sequence[str]) -> Invocation:
+        values = {"model_dir": self.layout.model, "images": list(paths), "beam_size": self.config.evaluate.beam_size}
+        if self.config.train.arch == "attention":
+            values["attention_plot"] = pio.join(self.layout.eval, "attention")
+        if self.config.features.encoder == THUMBNAIL:
+            # features_spec.json names a model-file encoder by its base name: point at the file
+            values["encoder_file"] = self.encoder
+        return invocation(caption_cmd, values)
 
     @property
     def encoder(self) -> str:
@@ -253,44 +176,71 @@ class RunPipeline:
 
     @property
     def metrics_file(self) -> str:
-        return pio.join(self.layout.eval, f"{self.config.evaluate.split}.predictions.metrics.json")
+        return evaluate_cmd.metrics_path(self.predictions_file)
 
     # ------------------------------------------------------------------ stage running
-    def _header(self, n: int, total: int, name: str, argv: Sequence[str]) -> None:
-        print(f"\n[{n}/{total}] {name}", file=self.console)
-        print("    $ " + shlex.join(["captionbeam", *argv]), file=self.console)
+    def _header(self, n: int, total: int, inv: Invocation) -> None:
+        print(f"\n[{n}/{total}] {inv.command}", file=self.console)
+        print("    $ " + inv.line, file=self.console)
         self.console.flush()
 
     def _marker_path(self, name: str) -> str:
         return pio.join(self.layout.stages, f"{name}.json")
 
-    def _cached(self, name: str, argv: List[str]) -> Optional[StageResult]:
-        if not self.resume or not pio.exists(self._marker_path(name)):
+    def _cached(self, inv: Invocation) -> Optional[StageResult]:
+        if not self.resume or not pio.exists(self._marker_path(inv.command)):
             return None
-        m = pio.read_json(self._marker_path(name))
-        if m.get("argv") != argv:
+        m = pio.read_json(self._marker_path(inv.command))
+        if m.get("argv") != inv.argv:
             return None
-        return StageResult(name=name, argv=argv, seconds=float(m.get("seconds", 0)), summary=m.get("summary", ""),
-                           cached=True)
+        return StageResult(name=inv.command, argv=inv.argv, seconds=float(m.get("seconds", 0)),
+                           summary=m.get("summary", ""), cached=True)
 
-    def run_command(self, name: str, argv: List[str]) -> StageResult:
-        """One subcommand in-process; its stdout is shown (indented) and kept."""
-        from launch.cli import main as cli_main
-        cached = self._cached(name, argv)
+    def _say(self, lines: Sequence[str]) -> None:
+        for line in lines:
+            print("    " + line if line else "", file=self.console)
+        self.console.flush()
+
+    def _execute(self, inv: Invocation):
+        """One stage's typed call -> its result (the job's own result object)."""
+        name, args = inv.command, inv.args
+        if name == "sample":
+            config, start = sample_cmd.config_from_args(args), time.time()
+            result = sample_cmd.run(config)
+            self._say(sample_cmd.summary(config, result, time.time() - start))
+        elif name == "features":
+            config = features_cmd.config_from_args(args)
+            result = features_cmd.run(config, inv.pipeline_args, overwrite=args.overwrite)
+            self._say(features_cmd.summary(config, result))
+        elif name == "captions":
+            config = captions_cmd.config_from_args(args)
+            result = captions_cmd.run(config, inv.pipeline_args)
+            self._say(captions_cmd.summary(config, result))
+        elif name == "train":
+            result = train_cmd.run(train_cmd.config_from_args(args))
+        elif name == "evaluate":
+            result = evaluate_cmd.run(evaluate_cmd.config_from_args(args))
+            from model.scoring import format_report
+            self._say(format_report(result).splitlines())
+        else:
+            raise ValueError(f"not a stage of captionbeam run: {name}")
+        return result
+
+    def run_stage(self, inv: Invocation) -> StageResult:
+        """One stage in-process (or its marker, with --resume and the same command line)."""
+        cached = self._cached(inv)
         if cached:
             print(f"    (done earlier, --resume: {cached.summary})", file=self.console)
             return cached
-        tee = _Tee(self.console)
         start = time.time()
         try:
-            with contextlib.redirect_stdout(tee):
-                rc = cli_main(list(argv))
-        except SystemExit as e:  # argparse errors inside a stage
-            rc = e.code if isinstance(e.code, int) else 2
-        seconds = time.time() - start
-        if rc:
-            raise StageError(name, f"`captionbeam {argv[0]}` exited with status {rc}")
-        return StageResult(name=name, argv=argv, seconds=seconds, output=tee.getvalue())
+            value = self._execute(inv)
+        except CommandError as e:
+            raise StageError(inv.command, str(e)) from None
+        result = StageResult(name=inv.command, argv=inv.argv, seconds=time.time() - start)
+        if inv.command == "evaluate":
+            self.metrics = value.to_dict()
+        return result
 
     @staticmethod
     def _clear(directory: str) -> None:
@@ -342,18 +292,6 @@ class RunPipeline:
             return f"(no summary: {type(e).__name__}: {e})"
         return ""
 
-    def _parse_metrics(self, output: str) -> Dict[str, object]:
-        """The JSON object ``evaluate --json`` printed (the last top-level JSON value in its output)."""
-        path = self.metrics_file
-        if pio.exists(path):
-            return pio.read_json(path)
-        text = output.strip()
-        for start in [i for i, ch in enumerate(text) if ch == "{" and (i == 0 or text[i - 1] == "\n")]:
-            try:
-                return json.loads(text[start:])
-            except json.JSONDecodeError:
-                continue
-        return {}
 
     # ------------------------------------------------------------------ held-out captions
     def _references(self) -> Dict[str, List[str]]:
@@ -373,29 +311,26 @@ class RunPipeline:
     def caption_held_out(self, n: int, total: int) -> StageResult:
         paths = self._held_out_images()
         out_jsonl = pio.join(self.layout.eval, "captions.jsonl")
-        argv = ["caption", "--model-dir", self.layout.model, *paths, "--beam-size",
-                str(self.config.evaluate.beam_size), "--json"]
-        attention = self.config.train.arch == "attention"
-        if attention:
-            argv += ["--attention-plot", pio.join(self.layout.eval, "attention")]
-        self._header(n, total, "caption", argv)
-        # features_spec.json names a model-file encoder by its base name, which the captioner resolves
-        # against the working directory: run the stage beside the thumbnail encoder's file
-        here = (os.path.dirname(self.encoder) if self.config.features.encoder == THUMBNAIL
-                and not pio.is_gcs(self.encoder) else os.getcwd())
-        with contextlib.chdir(here):
-            result = self.run_command("caption", argv) if paths else StageResult("caption", argv)
-        rows = []
-        for line in result.output.splitlines():
-            line = line.strip()
-            if line.startswith("{"):
+        inv = self.caption_invocation(paths)
+        self._header(n, total, inv)
+        rows: List[dict] = []
+        result = self._cached(inv)
+        if result:
+            print(f"    (done earlier, --resume: {result.summary})", file=self.console)
+            if pio.exists(out_jsonl):
+                rows = [json.loads(l) for l in pio.read_text(out_jsonl).splitlines() if l.strip()]
+        else:
+            start = time.time()
+            if paths:
                 try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    pass
-        if result.cached and not rows and pio.exists(out_jsonl):
-            rows = [json.loads(l) for l in pio.read_text(out_jsonl).splitlines() if l.strip()]
+                    found = caption_cmd.run(caption_cmd.config_from_args(inv.args),
+                                            on_row=lambda r: self._say([f"{r['path']}\t{r['caption']}"]))
+                except CommandError as e:
+                    raise StageError("caption", str(e)) from None
+                rows = found.rows
+            result = StageResult("caption", inv.argv, seconds=time.time() - start)
         refs = self._references()
+        attention = self.config.train.arch == "attention"
         for r in rows:
             iid = r.get("image_id") or pio.image_id_from_path(r.get("path", ""))
             r["image_id"] = iid
@@ -427,14 +362,10 @@ class RunPipeline:
             notes=[f"workdir: {self.layout.workdir}",
                    f"metrics on the {c.evaluate.split} split, beam size {c.evaluate.beam_size}"])
         if pio.is_gcs(self.layout.report):
+            from launch.staging import copy_tree
             with tempfile.TemporaryDirectory(prefix="captionbeam-report-") as tmp:
                 write_report(data, tmp)
-                for root, _, files in os.walk(tmp):
-                    for name in files:
-                        local = os.path.join(root, name)
-                        rel = os.path.relpath(local, tmp).replace(os.sep, "/")
-                        with open(local, "rb") as fh:
-                            pio.write_bytes(pio.join(self.layout.report, rel), fh.read())
+                copy_tree(tmp, self.layout.report)
             path = pio.join(self.layout.report, "index.html")
         else:
             path = write_report(data, self.layout.report)
@@ -445,19 +376,20 @@ class RunPipeline:
 
     # ------------------------------------------------------------------ all
     def run(self) -> Dict[str, object]:
-        plan = self.commands()
+        plan = self.invocations()
         total = len(plan) + 2
         started = time.time()
         print(f"captionbeam run: {total} stages into {self.layout.workdir}", file=self.console)
-        for n, (name, argv) in enumerate(plan, 1):
-            self._header(n, total, name, argv)
-            if name == "features" and not self._cached(name, argv):
+        for n, inv in enumerate(plan, 1):
+            self._header(n, total, inv)
+            if inv.command == "features" and not self._cached(inv):
                 self.prepare_encoder()
-            if name == "train" and not self._cached(name, argv):
+            if inv.command == "train" and not self._cached(inv):
                 self._clear(self.layout.model)   # a model dir with checkpoints would be resumed, not retrained
-            result = self.run_command(name, argv)
-            if name == "evaluate":
-                self.metrics = self._parse_metrics("" if result.cached else result.output)
+            result = self.run_stage(inv)
+            if inv.command == "evaluate":
+                if result.cached:
+                    self.metrics = pio.read_json(self.metrics_file) if pio.exists(self.metrics_file) else {}
                 if self.config.data.is_sample and pio.exists(self.predictions_file):
                     preds = {}
                     for line in pio.read_text(self.predictions_file).splitlines():
@@ -466,14 +398,14 @@ class RunPipeline:
                             preds[row["image_id"]] = row["caption"]
                     self.metrics["grounding"] = grounding(pio.join(self.layout.sample, "scenes.jsonl"), preds)
             if not result.summary:
-                result.summary = self._summary(name, result)
+                result.summary = self._summary(inv.command, result)
             self._finish(result)
         self.caption_held_out(len(plan) + 1, total)
         report = self.write_report(total, total) if self.config.report else None
         elapsed = time.time() - started
         self.print_summary(elapsed, report)
         return {"metrics": self.metrics, "captions": self.captions, "report": report, "seconds": elapsed,
-                "stages": [asdict(r) | {"output": ""} for r in self.results]}
+                "stages": [asdict(r) for r in self.results]}
 
     def print_summary(self, elapsed: float, report: Optional[str]) -> None:
         from launch.report import metrics_rows

@@ -20,6 +20,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Dict, Iterable, Iterator, List, Tuple, Union
 
+from model import jsonl
+
 FORMATS = ("flickr8k", "kaggle", "coco", "jsonl")
 _IMAGE_EXT = re.compile(r"\.(jpe?g|png|webp|bmp|gif|tiff?)$", re.IGNORECASE)
 
@@ -131,9 +133,7 @@ def _coco_rows(text: str, source: str) -> Iterator[Row]:
 
 def _jsonl_rows(text: str, source: str) -> Iterator[Row]:
     order = 0
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
+    for n, line in jsonl.numbered_lines(text):
         where = f"{source}:{n}"
         try:
             row = json.loads(line)

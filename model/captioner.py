@@ -93,7 +93,8 @@ def resize_square(image: np.ndarray, size: int, method: str = DEFAULT_RESIZE) ->
 
 class Captioner:
     def __init__(self, model, config, vocab, spec, model_dir: str, model_version: str, beam_size: int = 1,
-                 max_length: Optional[int] = None, batch_size: int = 32, alpha: float = 0.0):
+                 max_length: Optional[int] = None, batch_size: int = 32, alpha: float = 0.0,
+                 encoder_file: Optional[str] = None):
         from model.decode import Decoder
         if batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
@@ -108,17 +109,18 @@ class Captioner:
         self.image_size: Tuple[int, int] = (int(size[0]), int(size[-1]))
         self.resize_method = str((spec.extra or {}).get("resize_method") or DEFAULT_RESIZE)
         self.has_attention = bool(model.has_attention)
+        self.encoder_file = encoder_file   # a model-file encoder's path (features_spec.json names its base name)
         self._encoder = None
         self._lock = threading.Lock()
 
     @classmethod
     def load(cls, model_dir: str, beam_size: int = 1, max_length: Optional[int] = None, batch_size: int = 32,
-             alpha: float = 0.0, which: str = "best") -> "Captioner":
+             alpha: float = 0.0, which: str = "best", encoder_file: Optional[str] = None) -> "Captioner":
         from model.model_dir import load_trained, weights_path
         model, config, vocab, spec = load_trained(model_dir, which=which)
         version = model_version_of(model_dir, weights_path(model_dir, which))
         return cls(model, config, vocab, spec, model_dir, version, beam_size=beam_size, max_length=max_length,
-                   batch_size=batch_size, alpha=alpha)
+                   batch_size=batch_size, alpha=alpha, encoder_file=encoder_file)
 
     # ------------------------------------------------------------------ encoder
     @property
@@ -128,6 +130,7 @@ class Captioner:
             if self._encoder is None:
                 from model.encoders import build_encoder
                 name, weights, size, pre = encoder_arguments(self.spec)
+                name = self.encoder_file or name
                 try:
                     self._encoder = build_encoder(name, weights=weights, image_size=size, preprocessing=pre)
                 except ValueError as e:

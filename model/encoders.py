@@ -3,8 +3,9 @@ preprocessing, which output), plus user Keras models and TFLite files behind the
 
 No Beam here: the feature job, captioning of new images and the SavedModel export all use this module.
 
-Preprocessing is *exactly* the keras.applications module's own ``preprocess_input`` (numpy path), and
-:func:`preprocess_tf` is the same arithmetic in TensorFlow ops for graphs (export). The modes:
+Preprocessing is *exactly* the keras.applications module's own ``preprocess_input`` (numpy path); a bare
+mode (:func:`preprocess_numpy`, and :func:`preprocess_tf` in TensorFlow ops for graphs such as the export)
+is ``keras.applications.imagenet_utils.preprocess_input`` with that mode. The modes:
 
 ============  =====================================================  ==========================
 mode          arithmetic on RGB float32 0..255                         used by
@@ -40,9 +41,6 @@ USER_MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
 TFLITE_SUFFIXES = (".tflite",)
 PREPROCESSING_MODES = ("caffe", "tf", "torch", "none")
 
-_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
-_TORCH_MEAN = (0.485, 0.456, 0.406)
-_TORCH_STD = (0.229, 0.224, 0.225)
 
 
 class EncoderError(ValueError):
@@ -127,36 +125,34 @@ def _exists(path: str) -> bool:
 
 
 # ----------------------------------------------------------------------------- preprocessing
-def preprocess_numpy(images: np.ndarray, mode: str) -> np.ndarray:
-    """uint8/float RGB batch -> float32 with a mode's arithmetic, in numpy (same as keras's)."""
-    x = np.array(images, dtype=np.float32, copy=True)
-    if mode == "caffe":
-        x = x[..., ::-1] - np.asarray(_CAFFE_MEAN_BGR, np.float32)
-    elif mode == "tf":
-        x = x / 127.5 - 1.0
-    elif mode == "torch":
-        x = (x / 255.0 - np.asarray(_TORCH_MEAN, np.float32)) / np.asarray(_TORCH_STD, np.float32)
-    elif mode != "none":
+def _check_mode(mode: str) -> str:
+    if mode not in PREPROCESSING_MODES:
         raise EncoderError(f"unknown preprocessing mode {mode!r}; choose one of {', '.join(PREPROCESSING_MODES)}")
+    return mode
+
+
+def preprocess_numpy(images: np.ndarray, mode: str) -> np.ndarray:
+    """uint8/float RGB batch -> float32 with a mode's arithmetic: ``keras.applications.imagenet_utils.
+    preprocess_input`` itself (``none``: unchanged), on a fresh copy (keras works in place on floats)."""
+    from keras.applications import imagenet_utils
+    x = np.array(images, dtype=np.float32, copy=True)
+    if _check_mode(mode) != "none":
+        x = imagenet_utils.preprocess_input(x, data_format="channels_last", mode=mode)
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
 def preprocess_tf(images, mode: str):
-    """The same arithmetic in TensorFlow ops (uint8 or float tensor ``[..., H, W, 3]`` -> float32), for
-    graphs such as the exported SavedModel. ``mode`` is a preprocessing mode or a registered encoder name."""
+    """The same in TensorFlow ops (uint8 or float tensor ``[..., H, W, 3]`` -> float32: keras's tensor path
+    of ``imagenet_utils.preprocess_input``), for graphs such as the exported SavedModel. ``mode`` is a
+    preprocessing mode or a registered encoder name."""
     import tensorflow as tf
+    from keras.applications import imagenet_utils
     if mode in REGISTRY:
         mode = REGISTRY[mode].mode
     x = tf.cast(images, tf.float32)
-    if mode == "caffe":
-        return tf.reverse(x, axis=[-1]) - tf.constant(_CAFFE_MEAN_BGR, tf.float32)
-    if mode == "tf":
-        return x / 127.5 - 1.0
-    if mode == "torch":
-        return (x / 255.0 - tf.constant(_TORCH_MEAN, tf.float32)) / tf.constant(_TORCH_STD, tf.float32)
-    if mode == "none":
+    if _check_mode(mode) == "none":
         return x
-    raise EncoderError(f"unknown preprocessing mode {mode!r}; choose one of {', '.join(PREPROCESSING_MODES)}")
+    return imagenet_utils.preprocess_input(x, data_format="channels_last", mode=mode)
 
 
 def preprocess_function(name_or_mode: str) -> Callable[[np.ndarray], np.ndarray]:

@@ -1,17 +1,11 @@
-"""Corpus BLEU, computed exactly as NLTK's ``nltk.translate.bleu_score.corpus_bleu``: pure Python.
+"""Corpus BLEU-1..4 with NLTK (``nltk.translate.bleu_score.corpus_bleu``, one call with a list of
+weight tuples), plus the corpus statistics behind the scores (``BleuStatistics``, counted with NLTK's
+own ``modified_precision`` / ``closest_ref_length`` / ``brevity_penalty``), so a score can be explained.
 
-Why our own: one pass of n-gram statistics gives BLEU-1..4 at once (NLTK recounts per call), and the
-statistics are explicit (``BleuStatistics``), so the score can be explained. Equality with NLTK
-(to 1e-9, in practice to the last bit) is a test, on random corpora and on NLTK's edge cases.
-
-NLTK's behaviour, reproduced on purpose:
-- modified precision per order ``n`` is clipped counts over ``max(1, hypothesis n-grams)``: a
-  hypothesis shorter than ``n`` adds 1 to that order's denominator;
-- the reference length is the closest to the hypothesis length, ties to the shorter;
-- brevity penalty ``exp(1 - r/c)`` when ``c <= r`` (1 when ``c > r``, 0 when ``c == 0``);
-- no unigram match at all -> 0; an order with no match (no smoothing) contributes
-  ``log(sys.float_info.min)`` times its weight, i.e. a score of ~1e-77, not exactly 0;
-- geometric mean with ``math.fsum`` of ``w * log(p)`` over the orders.
+What this module adds to NLTK: an empty corpus scores 0 (NLTK divides by zero), a hypothesis without
+references is a clear ``ValueError``, NLTK's warnings about orders without matches are silenced (an
+order with no match, unsmoothed, contributes ``log(sys.float_info.min)`` times its weight: a score of
+~1e-77, not exactly 0; no unigram match at all gives 0).
 
 Variants: ``nltk`` (BLEU-n with uniform weights 1/n, the paper's definition) and ``tutorial`` (the
 classic merge-model tutorial's weights: (1,0,0,0), (.5,.5,0,0), (.3,.3,.3,0), (.25,.25,.25,.25);
@@ -22,9 +16,7 @@ tutorial's cleaned text), ``seed``/``basic`` (``model.text`` cleaning rules), ``
 """
 from __future__ import annotations
 
-import math
-import sys
-from collections import Counter
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Mapping, Sequence, Tuple
 
@@ -71,34 +63,12 @@ def get_variant(name: str) -> Dict[int, Tuple[float, ...]]:
 
 
 # ----------------------------------------------------------------------------- statistics
-def ngram_counts(tokens: Tokens, n: int) -> Counter:
-    if len(tokens) < n:
-        return Counter()
-    return Counter(tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1))
-
-
-def modified_precision(references: Sequence[Tokens], hypothesis: Tokens, n: int) -> Tuple[int, int]:
-    """(clipped matches, max(1, hypothesis n-grams)) for one hypothesis, as NLTK counts them."""
-    counts = ngram_counts(hypothesis, n)
-    max_counts: Dict[tuple, int] = {}
-    for reference in references:
-        ref_counts = ngram_counts(reference, n)
-        for ngram in counts:
-            max_counts[ngram] = max(max_counts.get(ngram, 0), ref_counts[ngram])
-    numerator = sum(min(c, max_counts[g]) for g, c in counts.items())
-    return numerator, max(1, sum(counts.values()))
-
-
-def closest_ref_length(references: Sequence[Tokens], hyp_len: int) -> int:
-    return min((len(r) for r in references), key=lambda r: (abs(r - hyp_len), r))
-
-
-def brevity_penalty(closest_ref_len: int, hyp_len: int) -> float:
-    if hyp_len > closest_ref_len:
-        return 1
-    if hyp_len == 0:
-        return 0
-    return math.exp(1 - closest_ref_len / hyp_len)
+def _check_references(list_of_references: Sequence[Sequence[Tokens]], hypotheses: Sequence[Tokens]) -> None:
+    if len(list_of_references) != len(hypotheses):
+        raise ValueError(f"{len(hypotheses)} hypotheses but {len(list_of_references)} reference lists")
+    for k, references in enumerate(list_of_references):
+        if len(references) == 0:
+            raise ValueError(f"hypothesis #{k} has no reference captions")
 
 
 @dataclass(frozen=True)
@@ -111,58 +81,57 @@ class BleuStatistics:
 
     @property
     def brevity_penalty(self) -> float:
+        from nltk.translate.bleu_score import brevity_penalty
         return float(brevity_penalty(self.ref_length, self.hyp_length))
 
     def precisions(self) -> List[float]:
         return [n / d for n, d in zip(self.numerators, self.denominators)]
 
-    def bleu(self, weights: Sequence[float]) -> float:
-        """BLEU with the given weights (one per order, starting at unigrams), NLTK's arithmetic."""
-        if len(weights) > len(self.numerators):
-            raise ValueError(f"weights for {len(weights)} orders, statistics only up to {len(self.numerators)}")
-        bp = brevity_penalty(self.ref_length, self.hyp_length)
-        if self.numerators[0] == 0:
-            return 0.0
-        p_n = [
-            (self.numerators[i] / self.denominators[i]) if self.numerators[i] != 0 else sys.float_info.min
-            for i in range(len(weights))
-        ]
-        s = math.fsum(w * math.log(p) for w, p in zip(weights, p_n) if p > 0)
-        return float(bp * math.exp(s))
-
 
 def corpus_statistics(list_of_references: Sequence[Sequence[Tokens]], hypotheses: Sequence[Tokens],
                       max_order: int = MAX_ORDER) -> BleuStatistics:
-    """One pass over the corpus. Each hypothesis needs at least one reference (which may be empty)."""
-    if len(list_of_references) != len(hypotheses):
-        raise ValueError(f"{len(hypotheses)} hypotheses but {len(list_of_references)} reference lists")
+    """The totals NLTK's corpus BLEU is made of, counted with NLTK's own functions. Each hypothesis needs
+    at least one reference (which may be empty)."""
+    from nltk.translate.bleu_score import closest_ref_length, modified_precision
+    _check_references(list_of_references, hypotheses)
     num = [0] * max_order
     den = [0] * max_order
     hyp_total = ref_total = 0
-    for k, (references, hypothesis) in enumerate(zip(list_of_references, hypotheses)):
-        if len(references) == 0:
-            raise ValueError(f"hypothesis #{k} has no reference captions")
+    for references, hypothesis in zip(list_of_references, hypotheses):
         for n in range(1, max_order + 1):
-            a, b = modified_precision(references, hypothesis, n)
-            num[n - 1] += a
-            den[n - 1] += b
+            p = modified_precision(references, hypothesis, n)  # an unnormalised Fraction: the raw counts
+            num[n - 1] += p.numerator
+            den[n - 1] += p.denominator
         hyp_total += len(hypothesis)
         ref_total += closest_ref_length(references, len(hypothesis))
     return BleuStatistics(tuple(num), tuple(den), hyp_total, ref_total)
 
 
+def corpus_bleus(list_of_references: Sequence[Sequence[Tokens]], hypotheses: Sequence[Tokens],
+                 weights: Sequence[Sequence[float]]) -> List[float]:
+    """NLTK's ``corpus_bleu`` (no smoothing) for several weight tuples in one pass; 0 for an empty corpus."""
+    from nltk.translate.bleu_score import corpus_bleu as nltk_corpus_bleu
+    _check_references(list_of_references, hypotheses)
+    if not hypotheses:
+        return [0.0] * len(weights)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # NLTK warns for every order without a match
+        scores = nltk_corpus_bleu(list_of_references, hypotheses, weights=[tuple(w) for w in weights])
+    return [float(s) for s in (scores if len(weights) > 1 else [scores])]  # NLTK unwraps a single tuple
+
+
 def corpus_bleu(list_of_references: Sequence[Sequence[Tokens]], hypotheses: Sequence[Tokens],
                 weights: Sequence[float] = UNIFORM_WEIGHTS[4]) -> float:
-    """Drop-in for ``nltk.translate.bleu_score.corpus_bleu`` without smoothing (one weight tuple)."""
-    return corpus_statistics(list_of_references, hypotheses, max_order=len(weights)).bleu(weights)
+    """``nltk.translate.bleu_score.corpus_bleu`` without smoothing (one weight tuple), with this module's guards."""
+    return corpus_bleus(list_of_references, hypotheses, [weights])[0]
 
 
 def bleu_scores(list_of_references: Sequence[Sequence[Tokens]], hypotheses: Sequence[Tokens],
                 variant: str = "nltk") -> Dict[str, float]:
-    """``{"bleu1": .., "bleu4": ..}`` from one pass of statistics."""
+    """``{"bleu1": .., "bleu4": ..}`` from one NLTK call."""
     weights = get_variant(variant)
-    stats = corpus_statistics(list_of_references, hypotheses, MAX_ORDER)
-    return {f"bleu{n}": stats.bleu(weights[n]) for n in range(1, MAX_ORDER + 1)}
+    scores = corpus_bleus(list_of_references, hypotheses, [weights[n] for n in range(1, MAX_ORDER + 1)])
+    return {f"bleu{n}": s for n, s in zip(range(1, MAX_ORDER + 1), scores)}
 
 
 def bleu_for_texts(references: Mapping[str, Sequence[str]], predictions: Mapping[str, str],
@@ -172,9 +141,7 @@ def bleu_for_texts(references: Mapping[str, Sequence[str]], predictions: Mapping
     ids = list(predictions)
     refs = [[tok(r) for r in references[i]] for i in ids]
     hyps = [tok(predictions[i]) for i in ids]
-    stats = corpus_statistics(refs, hyps, MAX_ORDER)
-    weights = get_variant(variant)
-    return {f"bleu{n}": stats.bleu(weights[n]) for n in range(1, MAX_ORDER + 1)}, stats
+    return bleu_scores(refs, hyps, variant), corpus_statistics(refs, hyps, MAX_ORDER)
 
 
 # ----------------------------------------------------------------------------- full report

@@ -89,19 +89,30 @@ def caption_example(image_id: str, captions: Sequence[Sequence[int]]) -> bytes:
 
 
 # ----------------------------------------------------------------------------- parsers (pure Python)
-def parse_feature_example(serialized: bytes) -> Dict[str, object]:
+@dataclass
+class FeatureRow:
+    """One ``features`` record, parsed (``record_file``: the features-*.tfrecord it came from, when known)."""
+    image_id: str
+    path: str                  # the source image
+    sha256: str
+    encoder: str
+    feature: np.ndarray
+    record_file: str = ""
+
+
+def parse_feature_example(serialized: bytes, record_file: str = "") -> FeatureRow:
     """Parse a ``features`` record without tf.data: for pipelines and tests."""
     import tensorflow as tf
     ex = tf.train.Example.FromString(serialized)
     f = ex.features.feature
     shape = tuple(f["feature_shape"].int64_list.value)
-    return {
-        "image_id": f["image_id"].bytes_list.value[0].decode("utf-8"),
-        "path": f["path"].bytes_list.value[0].decode("utf-8"),
-        "sha256": f["sha256"].bytes_list.value[0].decode("ascii"),
-        "encoder": f["encoder"].bytes_list.value[0].decode("utf-8"),
-        "feature": np.asarray(f["feature"].float_list.value, np.float32).reshape(shape),
-    }
+    return FeatureRow(
+        image_id=f["image_id"].bytes_list.value[0].decode("utf-8"),
+        path=f["path"].bytes_list.value[0].decode("utf-8"),
+        sha256=f["sha256"].bytes_list.value[0].decode("ascii"),
+        encoder=f["encoder"].bytes_list.value[0].decode("utf-8"),
+        feature=np.asarray(f["feature"].float_list.value, np.float32).reshape(shape),
+        record_file=record_file)
 
 
 def split_captions(caption_ids: Sequence[int], caption_lengths: Sequence[int]) -> List[List[int]]:

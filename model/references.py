@@ -27,7 +27,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
-from model import caption_files
+from model import caption_files, jsonl
 from model.caption_files import CaptionFileError
 
 EXAMPLES = 5
@@ -64,23 +64,11 @@ def _check_encodable(text: str, where: str) -> str:
     return text
 
 
-# JSON allows these raw inside strings, but str.splitlines() (used by line-based parsers) splits on
-# them; as JSON escapes they mean the same string and keep one record per line.
-_JSON_SAFE = str.maketrans({c: f"\\u{ord(c):04x}" for c in "\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"})
-
-
-def protect_json_lines(text: str) -> str:
-    """JSON-lines text with Unicode line separators inside strings escaped (same values, one record per line)."""
-    return text.translate(_JSON_SAFE)
-
-
 def parse_predictions(text: str, source: str = "predictions") -> "OrderedDict[str, str]":
     """Predictions JSON lines -> ``image_id -> caption`` in file order."""
     out: "OrderedDict[str, str]" = OrderedDict()
     first_line: Dict[str, int] = {}
-    for n, line in enumerate(protect_json_lines(text).splitlines(), 1):
-        if not line.strip():
-            continue
+    for n, line in jsonl.numbered_lines(text):
         where = f"{source}:{n}"
         try:
             row = json.loads(line)
@@ -129,7 +117,7 @@ def build_references(pairs: Iterable, source: str = "references") -> References:
 def load_references(path: str, fmt: str = "auto") -> References:
     text = read_text(path)
     if fmt == "jsonl" or (fmt == "auto" and caption_files.detect_format(path, text[:4096]) == "jsonl"):
-        text = protect_json_lines(text)
+        text = jsonl.protect(text)
     return build_references(caption_files.parse(text, fmt=fmt, source=path), source=path)
 
 

@@ -63,12 +63,12 @@ def weights_digest(model) -> str:
 def train(cfg, model_overrides) -> Dict[str, object]:
     """Train (or resume) into ``cfg.model_dir``. ``model_overrides``: a ``ModelConfig`` with the
     architecture fields set (vocab size, feature shape, encoder ... are filled from ``cfg.data``).
-    Returns a summary dict (also logged). ``cfg.objective == "scst"``: self-critical fine-tuning of
-    ``cfg.init_from`` (``model.scst``; ``model_overrides`` is not used: the init model's config is)."""
+    Returns a summary dict (also logged). Cross-entropy only: ``--objective scst`` is
+    ``model.scst.train_scst``."""
     cfg.validate()
-    if cfg.objective == "scst":
-        from model.scst import train_scst
-        return train_scst(cfg)
+    if cfg.objective != "xent":
+        raise ValueError(f"--objective {cfg.objective}: model.train.train is cross-entropy training; self-critical "
+                         f"training is model.scst.train_scst")
     from model.distribute import make_strategy
     dist = make_strategy(cfg.strategy, cfg.cpu_replicas)     # first: logical CPUs before TF initialises devices
 

@@ -25,6 +25,19 @@ def order_tokens(counts: Mapping[str, int], min_count: int) -> List[str]:
     return [t for t, _ in kept]
 
 
+def extended_vocabulary(old_tokens: Sequence[str], captions: Iterable[str], clean: str, min_count: int) -> List[str]:
+    """The old vocabulary with ids unchanged, plus the new words of ``captions`` (cleaned with the rule
+    ``clean``) seen ``min_count`` times, frequency descending then alphabetical, appended at the end."""
+    from model.text import get_cleaner
+    cleaner = get_cleaner(clean)
+    counts: Dict[str, int] = {}
+    for c in captions:
+        for t in cleaner(c):
+            counts[t] = counts.get(t, 0) + 1
+    known = set(old_tokens)
+    return list(old_tokens) + [t for t in order_tokens(counts, min_count) if t not in known]
+
+
 @dataclass(frozen=True)
 class Vocabulary:
     tokens: Tuple[str, ...]

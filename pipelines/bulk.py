@@ -5,7 +5,7 @@ Pipeline (each step a composite PTransform)::
     ReadImages (pipelines.sources: loose files, tar / TFRecord shards)
       -> Hash (path, sha256)
       -> [--skip-existing] SplitAlreadyCaptioned: CoGroupByKey by path with ReadManifest(model version)
-      -> DecodeForCaptioner (pipelines.images.load_image at the encoder's input size)
+      -> DecodeForCaptioner (pipelines.decoding.DecodeImages at the encoder's input size)
          [exported SavedModel as --model-dir: PassImageBytes instead, the export decodes in its graph]
       -> CaptionBatches: RunInference(CaptionerModelHandler | SavedModelHandler) -- encoder + decoder, batched
       -> WriteBulkOutputs: captions-<run>-*.jsonl|parquet, then manifest/<version>/manifest-<run>-*,
@@ -25,7 +25,6 @@ Accounting (Beam counters, namespace ``captionbeam.bulk``): every matched image 
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import logging
 import time
 import uuid
@@ -35,22 +34,25 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import apache_beam as beam
 
 import pipelines.io as pio
-from pipelines.bulk_handler import (CaptionerConfig, CaptionerModelHandler, ImageBytes, ImageToCaption,
-                                    SavedModelHandler)
-from pipelines.deadletter import DEAD_LETTERS_PREFIX, DEAD_LETTERS_SUFFIX, DeadLetter, dead_letters_dir
+from pipelines.bulk_handler import CaptionerConfig, CaptionerModelHandler, ImageBytes, SavedModelHandler
+from pipelines.bulk_rows import CaptionRow, parquet_schema
+from pipelines.counters import BULK_INFERENCE_NAMESPACE, query_counters
+from pipelines.counters import BULK_NAMESPACE as NAMESPACE  # noqa: N811 (the namespace of this job)
+from pipelines.deadletter import (DEAD_LETTERS_PREFIX, DEAD_LETTERS_SUFFIX, DeadLetter, dead_letters_dir,
+                                  failed_batch_dead_letters)
+from pipelines.decoding import DecodeImages
+from pipelines.images import DEFAULT_MAX_PIXELS
 from pipelines.manifest import ManifestEntry, ReadManifest, SplitAlreadyCaptioned, manifest_prefix
-from pipelines.shards import TfrecordFields
+from pipelines.shards.image_examples import TfrecordFields
 
 log = logging.getLogger(__name__)
 
-NAMESPACE = "captionbeam.bulk"
 COUNTERS = ("matched", "captioned", "skipped", "failed")
 FORMATS = ("jsonl", "parquet")
 CAPTIONS_DIR = "captions"
 CAPTIONS_PREFIX = "captions"
 RUNS_DIR = "runs"
 SHARD_TEMPLATE = "-SSSSS-of-NNNNN"
-ROW_FIELDS = ("path", "image_id", "sha256", "caption", "log_prob", "model_version", "encoder")
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -68,7 +70,7 @@ class BulkConfig:
     num_shards: int = 0  # 0: let the runner choose
     model_copies: Optional[int] = None
     max_bytes: int = 0
-    max_pixels: int = 89_478_485
+    max_pixels: int = DEFAULT_MAX_PIXELS
     resize_method: str = "bilinear"
     tfrecord_fields: Optional[TfrecordFields] = None  # image TFRecord field names (None: the defaults)
 
@@ -153,35 +155,13 @@ def _key_by_path(blob) -> Tuple[str, Tuple[str, Any]]:
     return blob.source, (sha, (blob, sha))
 
 
-class _DecodeFn(beam.DoFn):
-    """(ImageBlob, sha256) -> ImageToCaption at the encoder's size, or a dead letter (stage decode)."""
-    DEAD = "dead_letters"
-
-    def __init__(self, image_size: int, max_pixels: int, resize_method: str):
-        self.image_size = image_size
-        self.max_pixels = max_pixels
-        self.resize_method = resize_method
-
-    def process(self, item):
-        from pipelines.images import load_image
-        blob, sha = item
-        try:
-            pixels = load_image(blob.data, self.image_size, max_pixels=self.max_pixels, method=self.resize_method)
-        except Exception as e:  # noqa: BLE001 - any decoder failure is a dead letter
-            yield beam.pvalue.TaggedOutput(self.DEAD, DeadLetter.from_exception(blob.source, e, "decode"))
-            return
-        yield ImageToCaption(path=blob.source, image_id=blob.image_id, sha256=sha, pixels=pixels)
-
-
 def _to_image_bytes(item) -> ImageBytes:
     blob, sha = item
     return ImageBytes(path=blob.source, image_id=blob.image_id, sha256=sha, data=blob.data)
 
 
-def _failed_batch_to_dead_letters(failed):
-    batch, exc = failed
-    for item in batch:
-        yield DeadLetter.from_exception(item.path, exc, "inference")
+def _item_path(item) -> str:
+    return item.path
 
 
 def _split_inference_output(out):
@@ -192,18 +172,6 @@ def _split_inference_output(out):
 
 
 # ----------------------------------------------------------------------------- transforms
-class DecodeForCaptioner(beam.PTransform):
-    """(ImageBlob, sha256) -> {"images": ImageToCaption, "dead_letters": DeadLetter}."""
-
-    def __init__(self, image_size: int, max_pixels: int, resize_method: str):
-        super().__init__()
-        self.fn = _DecodeFn(image_size, max_pixels, resize_method)
-
-    def expand(self, items):
-        out = items | "Decode" >> beam.ParDo(self.fn).with_outputs(_DecodeFn.DEAD, main="images")
-        return {"images": out.images, "dead_letters": out[_DecodeFn.DEAD]}
-
-
 class PassImageBytes(beam.PTransform):
     """(ImageBlob, sha256) -> {"images": ImageBytes, "dead_letters": (none)}: for an exported SavedModel,
     which decodes the bytes itself (bytes it rejects come back from the handler as dead letters)."""
@@ -224,11 +192,11 @@ def prepare_for_model(config: BulkConfig, model: ModelInfo) -> Tuple[str, beam.P
     """(step name, transform) that turns (ImageBlob, sha256) into what the job's handler takes."""
     if model.exported:
         return "PassImageBytes", PassImageBytes()
-    return "DecodeForCaptioner", DecodeForCaptioner(model.image_size, config.max_pixels, config.resize_method)
+    return "DecodeForCaptioner", DecodeImages(model.image_size, config.max_pixels, config.resize_method)
 
 
 class CaptionBatches(beam.PTransform):
-    """ImageToCaption -> {"rows": output rows, "dead_letters": DeadLetter} through RunInference.
+    """DecodedImage (or ImageBytes) -> {"rows": output rows, "dead_letters": DeadLetter} through RunInference.
 
     The handler isolates a failing image inside a batch (see ``CaptionerModelHandler``); anything that
     still escapes (a whole batch failing) is caught by RunInference's exception handling and each of
@@ -241,16 +209,16 @@ class CaptionBatches(beam.PTransform):
     def expand(self, images):
         from apache_beam.ml.inference.base import RunInference
         main, other = images | "RunInference" >> RunInference(
-            self.handler, metrics_namespace="captionbeam.bulk.inference").with_exception_handling()
+            self.handler, metrics_namespace=BULK_INFERENCE_NAMESPACE).with_exception_handling()
         split = main | "SplitFailures" >> beam.FlatMap(_split_inference_output).with_outputs(
             "dead_letters", main="rows")
-        failed_batches = other.failed_inferences | "FailedBatches" >> beam.FlatMap(_failed_batch_to_dead_letters)
+        failed_batches = other.failed_inferences | "FailedBatches" >> beam.FlatMap(failed_batch_dead_letters, _item_path)
         dead = (split.dead_letters, failed_batches) | "FlattenInferenceFailures" >> beam.Flatten()
         return {"rows": split.rows, "dead_letters": dead}
 
 
 def _reads_shards(config: BulkConfig) -> bool:
-    from pipelines.sources import split_by_format
+    from pipelines.formats import split_by_format
     return any(fmt != "files" for fmt in split_by_format(list(config.images), config.input_format))
 
 
@@ -297,20 +265,8 @@ class BulkCaption(beam.PTransform):
         return {"rows": rows, "skipped": skipped, "dead_letters": dead}
 
 
-def parquet_schema():
-    import pyarrow as pa
-    return pa.schema([
-        ("path", pa.string()), ("image_id", pa.string()), ("sha256", pa.string()), ("caption", pa.string()),
-        ("log_prob", pa.float64()), ("model_version", pa.string()), ("encoder", pa.string()),
-    ])
-
-
-def _row_json(row: Dict[str, Any]) -> str:
-    return json.dumps({k: row[k] for k in ROW_FIELDS}, ensure_ascii=False)
-
-
-def _manifest_line(row: Dict[str, Any], run: str, _written_files) -> str:
-    return ManifestEntry(path=row["path"], sha256=row["sha256"], image_id=row["image_id"], run=run).to_json()
+def _manifest_line(row: CaptionRow, run: str, _written_files) -> str:
+    return ManifestEntry(path=row.path, sha256=row.sha256, image_id=row.image_id, run=run).to_json()
 
 
 class WriteBulkOutputs(beam.PTransform):
@@ -329,12 +285,12 @@ class WriteBulkOutputs(beam.PTransform):
         prefix = captions_prefix(self.output, self.run)
         if self.fmt == "parquet":
             from apache_beam.io.parquetio import WriteToParquet
-            captions = rows | "WriteParquet" >> WriteToParquet(
+            captions = rows | "RowsToDicts" >> beam.Map(CaptionRow.to_dict) | "WriteParquet" >> WriteToParquet(
                 prefix, schema=parquet_schema(), file_name_suffix=".parquet", num_shards=self.num_shards,
                 shard_name_template=SHARD_TEMPLATE, record_batch_size=1000)
         else:
             captions = (rows
-                        | "RowsToJson" >> beam.Map(_row_json)
+                        | "RowsToJson" >> beam.Map(CaptionRow.to_json)
                         | "WriteJsonl" >> beam.io.WriteToText(
                             prefix, file_name_suffix=".jsonl", num_shards=self.num_shards,
                             shard_name_template=SHARD_TEMPLATE, skip_if_empty=True))
@@ -373,15 +329,9 @@ class BulkResult:
         return self.counters["captioned"] / self.seconds if self.seconds > 0 else 0.0
 
 
-def query_counters(result) -> Dict[str, int]:
-    """The job's counters in NAMESPACE (committed values where the runner has them)."""
-    from apache_beam.metrics.metric import MetricsFilter
-    out = {name: 0 for name in COUNTERS}
-    found = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))
-    for c in found["counters"]:
-        value = c.committed if c.committed is not None else c.attempted
-        out[c.key.metric.name] = out.get(c.key.metric.name, 0) + int(value or 0)
-    return out
+def bulk_counters(result) -> Dict[str, int]:
+    """The job's accounting counters (every one of ``COUNTERS``, 0 where nothing was counted)."""
+    return {**{name: 0 for name in COUNTERS}, **query_counters(result, NAMESPACE)}
 
 
 def list_run_files(output: str, run: str, model_version: str) -> Dict[str, List[str]]:
@@ -432,7 +382,7 @@ def run(config: BulkConfig, model: ModelInfo, pipeline_args: Sequence[str], run_
     result.wait_until_finish()
     seconds = time.monotonic() - t0
     res = BulkResult(run=token, model_version=model.model_version, encoder=model.encoder,
-                     counters=query_counters(result), seconds=seconds,
+                     counters=bulk_counters(result), seconds=seconds,
                      files=list_run_files(config.output, token, model.model_version))
     if config.format == "parquet":
         res.files["captions"] = drop_empty_parquet(res.files["captions"])

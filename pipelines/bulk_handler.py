@@ -5,7 +5,7 @@ Two handlers, one per kind of ``--model-dir`` (a job uses one of them):
 - :class:`CaptionerModelHandler` (a training model directory): ``load_model()`` returns
   :class:`model.captioner.Captioner` (CNN encoder + caption decoder, greedy or beam search, batched
   inside compiled TensorFlow functions); ``run_inference`` captions a batch of decoded images
-  (:class:`ImageToCaption`, pixels decoded and resized by Pillow in Beam).
+  (:class:`DecodedImage`, pixels decoded and resized by Pillow in Beam).
 - :class:`SavedModelHandler` (an export of ``captionbeam export``, a directory with ``saved_model.pb``):
   ``load_model()`` is ``tf.saved_model.load``; ``run_inference`` feeds the raw file bytes of a batch
   (:class:`ImageBytes`) to its ``serving_default(images=...)`` signature, which decodes, resizes,
@@ -37,12 +37,14 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
-import numpy as np
 from apache_beam.ml.inference.base import ModelHandler
 
+from pipelines.bulk_rows import CaptionRow
+from pipelines.counters import BULK_INFERENCE_NAMESPACE
 from pipelines.deadletter import MAX_MESSAGE_CHARS, DeadLetter
+from pipelines.image_items import DecodedImage
 
 log = logging.getLogger(__name__)
 
@@ -68,15 +70,6 @@ class CaptionerConfig:
 
 
 @dataclass(frozen=True)
-class ImageToCaption:
-    """One decoded image on its way to the model: pixels are uint8 HxWx3 RGB at the encoder's size."""
-    path: str
-    image_id: str
-    sha256: str
-    pixels: np.ndarray
-
-
-@dataclass(frozen=True)
 class ImageBytes:
     """One image file's undecoded bytes on their way to an exported SavedModel (which decodes them)."""
     path: str
@@ -85,17 +78,10 @@ class ImageBytes:
     data: bytes
 
 
-def caption_row(item, caption: str, log_prob: float, model_version: str, encoder: str) -> Dict[str, Any]:
-    """The bulk job's output row for one image (``item``: ImageToCaption or ImageBytes)."""
-    return {
-        "path": item.path,
-        "image_id": item.image_id,
-        "sha256": item.sha256,
-        "caption": caption,
-        "log_prob": float(log_prob),
-        "model_version": model_version,
-        "encoder": encoder,
-    }
+def caption_row(item, caption: str, log_prob: float, model_version: str, encoder: str) -> CaptionRow:
+    """The bulk job's output row for one image (``item``: DecodedImage or ImageBytes)."""
+    return CaptionRow(path=item.path, image_id=item.image_id, sha256=item.sha256, caption=caption,
+                      log_prob=float(log_prob), model_version=model_version, encoder=encoder)
 
 
 def _enable_gpu_memory_growth() -> None:
@@ -170,10 +156,7 @@ class _IsolatingHandler(ModelHandler):
         raise NotImplementedError
 
     def get_metrics_namespace(self) -> str:
-        return "captionbeam.bulk.inference"
-
-    def batch_elements_kwargs(self):
-        return dict(self._batching_kwargs)
+        return BULK_INFERENCE_NAMESPACE
 
 
 def _first_line(exc: BaseException) -> str:
@@ -198,7 +181,7 @@ def tf_error_summary(exc: BaseException) -> str:
 
 
 class CaptionerModelHandler(_IsolatingHandler):
-    """RunInference handler of a training model directory: ``ImageToCaption`` in, output row (dict) out."""
+    """RunInference handler of a training model directory: ``DecodedImage`` in, ``CaptionRow`` out."""
 
     def load_model(self):
         from model.captioner import Captioner
@@ -211,14 +194,14 @@ class CaptionerModelHandler(_IsolatingHandler):
                  captioner.encoder_name, captioner.model_version, time.monotonic() - t0)
         return captioner
 
-    def _caption(self, batch: Sequence[ImageToCaption], model) -> List[Dict[str, Any]]:
+    def _caption(self, batch: Sequence[DecodedImage], model) -> List[CaptionRow]:
         results = model.caption_images([item.pixels for item in batch])
         if len(results) != len(batch):
             raise RuntimeError(f"captioner returned {len(results)} results for {len(batch)} images")
         return [caption_row(item, r.caption, r.log_prob, model.model_version, model.encoder_name)
                 for item, r in zip(batch, results)]
 
-    def get_num_bytes(self, batch: Sequence[ImageToCaption]) -> int:
+    def get_num_bytes(self, batch: Sequence[DecodedImage]) -> int:
         return int(sum(item.pixels.nbytes for item in batch))
 
 

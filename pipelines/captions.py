@@ -35,12 +35,12 @@ import pipelines.io as pio
 from model import caption_files, records
 from model.text import get_cleaner, wrap
 from model.vocab import UNK_ID, VOCAB_FILE, Vocabulary
+from pipelines.counters import NAMESPACE, query_counters
 from pipelines.deadletter import DeadLetter, WriteDeadLetters, dead_letters_dir
 from pipelines.vocabulary import BuildVocabulary, CountTokens, token_counts_text
 
 log = logging.getLogger(__name__)
 
-NAMESPACE = "captionbeam"
 STATS_FILE = "stats.json"
 TOKEN_COUNTS_FILE = "token_counts.tsv"
 JOIN_DIR = "join"
@@ -210,14 +210,6 @@ class CaptionTokens:
 
 
 @dataclass
-class FeatureRow:
-    path: str                  # the source image
-    sha256: str
-    feature: np.ndarray
-    record_file: str           # the features-*.tfrecord file it came from
-
-
-@dataclass
 class ImageExample:
     image_id: str
     split: str
@@ -283,18 +275,18 @@ class _ParseFeature(beam.DoFn):
     def process(self, element):
         record_file, serialized = element
         try:
-            row = records.parse_feature_example(serialized)
+            row = records.parse_feature_example(serialized, record_file)
         except Exception as e:  # noqa: BLE001 - any corrupt record is a dead letter
             yield beam.pvalue.TaggedOutput("dead", DeadLetter.from_exception(record_file, e, "parse_features"))
             return
-        if self.feature_shape and tuple(row["feature"].shape) != self.feature_shape:
+        if self.feature_shape and tuple(row.feature.shape) != self.feature_shape:
             yield beam.pvalue.TaggedOutput("dead", DeadLetter(
-                path=row["path"], error="FeatureShapeMismatch",
-                message=f"{row['image_id']}: feature shape {tuple(row['feature'].shape)} in {record_file}, "
+                path=row.path, error="FeatureShapeMismatch",
+                message=f"{row.image_id}: feature shape {tuple(row.feature.shape)} in {record_file}, "
                         f"features_spec.json says {self.feature_shape}", stage="parse_features"))
             return
         _counter("feature_records_read").inc()
-        yield row["image_id"], FeatureRow(row["path"], row["sha256"], row["feature"], record_file)
+        yield row.image_id, row
 
 
 class ReadFeatures(beam.PTransform):
@@ -323,7 +315,7 @@ class _ClassifyImage(beam.DoFn):
         iid, grouped = element
         captions: List[CaptionTokens] = list(grouped["captions"])
         splits = sorted(set(grouped["splits"]))
-        features: List[FeatureRow] = list(grouped.get("features", ())) if self.with_features else []
+        features: List[records.FeatureRow] = list(grouped.get("features", ())) if self.with_features else []
         if len(features) > 1:
             features.sort(key=lambda f: (f.path, f.sha256))
             for extra in features[1:]:
@@ -599,13 +591,7 @@ def run(config: CaptionsConfig, pipeline_args: Sequence[str] = ()) -> RunResult:
     result = pipeline.run()
     result.wait_until_finish()
     seconds = time.time() - start
-    counters = {}
-    try:
-        for c in result.metrics().query(beam.metrics.MetricsFilter().with_namespace(NAMESPACE))["counters"]:
-            counters[c.key.metric.name] = counters.get(c.key.metric.name, 0) + int(c.committed or c.attempted or 0)
-    except Exception:  # noqa: BLE001 - some runners do not report metrics
-        pass
-    return RunResult(pio.read_json(pio.join(config.output, STATS_FILE)), seconds, counters)
+    return RunResult(pio.read_json(pio.join(config.output, STATS_FILE)), seconds, query_counters(result))
 
 
 def summary_lines(stats: dict, seconds: Optional[float] = None) -> List[str]:

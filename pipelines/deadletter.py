@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from typing import Dict
+from typing import Dict, List
 
 import apache_beam as beam
 
 import pipelines.io as pio
+from model import jsonl
+from pipelines.counters import NAMESPACE
 
 DEAD_LETTERS_DIR = "dead_letters"
 DEAD_LETTERS_PREFIX = "dead_letters"
@@ -41,12 +43,34 @@ class DeadLetter:
         return asdict(self)
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True, ensure_ascii=False)
+        return jsonl.dumps_line(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, str]) -> "DeadLetter":
+        return cls(path=d["path"], error=d["error"], message=d["message"], stage=d["stage"])
 
     @classmethod
     def from_json(cls, line: str) -> "DeadLetter":
-        d = json.loads(line)
-        return cls(path=d["path"], error=d["error"], message=d["message"], stage=d["stage"])
+        return cls.from_dict(json.loads(line))
+
+
+def failed_batch_dead_letters(failed, path_of, stage: str = "inference") -> List[DeadLetter]:
+    """A failed ``RunInference`` batch -> one dead letter per element of the batch.
+
+    Beam's ``with_exception_handling`` gives ``(batch, (exception type, repr of the exception,
+    traceback lines))``; ``error`` is the exception's class name as in :meth:`DeadLetter.from_exception`,
+    ``message`` its repr. ``path_of(element)`` names each element's input."""
+    batch, info = failed
+    if isinstance(info, BaseException):
+        exc_type, exc_text = type(info), str(info) or repr(info)
+    elif isinstance(info, (tuple, list)) and len(info) >= 2:
+        exc_type, exc_text = info[0], str(info[1])
+    else:
+        exc_type, exc_text = type(info), str(info)
+    error = getattr(exc_type, "__name__", str(exc_type))
+    items = batch if isinstance(batch, list) else [batch]
+    return [DeadLetter(path=str(path_of(item)), error=error, message=exc_text[:MAX_MESSAGE_CHARS], stage=stage)
+            for item in items]
 
 
 def dead_letters_dir(output_dir: str) -> str:
@@ -61,9 +85,7 @@ def read_dead_letters(output_dir: str):
     """All dead letters under ``output_dir`` (local or gs://), sorted by path: for tests and reports."""
     rows = []
     for path in pio.match([dead_letters_pattern(output_dir)]):
-        for line in pio.read_text(path).splitlines():
-            if line.strip():
-                rows.append(DeadLetter.from_json(line))
+        rows.extend(DeadLetter.from_dict(d) for d in jsonl.loads(pio.read_text(path), path))
     return sorted(rows, key=lambda d: (d.path, d.stage))
 
 
@@ -74,7 +96,7 @@ class WriteDeadLetters(beam.PTransform):
     "the job never got there". Also counts them in the ``captionbeam`` metrics namespace
     (``dead_letters`` and ``dead_letters_<stage>``)."""
 
-    def __init__(self, output_dir: str, num_shards: int = 1, namespace: str = "captionbeam"):
+    def __init__(self, output_dir: str, num_shards: int = 1, namespace: str = NAMESPACE):
         super().__init__()
         self.output_dir = output_dir
         self.num_shards = num_shards

@@ -8,6 +8,7 @@ Pipeline (each step a composite PTransform)::
     ToFeatureExamples (records.feature_example)     -> serialized tf.train.Example
     WriteToTFRecord                                 -> <output>/features-NNNNN-of-NNNNN.tfrecord
     WriteDeadLetters                                -> <output>/dead_letters/dead_letters-*.jsonl
+    WriteFeatureIds                                 -> <output>/ids/ids-NNNNN-of-NNNNN.jsonl
     WriteFeaturesSpec (after both counts are known) -> <output>/features_spec.json
 
 Every matched file ends in exactly one of the two outputs: ``count + dead_letters == files matched``
@@ -16,6 +17,7 @@ bytes and the encoder, so a re-run over the same inputs writes the same records.
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -29,13 +31,15 @@ from apache_beam.ml.inference.base import RunInference
 import pipelines.io as pio
 from model import records
 from model.encoders import EncoderConfig, build_encoder, describe_config
-from pipelines.deadletter import DeadLetter, WriteDeadLetters, dead_letters_pattern
-from pipelines.images import DEFAULT_MAX_PIXELS, ImageDecodeError, load_image
+from pipelines.counters import NAMESPACE, query_counters
+from pipelines import decoding
+from pipelines.deadletter import WriteDeadLetters, dead_letters_pattern, failed_batch_dead_letters
+from pipelines.image_items import DecodedImage
+from pipelines.images import DEFAULT_MAX_PIXELS
 from pipelines.inference import keyed_encoder_handler
-from pipelines.shards import TfrecordFields
+from pipelines.shards.image_examples import TfrecordFields
 from pipelines.sources import ReadImages
 
-NAMESPACE = "captionbeam"
 log = logging.getLogger(__name__)
 
 ImageKey = Tuple[str, str, str]  # (image_id, path, sha256)
@@ -58,50 +62,29 @@ class FeaturesConfig:
 
 
 # ----------------------------------------------------------------------------- steps
-class _DecodeFn(beam.DoFn):
-    DEAD = "dead_letters"
+def _hashed(blob) -> Tuple[object, str]:
+    return blob, pio.sha256_hex(blob.data)
 
-    def __init__(self, image_size: int, max_pixels: int, resize_method: str):
-        self.image_size = image_size
-        self.max_pixels = max_pixels
-        self.resize_method = resize_method
 
-    def setup(self):
-        self.decoded = beam.metrics.Metrics.counter(NAMESPACE, "images_decoded")
-
-    def process(self, blob):
-        try:
-            image = load_image(blob.data, self.image_size, self.max_pixels, self.resize_method)
-        except ImageDecodeError as e:
-            yield beam.pvalue.TaggedOutput(self.DEAD, DeadLetter.from_exception(blob.source, e, "decode"))
-            return
-        except Exception as e:  # noqa: BLE001 - a decoder bug must not lose the file either
-            yield beam.pvalue.TaggedOutput(self.DEAD, DeadLetter.from_exception(blob.source, e, "decode"))
-            return
-        self.decoded.inc()
-        yield (blob.image_id, blob.source, pio.sha256_hex(blob.data)), image
+def _keyed(image: DecodedImage) -> Tuple[ImageKey, np.ndarray]:
+    return (image.image_id, image.path, image.sha256), image.pixels
 
 
 class DecodeImages(beam.PTransform):
-    """ImageBlob -> ``((image_id, path, sha256), uint8 (size, size, 3))``; undecodable -> dead letters."""
+    """ImageBlob -> ``((image_id, path, sha256), uint8 (size, size, 3))``; undecodable -> dead letters
+    (:class:`pipelines.decoding.DecodeImages`, keyed for the encoder)."""
 
     def __init__(self, image_size: int, max_pixels: int = DEFAULT_MAX_PIXELS, resize_method: str = "bilinear"):
         super().__init__()
-        self.fn = _DecodeFn(image_size, max_pixels, resize_method)
+        self.decode = decoding.DecodeImages(image_size, max_pixels, resize_method)
 
     def expand(self, blobs):
-        out = blobs | "Decode" >> beam.ParDo(self.fn).with_outputs(_DecodeFn.DEAD, main="images")
-        return {"images": out.images, "dead_letters": out[_DecodeFn.DEAD]}
+        out = blobs | "Hash" >> beam.Map(_hashed) | "Decode" >> self.decode
+        return {"images": out["images"] | "Key" >> beam.Map(_keyed), "dead_letters": out["dead_letters"]}
 
 
-def _failed_batch_to_dead_letters(bad):
-    """A failed RunInference batch, ``(batch, (exc_type, exc_repr, traceback))``, -> one dead letter per image."""
-    batch, info = bad
-    exc_type, exc_repr = (info[0], info[1]) if isinstance(info, (tuple, list)) and len(info) >= 2 else (type(info), info)
-    error = getattr(exc_type, "__name__", str(exc_type))
-    items = batch if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], tuple) else [batch]
-    return [DeadLetter(path=str(key[1]), error=error, message=str(exc_repr)[:2000], stage="inference")
-            for key, _ in items]
+def _inference_path(keyed) -> str:
+    return keyed[0][1]
 
 
 class EncodeImages(beam.PTransform):
@@ -114,7 +97,7 @@ class EncodeImages(beam.PTransform):
 
     def expand(self, keyed_images):
         main, dlq = keyed_images | "RunInference" >> RunInference(self.handler).with_exception_handling()
-        dead = dlq.failed_inferences | "FailedBatches" >> beam.FlatMap(_failed_batch_to_dead_letters)
+        dead = dlq.failed_inferences | "FailedBatches" >> beam.FlatMap(failed_batch_dead_letters, _inference_path)
         return {"features": main, "dead_letters": dead}
 
 
@@ -235,6 +218,41 @@ class WriteFeaturesSpec(beam.PTransform):
                                             duplicates=beam.pvalue.AsList(duplicates)))
 
 
+IDS_DIR = "ids"
+
+
+def ids_pattern(output: str) -> str:
+    return pio.join(output, IDS_DIR, "ids-*-of-*.jsonl")
+
+
+def _id_row(keyed) -> str:
+    (image_id, path, sha256), _ = keyed
+    return json.dumps({"image_id": image_id, "path": path, "sha256": sha256}, sort_keys=True)
+
+
+class WriteFeatureIds(beam.PTransform):
+    """(key, features) -> ``<output>/ids/ids-NNNNN-of-NNNNN.jsonl``: one ``{"image_id", "path", "sha256"}``
+    line per feature record, so a reader learns what the records hold without reading them."""
+
+    def __init__(self, output: str):
+        super().__init__()
+        self.output = output
+
+    def expand(self, features):
+        return (features
+                | "IdRows" >> beam.Map(_id_row)
+                | "WriteIds" >> beam.io.WriteToText(pio.join(self.output, IDS_DIR, "ids"), file_name_suffix=".jsonl",
+                                                    shard_name_template="-SSSSS-of-NNNNN"))
+
+
+def read_feature_ids(output: str) -> List[Dict[str, str]]:
+    """The ``ids/`` rows of a features output (``{"image_id", "path", "sha256"}`` per record)."""
+    rows = []
+    for path in pio.match([ids_pattern(output)]):
+        rows += [json.loads(line) for line in pio.read_text(path).splitlines() if line.strip()]
+    return rows
+
+
 def build_pipeline(p: beam.Pipeline, config: FeaturesConfig, description: Dict[str, object]) -> None:
     image_size = int(description["image_size"][0])
     computed = p | "ComputeFeatures" >> ComputeFeatures(config, image_size)
@@ -244,7 +262,8 @@ def build_pipeline(p: beam.Pipeline, config: FeaturesConfig, description: Dict[s
         num_shards=config.num_shards, shard_name_template="-SSSSS-of-NNNNN",
         compression_type=CompressionTypes.GZIP if config.compress else CompressionTypes.UNCOMPRESSED)
     dead_written = computed["dead_letters"] | "WriteDeadLetters" >> WriteDeadLetters(config.output)
-    all_written = (written, dead_written) | "AllWritten" >> beam.Flatten()
+    ids_written = computed["features"] | "WriteFeatureIds" >> WriteFeatureIds(config.output)
+    all_written = (written, dead_written, ids_written) | "AllWritten" >> beam.Flatten()
     _ = ((computed["features"], computed["dead_letters"], all_written)
          | "WriteFeaturesSpec" >> WriteFeaturesSpec(config.output, description, config))
 
@@ -252,7 +271,7 @@ def build_pipeline(p: beam.Pipeline, config: FeaturesConfig, description: Dict[s
 # ----------------------------------------------------------------------------- outputs
 def existing_outputs(output: str) -> List[str]:
     return pio.match([records.shard_pattern(output, records.FEATURES_PREFIX), dead_letters_pattern(output),
-                      pio.join(output, records.FEATURES_SPEC_FILE)])
+                      ids_pattern(output), pio.join(output, records.FEATURES_SPEC_FILE)])
 
 
 @dataclass
@@ -269,19 +288,6 @@ class FeaturesResult:
         return self.images_encoded / self.seconds if self.seconds > 0 else 0.0
 
 
-def _counters(result) -> Dict[str, int]:
-    from apache_beam.metrics.metric import MetricsFilter
-    out: Dict[str, int] = {}
-    try:
-        metrics = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))
-    except Exception:  # noqa: BLE001 - some runners do not report metrics
-        return out
-    for c in metrics.get("counters", []):
-        value = c.committed if c.committed is not None else c.attempted
-        out[c.key.metric.name] = out.get(c.key.metric.name, 0) + int(value or 0)
-    return out
-
-
 def run(config: FeaturesConfig, pipeline_args: Sequence[str] = (), description: Optional[Dict[str, object]] = None
         ) -> FeaturesResult:
     """Run the job and wait for it; returns counts (from the written spec, else from Beam counters)."""
@@ -293,7 +299,7 @@ def run(config: FeaturesConfig, pipeline_args: Sequence[str] = (), description: 
     result = p.run()
     result.wait_until_finish()
     seconds = time.time() - start
-    counters = _counters(result)
+    counters = query_counters(result)
     spec = None
     spec_path = pio.join(config.output, records.FEATURES_SPEC_FILE)
     if pio.exists(spec_path):

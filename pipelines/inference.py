@@ -12,8 +12,10 @@ interpreter with a lock). With ``model_copies=N`` the handler asks Beam to share
 processes of a worker machine instead (``share_model_across_processes``), which is what one wants for a
 GPU or a very large model on a many-process worker (e.g. Dataflow with one SDK process per vCPU).
 
-Batching: ``batch_elements_kwargs`` makes ``BatchElements`` emit batches of exactly ``batch_size``
-images (the last batch of a bundle may be smaller).
+Batching and model sharing are Beam's own ``ModelHandler`` constructor arguments (``min_batch_size`` =
+``max_batch_size`` = ``batch_size``: ``BatchElements`` emits batches of exactly ``batch_size`` images, the
+last of a bundle may be smaller; ``model_copies``), read back through Beam's public
+``batch_elements_kwargs()`` / ``share_model_across_processes()`` / ``model_copies()``.
 
 Beam's ``TFModelHandlerTensor`` cannot load Keras 3 models, hence this handler.
 """
@@ -21,12 +23,13 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Dict, Iterable, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterable, Optional, Sequence
 
 import numpy as np
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler
 
 from model.encoders import Encoder, EncoderConfig, build_from_config
+from pipelines.counters import NAMESPACE
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +38,7 @@ class EncoderModelHandler(ModelHandler[np.ndarray, np.ndarray, Encoder]):
     """uint8 image ``(size, size, 3)`` -> float32 features ``feature_shape``."""
 
     def __init__(self, config: EncoderConfig, batch_size: int = 32, model_copies: Optional[int] = None,
-                 namespace: str = "captionbeam"):
+                 namespace: str = NAMESPACE):
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         super().__init__(min_batch_size=batch_size, max_batch_size=batch_size, model_copies=model_copies)
@@ -61,15 +64,6 @@ class EncoderModelHandler(ModelHandler[np.ndarray, np.ndarray, Encoder]):
 
     def get_metrics_namespace(self) -> str:
         return self.namespace
-
-    def batch_elements_kwargs(self) -> Mapping[str, Any]:
-        return {"min_batch_size": self.batch_size, "max_batch_size": self.batch_size}
-
-    def share_model_across_processes(self) -> bool:
-        return self._model_copies is not None
-
-    def model_copies(self) -> int:
-        return self._model_copies or 1
 
     def __repr__(self) -> str:
         return f"EncoderModelHandler({self.config}, batch_size={self.batch_size})"

@@ -4,8 +4,10 @@ Against a GCS emulator (``STORAGE_EMULATOR_HOST`` set, e.g. the tests' ``gcp-sto
 Beam must not look up Google default credentials (it retries for ~20 s and ignores ``--no_auth``):
 :func:`use_anonymous_gcs_if_emulated` seeds Beam's credential cache with "no credentials", so
 ``GcsIO`` builds ``storage.Client.create_anonymous_client()``, which follows the emulator host.
-It is called on import of this module, so Beam worker processes (which import the pipelines
-package to unpickle its DoFns) do the same.
+Importing this module changes nothing: the call is made explicitly by
+:func:`pipelines.options.pipeline_options` (so by ``new_pipeline``), by the helpers below before they
+touch a ``gs://`` path, and in Beam worker processes by :mod:`pipelines.worker_plugin` (named in
+``--beam_plugin``: :data:`PLUGIN_PATH`).
 """
 from __future__ import annotations
 
@@ -14,39 +16,35 @@ import json
 import os
 import posixpath
 import uuid
-from typing import Iterable, Iterator, List, Sequence
+from typing import Iterable, List, Sequence
 
 EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
+# What ``--beam_plugin`` names so that every Beam worker process imports pipelines.worker_plugin at start-up.
+PLUGIN_PATH = "pipelines.worker_plugin.AnonymousGcsWhenEmulated"
 
 
 def use_anonymous_gcs_if_emulated() -> bool:
-    """When a storage emulator is configured, make Beam's gs:// filesystem use an anonymous client."""
+    """When a storage emulator is configured, make Beam's gs:// filesystem use an anonymous client.
+    Idempotent; without ``STORAGE_EMULATOR_HOST`` it does nothing and returns False."""
     if not os.environ.get(EMULATOR_ENV):
         return False
     try:
         from apache_beam.internal.gcp import auth
     except ImportError:  # Beam without [gcp]: nothing to configure
         return False
+    # Beam has no public switch for this (``--no_auth`` is not read by GcsIO): its credential cache it is.
     with auth._Credentials._credentials_lock:
         auth._Credentials._credentials_init = True
         auth._Credentials._credentials = None
     return True
 
 
-use_anonymous_gcs_if_emulated()
-
-try:
-    from apache_beam.utils.plugin import BeamPlugin
-except ImportError:  # pragma: no cover
-    BeamPlugin = object
-
-
-class AnonymousGcsWhenEmulated(BeamPlugin):
-    """Named in ``--beam_plugin`` so every Beam worker process imports this module at start-up
-    (before its first gs:// access) and applies :func:`use_anonymous_gcs_if_emulated`."""
-
-
-PLUGIN_PATH = f"{__name__}.AnonymousGcsWhenEmulated"
+def _filesystems(paths: Iterable[str] = ()):
+    """Beam's ``FileSystems``, with :func:`use_anonymous_gcs_if_emulated` applied first when a path is ``gs://``."""
+    from apache_beam.io.filesystems import FileSystems
+    if any(is_gcs(p) for p in paths):
+        use_anonymous_gcs_if_emulated()
+    return FileSystems
 
 
 def is_gcs(path: str) -> bool:
@@ -76,9 +74,9 @@ def sha256_hex(data: bytes) -> str:
 
 def match(patterns: Sequence[str]) -> List[str]:
     """Expand globs (local or gs://) with Beam's FileSystems; sorted, de-duplicated, directories skipped."""
-    from apache_beam.io.filesystems import FileSystems
+    patterns = list(patterns)
     found = set()
-    for result in FileSystems.match(list(patterns)):
+    for result in _filesystems(patterns).match(patterns):
         for meta in result.metadata_list:
             if not meta.path.endswith("/"):
                 found.add(meta.path)
@@ -86,13 +84,11 @@ def match(patterns: Sequence[str]) -> List[str]:
 
 
 def exists(path: str) -> bool:
-    from apache_beam.io.filesystems import FileSystems
-    return FileSystems.exists(path)
+    return _filesystems([path]).exists(path)
 
 
 def read_bytes(path: str) -> bytes:
-    from apache_beam.io.filesystems import FileSystems
-    with FileSystems.open(path, compression_type="uncompressed") as f:
+    with _filesystems([path]).open(path, compression_type="uncompressed") as f:
         return f.read()
 
 
@@ -101,10 +97,9 @@ def read_text(path: str) -> str:
 
 
 def write_bytes(path: str, data: bytes) -> None:
-    from apache_beam.io.filesystems import FileSystems
     if not is_gcs(path):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with FileSystems.create(path, compression_type="uncompressed") as f:
+    with _filesystems([path]).create(path, compression_type="uncompressed") as f:
         f.write(data)
 
 
@@ -126,10 +121,9 @@ def makedirs(path: str) -> None:
 
 
 def delete(paths: Iterable[str]) -> None:
-    from apache_beam.io.filesystems import FileSystems
     paths = [p for p in paths if exists(p)]
     if paths:
-        FileSystems.delete(paths)
+        _filesystems(paths).delete(paths)
 
 
 def run_token() -> str:

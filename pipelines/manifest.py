@@ -25,6 +25,7 @@ from typing import Iterable, Iterator, Tuple
 import apache_beam as beam
 
 import pipelines.io as pio
+from pipelines.counters import BULK_NAMESPACE
 
 MANIFEST_DIR = "manifest"
 MANIFEST_PREFIX = "manifest"
@@ -89,7 +90,7 @@ class _ParseManifest(beam.DoFn):
     which is the safe direction)."""
 
     def __init__(self):
-        self.bad = beam.metrics.Metrics.counter("captionbeam.bulk", "manifest_malformed_lines")
+        self.bad = beam.metrics.Metrics.counter(BULK_NAMESPACE, "manifest_malformed_lines")
 
     def process(self, line: str) -> Iterable[Tuple[str, str]]:
         if not line.strip():

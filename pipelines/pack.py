@@ -25,20 +25,22 @@ extension are dead-lettered: a shard never has two samples with one key.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Sequence, Tuple
 
 import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 
 import pipelines.io as pio
+from model import jsonl
 from pipelines.deadletter import DeadLetter, WriteDeadLetters
-from pipelines.shards import IMAGE_EXTENSIONS, NAMESPACE, ShardWriter
+from pipelines.counters import NAMESPACE
+from pipelines.formats import IMAGE_EXTENSIONS
+from pipelines.shards.writer import ShardWriter
 
 LOG = logging.getLogger(__name__)
 
@@ -226,7 +228,7 @@ class _WriteShardFn(beam.DoFn):
         for d in dead:
             yield beam.pvalue.TaggedOutput(self.DEAD, d)
         for row in manifest:
-            yield json.dumps(row, sort_keys=True)
+            yield jsonl.dumps_line(row, sort_keys=True)
 
 
 class PackImages(beam.PTransform):
@@ -297,7 +299,7 @@ def existing_outputs(config: PackConfig) -> List[str]:
 
 def read_manifest(output: str) -> List[dict]:
     path = pio.join(output, MANIFEST_FILE)
-    return [json.loads(line) for line in pio.read_text(path).splitlines() if line.strip()]
+    return jsonl.loads(pio.read_text(path), path)
 
 
 def run(config: PackConfig, pipeline_args: Sequence[str] = ()) -> PackSummary:

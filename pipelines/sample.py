@@ -31,6 +31,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageDraw
 
+from model import jsonl
+
 # ----------------------------------------------------------------------------- vocabulary of scenes
 SHAPES: Tuple[str, ...] = ("circle", "square", "triangle", "star", "diamond")
 COLOURS: Dict[str, Tuple[int, int, int]] = {
@@ -413,4 +415,4 @@ def write_sample(config: SampleConfig, progress=None) -> SampleSummary:
 
 def read_scenes(text: str) -> List[dict]:
     """``scenes.jsonl`` -> list of scene dicts (ground truth for tests and reports)."""
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    return jsonl.loads(text, "scenes.jsonl")

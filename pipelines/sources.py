@@ -4,10 +4,11 @@
 ``input_format``:
   ``files``     loose image files; globs are matched and read with Beam's file I/O (``fileio.MatchAll``,
                 then one read per file in a DoFn), so both run distributed on the workers.
-  ``tar``       tar archives of images (``pipelines.shards.ReadImageShards``, issue 7).
-  ``tfrecord``  TFRecord shards of images (``pipelines.shards.ReadImageShards``, issue 7).
-  ``auto``      decided per pattern from its extension (``.tar``, ``.tar.gz``, ``.tgz`` -> tar;
-                ``.tfrecord``, ``.tfrecords``, ``.tfrecord.gz`` -> tfrecord; anything else -> files).
+  ``tar``       tar archives of images (``pipelines.shards.transforms.ReadImageShards``).
+  ``tfrecord``  TFRecord shards of images (``pipelines.shards.transforms.ReadImageShards``).
+  ``auto``      decided per pattern from its suffix by the one format table, :mod:`pipelines.formats`
+                (``.tar``, ``.tar.gz``, ``.tgz`` -> tar; ``.tfrecord[s][.gz]``, ``.tfr[.gz]`` -> tfrecord;
+                anything else -> files).
 
 Contract for shard readers: ``ReadImageShards(patterns, input_format)`` is a PTransform applied to a
 pipeline root that returns ``{"images": PCollection[ImageBlob], "dead_letters": PCollection[DeadLetter]}``,
@@ -16,52 +17,20 @@ with ``ImageBlob.source = "<shard path>#<member name>"``.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Dict, List, Sequence
+from typing import Sequence
 
 import apache_beam as beam
-from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 
 import pipelines.io as pio
+from pipelines.counters import NAMESPACE
 from pipelines.deadletter import DeadLetter
-
-INPUT_FORMATS = ("files", "tar", "tfrecord", "auto")
-NAMESPACE = "captionbeam"
-
-_TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
-_TFRECORD_SUFFIXES = (".tfrecord", ".tfrecords", ".tfrecord.gz", ".tfrecords.gz")
+from pipelines.formats import INPUT_FORMATS, split_by_format  # noqa: F401  (INPUT_FORMATS: for the flags)
+from pipelines.image_items import ImageBlob
+from pipelines.matching import MatchPaths
+from pipelines.shards.transforms import ReadImageShards
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ImageBlob:
-    """One image's raw bytes as read from storage."""
-    source: str  # the file path, or "shard#member" for images inside a tar / TFRecord shard
-    image_id: str  # Flickr8k convention: file (or member) name without extension
-    data: bytes
-
-
-def pattern_format(pattern: str) -> str:
-    """``files``, ``tar`` or ``tfrecord`` for one glob, from its extension (for ``--input-format auto``)."""
-    p = pattern.lower()
-    if p.endswith(_TAR_SUFFIXES):
-        return "tar"
-    if p.endswith(_TFRECORD_SUFFIXES):
-        return "tfrecord"
-    return "files"
-
-
-def split_by_format(patterns: Sequence[str], input_format: str) -> Dict[str, List[str]]:
-    """Group patterns by the reader that handles them."""
-    if input_format not in INPUT_FORMATS:
-        raise ValueError(f"unknown input format {input_format!r}; choose one of {', '.join(INPUT_FORMATS)}")
-    groups: Dict[str, List[str]] = {}
-    for pattern in patterns:
-        fmt = pattern_format(pattern) if input_format == "auto" else input_format
-        groups.setdefault(fmt, []).append(pattern)
-    return groups
 
 
 class _ReadFileFn(beam.DoFn):
@@ -99,9 +68,8 @@ class FileTooLargeError(ValueError):
 class ReadImageFiles(beam.PTransform):
     """Globs (local or gs://) -> ``{"images": ImageBlob..., "dead_letters": DeadLetter...}``.
 
-    Matching runs in ``fileio.MatchAll`` (on the workers; a glob that matches nothing is allowed here:
-    the command line checks up front that the globs match something). Paths matched by several globs
-    are read once. Directories (and gs:// ``dir/`` placeholder objects) are skipped."""
+    Globs are matched on the workers by :class:`pipelines.matching.MatchPaths` (paths matched by several
+    globs are read once; directories skipped; the de-duplication shuffle spreads the reads over workers)."""
 
     def __init__(self, patterns: Sequence[str], max_bytes: int = 0):
         super().__init__()
@@ -109,12 +77,7 @@ class ReadImageFiles(beam.PTransform):
         self.max_bytes = max_bytes
 
     def expand(self, pbegin):
-        paths = (pbegin
-                 | "Patterns" >> beam.Create(self.patterns)
-                 | "Match" >> fileio.MatchAll(fileio.EmptyMatchTreatment.ALLOW)
-                 | "Path" >> beam.Map(lambda m: m.path)
-                 | "SkipDirectories" >> beam.Filter(lambda p: not p.endswith("/"))
-                 | "Dedupe" >> beam.Distinct())  # also spreads the reads over workers (a shuffle)
+        paths = pbegin | "MatchFiles" >> MatchPaths(self.patterns)
         read = paths | "Read" >> beam.ParDo(_ReadFileFn(self.max_bytes)).with_outputs(
             _ReadFileFn.DEAD, main="images")
         return {"images": read.images, "dead_letters": read[_ReadFileFn.DEAD]}
@@ -130,7 +93,7 @@ class ReadImages(beam.PTransform):
         self.patterns = list(patterns)
         self.groups = split_by_format(self.patterns, input_format)
         self.max_bytes = max_bytes
-        self.shard_fields = shard_fields  # pipelines.shards.TfrecordFields: TFRecord feature names
+        self.shard_fields = shard_fields  # pipelines.shards.image_examples.TfrecordFields (None: defaults)
 
     def expand(self, pbegin):
         parts = []
@@ -138,7 +101,6 @@ class ReadImages(beam.PTransform):
             if fmt == "files":
                 parts.append(pbegin | "ReadFiles" >> ReadImageFiles(patterns, self.max_bytes))
             else:
-                from pipelines.shards import ReadImageShards  # issue 7: image shards
                 parts.append(pbegin | f"Read{fmt.capitalize()}Shards"
                              >> ReadImageShards(patterns, fmt, fields=self.shard_fields))
         if len(parts) == 1:

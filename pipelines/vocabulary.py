@@ -12,7 +12,6 @@ from typing import Dict, Iterable, List, Tuple
 
 import apache_beam as beam
 
-import pipelines.io  # noqa: F401  (anonymous gs:// on the emulator, in workers too)
 from model.vocab import RESERVED, Vocabulary
 
 

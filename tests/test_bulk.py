@@ -13,7 +13,9 @@ import pytest
 
 from launch.cli import main as cli_main
 from pipelines import io as pio
-from pipelines.bulk import BulkConfig, ROW_FIELDS, new_run_token
+from pipelines.bulk import BulkConfig, new_run_token
+from pipelines.bulk_handler import CaptionerModelHandler
+from pipelines.bulk_rows import ROW_FIELDS
 from pipelines.deadletter import read_dead_letters
 from pipelines.manifest import check_model_version, parse_manifest_line, read_manifest_keys
 
@@ -280,8 +282,8 @@ def test_exported_savedmodel_as_model_dir(tmp_path, sample_dir, exported_model, 
     batch = [ImageBytes(path=f"p{i}", image_id=f"i{i}", sha256="0" * 64, data=d)
              for i, d in enumerate([datas[1], broken, b"text", datas[2]])]
     got = handler.run_inference(batch, loaded)
-    assert [type(g).__name__ for g in got] == ["dict", "DeadLetter", "DeadLetter", "dict"]
-    assert [g["caption"] for g in (got[0], got[3])] == [served[1][0], served[2][0]]
+    assert [type(g).__name__ for g in got] == ["CaptionRow", "DeadLetter", "DeadLetter", "CaptionRow"]
+    assert [g.caption for g in (got[0], got[3])] == [served[1][0], served[2][0]]
     assert (got[1].stage, got[1].error, got[2].error) == ("decode", "InvalidArgumentError", "NotAnImageError")
 
 
@@ -295,7 +297,8 @@ def test_tfrecord_field_flags_reach_the_shard_reader(tmp_path, sample_dir, model
     """--tfrecord-image-field / --tfrecord-id-field: a TFRecord shard with other field names is captioned,
     every image accounted for; without the flags each record is a dead letter naming the missing field."""
     import tensorflow as tf
-    from pipelines import shards as S
+    from pipelines.image_items import MISSING_ID
+    from pipelines.shards.tfrecord import frame_record
 
     def example(key: str, data: bytes) -> bytes:
         return tf.train.Example(features=tf.train.Features(feature={
@@ -306,7 +309,7 @@ def test_tfrecord_field_flags_reach_the_shard_reader(tmp_path, sample_dir, model
     paths = _images(sample_dir, 3, start=50)
     assert len(paths) == 3
     shard = tmp_path / "custom-00000.tfrecord"
-    shard.write_bytes(b"".join(S.frame_record(example(os.path.basename(p)[:-4], open(p, "rb").read()))
+    shard.write_bytes(b"".join(frame_record(example(os.path.basename(p)[:-4], open(p, "rb").read()))
                                for p in paths))
     rc, s = _bulk(capsys, "--images", str(shard), "--model-dir", model_dir, "--output", str(tmp_path / "a"),
                   "--tfrecord-image-field", "photo/jpeg", "--tfrecord-id-field", "photo/name")
@@ -318,4 +321,38 @@ def test_tfrecord_field_flags_reach_the_shard_reader(tmp_path, sample_dir, model
     assert rc == 0 and s["counters"]["captioned"] == 0 and s["counters"]["failed"] == 3 and s["balanced"]
     from pipelines.deadletter import read_dead_letters
     dead = list(read_dead_letters(str(tmp_path / "b")))
-    assert len(dead) == 3 and {d.error for d in dead} == {S.MISSING_ID}
+    assert len(dead) == 3 and {d.error for d in dead} == {MISSING_ID}
+
+
+class _NoModel:
+    """Stands for a loaded model (Beam's shared handle needs an object it can weakly reference)."""
+
+
+class _BatchFailingHandler(CaptionerModelHandler):
+    """A RunInference handler whose whole batch raises (what the isolating handlers let escape only on a
+    bug): real Beam exception handling turns it into failed_inferences."""
+
+    def load_model(self):
+        return _NoModel()
+
+    def run_inference(self, batch, model, inference_args=None):
+        raise RuntimeError(f"boom: a batch of {len(batch)} failed")
+
+
+def test_a_failed_batch_dead_letters_name_the_exception_class(tmp_path, sample_dir):
+    """A batch that fails inside RunInference: one dead letter per image, error = the exception's class
+    name and message = its text (Beam's (type, repr, traceback) triple unpacked, not error="tuple")."""
+    from pipelines.bulk import BulkCaption, ModelInfo, WriteBulkOutputs
+    from pipelines.options import new_pipeline
+    paths = _images(sample_dir, 3)
+    out = str(tmp_path / "out")
+    config = BulkConfig(images=tuple(paths), output=out, model_dir=str(tmp_path / "no-model"), batch_size=8)
+    model = ModelInfo(model_version="v-test", encoder="mobilenet", image_size=32)
+    p = new_pipeline(["--runner=DirectRunner"])
+    outputs = p | BulkCaption(config, model, handler=_BatchFailingHandler(config.captioner_config()))
+    _ = outputs | WriteBulkOutputs(out, "run1", model.model_version)
+    p.run().wait_until_finish()
+    dead = read_dead_letters(out)
+    assert sorted(d.path for d in dead) == sorted(paths)
+    assert {(d.error, d.stage) for d in dead} == {("RuntimeError", "inference")}
+    assert all("boom: a batch of" in d.message for d in dead)

@@ -150,3 +150,19 @@ def test_tflite_float_and_uint8(tiny_keras_model, tmp_path):
     # dequantized outputs track the float model within the quantization error
     assert np.abs(out - expected).max() <= 0.1 * np.abs(expected).max() + 1e-3
     assert q.spec_dict()["source"] == str(qpath)
+
+
+@pytest.mark.parametrize("copies", [None, 2])
+def test_encoder_model_handler_batches_and_shares_through_beams_own_api(copies):
+    """The RunInference handler sets batching and sharing through Beam's ModelHandler constructor; Beam's
+    public getters report them (exact batches of batch_size; model_copies per machine when asked)."""
+    from apache_beam.ml.inference.base import KeyedModelHandler
+    from pipelines.inference import EncoderModelHandler, keyed_encoder_handler
+    handler = EncoderModelHandler(EncoderConfig("mobilenet", "none", 32), batch_size=8, model_copies=copies)
+    assert handler.batch_elements_kwargs() == {"min_batch_size": 8, "max_batch_size": 8}
+    assert handler.share_model_across_processes() is (copies is not None)
+    assert handler.model_copies() == (copies or 1)
+    keyed = keyed_encoder_handler(EncoderConfig("mobilenet", "none", 32), batch_size=8, model_copies=copies)
+    assert isinstance(keyed, KeyedModelHandler) and keyed.batch_elements_kwargs() == handler.batch_elements_kwargs()
+    with pytest.raises(ValueError, match="batch_size"):
+        EncoderModelHandler(EncoderConfig("mobilenet", "none", 32), batch_size=0)

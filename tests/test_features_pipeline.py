@@ -63,7 +63,7 @@ def read_records_tf(output, compression=None):
     assert files, f"no feature shards under {output}"
     ds = tf.data.TFRecordDataset(files, compression_type=compression or "")
     rows = [records.parse_feature_example(r.numpy()) for r in ds]
-    return {r["image_id"]: r for r in rows}, len(rows), files
+    return {r.image_id: r for r in rows}, len(rows), files
 
 
 def read_records_tfrecord_package(output, compression=None):
@@ -108,18 +108,29 @@ def test_clean_run_records(inputs, clean_run, capsys):
     for image_id, r in by_tf.items():
         path = inputs / "clean" / f"{image_id}.jpg"
         data = path.read_bytes()
-        assert r["path"] == str(path) and r["encoder"] == "mobilenet"
-        assert r["sha256"] == hashlib.sha256(data).hexdigest()
-        assert r["feature"].shape == (1024,) and r["feature"].dtype == np.float32
+        assert r.path == str(path) and r.encoder == "mobilenet"
+        assert r.sha256 == hashlib.sha256(data).hexdigest()
+        assert r.feature.shape == (1024,) and r.feature.dtype == np.float32
         expected = encoder.encode(load_image(data, 32))[0]
-        np.testing.assert_allclose(r["feature"], expected, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(r.feature, expected, rtol=1e-4, atol=1e-6)
 
     by_pkg = read_records_tfrecord_package(clean_run)
     assert set(by_pkg) == set(by_tf)
     for image_id, ex in by_pkg.items():
         assert list(ex["feature_shape"]) == [1024] and ex["encoder"] == "mobilenet"
-        assert ex["sha256"] == by_tf[image_id]["sha256"] and ex["path"] == by_tf[image_id]["path"]
-        assert np.array_equal(np.asarray(ex["feature"], np.float32), by_tf[image_id]["feature"])
+        assert ex["sha256"] == by_tf[image_id].sha256 and ex["path"] == by_tf[image_id].path
+        assert np.array_equal(np.asarray(ex["feature"], np.float32), by_tf[image_id].feature)
+
+
+def test_ids_sidecar_names_every_record(clean_run, mixed_run):
+    """ids/ids-*.jsonl: one {"image_id", "path", "sha256"} line per feature record, none per dead letter."""
+    from pipelines.features import read_feature_ids
+    for out in (clean_run, mixed_run):
+        by_tf, n, _ = read_records_tf(out)
+        rows = read_feature_ids(str(out))
+        assert len(rows) == n
+        assert sorted((r["image_id"], r["path"], r["sha256"]) for r in rows) == sorted(
+            (r.image_id, r.path, r.sha256) for r in _by_path(out).values())
 
 
 def test_bad_files_become_dead_letters_and_counts_add_up(inputs, mixed_run):
@@ -137,7 +148,7 @@ def test_bad_files_become_dead_letters_and_counts_add_up(inputs, mixed_run):
     assert spec.extra["duplicate_image_ids"] == ["img_0"] and spec.extra["duplicate_image_id_count"] == 1
     # every matched file is in exactly one of the two outputs
     import tensorflow as tf
-    paths = [records.parse_feature_example(r.numpy())["path"] for r in tf.data.TFRecordDataset(files)]
+    paths = [records.parse_feature_example(r.numpy()).path for r in tf.data.TFRecordDataset(files)]
     assert len(paths) == len(set(paths))
     assert set(paths) | {d.path for d in dead} == matched and not set(paths) & {d.path for d in dead}
 
@@ -157,8 +168,8 @@ def test_rerun_gives_the_same_records(inputs, clean_run, tmp_path):
     assert set(first) == set(second)
     for k in first:
         a, b = first[k], second[k]
-        assert (a["path"], a["sha256"], a["encoder"]) == (b["path"], b["sha256"], b["encoder"])
-        assert np.array_equal(a["feature"], b["feature"])
+        assert (a.path, a.sha256, a.encoder) == (b.path, b.sha256, b.encoder)
+        assert np.array_equal(a.feature, b.feature)
 
 
 def test_rerun_into_the_same_output_needs_overwrite(inputs, clean_run, capsys):
@@ -170,7 +181,7 @@ def _by_path(output):
     import tensorflow as tf
     _, _, files = read_records_tf(output)
     rows = [records.parse_feature_example(r.numpy()) for r in tf.data.TFRecordDataset(files)]
-    return {r["path"]: r for r in rows}
+    return {r.path: r for r in rows}
 
 
 def test_multi_process_equals_single_process(inputs, mixed_run, tmp_path):
@@ -179,8 +190,8 @@ def test_multi_process_equals_single_process(inputs, mixed_run, tmp_path):
     single, multi = _by_path(mixed_run), _by_path(tmp_path)
     assert set(single) == set(multi) and len(single) == len(CLEAN) + len(ODD_GOOD) + 1
     for k in single:
-        assert (single[k]["image_id"], single[k]["sha256"]) == (multi[k]["image_id"], multi[k]["sha256"])
-        np.testing.assert_allclose(multi[k]["feature"], single[k]["feature"], rtol=1e-4, atol=1e-6)
+        assert (single[k].image_id, single[k].sha256) == (multi[k].image_id, multi[k].sha256)
+        np.testing.assert_allclose(multi[k].feature, single[k].feature, rtol=1e-4, atol=1e-6)
     assert read_dead_letters(str(tmp_path)) == read_dead_letters(str(mixed_run))
 
 
@@ -205,8 +216,8 @@ def test_gcs_input_and_output(inputs, gcs_bucket, tmp_path):
             f.write(raw)
         for rec in tf.data.TFRecordDataset([local]):
             r = records.parse_feature_example(rec.numpy())
-            assert r["path"].startswith(f"{src}/") and r["feature"].shape == (1024,)
-            ids.add(r["image_id"])
+            assert r.path.startswith(f"{src}/") and r.feature.shape == (1024,)
+            ids.add(r.image_id)
     assert ids == {os.path.splitext(k)[0] for k in CLEAN} | {"rgba"}
     dead = [json.loads(line) for k in keys if k.startswith("features/dead_letters/")
             for line in gcs_bucket.read(k).decode().splitlines() if line]
@@ -229,8 +240,8 @@ def test_user_keras_model_encoder(inputs, tmp_path):
     for image_id, r in by_tf.items():
         image = load_image((inputs / "clean" / f"{image_id}.jpg").read_bytes(), 24)
         expected = model.predict(image[None].astype(np.float32) / 127.5 - 1.0, verbose=0)[0]
-        assert r["encoder"] == "user.keras"
-        np.testing.assert_allclose(r["feature"], expected, rtol=1e-4, atol=1e-5)
+        assert r.encoder == "user.keras"
+        np.testing.assert_allclose(r.feature, expected, rtol=1e-4, atol=1e-5)
     spec = records.FeaturesSpec.from_json((out / "features_spec.json").read_text())
     assert spec.feature_shape == [11 * 11 * 3] and spec.image_size == [24, 24] and spec.preprocessing == "tf"
 

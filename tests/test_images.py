@@ -191,13 +191,31 @@ def test_max_pixels_limit_is_configurable():
 
 
 def test_resize_squashes_to_square():
-    arr = decode_image(make_rgb_jpeg(2, (48, 40)))
+    """The whole 48x40 picture ends up in the 32x32 square, each axis scaled on its own: not cropped, not
+    padded (four coloured quadrants stay four quadrants of 16x16)."""
+    quadrants = np.zeros((40, 48, 3), np.uint8)
+    quadrants[:20, :24], quadrants[:20, 24:] = (255, 0, 0), (0, 255, 0)
+    quadrants[20:, :24], quadrants[20:, 24:] = (0, 0, 255), (255, 255, 255)
     for method in ("nearest", "bilinear", "bicubic"):
-        out = resize_image(arr, 32, method)
+        out = resize_image(quadrants, 32, method)
         assert out.shape == (32, 32, 3) and out.dtype == np.uint8
-    assert resize_image(arr[:32, :32], 32) is not None
-    assert np.array_equal(resize_image(arr[:32, :32], 32), arr[:32, :32])
-    with pytest.raises(ValueError):
+        inner = lambda y, x: out[y + 2:y + 14, x + 2:x + 14].reshape(-1, 3)  # noqa: E731 (away from the seams)
+        for (y, x), colour in {(0, 0): (255, 0, 0), (0, 16): (0, 255, 0), (16, 0): (0, 0, 255),
+                               (16, 16): (255, 255, 255)}.items():
+            assert (np.abs(inner(y, x).astype(int) - colour) <= 2).all(), (method, y, x)
+    arr = decode_image(make_rgb_jpeg(2, (48, 40)))
+    assert resize_image(arr, 32).shape == (32, 32, 3)
+
+
+def test_resize_to_its_own_size_keeps_the_pixels():
+    arr = decode_image(make_rgb_jpeg(2, (48, 40)))[:32, :32]
+    out = resize_image(arr, 32)
+    assert np.array_equal(out, arr) and out.dtype == np.uint8 and out.flags["C_CONTIGUOUS"]
+
+
+def test_resize_rejects_a_bad_size_or_method():
+    arr = decode_image(make_rgb_jpeg(2, (48, 40)))
+    with pytest.raises(ValueError, match="size must be positive"):
         resize_image(arr, 0)
     with pytest.raises(ValueError, match="resize method"):
         resize_image(arr, 8, "sinc")

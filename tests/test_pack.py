@@ -12,7 +12,8 @@ import pytest
 import pipelines.io as pio
 from model.caption_files import group, parse
 from pipelines import pack as P
-from pipelines import shards as S
+from pipelines.image_items import ShardRecord
+from pipelines.shards.read import iter_shard
 from pipelines.deadletter import read_dead_letters
 from tests.plugins.shards import DIRECT, SHARD_SIZE
 
@@ -29,7 +30,7 @@ def _read_back(output, fmt):
     """Every record of every shard under ``output``, read with the streaming reader over gs://."""
     items = []
     for shard in pio.match([pio.join(output, f"shard-*-of-*{'.tar' if fmt == 'tar' else '.tfrecord.gz'}")]):
-        items += list(S.iter_shard(shard, fmt))
+        items += list(iter_shard(shard, fmt))
     return items
 
 
@@ -53,7 +54,7 @@ def test_pack_manifest_shards_and_captions(gcs_packed, fmt):
     assert sorted(k.rsplit("/", 1)[1] for k in gcs_packed.bucket.keys(f"{fmt}/shard-")) == sorted(per_shard)
     # the shards hold exactly the manifest's images, bytes and captions
     items = _read_back(output, fmt)
-    assert all(isinstance(i, S.ShardRecord) for i in items)
+    assert all(isinstance(i, ShardRecord) for i in items)
     by_id = {i.image_id: i for i in items}
     assert len(by_id) == len(items) == len(rows)
     for r in rows:

@@ -11,9 +11,10 @@ import textwrap
 import pytest
 
 from launch import cli
-from launch.beam_options import DEFAULT_PROFILES_FILE
-from launch.profiles import (load_profiles, merge_flags, profile_args, profile_env, profile_train_args,
-                             resolved_options, tf_config)
+from launch.beam_options import merge_flags
+from launch.dry_run import resolved_options
+from launch.profiles import DEFAULT_PROFILES_FILE, load_profiles, profile_args, profile_env, profile_train_args
+from launch.tf_config import tf_config
 
 BULK = ["bulk", "--images", "gs://b/photos/*.jpg", "--model-dir", "gs://b/model", "--output", "gs://b/out"]
 
@@ -152,7 +153,7 @@ def test_local_profile_really_runs_a_pipeline(tmp_path):
     script = textwrap.dedent(f"""
         import apache_beam as beam
         from pipelines.options import pipeline_options
-        from launch.profiles import merge_flags
+        from launch.beam_options import merge_flags
         args = merge_flags({profile_args(profiles, 'local', 'features')!r})
         with beam.Pipeline(options=pipeline_options(args)) as p:
             (p | beam.Create(range(200)) | beam.Map(lambda x: (x % 7, x)) | beam.CombinePerKey(sum)

@@ -10,8 +10,10 @@ import shutil
 import pytest
 
 import pipelines.io as pio
-from launch.retrain import (ModelRoot, VersionError, VersionInfo, extended_vocabulary, iter_tfrecords, next_batch,
-                            promotion_decision, read_consumed, write_atomic, write_consumed)
+from launch.retrain.gate import promotion_decision
+from launch.retrain.root import (ModelRoot, VersionError, VersionInfo, next_batch, read_consumed, write_atomic,
+                                 write_consumed)
+from model.vocab import extended_vocabulary
 
 
 # ----------------------------------------------------------------------------- state (fast)
@@ -82,16 +84,28 @@ def test_extended_vocabulary_keeps_old_ids():
     assert new[6:] == ["hexagon", "a", "blue"]   # frequency desc, then alphabetical; 'zebra' once: not kept
 
 
-def test_iter_tfrecords_matches_tensorflow(tmp_path):
-    import tensorflow as tf
-    path = str(tmp_path / "x.tfrecord")
-    payloads = [b"", b"abc", os.urandom(1000)]
-    with tf.io.TFRecordWriter(path) as w:
-        for p in payloads:
-            w.write(p)
-    assert list(iter_tfrecords(open(path, "rb").read())) == payloads
-    with pytest.raises(ValueError, match="truncated"):
-        list(iter_tfrecords(open(path, "rb").read()[:-3]))
+def test_compressed_root_features_are_read_and_extended_compressed(tmp_path):
+    """Features written with --compress: retrain learns what they hold from the ids/ sidecar (it used to
+    parse the GZIP bytes as uncompressed TFRecords and fail), and new images are featurised compressed
+    too, so one features_spec.json (compression: GZIP) describes every batch's records."""
+    import hashlib
+
+    from launch import cli
+    from launch.commands import features as features_cmd
+    from launch.retrain.manifest import feature_hashes
+    from launch.retrain.stages import features_invocation
+    from pipelines.sample import SampleConfig, write_sample
+    write_sample(SampleConfig(output=str(tmp_path / "s"), images=20, seed=0, size=32))
+    out = tmp_path / "f"
+    assert cli.main(["--log-level", "WARNING", "features", "--images", str(tmp_path / "s" / "images" / "*.jpg"),
+                     "--output", str(out), "--encoder", "mobilenet", "--weights", "none", "--image-size", "32",
+                     "--compress"]) == 0
+    spec = json.loads((out / "features_spec.json").read_text())
+    assert spec["extra"]["compression"] == "GZIP"
+    expected = {hashlib.sha256(p.read_bytes()).hexdigest(): p.stem for p in (tmp_path / "s" / "images").glob("*.jpg")}
+    assert len(expected) == 20 and feature_hashes([str(out)]) == expected
+    inv = features_invocation(ModelRoot(str(tmp_path / "root")), spec, ["new/*.jpg"], str(tmp_path / "new"))
+    assert "--compress" in inv.argv and features_cmd.config_from_args(inv.args).compress
 
 
 # ----------------------------------------------------------------------------- end to end (GCS emulator)
@@ -136,7 +150,7 @@ def _retrain(capsys, argv):
 
 def test_retrain_promotes_good_batch_and_rejects_shuffled_captions(small_run, gcs_bucket, tmp_path, capsys):
     assert small_run.rc == 0
-    from launch.retrain import feature_hashes
+    from launch.retrain.manifest import feature_hashes
     root = f"{gcs_bucket.url}/models"
     [init] = _retrain(capsys, ["--root", root, "--init", "--from-run", small_run.workdir])
     r = ModelRoot(root)

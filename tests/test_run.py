@@ -111,6 +111,15 @@ def test_bad_configs_fail_naming_the_key(tmp_path, capsys):
         from_mapping({"data": {"images": ["x/*.jpg"]}}).validate()
     with pytest.raises(ConfigError, match="'dev' split file is required"):
         from_mapping({"data": {"images": ["x"], "captions": "c", "splits": {"train": "t"}}}).validate()
+    # the wrong type is a config error naming the key and the type, not a ValueError later
+    with pytest.raises(ConfigError, match=r"train.epochs: expected an integer, got str 'three'"):
+        from_mapping({"train": {"epochs": "three"}})
+    with pytest.raises(ConfigError, match=r"data.splits: expected a mapping"):
+        from_mapping({"data": {"splits": ["train.txt"]}})
+    with pytest.raises(ConfigError, match=r"report: expected true or false"):
+        from_mapping({"report": "yes please"})
+    assert from_mapping({"train": {"learning_rate": 1}}).train.learning_rate == 1.0
+    assert from_mapping({"runner": {"profile": None}}).runner.profile is None
     with pytest.raises(ConfigError, match="train.epochs: must be positive"):
         from_mapping({"train": {"epochs": 0}}).validate()
     assert RunConfig().validate().data.is_sample

@@ -12,30 +12,12 @@ import json
 import logging
 import sys
 
+from launch.arg_types import non_negative_int, positive_int
+
 HELP = "caption an archive of images at scale, resumably (Beam job)"
 BEAM = True
 
 log = logging.getLogger(__name__)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,25 +46,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--output", required=True, help="output directory, local or gs://")
     g.add_argument("--format", default="jsonl", choices=FORMATS,
                    help="caption rows as JSON lines or Parquet (default: jsonl)")
-    g.add_argument("--num-shards", type=_non_negative_int, default=0,
+    g.add_argument("--num-shards", type=non_negative_int, default=0,
                    help="caption / manifest shards per run; 0 lets the runner choose (default: 0)")
     g.add_argument("--skip-existing", action="store_true",
                    help="caption only images whose (path, SHA-256) is not yet in this model version's manifest "
                         "under --output; a finished archive then writes no new rows")
     d = parser.add_argument_group("decoding and inference")
-    d.add_argument("--beam-size", type=_positive_int, default=None,
+    d.add_argument("--beam-size", type=positive_int, default=None,
                    help="beam width; 1 = greedy (default: 1; for an export, the one baked into it, which is the "
                         "only value it accepts)")
-    d.add_argument("--max-length", type=_positive_int, default=None,
+    d.add_argument("--max-length", type=positive_int, default=None,
                    help="longest caption in tokens (default: the model's; for an export, baked in like --beam-size)")
-    d.add_argument("--batch-size", type=_positive_int, default=32,
+    d.add_argument("--batch-size", type=positive_int, default=32,
                    help="images per RunInference batch (encoder and decoder together) (default: 32)")
-    d.add_argument("--model-copies", type=_positive_int, default=None,
+    d.add_argument("--model-copies", type=positive_int, default=None,
                    help="load exactly N models per worker machine, shared by all its SDK processes (Beam's "
                         "multi_process_shared); default: one model per worker process, shared by its threads")
-    d.add_argument("--max-bytes", type=_non_negative_int, default=0,
+    d.add_argument("--max-bytes", type=non_negative_int, default=0,
                    help="dead-letter files larger than this many bytes; 0 = no limit (default: 0)")
-    d.add_argument("--max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS,
+    d.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
                    help=f"dead-letter images with more pixels than this (decompression bombs) "
                         f"(default: {DEFAULT_MAX_PIXELS}; not checked for an export, which decodes in its graph)")
     d.add_argument("--resize-method", default=None, choices=sorted(RESIZE_METHODS),
@@ -93,8 +75,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _check_images(parser_error, patterns) -> None:
     """Fail fast when a glob matches nothing (a limit-1 match per pattern: cheap even on a huge bucket)."""
-    import pipelines.io  # noqa: F401  (anonymous gs:// on an emulator)
     from apache_beam.io.filesystems import FileSystems
+    from pipelines.io import use_anonymous_gcs_if_emulated
+    use_anonymous_gcs_if_emulated()
     try:
         results = FileSystems.match(list(patterns), limits=[1] * len(patterns))
     except Exception as e:  # noqa: BLE001 - e.g. a bucket that does not exist

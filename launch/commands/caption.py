@@ -15,9 +15,12 @@ import json
 import logging
 import os
 import sys
-from typing import List, Optional
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional, Tuple
 
-from launch.commands.evaluate import add_decoding_arguments, check_decoding_arguments
+import pipelines.io as pio
+from launch.command_args import CommandError
+from launch.commands.evaluate import Decoding, add_decoding_arguments, check_decoding_arguments
 
 HELP = "caption image files with a trained model"
 log = logging.getLogger("captionbeam.caption")
@@ -32,17 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(attention models only)")
     parser.add_argument("--max-pixels", type=int, default=89_478_485,
                         help="refuse images with more pixels than this (decompression-bomb guard; default Pillow's)")
+    parser.add_argument("--encoder-file", default=None, metavar="PATH",
+                        help="the model file of a .keras/.h5/.tflite encoder (features_spec.json names it by its "
+                             "base name, found in the working directory by default)")
     parser.add_argument("--json", action="store_true",
                         help='JSON lines: {"path", "image_id", "caption", "tokens", "log_prob"} per image')
-
-
-def read_bytes(path: str) -> bytes:
-    if "://" in path:
-        import tensorflow as tf
-        with tf.io.gfile.GFile(path, "rb") as f:
-            return f.read()
-    with open(path, "rb") as f:
-        return f.read()
 
 
 def plot_attention(path: str, image, words: List[str], attention, feature_shape, out_path: str) -> None:
@@ -76,41 +73,61 @@ def plot_attention(path: str, image, words: List[str], attention, feature_shape,
     plt.close(fig)
 
 
-def main(args, pipeline_args) -> int:
-    check_decoding_arguments(args)
+@dataclass(frozen=True)
+class CaptionConfig:
+    model_dir: str
+    images: Tuple[str, ...]
+    decoding: Decoding = Decoding()
+    attention_plot: Optional[str] = None
+    max_pixels: int = 89_478_485
+    encoder_file: Optional[str] = None
+
+
+@dataclass
+class CaptionResult:
+    rows: List[dict] = field(default_factory=list)      # {"path", "image_id", "caption", "tokens", "log_prob", ...}
+    failed: List[dict] = field(default_factory=list)    # {"path", "error", "message"}
+
+
+def config_from_args(args: argparse.Namespace) -> CaptionConfig:
+    return CaptionConfig(model_dir=args.model_dir, images=tuple(args.images), decoding=Decoding.from_args(args),
+                         attention_plot=args.attention_plot, max_pixels=args.max_pixels,
+                         encoder_file=args.encoder_file)
+
+
+def run(config: CaptionConfig, on_row: Optional[Callable[[dict], None]] = None,
+        on_error: Optional[Callable[[dict], None]] = None) -> CaptionResult:
+    """Caption ``config.images``; each row (and each failed file) is also passed to ``on_row``
+    (``on_error``) as soon as it is known. :class:`CommandError` when the model dir is unusable."""
     from pipelines.images import ImageDecodeError, decode_image
     from model.caption_files import image_id as to_image_id
-    from model.captioner import Captioner
     try:
-        captioner = Captioner.load(args.model_dir, beam_size=args.beam_size, max_length=args.max_length,
-                                   batch_size=args.batch_size, alpha=args.length_penalty, which=args.weights)
+        captioner = config.decoding.load_captioner(config.model_dir, config.encoder_file)
         captioner.encoder   # build it now: a model dir without a usable encoder fails before any image
     except (OSError, ValueError) as e:
-        print(f"captionbeam caption: error: --model-dir {args.model_dir}: {e}", file=sys.stderr)
-        return 2
-    if args.attention_plot:
+        raise CommandError(f"--model-dir {config.model_dir}: {e}") from None
+    if config.attention_plot:
         if not captioner.has_attention:
             log.warning("caption: --attention-plot ignored: the %s model has no attention", captioner.config.arch)
         else:
-            os.makedirs(args.attention_plot, exist_ok=True)
-
-    failed = done = 0
+            os.makedirs(config.attention_plot, exist_ok=True)
+    result = CaptionResult()
 
     def report_error(path: str, e: Exception) -> None:
-        nonlocal failed
-        failed += 1
-        print(f"captionbeam caption: {path}: {type(e).__name__}: {e}", file=sys.stderr)
-        if args.json:
-            print(json.dumps({"path": path, "error": type(e).__name__, "message": str(e)}), flush=True)
+        row = {"path": path, "error": type(e).__name__, "message": str(e)}
+        result.failed.append(row)
+        if on_error:
+            on_error(row)
 
     # decode in chunks of --batch-size so memory stays bounded for long file lists
-    paths = list(args.images)
-    for start in range(0, len(paths), args.batch_size):
+    paths = list(config.images)
+    batch_size = config.decoding.batch_size
+    for start in range(0, len(paths), batch_size):
         chunk: List[str] = []
         images = []
-        for path in paths[start:start + args.batch_size]:
+        for path in paths[start:start + batch_size]:
             try:
-                images.append(decode_image(read_bytes(path), max_pixels=args.max_pixels))
+                images.append(decode_image(pio.read_bytes(path), max_pixels=config.max_pixels))
                 chunk.append(path)
             except (OSError, ImageDecodeError, ValueError) as e:
                 report_error(path, e)
@@ -118,7 +135,7 @@ def main(args, pipeline_args) -> int:
             continue
         try:
             results = captioner.caption_images(images)
-        except Exception as e:  # noqa: BLE001 - isolate the image that breaks a batch
+        except Exception:  # noqa: BLE001 - isolate the image that breaks a batch
             results = []
             for path, img in zip(chunk, images):
                 try:
@@ -129,17 +146,37 @@ def main(args, pipeline_args) -> int:
         for path, img, res in zip(chunk, images, results):
             if res is None:
                 continue
-            done += 1
             iid = to_image_id(path)
-            if args.json:
-                print(json.dumps({"path": path, "image_id": iid, "caption": res.caption, "tokens": res.tokens,
-                                  "log_prob": round(res.log_prob, 6), "finished": res.finished},
-                                 ensure_ascii=False), flush=True)
-            else:
-                print(f"{path}\t{res.caption}", flush=True)
-            if args.attention_plot and res.attention is not None:
-                out = os.path.join(args.attention_plot, f"{iid}.attention.png")
+            row = {"path": path, "image_id": iid, "caption": res.caption, "tokens": res.tokens,
+                   "log_prob": round(res.log_prob, 6), "finished": res.finished}
+            result.rows.append(row)
+            if on_row:
+                on_row(row)
+            if config.attention_plot and res.attention is not None:
+                out = os.path.join(config.attention_plot, f"{iid}.attention.png")
                 plot_attention(path, img, res.tokens, res.attention, captioner.config.feature_shape, out)
-    if done == 0:
+    return result
+
+
+def main(args, pipeline_args) -> int:
+    check_decoding_arguments(args)
+
+    def on_row(row: dict) -> None:
+        if args.json:
+            print(json.dumps(row, ensure_ascii=False), flush=True)
+        else:
+            print(f"{row['path']}\t{row['caption']}", flush=True)
+
+    def on_error(row: dict) -> None:
+        print(f"captionbeam caption: {row['path']}: {row['error']}: {row['message']}", file=sys.stderr)
+        if args.json:
+            print(json.dumps(row), flush=True)
+
+    try:
+        result = run(config_from_args(args), on_row=on_row, on_error=on_error)
+    except CommandError as e:
+        print(f"captionbeam caption: error: {e}", file=sys.stderr)
         return 2
-    return 1 if failed else 0
+    if not result.rows:
+        return 2
+    return 1 if result.failed else 0

@@ -12,30 +12,15 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import List, Sequence
+
+from launch.arg_types import int_at_least, name_equals_file
+from launch.command_args import CommandError
 
 HELP = "clean captions, build the vocabulary, join with features into training TFRecords (Beam job)"
 BEAM = True
 
 log = logging.getLogger(__name__)
-
-
-def _split(text: str):
-    name, sep, path = text.partition("=")
-    if not sep or not name.strip() or not path.strip():
-        raise argparse.ArgumentTypeError(f"expected NAME=FILE (e.g. train=Flickr_8k.trainImages.txt), got {text!r}")
-    return name.strip(), path.strip()
-
-
-def _int_at_least(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
-        return value
-    return parse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "COCO captions JSON or JSON lines")
     g.add_argument("--format", default="auto", choices=("auto",) + tuple(FORMATS),
                    help="format of --captions; auto guesses from the name and first bytes (default: auto)")
-    g.add_argument("--split", action="append", type=_split, default=[], metavar="NAME=FILE", dest="splits",
+    g.add_argument("--split", action="append", type=name_equals_file, default=[], metavar="NAME=FILE", dest="splits",
                    help="a split and its Flickr8k-style split file (one image file name per line); repeat for "
                         "each split, e.g. --split train=trainImages.txt --split dev=devImages.txt. Without any, "
                         "every image goes to 'train'. Images in no split are counted in join/not_in_any_split.txt")
@@ -65,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--output", required=True, metavar="DIR", help="output directory, local or gs://")
     g.add_argument("--overwrite", action="store_true",
                    help="replace the files of an earlier run in --output (by default the job refuses to mix runs)")
-    g.add_argument("--num-shards", type=_int_at_least(0), default=0, metavar="N",
+    g.add_argument("--num-shards", type=int_at_least(0), default=0, metavar="N",
                    help="TFRecord shards per split; 0 = auto, about 128 MiB per shard (default: 0)")
     t = parser.add_argument_group("text and vocabulary")
     t.add_argument("--clean", default="seed", choices=sorted(CLEANERS),
@@ -75,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--keep-empty", action="store_true",
                    help="keep captions that clean to no tokens (e.g. 'A' under seed) as <start> <end>, as the "
                         "classic tutorial does; by default they are dead letters (stage clean)")
-    t.add_argument("--min-count", type=_int_at_least(1), default=5, metavar="N",
+    t.add_argument("--min-count", type=int_at_least(1), default=5, metavar="N",
                    help="keep tokens seen at least this many times in --vocab-split (default: 5)")
     t.add_argument("--vocab-split", default="train", metavar="NAME",
                    help="the split whose records' captions build the vocabulary (with --features: only images "
@@ -84,23 +69,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="use this vocab.txt instead of building one (e.g. to encode new data for a trained model)")
 
 
-def main(args: argparse.Namespace, pipeline_args) -> int:
-    from model.caption_files import CaptionFileError
-    from pipelines.captions import CaptionsConfig, CaptionsConfigError, run, summary_lines
-
-    # Beam logs every string type hint it meets at INFO; nothing a user can act on.
-    logging.getLogger("apache_beam.typehints.native_type_compatibility").setLevel(logging.WARNING)
-    config = CaptionsConfig(
+def config_from_args(args: argparse.Namespace):
+    from pipelines.captions import CaptionsConfig
+    return CaptionsConfig(
         captions=args.captions, output=args.output, fmt=args.format, splits=tuple(args.splits), clean=args.clean,
         min_count=args.min_count, vocab_split=args.vocab_split, vocab=args.vocab, features=args.features,
-        num_shards=args.num_shards, overwrite=args.overwrite,
-        keep_empty=args.keep_empty)
+        num_shards=args.num_shards, overwrite=args.overwrite, keep_empty=args.keep_empty)
+
+
+def run(config, pipeline_args: Sequence[str] = ()):
+    """The captions job -> ``pipelines.captions.RunResult``; :class:`CommandError` names a bad input."""
+    from model.caption_files import CaptionFileError
+    from pipelines.captions import CaptionsConfigError, run as run_job
+    # Beam logs every string type hint it meets at INFO; nothing a user can act on.
+    logging.getLogger("apache_beam.typehints.native_type_compatibility").setLevel(logging.WARNING)
+    try:
+        return run_job(config, list(pipeline_args))
+    except (CaptionsConfigError, CaptionFileError) as e:
+        raise CommandError(str(e)) from None
+
+
+def summary(config, result) -> List[str]:
+    from pipelines.captions import summary_lines
+    return list(summary_lines(result.stats, result.seconds)) + [
+        f"outputs: {config.output} (vocab.txt, stats.json, records; join lists in {config.output.rstrip('/')}/join/)"]
+
+
+def main(args: argparse.Namespace, pipeline_args) -> int:
+    config = config_from_args(args)
     try:
         result = run(config, pipeline_args)
-    except (CaptionsConfigError, CaptionFileError) as e:
+    except CommandError as e:
         print(f"captionbeam captions: error: {e}", file=sys.stderr)
         return 2
-    for line in summary_lines(result.stats, result.seconds):
-        print(line)
-    print(f"outputs: {args.output} (vocab.txt, stats.json, records; join lists in {args.output.rstrip('/')}/join/)")
+    print("\n".join(summary(config, result)))
     return 0

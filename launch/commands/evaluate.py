@@ -7,8 +7,12 @@ import json
 import logging
 import sys
 import time
+from dataclasses import dataclass
+from typing import Optional
 
-from launch.commands.score import add_coco_arguments, compute, format_report, public, write_per_image
+import pipelines.io as pio
+from launch.command_args import CommandError
+from launch.commands.score import add_coco_arguments, scoring_options
 from model.caption_files import FORMATS
 
 HELP = "decode a split with a trained model and print BLEU / METEOR / ROUGE-L / CIDEr-D"
@@ -27,6 +31,27 @@ def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=64, help="images decoded together (default: 64)")
     g.add_argument("--weights", choices=("best", "last"), default="best",
                    help="which weights of the model dir: best (lowest validation loss, default) or last")
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """The decoding flags shared with ``caption`` and ``export`` (:func:`add_decoding_arguments`), typed."""
+    beam_size: int = 1
+    length_penalty: float = 0.0
+    max_length: Optional[int] = None
+    batch_size: int = 64
+    weights: str = "best"
+
+    @classmethod
+    def from_args(cls, args) -> "Decoding":
+        return cls(beam_size=args.beam_size, length_penalty=args.length_penalty, max_length=args.max_length,
+                   batch_size=args.batch_size, weights=args.weights)
+
+    def load_captioner(self, model_dir: str, encoder_file: Optional[str] = None):
+        from model.captioner import Captioner
+        return Captioner.load(model_dir, beam_size=self.beam_size, max_length=self.max_length,
+                              batch_size=self.batch_size, alpha=self.length_penalty, which=self.weights,
+                              encoder_file=encoder_file)
 
 
 def check_decoding_arguments(args) -> None:
@@ -57,15 +82,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_coco_arguments(parser)
     parser.add_argument("--per-image", metavar="FILE", help="also write per-image scores as JSON lines")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-
-
-def _write_text(path: str, text: str) -> None:
-    import tensorflow as tf
-    parent = path.rsplit("/", 1)[0] if "/" in path else ""
-    if parent and not tf.io.gfile.exists(parent):
-        tf.io.gfile.makedirs(parent)
-    with tf.io.gfile.GFile(path, "w") as f:
-        f.write(text)
 
 
 def decode_split(captioner, files, feature_shape, data_vocab, batch_size, limit=None, total=None):
@@ -103,82 +119,122 @@ def decode_split(captioner, files, feature_shape, data_vocab, batch_size, limit=
     return rows, refs, time.monotonic() - start
 
 
-def main(args, pipeline_args) -> int:
-    check_decoding_arguments(args)
-    if args.limit is not None and args.limit < 1:
-        raise SystemExit(f"captionbeam evaluate: error: --limit must be >= 1, got {args.limit}")
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """What ``captionbeam evaluate`` decodes and how it scores (its flags, typed)."""
+    model_dir: str
+    data: str
+    split: str = "test"
+    decoding: Decoding = Decoding()
+    references: Optional[str] = None
+    references_format: str = "auto"
+    output: Optional[str] = None
+    limit: Optional[int] = None
+    scoring: "object" = None          # model.scoring.ScoringOptions (default: its defaults)
+    image_ids: Optional[str] = None
+    per_image: Optional[str] = None   # also write per-image scores to this JSON-lines file
+
+
+def config_from_args(args: argparse.Namespace) -> EvaluateConfig:
+    return EvaluateConfig(decoding=Decoding.from_args(args), scoring=scoring_options(args),
+                          **{k: getattr(args, k) for k in EvaluateConfig.__dataclass_fields__
+                             if k not in ("decoding", "scoring")})
+
+
+def run(config: EvaluateConfig):
+    """Decode the split, write the predictions and ``<predictions>.metrics.json``, and return the
+    ``model.scoring.ScoreReport`` (``extra``: ``decoding``, ``predictions``); :class:`CommandError` names
+    what is wrong."""
+    if config.limit is not None and config.limit < 1:
+        raise CommandError(f"--limit must be >= 1, got {config.limit}")
     from model.caption_files import CaptionFileError
     from model.coco_metrics import CocoMetricsError
-    from model.references import MissingIdsError, load_image_ids, load_references, protect_json_lines
-
-    def fail(message):
-        print(f"captionbeam evaluate: error: {message}", file=sys.stderr)
-        return 2
+    from model import jsonl
+    from model.references import MissingIdsError, load_image_ids, load_references
+    from model.scoring import ScoringOptions, score
 
     try:
-        from model.captioner import Captioner
         from model.data import open_data, split_files
-        info = open_data(args.data)
-        files = split_files(args.data, args.split)
+        info = open_data(config.data)
+        files = split_files(config.data, config.split)
         if not files:
-            return fail(f"--split: no '{args.split}' records in {args.data} "
-                        f"(expected {args.split}-NNNNN-of-NNNNN.tfrecord)")
-        captioner = Captioner.load(args.model_dir, beam_size=args.beam_size, max_length=args.max_length,
-                                   batch_size=args.batch_size, alpha=args.length_penalty, which=args.weights)
+            raise CommandError(f"--split: no '{config.split}' records in {config.data} "
+                               f"(expected {config.split}-NNNNN-of-NNNNN.tfrecord)")
+        captioner = config.decoding.load_captioner(config.model_dir)
         if list(captioner.config.feature_shape) != list(info.feature_shape):
-            return fail(f"--data {args.data} holds features of shape {tuple(info.feature_shape)}, the model in "
-                        f"{args.model_dir} reads {tuple(captioner.config.feature_shape)}")
+            raise CommandError(f"--data {config.data} holds features of shape {tuple(info.feature_shape)}, the "
+                               f"model in {config.model_dir} reads {tuple(captioner.config.feature_shape)}")
         if info.features_spec.encoder != captioner.encoder_name:
             log.warning("evaluate: data features come from encoder %r, the model was trained on %r",
                         info.features_spec.encoder, captioner.encoder_name)
         if tuple(info.vocab.tokens) != tuple(captioner.vocab.tokens):
             log.warning("evaluate: the data vocabulary differs from the model's; references use the data's")
-        references_file = load_references(args.references, args.references_format) if args.references else None
-        image_ids = load_image_ids(args.image_ids) if args.image_ids else None
+        references_file = (load_references(config.references, config.references_format)
+                           if config.references else None)
+        image_ids = load_image_ids(config.image_ids) if config.image_ids else None
     except (OSError, ValueError, CaptionFileError) as e:
-        return fail(str(e))
+        if isinstance(e, CommandError):
+            raise
+        raise CommandError(str(e)) from None
 
-    total = (info.stats.get("splits", {}).get(args.split, {}) or {}).get("images")
-    if args.limit:
-        total = min(total or args.limit, args.limit)
+    total = (info.stats.get("splits", {}).get(config.split, {}) or {}).get("images")
+    if config.limit:
+        total = min(total or config.limit, config.limit)
     log.info("evaluate: decoding split %r of %s (%d shard(s)) with %s, beam %d, max length %d",
-             args.split, args.data, len(files), args.model_dir, captioner.beam_size, captioner.max_length)
+             config.split, config.data, len(files), config.model_dir, captioner.beam_size, captioner.max_length)
     trace_seconds = captioner.warm_up()
-    rows, record_refs, seconds = decode_split(captioner, files, info.feature_shape, info.vocab, args.batch_size,
-                                              args.limit, total)
+    rows, record_refs, seconds = decode_split(captioner, files, info.feature_shape, info.vocab,
+                                              config.decoding.batch_size, config.limit, total)
     if not rows:
-        return fail(f"--split {args.split}: no images in {len(files)} record file(s)")
-    output = args.output or f"{args.model_dir.rstrip('/')}/eval/{args.split}-beam{captioner.beam_size}.predictions.jsonl"
-    _write_text(output, "".join(protect_json_lines(json.dumps(r, ensure_ascii=False)) + "\n" for r in rows.values()))
+        raise CommandError(f"--split {config.split}: no images in {len(files)} record file(s)")
+    output = (config.output
+              or f"{config.model_dir.rstrip('/')}/eval/{config.split}-beam{captioner.beam_size}.predictions.jsonl")
+    pio.write_text(output, jsonl.dumps(rows.values()))
 
     predictions = {i: r["caption"] for i, r in rows.items()}
     refs = references_file.captions if references_file is not None else record_refs
     try:
-        report = compute(args, predictions, refs,
-                         image_ids if image_ids is not None else (list(predictions) if references_file else None))
+        report = score(predictions, refs, config.scoring or ScoringOptions(),
+                       image_ids if image_ids is not None else (list(predictions) if references_file else None))
     except (MissingIdsError, CocoMetricsError, ValueError) as e:
-        return fail(f"{e} (predictions written to {output})")
-    report["decoding"] = {
-        "model_dir": args.model_dir, "model_version": captioner.model_version, "encoder": captioner.encoder_name,
-        "arch": captioner.config.arch, "split": args.split, "beam_size": captioner.beam_size,
+        raise CommandError(f"{e} (predictions written to {output})") from None
+    report.extra["decoding"] = {
+        "model_dir": config.model_dir, "model_version": captioner.model_version, "encoder": captioner.encoder_name,
+        "arch": captioner.config.arch, "split": config.split, "beam_size": captioner.beam_size,
         "length_penalty": captioner.alpha, "max_length": captioner.max_length, "images": len(rows),
-        "unfinished": sum(1 for r in rows.values() if not r["finished"]), "seconds": round(seconds, 3), "trace_seconds": round(trace_seconds, 3),
+        "unfinished": sum(1 for r in rows.values() if not r["finished"]), "seconds": round(seconds, 3),
+        "trace_seconds": round(trace_seconds, 3),
         "images_per_second": round(len(rows) / max(seconds, 1e-9), 2),
-        "references": args.references or "records",
+        "references": config.references or "records",
     }
-    report["predictions"] = output
-    if args.per_image:
-        write_per_image(args.per_image, report)
-    out = public(report)
-    _write_text(output.rsplit(".jsonl", 1)[0] + ".metrics.json", json.dumps(out, indent=2) + "\n")
+    report.extra["predictions"] = output
+    if config.per_image:
+        pio.write_text(config.per_image, report.per_image_jsonl())
+    pio.write_text(metrics_path(output), json.dumps(report.to_dict(), indent=2) + "\n")
+    return report
+
+
+def metrics_path(predictions: str) -> str:
+    """Where ``evaluate`` writes the metrics of a predictions file."""
+    return predictions.rsplit(".jsonl", 1)[0] + ".metrics.json"
+
+
+def main(args, pipeline_args) -> int:
+    check_decoding_arguments(args)
+    try:
+        report = run(config_from_args(args))
+    except CommandError as e:
+        print(f"captionbeam evaluate: error: {e}", file=sys.stderr)
+        return 2
     if args.json:
-        print(json.dumps(out))
+        print(json.dumps(report.to_dict()))
     else:
-        d = report["decoding"]
+        from model.scoring import format_report
+        d = report.extra["decoding"]
         print(f"{d['arch']} model {d['model_version']} ({d['encoder']}), split {d['split']}, beam {d['beam_size']}: "
               f"{d['images']} images in {d['seconds']:.1f}s ({d['images_per_second']} images/s, after "
               f"{d['trace_seconds']:.1f}s tracing), "
               f"{d['unfinished']} cut at max length")
         print(format_report(report))
-        print(f"predictions: {output}")
+        print(f"predictions: {report.extra['predictions']}")
     return 0

@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import List, Sequence
+
+from launch.arg_types import non_negative_int, positive_int
+from launch.command_args import CommandError
 
 HELP = "encode images with a CNN into feature TFRecords (Beam job)"
 BEAM = True
@@ -11,26 +15,6 @@ _ENCODERS_HELP = ("vgg16 (default; fc2, 4096-d, the classic tutorial), vgg16-con
                   "mobilenet (1024-d), mobilenet-conv (7x7x1024), mobilenet-0.25 (256-d), mobilenet_v2 (1280-d), "
                   "mobilenet_v2-conv (7x7x1280), resnet50 (2048-d), inception_v3 (2048-d, 299px), "
                   "efficientnet_b0 (1280-d); or a path to a .keras/.h5 model or a .tflite file")
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,24 +33,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "random init, identical in every process and run: same shapes and compute, for tests and "
                              "benchmarks), or a path to a weights file "
                              "(default: imagenet)")
-    parser.add_argument("--image-size", type=_positive, default=None, metavar="N",
+    parser.add_argument("--image-size", type=positive_int, default=None, metavar="N",
                         help="square input size in pixels (default: the encoder's, e.g. 224; inception_v3 299; "
                              "a model file's own input size)")
     parser.add_argument("--preprocessing", default=None,
                         help="override the preprocessing: caffe, tf, torch, none, or an encoder name whose "
                              "keras.applications preprocess_input to use (default: the encoder family's own; "
                              "'none' for model files)")
-    parser.add_argument("--batch-size", type=_positive, default=32, metavar="N",
+    parser.add_argument("--batch-size", type=positive_int, default=32, metavar="N",
                         help="images per RunInference batch (default: 32)")
-    parser.add_argument("--num-shards", type=_non_negative, default=0, metavar="N",
+    parser.add_argument("--num-shards", type=non_negative_int, default=0, metavar="N",
                         help="number of feature TFRecord shards; 0 lets the runner decide (default: 0)")
     parser.add_argument("--compress", action="store_true",
                         help="GZIP-compress the feature TFRecords (names stay *.tfrecord; the spec records "
                              "compression: GZIP)")
-    parser.add_argument("--max-pixels", type=_positive, default=DEFAULT_MAX_PIXELS, metavar="N",
+    parser.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, metavar="N",
                         help=f"decompression-bomb guard: reject images whose header declares more than N pixels "
                              f"(default: {DEFAULT_MAX_PIXELS}, Pillow's own warning limit)")
-    parser.add_argument("--max-bytes", type=_non_negative, default=0, metavar="N",
+    parser.add_argument("--max-bytes", type=non_negative_int, default=0, metavar="N",
                         help="reject files larger than N bytes (dead letter FileTooLargeError); 0: no limit "
                              "(default: 0)")
     parser.add_argument("--resize-method", default="bilinear", choices=sorted(RESIZE_METHODS),
@@ -78,17 +62,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "image/id|image/filename); auto: from each glob's extension: .tar .tar.gz .tgz -> tar, "
                              ".tfrecord[s][.gz] -> tfrecord, else files (default: auto)")
     add_tfrecord_field_arguments(parser)
-    parser.add_argument("--model-copies", type=_positive, default=None, metavar="N",
+    parser.add_argument("--model-copies", type=positive_int, default=None, metavar="N",
                         help="share N encoder copies across all worker processes of a machine (GPU workers, big "
                              "models); default: one copy per worker process, shared by its threads")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace feature records, dead letters and spec already in --output (otherwise the "
                              "job refuses to mix runs)")
-
-
-def _fail(message: str) -> int:
-    print(f"captionbeam features: error: {message}", file=sys.stderr)
-    return 2
 
 
 def _check_images_match(patterns, input_format: str):
@@ -106,55 +85,79 @@ def _check_images_match(patterns, input_format: str):
     return None
 
 
-def main(args: argparse.Namespace, pipeline_args=None) -> int:
-    import pipelines.io as pio
-    from model.encoders import EncoderConfig, EncoderError, describe_config
+def config_from_args(args: argparse.Namespace):
+    """``pipelines.features.FeaturesConfig`` of these flags (``--overwrite`` is :func:`run`'s)."""
     from launch.shard_flags import tfrecord_fields
-    from pipelines.features import FeaturesConfig, existing_outputs, run
-
+    from model.encoders import EncoderConfig
+    from pipelines.features import FeaturesConfig
     encoder = EncoderConfig(name=args.encoder, weights=args.weights, image_size=args.image_size,
                             preprocessing=args.preprocessing)
+    return FeaturesConfig(images=tuple(args.images), output=args.output, encoder=encoder,
+                          batch_size=args.batch_size, max_pixels=args.max_pixels, max_bytes=args.max_bytes,
+                          resize_method=args.resize_method, num_shards=args.num_shards, compress=args.compress,
+                          input_format=args.input_format, model_copies=args.model_copies,
+                          tfrecord_fields=tfrecord_fields(args))
+
+
+def run(config, pipeline_args: Sequence[str] = (), overwrite: bool = False):
+    """Check the encoder, the inputs and the output directory, then run the job ->
+    ``pipelines.features.FeaturesResult``; :class:`CommandError` names what is wrong."""
+    import pipelines.io as pio
+    from model.encoders import EncoderError, describe_config
+    from pipelines.features import existing_outputs, run as run_job
     try:
-        description = describe_config(encoder)
+        description = describe_config(config.encoder)
     except EncoderError as e:
-        return _fail(str(e))
-    error = _check_images_match(args.images, args.input_format)
+        raise CommandError(str(e)) from None
+    error = _check_images_match(config.images, config.input_format)
     if error:
-        return _fail(error)
-    existing = existing_outputs(args.output)
+        raise CommandError(error)
+    existing = existing_outputs(config.output)
     if existing:
-        if not args.overwrite:
-            return _fail(f"--output {args.output} already holds {len(existing)} feature/dead-letter/spec files "
-                         f"from an earlier run; pass --overwrite to replace them, or choose another directory")
+        if not overwrite:
+            raise CommandError(f"--output {config.output} already holds {len(existing)} feature/dead-letter/spec "
+                               f"files from an earlier run; pass --overwrite to replace them, or choose another "
+                               f"directory")
         pio.delete(existing)
-    config = FeaturesConfig(images=tuple(args.images), output=args.output, encoder=encoder,
-                            batch_size=args.batch_size, max_pixels=args.max_pixels, max_bytes=args.max_bytes,
-                            resize_method=args.resize_method, num_shards=args.num_shards, compress=args.compress,
-                            input_format=args.input_format, model_copies=args.model_copies,
-                            tfrecord_fields=tfrecord_fields(args))
     print(f"features: encoder {description['encoder']} ({description['weights']} weights, "
-          f"{description['image_size'][0]}px, {description['preprocessing']}), batch {args.batch_size}",
+          f"{description['image_size'][0]}px, {description['preprocessing']}), batch {config.batch_size}",
           file=sys.stderr)
-    result = run(config, pipeline_args or [], description)
+    return run_job(config, pipeline_args or [], description)
+
+
+def summary(config, result) -> List[str]:
+    """What ``captionbeam features`` prints when the job finished (warnings go to stderr)."""
+    import pipelines.io as pio
+    from pipelines.sources import split_by_format
     spec = result.spec
+    encoder = spec.encoder if spec else config.encoder.name
     shape = "x".join(str(s) for s in spec.feature_shape) if spec else "?"
-    print(f"features: {result.images_encoded} images encoded ({shape} {description['encoder']} features), "
-          f"{result.dead_letters} dead letters, {result.images_encoded + result.dead_letters} files in all")
+    lines = [f"features: {result.images_encoded} images encoded ({shape} {encoder} features), "
+             f"{result.dead_letters} dead letters, {result.images_encoded + result.dead_letters} files in all"]
     if result.dead_letters_by_stage:
-        print("  dead letters by stage: " + ", ".join(f"{k} {v}" for k, v in result.dead_letters_by_stage.items()))
+        lines.append("  dead letters by stage: " + ", ".join(f"{k} {v}" for k, v in result.dead_letters_by_stage.items()))
     if spec and spec.extra.get("duplicate_image_id_count"):
         dups = spec.extra["duplicate_image_ids"]
         print(f"features: warning: {spec.extra['duplicate_image_id_count']} image ids belong to several files "
               f"(same name in different directories), e.g. {', '.join(dups[:5])}; all their records were kept",
               file=sys.stderr)
-    print(f"  {result.seconds:.1f}s wall, {result.images_per_second:.1f} images/s (including pipeline start-up)")
-    print(f"  records: {pio.join(args.output, 'features-*-of-*.tfrecord')}"
-          f"{' (GZIP)' if args.compress else ''}")
-    print(f"  spec: {pio.join(args.output, 'features_spec.json')}")
-    print(f"  dead letters: {pio.join(args.output, 'dead_letters', 'dead_letters-*.jsonl')}")
-    from pipelines.sources import split_by_format
-    only_files = set(split_by_format(args.images, args.input_format)) == {"files"}
+    lines += [f"  {result.seconds:.1f}s wall, {result.images_per_second:.1f} images/s (including pipeline start-up)",
+              f"  records: {pio.join(config.output, 'features-*-of-*.tfrecord')}{' (GZIP)' if config.compress else ''}",
+              f"  spec: {pio.join(config.output, 'features_spec.json')}",
+              f"  dead letters: {pio.join(config.output, 'dead_letters', 'dead_letters-*.jsonl')}"]
+    only_files = set(split_by_format(config.images, config.input_format)) == {"files"}
     if only_files and result.files_matched != result.images_encoded + result.dead_letters:
         print(f"features: warning: {result.files_matched} files read but {result.images_encoded} encoded + "
               f"{result.dead_letters} dead letters", file=sys.stderr)
+    return lines
+
+
+def main(args: argparse.Namespace, pipeline_args=None) -> int:
+    try:
+        config = config_from_args(args)
+        result = run(config, pipeline_args or [], overwrite=args.overwrite)
+    except CommandError as e:
+        print(f"captionbeam features: error: {e}", file=sys.stderr)
+        return 2
+    print("\n".join(summary(config, result)))
     return 0

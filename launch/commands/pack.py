@@ -11,18 +11,10 @@ import argparse
 import json
 import sys
 
+from launch.arg_types import positive_int
+
 HELP = "pack loose images into tar or TFRecord shards, with a manifest (Beam job)"
 BEAM = True
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--output", required=True, help="output directory for the shards, local or gs://")
     g.add_argument("--format", required=True, choices=["tar", "tfrecord"],
                    help="shard format: WebDataset-layout tar, or TFRecord of tf.train.Example (im2txt fields)")
-    g.add_argument("--shard-size", type=_positive_int, default=1000,
+    g.add_argument("--shard-size", type=positive_int, default=1000,
                    help="images per shard (default: 1000; aim for shards of ~100 MB-1 GB)")
     g.add_argument("--captions", default="",
                    help="optional caption file (Flickr8k token, Kaggle CSV, COCO JSON or JSON lines; local or "

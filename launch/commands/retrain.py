@@ -1,44 +1,18 @@
 """``captionbeam retrain``: featurise newly landed images, warm-start training, promote if metrics hold.
 
-A model root (local or gs://) holds versions/vNNN/ and a CURRENT pointer (see launch/retrain.py).
+A model root (local or gs://) holds versions/vNNN/ and a CURRENT pointer (see launch/retrain/root.py).
 First ``--init`` it from a trained model (or ``--from-run WORKDIR`` of ``captionbeam run``), then run
 ``captionbeam retrain --root R --images GLOB --captions FILE`` whenever images land, or ``--watch``.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+
+from launch.arg_types import name_equals_file, non_negative_float, positive_int
 
 HELP = "featurise newly landed images, warm-start training, promote if metrics hold"
 BEAM = True
-
-
-def _split(text: str):
-    name, sep, path = text.partition("=")
-    if not sep or not name or not path:
-        raise argparse.ArgumentTypeError(f"expected NAME=FILE, got {text!r}")
-    return name, path
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
-
-
-def _fraction(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return v
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--model-dir", default=None, help="with --init: the trained model that becomes v001")
     g.add_argument("--features", default=None, help="with --init: the `captionbeam features` output it was trained on")
     g.add_argument("--data", default=None, help="with --init: the `captionbeam captions` output (for its cleaning rule)")
-    g.add_argument("--split", action="append", type=_split, default=None, metavar="NAME=FILE", dest="splits",
+    g.add_argument("--split", action="append", type=name_equals_file, default=None, metavar="NAME=FILE", dest="splits",
                    help="with --init: split files (train, dev and the evaluation split); dev and test stay fixed")
     n = parser.add_argument_group("new data")
     n.add_argument("--images", nargs="+", default=None, metavar="GLOB",
@@ -69,24 +43,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="grow the vocabulary with the new captions' words (and the embeddings); default: frozen, "
                         "new words map to <unk>")
     t = parser.add_argument_group("training and promotion")
-    t.add_argument("--epochs", type=_positive_int, default=3, help="warm-start epochs (default: 3)")
-    t.add_argument("--batch-size", type=_positive_int, default=32, help="training batch size (default: 32)")
+    t.add_argument("--epochs", type=positive_int, default=3, help="warm-start epochs (default: 3)")
+    t.add_argument("--batch-size", type=positive_int, default=32, help="training batch size (default: 32)")
     t.add_argument("--train-arg", action="append", default=[], metavar="FLAG",
                    help="extra `captionbeam train` flag, repeatable (e.g. --train-arg=--learning-rate=0.0003)")
     t.add_argument("--eval-split", default="test", help="the fixed split the gate evaluates on (default: test)")
-    t.add_argument("--beam-size", type=_positive_int, default=1, help="beam width for evaluation (default: 1)")
-    t.add_argument("--tolerance", type=_fraction, default=0.05,
+    t.add_argument("--beam-size", type=positive_int, default=1, help="beam width for evaluation (default: 1)")
+    t.add_argument("--tolerance", type=non_negative_float, default=0.05,
                    help="promote only if CIDEr-D and BLEU-4 each fall by at most this fraction of the old "
                         "value (default: 0.05)")
-    t.add_argument("--min-drop", type=_fraction, default=0.005,
+    t.add_argument("--min-drop", type=non_negative_float, default=0.005,
                    help="absolute floor of the allowed drop, for near-zero scores (default: 0.005)")
     w = parser.add_argument_group("watching")
     w.add_argument("--watch", default=None, metavar="PREFIX",
                    help="poll PREFIX (a directory or glob of images) and retrain when --min-new images arrived")
-    w.add_argument("--interval", type=_fraction, default=300.0, help="seconds between polls (default: 300)")
-    w.add_argument("--min-new", type=_positive_int, default=1,
+    w.add_argument("--interval", type=non_negative_float, default=300.0, help="seconds between polls (default: 300)")
+    w.add_argument("--min-new", type=positive_int, default=1,
                    help="new images (with captions) needed to start a retraining (default: 1)")
-    w.add_argument("--max-polls", type=_positive_int, default=None, help="stop after N polls (default: forever)")
+    w.add_argument("--max-polls", type=positive_int, default=None, help="stop after N polls (default: forever)")
     parser.add_argument("--json", action="store_true", help="print each attempt's result as one JSON object")
 
 
@@ -99,14 +73,17 @@ def _watch_globs(prefix: str):
 
 def main(args: argparse.Namespace, pipeline_args) -> int:
     import pipelines.io as pio
-    from launch import retrain as rt
-    from launch.profiles import merge_flags
+    from launch.beam_options import merge_flags
+    from launch.retrain.attempt import RetrainConfig, describe, retrain_once
+    from launch.retrain.bootstrap import init_root
+    from launch.retrain.root import RetrainError, VersionError
+    from launch.retrain.watch import watch
 
     def emit(result):
         if args.json:
             print(result.to_json().replace("\n", " "))
         else:
-            print("\n".join(rt.describe(result)))
+            print("\n".join(describe(result)))
         sys.stdout.flush()
 
     try:
@@ -132,7 +109,7 @@ def main(args: argparse.Namespace, pipeline_args) -> int:
                 print(f"captionbeam retrain: error: --init needs {', '.join(missing)} (or --from-run WORKDIR)",
                       file=sys.stderr)
                 return 2
-            result = rt.init_root(args.root, model_dir, features, captions, splits, eval_split=args.eval_split,
+            result = init_root(args.root, model_dir, features, captions, splits, eval_split=args.eval_split,
                                   beam_size=args.beam_size, data_dir=data)
             emit(result)
             return 0
@@ -142,18 +119,18 @@ def main(args: argparse.Namespace, pipeline_args) -> int:
         if not images:
             print("captionbeam retrain: error: --images or --watch PREFIX is required", file=sys.stderr)
             return 2
-        config = rt.RetrainConfig(root=args.root, images=images, captions=list(args.captions or []),
-                                  extend_vocab=args.extend_vocab, min_new=args.min_new, epochs=args.epochs,
-                                  batch_size=args.batch_size, train_args=list(args.train_arg),
-                                  eval_split=args.eval_split, beam_size=args.beam_size, tolerance=args.tolerance,
-                                  min_drop=args.min_drop,
-                                  pipeline_args=merge_flags(["--runner=DirectRunner"], pipeline_args))
+        config = RetrainConfig(root=args.root, images=images, captions=list(args.captions or []),
+                               extend_vocab=args.extend_vocab, min_new=args.min_new, epochs=args.epochs,
+                               batch_size=args.batch_size, train_args=list(args.train_arg),
+                               eval_split=args.eval_split, beam_size=args.beam_size, tolerance=args.tolerance,
+                               min_drop=args.min_drop,
+                               pipeline_args=merge_flags(["--runner=DirectRunner"], pipeline_args))
         if args.watch:
-            rt.watch(config, args.interval, args.max_polls, on_result=emit)
+            watch(config, args.interval, args.max_polls, on_result=emit)
         else:
-            emit(rt.retrain_once(config))
+            emit(retrain_once(config))
         return 0
-    except (rt.RetrainError, rt.VersionError, FileNotFoundError, ValueError) as e:
+    except (RetrainError, VersionError, FileNotFoundError, ValueError) as e:
         print(f"captionbeam retrain: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from launch.arg_types import name_equals_file
+
 from launch.config import (DEFAULT_WORKDIR, CaptionsSection, ConfigError, EvaluateSection, FeaturesSection,
                            RunConfig, SampleSection, TrainSection)
 
@@ -16,13 +18,6 @@ HELP = "the whole chain end to end (default: on the embedded sample dataset)"
 BEAM = True
 
 _S, _F, _C, _T, _E = SampleSection(), FeaturesSection(), CaptionsSection(), TrainSection(), EvaluateSection()
-
-
-def _split(text: str):
-    name, sep, path = text.partition("=")
-    if not sep or not name or not path:
-        raise argparse.ArgumentTypeError(f"expected NAME=FILE, got {text!r}")
-    return name, path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d.add_argument("--images", nargs="+", default=None, metavar="GLOB", help="image globs, local or gs://")
     d.add_argument("--captions", default=None, help="captions file (Flickr8k token, Kaggle CSV, COCO JSON, JSONL)")
     d.add_argument("--caption-format", default=None, help="format of --captions (default: auto)")
-    d.add_argument("--split", action="append", type=_split, default=None, metavar="NAME=FILE", dest="splits",
+    d.add_argument("--split", action="append", type=name_equals_file, default=None, metavar="NAME=FILE", dest="splits",
                    help="split file per split (train, dev and the evaluation split are required with --images)")
     d.add_argument("--sample-images", type=int, default=None,
                    help=f"images in the generated sample dataset (default: {_S.images})")
@@ -104,10 +99,8 @@ def build_config(args: argparse.Namespace) -> RunConfig:
 
 def _pipeline(args: argparse.Namespace, pipeline_args, console=None):
     """The RunPipeline for these arguments, with per-stage Beam flags (profile section of each stage)."""
-    import os
-
-    from launch.beam_options import DEFAULT_PROFILES_FILE, PROFILES_ENV
-    from launch.profiles import load_profiles, merge_flags, profile_args, profile_train_args
+    from launch.beam_options import merge_flags
+    from launch.profiles import load_profiles, profile_args, profile_train_args, profiles_file
     from launch.run import RunPipeline
 
     config = build_config(args)
@@ -118,8 +111,7 @@ def _pipeline(args: argparse.Namespace, pipeline_args, console=None):
     train_args: list = []
     profile = config.runner.profile
     if profile:
-        path = (config.runner.profiles_file or getattr(args, "profiles_file", None)
-                or os.environ.get(PROFILES_ENV, DEFAULT_PROFILES_FILE))
+        path = profiles_file(config.runner.profiles_file or getattr(args, "profiles_file", None))
         profiles = load_profiles(path)
         own = set(merge_flags(profile_args(profiles, profile, "run")))
         explicit = [a for a in explicit if a not in own]   # what the user typed, without the profile's
@@ -134,13 +126,12 @@ def _pipeline(args: argparse.Namespace, pipeline_args, console=None):
 
 def dry_run_plan(args: argparse.Namespace, pipeline_args):
     """For --dry-run: every stage's command line."""
-    import shlex
     try:
         pipe = _pipeline(args, pipeline_args)
     except (ConfigError, KeyError, ValueError) as e:
         return {"error": str(e)}
-    return [shlex.join(["captionbeam", *argv]) for _, argv in pipe.commands()] + [
-        "captionbeam caption --model-dir ... <held-out images> --json", "(report) -> " + pipe.layout.report]
+    return [inv.line for inv in pipe.invocations()] + [
+        pipe.caption_invocation(["<held-out images>"]).line, "(report) -> " + pipe.layout.report]
 
 
 def main(args: argparse.Namespace, pipeline_args) -> int:

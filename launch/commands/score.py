@@ -42,6 +42,9 @@ def _coco_list(value: str):
     return tuple(items)
 
 
+_coco_list.render = ",".join
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--predictions", required=True, metavar="FILE",
                         help='predictions, JSON lines {"image_id": ..., "caption": ...} (one per image)')
@@ -56,73 +59,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
-def format_report(report: dict) -> str:
-    """The human-readable table printed without --json."""
-    lines = []
-    counts = report.get("counts", {})
-    if counts:
-        lines.append(f"images scored: {counts['images']}  reference captions: {counts['reference_captions']}  "
-                     f"empty predictions: {counts['empty_predictions']}")
-        skipped = [f"{k.replace('_', ' ')}: {counts[k]}" for k in
-                   ("missing_references", "missing_predictions", "outside_image_ids") if counts.get(k)]
-        if skipped:
-            lines.append("not scored: " + ", ".join(skipped))
-    b = report["bleu"]
-    lines.append(f"BLEU ({b['variant']} weights, '{b['tokenizer']}' tokens; brevity penalty "
-                 f"{b['brevity_penalty']:.4f}, hypothesis/reference length {b['hyp_length']}/{b['ref_length']})")
-    lines.append("  " + "  ".join(f"BLEU-{n} {report[f'bleu{n}']:.4f}" for n in range(1, 5)))
-    if "coco" in report:
-        lines.append("COCO (pycocoevalcap, PTB tokens)")
-        lines.append("  " + "  ".join(f"{k} {v:.4f}" for k, v in report["coco"].items()))
-    return "\n".join(lines)
-
-
-def compute(args, predictions, references_captions, image_ids=None) -> dict:
-    """Align, score, and return the report (shared with ``evaluate``)."""
-    from model import metrics
-    from model.references import align
-    alignment = align(predictions, references_captions, allow_missing=args.allow_missing, image_ids=image_ids)
-    report = metrics.score_captions(alignment.references, alignment.predictions, variant=args.bleu_variant,
-                                    tokenizer=args.bleu_tokenizer,
-                                    coco_metrics=None if args.no_coco else args.coco_metrics,
-                                    per_image=bool(getattr(args, "per_image", None)))
-    report["counts"] = alignment.summary()
-    report["_alignment"] = alignment
-    return report
-
-
-def write_per_image(path: str, report: dict) -> None:
-    from model.references import protect_json_lines
-    alignment = report["_alignment"]
-    per = report.get("per_image", {})
-    with open(path, "w", encoding="utf-8") as f:
-        for i in alignment.ids:
-            row = {"image_id": i, "prediction": alignment.predictions[i], "references": alignment.references[i]}
-            row.update(per.get(i, {}))
-            f.write(protect_json_lines(json.dumps(row, ensure_ascii=False)) + "\n")
-
-
-def public(report: dict) -> dict:
-    return {k: v for k, v in report.items() if not k.startswith("_") and k != "per_image"}
+def scoring_options(args):
+    """``model.scoring.ScoringOptions`` from the metric flags (shared with ``evaluate``)."""
+    from model.scoring import ScoringOptions
+    return ScoringOptions(bleu_variant=args.bleu_variant, bleu_tokenizer=args.bleu_tokenizer,
+                          coco_metrics=() if args.no_coco else tuple(args.coco_metrics),
+                          allow_missing=args.allow_missing, per_image=bool(getattr(args, "per_image", None)))
 
 
 def main(args, pipeline_args) -> int:
     from model.caption_files import CaptionFileError
     from model.coco_metrics import CocoMetricsError
     from model.references import MissingIdsError, load_image_ids, load_predictions, load_references
+    from model.scoring import format_report, score
     try:
         predictions = load_predictions(args.predictions)
         refs = load_references(args.references, args.references_format)
         image_ids = load_image_ids(args.image_ids) if args.image_ids else None
-        report = compute(args, predictions, refs.captions, image_ids)
+        report = score(predictions, refs.captions, scoring_options(args), image_ids)
     except (OSError, CaptionFileError, MissingIdsError, CocoMetricsError, ValueError) as e:
         print(f"captionbeam score: error: {e}", file=sys.stderr)
         return 2
-    report["counts"]["dropped_empty_references"] = refs.dropped_empty
+    report.counts["dropped_empty_references"] = refs.dropped_empty
     if args.per_image:
-        write_per_image(args.per_image, report)
+        with open(args.per_image, "w", encoding="utf-8") as f:
+            f.write(report.per_image_jsonl())
     if args.json:
-        print(json.dumps(public(report)))
+        print(json.dumps(report.to_dict()))
     else:
         print(format_report(report))
     return 0

@@ -1,4 +1,4 @@
-"""``captionbeam train``: train a merge / inject / attention / transformer captioner with tf.distribute, streaming
+"""``captionbeam train``: train a merge / inject / attention captioner with tf.distribute, streaming
 the training TFRecords of ``captionbeam captions``. Running the same command again resumes from the
 model dir's last checkpoint."""
 from __future__ import annotations
@@ -6,55 +6,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from dataclasses import dataclass
+from typing import Dict
+
+from launch.arg_types import non_negative_float, non_negative_int, positive_float, positive_int, rate
+from launch.command_args import CommandError
 
 HELP = "train a merge / inject / attention / transformer captioner with tf.distribute, streaming TFRecords"
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
-
-
-def _dropout(text: str) -> float:
-    value = _non_negative_float(text)
-    if value >= 1:
-        raise argparse.ArgumentTypeError(f"expected a rate in [0, 1), got {text!r}")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -77,47 +35,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="merge (tutorial / Tanti et al.), inject (Show and Tell), attention (Show, Attend and "
                         "Tell; needs a spatial feature map), transformer (decoder-only Transformer, cross-attention "
                         "over the map's regions or one region for a vector) (default: merge)")
-    m.add_argument("--units", type=_positive_int, default=256,
+    m.add_argument("--units", type=positive_int, default=256,
                    help="LSTM / projection units; the transformer's width (default: 256)")
-    m.add_argument("--embedding-dim", type=_positive_int, default=256, help="word embedding size (default: 256)")
-    m.add_argument("--layers", type=_positive_int, default=1,
+    m.add_argument("--embedding-dim", type=positive_int, default=256, help="word embedding size (default: 256)")
+    m.add_argument("--layers", type=positive_int, default=1,
                    help="stacked LSTM layers; transformer blocks (default: 1)")
-    m.add_argument("--dropout", type=_dropout, default=0.5, help="dropout rate (default: 0.5)")
-    m.add_argument("--attention-units", type=_positive_int, default=256,
+    m.add_argument("--dropout", type=rate, default=0.5, help="dropout rate (default: 0.5)")
+    m.add_argument("--attention-units", type=positive_int, default=256,
                    help="attention MLP width, attention only (default: 256)")
-    m.add_argument("--attention-lambda", type=_non_negative_float, default=1.0,
+    m.add_argument("--attention-lambda", type=non_negative_float, default=1.0,
                    help="doubly-stochastic attention regularisation weight, attention only (default: 1.0)")
-    m.add_argument("--heads", type=_positive_int, default=4,
+    m.add_argument("--heads", type=positive_int, default=4,
                    help="attention heads, transformer only; must divide --units (default: 4)")
-    m.add_argument("--ffn-units", type=_non_negative_int, default=0,
+    m.add_argument("--ffn-units", type=non_negative_int, default=0,
                    help="feed-forward width, transformer only; 0 = 4 x --units (default: 0)")
     m.add_argument("--positions", default="learned", choices=POSITIONS,
                    help="caption position encoding, transformer only: learned or sinusoidal (default: learned)")
 
     t = parser.add_argument_group("training")
-    t.add_argument("--epochs", type=_positive_int, default=20, help="maximum epochs (default: 20)")
-    t.add_argument("--steps-per-epoch", type=_positive_int, default=None,
+    t.add_argument("--epochs", type=positive_int, default=20, help="maximum epochs (default: 20)")
+    t.add_argument("--steps-per-epoch", type=positive_int, default=None,
                    help="steps per epoch (default: one pass over the training captions at the global batch)")
-    t.add_argument("--batch-size", type=_positive_int, default=64,
+    t.add_argument("--batch-size", type=positive_int, default=64,
                    help="examples (captions) per replica; global batch = this x replicas (default: 64)")
-    t.add_argument("--learning-rate", type=_positive_float, default=None,
+    t.add_argument("--learning-rate", type=positive_float, default=None,
                    help="Adam learning rate (default: 1e-3; 5e-5 with --objective scst)")
     t.add_argument("--lr-schedule", default="constant", choices=LR_SCHEDULES,
                    help="constant, cosine (to 1%% over all epochs) or exponential (x --lr-decay-rate per epoch) "
                         "(default: constant)")
-    t.add_argument("--lr-decay-rate", type=_positive_float, default=0.5,
+    t.add_argument("--lr-decay-rate", type=positive_float, default=0.5,
                    help="exponential schedule: factor per epoch (default: 0.5)")
-    t.add_argument("--clip-norm", type=_non_negative_float, default=5.0,
+    t.add_argument("--clip-norm", type=non_negative_float, default=5.0,
                    help="clip the global gradient norm (over all replicas); 0 = off (default: 5.0)")
-    t.add_argument("--early-stopping-patience", type=_non_negative_int, default=3,
+    t.add_argument("--early-stopping-patience", type=non_negative_int, default=3,
                    help="stop after this many epochs without a better validation loss; 0 = off (default: 3)")
-    t.add_argument("--min-delta", type=_non_negative_float, default=0.0,
+    t.add_argument("--min-delta", type=non_negative_float, default=0.0,
                    help="smallest validation-loss decrease that counts as better (default: 0)")
-    t.add_argument("--shuffle-buffer", type=_positive_int, default=10000,
+    t.add_argument("--shuffle-buffer", type=positive_int, default=10000,
                    help="shuffle buffer in examples; bounds memory (default: 10000)")
     t.add_argument("--bucket-by-length", action="store_true",
                    help="batch captions of similar length together (less padding)")
-    t.add_argument("--max-val-batches", type=_positive_int, default=None,
+    t.add_argument("--max-val-batches", type=positive_int, default=None,
                    help="validate on at most this many batches (default: the whole split)")
     t.add_argument("--seed", type=int, default=42, help="random seed: weights, dropout, shuffling (default: 42)")
     t.add_argument("--mixed-precision", action="store_true",
@@ -129,12 +87,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "with the CIDEr-D of sampled captions, fine-tuning --init-from (default: xent)")
     o.add_argument("--init-from", metavar="MODEL_DIR", default="",
                    help="scst: the trained model dir to fine-tune (any architecture; its vocabulary must be --data's)")
-    o.add_argument("--samples", type=_positive_int, default=5,
+    o.add_argument("--samples", type=positive_int, default=5,
                    help="scst: captions sampled per image, K (default: 5); --batch-size counts images with scst")
     o.add_argument("--baseline", default="mean", choices=BASELINES,
                    help="scst: reward baseline: mean of the image's other K-1 samples, or its greedy caption's "
                         "reward (default: mean)")
-    o.add_argument("--temperature", type=_positive_float, default=1.0,
+    o.add_argument("--temperature", type=positive_float, default=1.0,
                    help="scst: sampling temperature (default: 1.0)")
     o.add_argument("--select-by", default="", choices=("",) + SELECT_BY, metavar="{loss,cider}",
                    help="what picks best.weights.h5 and drives early stopping: dev loss, or dev CIDEr-D of greedy "
@@ -144,24 +102,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d.add_argument("--strategy", default="auto", choices=STRATEGIES,
                    help="auto: multiworker when TF_CONFIG names several workers, mirrored with several GPUs or "
                         "--cpu-replicas > 1, else one_device. multiworker reads TF_CONFIG (docs/training.md)")
-    d.add_argument("--cpu-replicas", type=_non_negative_int, default=0,
+    d.add_argument("--cpu-replicas", type=non_negative_int, default=0,
                    help="mirrored on a CPU machine: split the CPU into N logical devices, one replica each")
 
     c = parser.add_argument_group("checkpoints and logging")
-    c.add_argument("--checkpoint-every", type=_positive_int, default=500,
+    c.add_argument("--checkpoint-every", type=positive_int, default=500,
                    help="checkpoint every N steps (and at every epoch end); a killed run loses at most N steps "
                         "(default: 500)")
-    c.add_argument("--keep-checkpoints", type=_positive_int, default=3, help="checkpoints kept (default: 3)")
-    c.add_argument("--log-every", type=_positive_int, default=50,
+    c.add_argument("--keep-checkpoints", type=positive_int, default=3, help="checkpoints kept (default: 3)")
+    c.add_argument("--log-every", type=positive_int, default=50,
                    help="a progress line (loss, tokens/s, ETA) every N steps (default: 50)")
-    c.add_argument("--stop-after-steps", type=_positive_int, default=None,
+    c.add_argument("--stop-after-steps", type=positive_int, default=None,
                    help="debugging: checkpoint and exit once the global step reaches N (rerun to resume)")
 
 
-def main(args, pipeline_args=None) -> int:
+# ModelConfig field -> the dest of its flag
+_MODEL_FLAGS = {"arch": "arch", "units": "units", "embedding_dim": "embedding_dim", "num_layers": "layers",
+                "dropout": "dropout", "attention_units": "attention_units", "attention_lambda": "attention_lambda",
+                "heads": "heads", "ffn_units": "ffn_units", "positions": "positions"}
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """What ``captionbeam train`` runs: how to train, and the architecture (vocabulary size, feature
+    shape and encoder are filled from the data)."""
+    train: "object"     # model.config.TrainConfig
+    model: "object"     # model.config.ModelConfig
+
+
+def config_from_args(args: argparse.Namespace) -> TrainJob:
     from model.config import SCST_LEARNING_RATE, ModelConfig, TrainConfig
-    for noisy in ("absl", "tensorflow"):   # per-step "Reduce to ..." INFO lines from tf.distribute
-        logging.getLogger(noisy).setLevel(logging.WARNING)
     cfg = TrainConfig(
         data=args.data, model_dir=args.model_dir, train_split=args.train_split, val_split=args.val_split,
         epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
@@ -174,15 +144,35 @@ def main(args, pipeline_args=None) -> int:
         mixed_precision=args.mixed_precision, seed=args.seed, stop_after_steps=args.stop_after_steps,
         objective=args.objective, init_from=args.init_from, samples=args.samples, baseline=args.baseline,
         temperature=args.temperature, select_by=args.select_by)
-    model = ModelConfig(arch=args.arch, units=args.units, embedding_dim=args.embedding_dim, num_layers=args.layers,
-                        dropout=args.dropout, attention_units=args.attention_units,
-                        attention_lambda=args.attention_lambda, heads=args.heads, ffn_units=args.ffn_units,
-                        positions=args.positions)
+    model = ModelConfig(**{field: getattr(args, dest) for field, dest in _MODEL_FLAGS.items()})
+    return TrainJob(train=cfg, model=model)
+
+
+def architecture_values(model_config) -> Dict[str, object]:
+    """The flag values (by dest) that rebuild ``model_config``'s architecture: for a caller that trains
+    a model like an existing one (``retrain``)."""
+    return {dest: getattr(model_config, field) for field, dest in _MODEL_FLAGS.items()}
+
+
+def run(job: TrainJob) -> Dict[str, object]:
+    """Train (or resume) -> the summary of ``model.train.train``; :class:`CommandError` on bad inputs."""
+    for noisy in ("absl", "tensorflow"):   # per-step "Reduce to ..." INFO lines from tf.distribute
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        cfg.validate()
+        job.train.validate()
+        if job.train.objective == "scst":
+            from model.scst import train_scst
+            return train_scst(job.train)
         from model.train import train
-        train(cfg, model)
+        return train(job.train, job.model)
     except (FileNotFoundError, ValueError) as e:
+        raise CommandError(str(e)) from None
+
+
+def main(args, pipeline_args=None) -> int:
+    try:
+        run(config_from_args(args))
+    except CommandError as e:
         print(f"captionbeam train: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -1,0 +1,83 @@
+"""argparse ``type=`` validators shared by every command: a bad value fails fast (exit 2) with a
+message naming the flag (argparse adds the flag's name to the ``ArgumentTypeError``'s text).
+
+A validator whose parsed value does not print back as the flag's text carries ``render`` (value ->
+text), which :func:`launch.command_args.command_line` uses to write the equivalent command line."""
+from __future__ import annotations
+
+import argparse
+from typing import Callable, Tuple
+
+
+def int_at_least(minimum: int, what: str = "") -> Callable[[str], int]:
+    """An integer >= ``minimum`` (``what`` names it in the error: default "an integer >= N")."""
+    what = what or f"an integer >= {minimum}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+    parse.__name__ = f"int_at_least_{minimum}"
+    return parse
+
+
+positive_int = int_at_least(1, "a positive integer")
+non_negative_int = int_at_least(0)
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def rate(text: str) -> float:
+    """A rate in [0, 1) (dropout)."""
+    value = non_negative_float(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"expected a rate in [0, 1), got {text!r}")
+    return value
+
+
+def name_equals_file(text: str) -> Tuple[str, str]:
+    """``NAME=FILE`` (a split and its split file) -> (name, file)."""
+    name, sep, path = text.partition("=")
+    if not sep or not name.strip() or not path.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=FILE (e.g. train=Flickr_8k.trainImages.txt), got {text!r}")
+    return name.strip(), path.strip()
+
+
+name_equals_file.render = lambda pair: f"{pair[0]}={pair[1]}"
+
+
+def fractions(text: str) -> Tuple[float, float, float]:
+    """Three relative sizes ``80,10,10`` -> fractions summing to 1."""
+    try:
+        parts = [float(p) for p in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected three numbers like 80,10,10, got {text!r}") from None
+    if len(parts) != 3 or any(p < 0 for p in parts) or sum(parts) <= 0:
+        raise argparse.ArgumentTypeError(f"expected three non-negative numbers like 80,10,10, got {text!r}")
+    total = sum(parts)
+    return tuple(p / total for p in parts)
+
+
+fractions.render = lambda values: ",".join(f"{v:g}" for v in values)

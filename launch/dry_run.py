@@ -1,0 +1,84 @@
+"""``--dry-run`` of a Beam command: the command's options (defaults resolved), the pipeline options
+Beam resolves, the equivalent command line, and the command's own plan (``dry_run_plan``). It reports
+on what :mod:`launch.cli` already parsed; it parses nothing itself."""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from typing import Dict, List, Sequence
+
+from launch.beam_options import RUNNER_FLAGS, merge_flags
+from launch.profiles import placeholders
+
+_NOT_COMMAND_OPTIONS = ("command", "log_level", "profile", "profiles_file", "dry_run")
+
+
+def resolved_options(pipeline_args: Sequence[str], all_options: bool = False) -> Dict[str, object]:
+    """The options Beam resolves from these flags: those set (default) or every option."""
+    from pipelines.options import pipeline_options
+    opts = pipeline_options(pipeline_args).get_all_options(drop_default=not all_options)
+    if not all_options:
+        opts.setdefault("runner", None)
+        if opts["runner"] is None:
+            opts["runner"] = "DirectRunner (Beam's default)"
+    return {k: v for k, v in sorted(opts.items()) if v is not None or all_options}
+
+
+def _strip_subsequence(argv: Sequence[str], sub: Sequence[str]) -> List[str]:
+    """``argv`` without the tokens of ``sub`` (a subsequence of it, in order)."""
+    out, j = [], 0
+    for tok in argv:
+        if j < len(sub) and tok == sub[j]:
+            j += 1
+            continue
+        out.append(tok)
+    return out
+
+
+def _strip_runner_flags(argv: Sequence[str]) -> List[str]:
+    out, skip = [], False
+    for tok in argv:
+        if skip:
+            skip = False
+            continue
+        key = tok.split("=", 1)[0]
+        if key in RUNNER_FLAGS:
+            if key != "--dry-run" and "=" not in tok:
+                skip = True
+            continue
+        out.append(tok)
+    return out
+
+
+def dry_run_report(command: str, module, args: argparse.Namespace, argv: Sequence[str], rest: Sequence[str],
+                   pipeline_args: Sequence[str]) -> dict:
+    """The report for ``captionbeam COMMAND ... --dry-run``: ``args`` and ``rest`` are what the parser
+    made of ``argv`` (the command's options, and the tokens left for Beam)."""
+    own = _strip_runner_flags(_strip_subsequence(argv, rest))
+    merged = merge_flags(pipeline_args)
+    command_options = {k: v for k, v in sorted(vars(args).items()) if k not in _NOT_COMMAND_OPTIONS}
+    report = {
+        "command": command,
+        "profile": getattr(args, "profile", None),
+        "command_options": command_options,
+        "pipeline_options": resolved_options(merged),
+        "equivalent_command_line": shlex.join(["captionbeam", *own, *merged]),
+    }
+    todo = placeholders(merged)
+    if todo:
+        report["warnings"] = [f"placeholder value, edit the profiles file or pass the flag: {f}" for f in todo]
+    plan = getattr(module, "dry_run_plan", None)
+    if plan is not None:
+        report["plan"] = plan(args, merged)
+    return report
+
+
+def print_dry_run(report: dict, out=None) -> None:
+    out = out or sys.stdout
+    report = dict(report)
+    line = report.pop("equivalent_command_line")
+    print(json.dumps(report, indent=2, sort_keys=True, default=str), file=out)
+    print("equivalent command line (nothing submitted):", file=out)
+    print("  " + line, file=out)

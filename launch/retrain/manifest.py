@@ -1,0 +1,78 @@
+"""The root's features: every batch's feature records under ``ROOT/features/`` with one spec, and their
+sidecar ``ROOT/features/ids/ids-<batch>-*.jsonl`` (``{image_id, path, sha256}`` per record, written by
+the features job), which answers "is this content featurised already?" without reading a record."""
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import pipelines.io as pio
+from launch.retrain.root import ModelRoot, RetrainError, read_consumed
+
+FEATURES_DIR = "features"
+
+
+def feature_ids(features_dir: str) -> List[Dict[str, str]]:
+    """The sidecar rows of a ``captionbeam features`` output (or of the root's features)."""
+    from pipelines.features import ids_pattern, read_feature_ids
+    if not pio.match([ids_pattern(features_dir)]) and pio.match([pio.join(features_dir, "features-*.tfrecord*")]):
+        raise RetrainError(f"{features_dir}: feature records without their ids/ sidecar (written by `captionbeam "
+                           f"features` since the sidecar exists): run the features job again")
+    return read_feature_ids(features_dir)
+
+
+def feature_hashes(feature_dirs: Sequence[str]) -> Dict[str, str]:
+    """sha256 -> image_id of every image in these features outputs."""
+    return {row["sha256"]: row["image_id"] for d in feature_dirs for row in feature_ids(d)}
+
+
+def add_features(root: ModelRoot, src: str, batch: str) -> List[Tuple[str, str]]:
+    """Copy a features output's records and sidecar into the root, named by ``batch``; returns the
+    (path, sha256) of every image they hold."""
+    from pipelines.features import IDS_DIR, ids_pattern
+    rows = feature_ids(src)
+    for s in pio.match([pio.join(src, "features-*-of-*.tfrecord*")]):
+        pio.write_bytes(root.path(FEATURES_DIR, pio.basename(s).replace("features-", f"features-{batch}-", 1)),
+                        pio.read_bytes(s))
+    for s in pio.match([ids_pattern(src)]):
+        pio.write_bytes(root.path(FEATURES_DIR, IDS_DIR, pio.basename(s).replace("ids-", f"ids-{batch}-", 1)),
+                        pio.read_bytes(s))
+    return [(row["path"], row["sha256"]) for row in rows]
+
+
+def encoder_file(spec: Mapping[str, object]) -> Optional[str]:
+    """The model file of a ``.keras`` / ``.h5`` / ``.tflite`` encoder (features_spec.json names it by
+    its base name; ``extra.encoder_spec.source`` has the path)."""
+    enc = dict((spec.get("extra") or {}).get("encoder_spec") or {})
+    if enc.get("kind") in ("keras-file", "tflite") or str(spec.get("encoder", "")).endswith(
+            (".keras", ".h5", ".hdf5", ".tflite")):
+        return str(enc.get("source") or spec.get("encoder"))
+    return None
+
+
+def encoder_argument(root: ModelRoot, spec: Mapping[str, object]) -> str:
+    """``--encoder`` for new features: the registered name, or the root's copy of the model file
+    (the original path when the root is on gs:// and the original is still on this machine)."""
+    source = encoder_file(spec)
+    if source is None:
+        return str(spec["encoder"])
+    copy = root.path("encoder", pio.basename(source))
+    if pio.is_gcs(copy) and os.path.exists(source):
+        return source
+    return copy
+
+
+def landed(root: ModelRoot, images: Sequence[str]) -> List[str]:
+    """Paths matched by ``images`` that no finished batch consumed (landed files are treated as
+    immutable: a consumed path is not read again)."""
+    consumed = read_consumed(root)
+    return [p for p in pio.match(list(images)) if p not in consumed]
+
+
+def content_hashes(paths: Sequence[str], threads: int = 8) -> List[Tuple[str, str]]:
+    """(path, sha256) of each path. Only new paths get here: the sidecar knows the content of every
+    featurised image but not which new path holds which content, and object stores keep no sha256,
+    so a new path's bytes are read once (in threads: on gs:// that is I/O)."""
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(paths)))) as pool:
+        return list(zip(paths, pool.map(lambda p: pio.sha256_hex(pio.read_bytes(p)), paths)))

@@ -1,0 +1,80 @@
+"""The jobs an attempt runs, as typed calls of the commands (``config_from_args`` + ``run``); each
+prints the equivalent ``captionbeam`` command line first (to stderr: stdout is the attempt's result)."""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Dict, List, Mapping, Sequence, Tuple
+
+import pipelines.io as pio
+from launch.command_args import CommandError, Invocation, invocation
+from launch.commands import captions as captions_cmd
+from launch.commands import evaluate as evaluate_cmd
+from launch.commands import features as features_cmd
+from launch.commands import train as train_cmd
+from launch.retrain.manifest import FEATURES_DIR, encoder_argument
+from launch.retrain.root import ModelRoot, RetrainError, RootSettings
+
+
+def _call(run, inv: Invocation, *args, **kwargs):
+    """A command's typed run; its CommandError becomes a RetrainError naming the command."""
+    print("    $ " + inv.line, file=sys.stderr)
+    try:
+        return run(*args, **kwargs)
+    except CommandError as e:
+        raise RetrainError(f"`captionbeam {inv.command}` failed: {e}") from None
+
+
+def features_invocation(root: ModelRoot, spec: Mapping[str, object], images: Sequence[str], out: str,
+                        pipeline_args: Sequence[str] = ()) -> Invocation:
+    """``captionbeam features`` for new images exactly as the root's features were made: same encoder,
+    weights, input size, preprocessing and compression (one spec describes every batch's records)."""
+    compression = str((spec.get("extra") or {}).get("compression") or "NONE").upper()
+    values = {"images": list(images), "output": out, "encoder": encoder_argument(root, spec),
+              "weights": spec.get("weights", "imagenet"), "image_size": int(spec["image_size"][0]),
+              "compress": compression == "GZIP", "overwrite": True}
+    if spec.get("preprocessing"):
+        values["preprocessing"] = spec["preprocessing"]
+    return invocation(features_cmd, values, pipeline_args=pipeline_args)
+
+
+def featurise(root: ModelRoot, images: Sequence[str], out: str, pipeline_args: Sequence[str]) -> str:
+    spec = pio.read_json(root.path(FEATURES_DIR, "features_spec.json"))
+    inv = features_invocation(root, spec, images, out, pipeline_args)
+    _call(features_cmd.run, inv, features_cmd.config_from_args(inv.args), inv.pipeline_args, overwrite=True)
+    return out
+
+
+def build_data(root: ModelRoot, settings: RootSettings, out: str, vocab: str, captions: str, train: str,
+               pipeline_args: Sequence[str]) -> str:
+    """``captionbeam captions`` over every feature of the root, with a given vocabulary."""
+    splits: List[Tuple[str, str]] = [("train", train)]
+    splits += [(name, root.path("data", f"{name}.txt")) for name in ("dev", "test")
+               if pio.exists(root.path("data", f"{name}.txt"))]
+    inv = invocation(captions_cmd, {"captions": captions, "format": "flickr8k", "splits": splits,
+                                    "features": root.path(FEATURES_DIR), "output": out, "vocab": vocab,
+                                    "clean": settings.clean, "overwrite": True}, pipeline_args=pipeline_args)
+    _call(captions_cmd.run, inv, captions_cmd.config_from_args(inv.args), inv.pipeline_args)
+    return out
+
+
+def train(data_dir: str, model_dir: str, like_model_dir: str, epochs: int, batch_size: int,
+          extra: Sequence[str] = ()) -> Dict[str, object]:
+    """``captionbeam train`` into ``model_dir`` (local, warm-started), with the architecture of the
+    model in ``like_model_dir``."""
+    from model.config import ModelConfig
+    inv = invocation(train_cmd, {"data": data_dir, "model_dir": model_dir,
+                                 **train_cmd.architecture_values(ModelConfig.load(like_model_dir)),
+                                 "epochs": epochs, "batch_size": batch_size}, extra=extra)
+    return _call(train_cmd.run, inv, train_cmd.config_from_args(inv.args))
+
+
+def evaluate(model_dir: str, data_dir: str, split: str, beam_size: int, out_dir: str) -> Dict[str, float]:
+    """``captionbeam evaluate`` (BLEU and CIDEr-D only) on local dirs -> flat metrics (CIDEr, Bleu_4, bleu1..)."""
+    from launch.report import flatten_metrics
+    os.makedirs(out_dir, exist_ok=True)
+    inv = invocation(evaluate_cmd, {"model_dir": model_dir, "data": data_dir, "split": split, "beam_size": beam_size,
+                                    "output": os.path.join(out_dir, "predictions.jsonl"),
+                                    "coco_metrics": ("bleu", "cider")})
+    report = _call(evaluate_cmd.run, inv, evaluate_cmd.config_from_args(inv.args))
+    return flatten_metrics(report.to_dict())

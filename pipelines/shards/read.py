@@ -1,0 +1,44 @@
+"""Any image shard (local or ``gs://``, through Beam's ``FileSystems``) -> a stream of
+:class:`~pipelines.image_items.ShardItem`, by format: :mod:`.tar` or :mod:`.image_examples`."""
+from __future__ import annotations
+
+import gzip
+import io
+from typing import BinaryIO, Iterator, List, Optional
+
+from pipelines.formats import is_gzip_name
+from pipelines.image_items import UNKNOWN_FORMAT, UNREADABLE, ShardError, ShardItem
+from pipelines.shards.image_examples import TfrecordFields, iter_tfrecord
+from pipelines.shards.tar import iter_tar
+
+
+def open_shard(path: str) -> BinaryIO:
+    """A streaming binary file object over a shard (local or gs://), compressed bytes as stored."""
+    from apache_beam.io.filesystems import FileSystems
+    return FileSystems.open(path, compression_type="uncompressed")
+
+
+def iter_shard(path: str, fmt: str, fields: TfrecordFields = TfrecordFields(),
+               fileobj: Optional[BinaryIO] = None) -> Iterator[ShardItem]:
+    """Every item of one shard, streamed; ``fmt`` is ``tar`` or ``tfrecord``."""
+    try:
+        f = fileobj if fileobj is not None else open_shard(path)
+    except Exception as e:  # noqa: BLE001
+        yield ShardError(path, "", UNREADABLE, f"cannot open shard: {type(e).__name__}: {e}")
+        return
+    try:
+        if fmt == "tar":
+            yield from iter_tar(f, path)  # tarfile detects gzip itself ("r|*")
+        elif fmt == "tfrecord":
+            stream = gzip.GzipFile(fileobj=f, mode="rb") if is_gzip_name(path) else f
+            yield from iter_tfrecord(stream, path, fields)
+        else:
+            yield ShardError(path, "", UNKNOWN_FORMAT, f"not a shard format: {fmt!r} (tar or tfrecord)")
+    finally:
+        if fileobj is None:
+            f.close()
+
+
+def read_shard_bytes(data: bytes, path: str, fmt: str, fields: TfrecordFields = TfrecordFields()) -> List[ShardItem]:
+    """Convenience for tests and small shards already in memory."""
+    return list(iter_shard(path, fmt, fields, fileobj=io.BytesIO(data)))

@@ -1,0 +1,153 @@
+"""The import graph of the project's packages, read from the source with ``ast`` (every ``import`` and
+``from ... import`` anywhere in a module, function-level ones included, plus ``importlib.import_module`` /
+``__import__`` calls with a string literal or an f-string whose literal prefix names a package, e.g.
+``import_module(f"launch.commands.{name}")``): no circle anywhere, and the layering holds
+(launch -> pipelines -> model; model never imports Beam)."""
+import ast
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGES = ("model", "pipelines", "launch")
+
+
+def _modules():
+    """``{module name: path}`` of every .py file under the project's packages."""
+    out = {}
+    for pkg in PACKAGES:
+        for dirpath, _, files in os.walk(os.path.join(ROOT, pkg)):
+            for f in files:
+                if f.endswith(".py"):
+                    rel = os.path.relpath(os.path.join(dirpath, f), ROOT)[:-3].replace(os.sep, ".")
+                    out[rel[: -len(".__init__")] if rel.endswith(".__init__") else rel] = os.path.join(dirpath, f)
+    return out
+
+
+def _imported_names(path: str, module: str, is_package: bool):
+    """Every module name ``path`` imports, absolute, as written (``a.b`` of ``from a.b import c`` and
+    ``a.b.c`` too, in case ``c`` is a module)."""
+    tree = ast.parse(open(path, encoding="utf-8").read(), path)
+    package = module if is_package else module.rsplit(".", 1)[0]
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                parts = parts[: len(parts) - (node.level - 1)]
+                base = ".".join(parts + ([base] if base else []))
+            names.append(base)
+            names += [f"{base}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) \
+                and isinstance(node.args[0].value, str):
+            f = node.func
+            called = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
+            if called in ("import_module", "__import__"):
+                names.append(node.args[0].value)
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.JoinedStr):
+            f, arg = node.func, node.args[0]
+            called = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
+            if called in ("import_module", "__import__") and arg.values and isinstance(arg.values[0], ast.Constant):
+                names.append(arg.values[0].value + "*")  # every module under that prefix
+    return names
+
+
+def _graph():
+    modules = _modules()
+    graph = {}
+    for name, path in modules.items():
+        deps = set()
+        for imported in _imported_names(path, name, path.endswith("__init__.py")):
+            if imported.endswith("*"):
+                prefix = imported[:-1]
+                deps |= {m for m in modules if m.startswith(prefix) and m != prefix.rstrip(".") and m != name}
+                continue
+            # the deepest project module the name points at (``pipelines.shards.read.iter_shard`` -> ``...read``)
+            parts = imported.split(".")
+            while parts and ".".join(parts) not in modules:
+                parts.pop()
+            if parts and ".".join(parts) != name:
+                deps.add(".".join(parts))
+        graph[name] = deps
+    return graph
+
+
+def _all_imports():
+    modules = _modules()
+    return {name: set(_imported_names(path, name, path.endswith("__init__.py"))) for name, path in modules.items()}
+
+
+def _find_cycle(graph):
+    """One import circle as a list of modules (first == last), or None."""
+    WHITE, GREY, BLACK = 0, 1, 2
+    colour = {n: WHITE for n in graph}
+    stack = []
+
+    def visit(n):
+        colour[n] = GREY
+        stack.append(n)
+        for d in sorted(graph[n]):
+            if colour[d] == GREY:
+                return stack[stack.index(d):] + [d]
+            if colour[d] == WHITE:
+                found = visit(d)
+                if found:
+                    return found
+        stack.pop()
+        colour[n] = BLACK
+        return None
+
+    for n in sorted(graph):
+        if colour[n] == WHITE:
+            found = visit(n)
+            if found:
+                return found
+    return None
+
+
+def test_the_reader_sees_function_level_and_importlib_imports(tmp_path):
+    src = tmp_path / "m.py"
+    src.write_text("import importlib\n\ndef f():\n    from pipelines.shards import read\n"
+                   "    return importlib.import_module('model.vocab')\n")
+    names = _imported_names(str(src), "pipelines.m", False)
+    assert {"pipelines.shards", "pipelines.shards.read", "model.vocab"} <= set(names)
+
+
+def test_importlib_f_string_prefixes_count_as_imports():
+    assert "launch.commands.run" in _graph()["launch.cli"]  # cli imports each command by f-string name
+
+
+def test_a_cycle_is_found():
+    assert _find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
+    assert _find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_no_import_circle(package):
+    """No circle among the modules of ``package`` together with everything they reach."""
+    graph = _graph()
+    reach, todo = set(), [n for n in graph if n == package or n.startswith(package + ".")]
+    while todo:
+        n = todo.pop()
+        if n not in reach:
+            reach.add(n)
+            todo += graph[n]
+    cycle = _find_cycle({n: graph[n] & reach for n in reach})
+    assert cycle is None, "import circle: " + " -> ".join(cycle)
+
+
+def test_layers_launch_pipelines_model():
+    """model imports neither pipelines, launch nor Beam; pipelines does not import launch."""
+    bad = []
+    for name, imported in _all_imports().items():
+        top = name.split(".")[0]
+        for i in imported:
+            head = i.split(".")[0]
+            if top == "model" and head in ("pipelines", "launch", "apache_beam"):
+                bad.append(f"{name} imports {i}")
+            if top == "pipelines" and head == "launch":
+                bad.append(f"{name} imports {i}")
+    assert bad == []
