@@ -1,6 +1,7 @@
 """Self-critical training (``captionbeam train --objective scst``) from a cross-entropy model of the
-sample dataset: it raises dev CIDEr-D, runs mirrored over 2 logical CPU replicas, resumes after
-``kill -9`` at its checkpointed step, and refuses bad flags naming them."""
+sample dataset: it raises dev CIDEr-D, runs mirrored over 2 logical CPU replicas and as two
+MultiWorkerMirroredStrategy processes on loopback, resumes after ``kill -9`` at its checkpointed step,
+and refuses bad flags naming them."""
 import json
 import os
 import re
@@ -11,7 +12,7 @@ import time
 import pytest
 
 from launch.cli import main as cli
-from tests.plugins.training import train_command, train_env
+from tests.plugins.training import free_port, train_command, train_env
 
 RESUMED_RE = re.compile(r"resumed from \S+: step (\d+), (\d+) epoch\(s\) done")
 STEP_RE = re.compile(r"\(global (\d+)/\d+\) reward ([0-9.]+) baseline ([0-9.]+) sampled length ([0-9.]+) "
@@ -91,6 +92,32 @@ def test_scst_mirrored_over_two_cpu_replicas_with_the_greedy_baseline(sample_xen
     assert all(float(s[1]) != float(s[2]) for s in steps)   # the greedy baseline is not the samples' mean
     summary = json.loads(re.search(r"training finished: (\{.*\})", p.stdout).group(1))
     assert summary["step"] == 6 and summary["objective"] == "scst"
+
+
+def test_scst_two_worker_multiworker_run_on_loopback(sample_xent, tmp_path):
+    data, xent = sample_xent
+    cluster = {"worker": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]}
+    flags = ["--init-from", xent, *SCST, "--epochs", "1", "--steps-per-epoch", "4", "--batch-size", "8",
+             "--strategy", "multiworker", "--log-every", "2"]
+    procs = [subprocess.Popen(train_command(data, tmp_path / "mw", *flags), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True,
+                              env=train_env(TF_CONFIG=json.dumps({"cluster": cluster,
+                                                                  "task": {"type": "worker", "index": i}})))
+             for i in range(2)]
+    try:
+        outs = [p.communicate(timeout=400)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert all(p.returncode == 0 for p in procs), outs[0][-2000:] + outs[1][-2000:]
+    assert "2 replica(s) on 2 worker(s)" in outs[0] and "this is worker 0 (chief)" in outs[0]
+    summaries = [json.loads(re.search(r"training finished: (\{.*\})", o).group(1)) for o in outs]
+    assert summaries[0]["step"] == summaries[1]["step"] == 4
+    assert summaries[0]["weights_sha256"] == summaries[1]["weights_sha256"]       # one model on both workers
+    # the same all-reduced step, reward, baseline and sampled length printed by both workers
+    reduced = [[s[:4] for s in STEP_RE.findall(o)] for o in outs]
+    assert reduced[0] == reduced[1] and [int(s[0]) for s in reduced[0]] == [2, 4]
+    assert (tmp_path / "mw" / "best.weights.h5").exists()
 
 
 def test_scst_sigkill_then_rerun_resumes_at_the_checkpointed_step(sample_xent, tmp_path):
