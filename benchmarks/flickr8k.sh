@@ -10,7 +10,8 @@
 # ARCHS ("merge inject attention transformer"), FLAGS_transformer (its sizes), SCST_ARCHS ("attention transformer":
 # self-critical fine-tuning of those cross-entropy models, rows "<arch>-scst"), SCST_EPOCHS x SCST_STEPS steps
 # (default 4 x 40: a bounded run, validated on dev CIDEr-D after each 40 steps), SCST_BATCH images per step
-# (default 32, x 5 samples each), SCST_LR (default 2e-4: a short run; the flag's own default is 5e-5).
+# (default 32, x 5 samples each), SCST_LR (default 5e-5, the flag's own default), SCST_NAME (model dir / row
+# suffix, default scst). The README's longer row: SCST_ARCHS=transformer SCST_EPOCHS=12 SCST_NAME=scst-long.
 # Tuning (epochs, early stopping, beam width) looks at the dev split only; test is scored once per row.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,11 +25,12 @@ BATCH=${BATCH:-64}
 BEAM=${BEAM:-3}
 ARCHS=${ARCHS:-merge inject attention transformer}
 FLAGS_transformer=${FLAGS_transformer:---units 256 --embedding-dim 256 --layers 2 --heads 4 --ffn-units 1024 --dropout 0.3 --learning-rate 5e-4}
-SCST_ARCHS=${SCST_ARCHS:-attention transformer}
+SCST_ARCHS=${SCST_ARCHS-attention transformer}   # SCST_ARCHS= (empty): no SCST rows
+SCST_NAME=${SCST_NAME:-scst}
 SCST_EPOCHS=${SCST_EPOCHS:-4}
 SCST_STEPS=${SCST_STEPS:-40}
 SCST_BATCH=${SCST_BATCH:-32}
-SCST_LR=${SCST_LR:-2e-4}
+SCST_LR=${SCST_LR:-5e-5}
 mkdir -p "$W/keras/models" "$W/logs" "$W/stages"
 # Offline ImageNet weights: Keras looks in $KERAS_HOME/models before downloading.
 cp -n "$SHARED"/models/keras/*.h5 "$W/keras/models/"
@@ -86,11 +88,11 @@ for arch in $ARCHS; do
 done
 
 for arch in $SCST_ARCHS; do
-  stage "train-$arch-scst" \
+  stage "train-$arch-$SCST_NAME" \
     $CB train --objective scst --init-from "$W/models/$arch" --data "$(data_for "$arch")" \
-      --model-dir "$W/models/$arch-scst" --epochs "$SCST_EPOCHS" --steps-per-epoch "$SCST_STEPS" \
+      --model-dir "$W/models/$arch-$SCST_NAME" --epochs "$SCST_EPOCHS" --steps-per-epoch "$SCST_STEPS" \
       --batch-size "$SCST_BATCH" --samples 5 --learning-rate "$SCST_LR" --early-stopping-patience 0 --log-every 10
-  evaluate_row "$arch-scst"
+  evaluate_row "$arch-$SCST_NAME"
 done
 
 .venv/bin/python - "$W" <<'PY'
