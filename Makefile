@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help install sysdeps test run bench lint clean
+.PHONY: help install sysdeps engines test run bench lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -35,7 +35,13 @@ sysdeps:  ## install Java and headless Chromium with apt-get when they are missi
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(SYSDEPS) >/dev/null; \
 	else echo "sysdeps: missing $(strip $(SYSDEPS)) and no apt-get: install them (see README)" >&2; exit 1; fi
 
-test: $(STAMP) sysdeps  ## run the test suite (installs Java and Chromium first when missing)
+# Real Beam engines for the flink-local / spark-local / prism profiles and tests/test_engines.py: Flink's and
+# Spark's job servers (mvn, Maven Central) and the Prism binary (go install, the Go module proxy), pinned to
+# the installed apache-beam, cached in .engines/ (skipped when there; see launch/engines.py).
+engines: $(STAMP)  ## fetch and cache the Flink and Spark job servers and the Prism runner (mvn, go)
+	$(BIN)/python -m launch.engines fetch
+
+test: $(STAMP) sysdeps engines  ## run the test suite (installs Java and Chromium, fetches the engines first)
 	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
 
 run: $(STAMP)  ## run the main job on the embedded sample dataset (no data, no cloud account)
@@ -49,4 +55,4 @@ lint: $(STAMP)  ## static checks: byte-compile everything, pyflakes-grade checks
 	@if [ -x $(BIN)/ruff ]; then $(BIN)/ruff check pipelines model launch tests benchmarks; else echo "ruff not installed (pip install ruff) — skipped"; fi
 
 clean:  ## remove the virtual environment and generated work directories
-	rm -rf $(VENV) work *.egg-info
+	rm -rf $(VENV) work *.egg-info  # .engines/ is kept: `rm -rf .engines` to fetch again

@@ -81,3 +81,49 @@ def fractions(text: str) -> Tuple[float, float, float]:
 
 
 fractions.render = lambda values: ",".join(f"{v:g}" for v in values)
+
+
+def _writable_dir(path: str, text: str) -> None:
+    """The nearest existing ancestor of ``path`` must be a directory this process can create files in
+    (probed with a real file: permission bits say nothing for root or a read-only mount)."""
+    import os
+    import tempfile
+    probe = path
+    while not os.path.lexists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe):
+        raise argparse.ArgumentTypeError(f"{text}: {probe} is a file, so the directory cannot be created")
+    try:
+        fd, name = tempfile.mkstemp(prefix=".captionbeam-write-check-", dir=probe)
+        os.close(fd)
+        os.remove(name)
+    except OSError as e:
+        raise argparse.ArgumentTypeError(f"{text}: cannot write in {probe}: {e.strerror or e}") from None
+
+
+def output_dir(text: str) -> str:
+    """An output directory: local ones must not be a file and must be creatable / writable, checked
+    before any work (``gs://`` and other URLs are checked by the job)."""
+    import os
+    if "://" in text:
+        return text
+    path = os.path.abspath(text)
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f"{text} is a file, not a directory")
+    _writable_dir(path, text)
+    return text
+
+
+def output_file(text: str) -> str:
+    """An output file: local ones must not be a directory, and their directory must be writable."""
+    import os
+    if "://" in text:
+        return text
+    path = os.path.abspath(text)
+    if os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f"{text} is a directory, not a file")
+    _writable_dir(os.path.dirname(path), text)
+    return text

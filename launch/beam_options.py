@@ -53,6 +53,30 @@ def unknown_beam_flags(args: Sequence[str]) -> List[str]:
     return [a for a in unknown if a.startswith("-")] or ([a for a in unknown] if unknown else [])
 
 
+_NON_NEGATIVE = ("direct_num_workers", "num_workers", "max_num_workers", "disk_size_gb")
+
+
+def bad_beam_values(args: Sequence[str]) -> Optional[str]:
+    """A message naming the flag when a Beam option has a value no runner takes (an unknown ``--runner``, a
+    negative worker count), found here instead of as a traceback once the pipeline starts; else None."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+    opts = PipelineOptions(list(args)).get_all_options(drop_default=True)
+    for name in _NON_NEGATIVE:
+        value = opts.get(name)
+        if value is not None and int(value) < 0:
+            return f"--{name}: must be >= 0, got {value}"
+    runner = opts.get("runner")
+    if runner:
+        from apache_beam.runners.runner import create_runner
+        try:
+            create_runner(runner)
+        except Exception as e:  # noqa: BLE001 - unknown name, or a dotted path that does not import
+            first = str(e).split(". Valid values", 1)[0]
+            return (f"--runner {runner}: {first}; use DirectRunner, DataflowRunner, FlinkRunner, SparkRunner, "
+                    f"PrismRunner, PortableRunner or a PipelineRunner subclass's dotted path")
+    return None
+
+
 def validate_pipeline_args(parser: argparse.ArgumentParser, rest: Sequence[str], profile: Optional[str] = None,
                            command: str = "", profiles_path: Optional[str] = None) -> List[str]:
     """Beam flags left after the command's own: fail (via ``parser.error``) on any Beam does not know;
@@ -71,6 +95,14 @@ def validate_pipeline_args(parser: argparse.ArgumentParser, rest: Sequence[str],
         if bad:
             parser.error(f"--profile {profile}: {path} sets options Beam does not know: {' '.join(bad)}")
     merged = merge_flags(from_profile, rest)
+    from launch.engines import EngineError, resolve_engine_flags
+    try:
+        merged = resolve_engine_flags(merged)   # {engines} -> the engines cache; a missing jar/binary fails here
+    except EngineError as e:
+        parser.error(str(e))
+    problem = bad_beam_values(merged)
+    if problem:
+        parser.error(problem)
     todo = placeholders(merged)
     if todo:
         log.warning("pipeline options still hold placeholders from the example profiles file (edit it, point "

@@ -81,7 +81,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                                                profiles_path=args.profiles_file)
         if args.dry_run:
             from launch.dry_run import dry_run_report, print_dry_run
-            print_dry_run(dry_run_report(name, module, args, argv, rest, pipeline_args))
+            report = dry_run_report(name, module, args, argv, rest, pipeline_args)
+            print_dry_run(report)
+            plan = report.get("plan")
+            if isinstance(plan, dict) and plan.get("error"):    # the plan itself is invalid: say so by exit code
+                print(f"captionbeam {name}: error: {plan['error']}", file=sys.stderr)
+                return 2
             return 0
     else:
         args = parser.parse_args(argv)
@@ -89,7 +94,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=getattr(logging, args.log_level), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("absl", "apache_beam.runners.portability", "apache_beam.io.filebasedsink", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    return int(module.main(args, pipeline_args) or 0)
+    if args.log_level != "DEBUG":  # job servers' own output, relayed line by line at INFO
+        for relay in ("FlinkJarJobServer", "SparkJarJobServer", "PrismRunner", "apache_beam.utils.subprocess_server",
+                      "apache_beam.runners.worker"):  # and the LOOPBACK SDK worker's per-bundle chatter
+            logging.getLogger(relay).setLevel(logging.WARNING)
+    try:
+        return int(module.main(args, pipeline_args) or 0)
+    except Exception as e:  # noqa: BLE001 - only a job on a portable engine is translated, the rest re-raised
+        from launch.engines import explain_failure
+        # one Beam job (run translates its own Beam stages: launch/run.py run_stage)
+        message = explain_failure(e, pipeline_args) if name not in ("run", "retrain") else None
+        if message is None:
+            raise
+        print(f"captionbeam {name}: {message}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import asdict, dataclass, field, fields
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional
 
 DEFAULT_WORKDIR = "work/run"
 

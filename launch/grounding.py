@@ -1,10 +1,10 @@
 """On the sample dataset, whether captions are about their image (``captionbeam run``'s extra metric)."""
 from __future__ import annotations
 
-import json
 from typing import Dict, Mapping
 
 import pipelines.io as pio
+from model import jsonl
 
 
 def grounding(scenes_jsonl: str, predictions: Mapping[str, str]) -> Dict[str, float]:
@@ -15,11 +15,9 @@ def grounding(scenes_jsonl: str, predictions: Mapping[str, str]) -> Dict[str, fl
     word_shape = {w: s for s, ws in SHAPE_WORDS.items() for w in ws}
     word_shape.update({SHAPE_PLURALS[w]: s for w, s in list(word_shape.items()) if w in SHAPE_PLURALS})
     scenes = {}
-    for line in pio.read_text(scenes_jsonl).splitlines():
-        if line.strip():
-            row = json.loads(line)
-            colours = {o["colour"] for o in row["objects"]} | set(str(row.get("background", "")).split("-"))
-            scenes[row["image_id"]] = (colours, {o["shape"] for o in row["objects"]})
+    for row in jsonl.loads(pio.read_text(scenes_jsonl), scenes_jsonl):
+        colours = {o["colour"] for o in row["objects"]} | set(str(row.get("background", "")).split("-"))
+        scenes[row["image_id"]] = (colours, {o["shape"] for o in row["objects"]})
     ids = [i for i in predictions if i in scenes]
 
     def score(pairs):

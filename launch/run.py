@@ -17,7 +17,6 @@ Every stage leaves ``W/stages/<stage>.json`` (its command line, seconds and summ
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import tempfile
@@ -35,6 +34,7 @@ from launch.commands import sample as sample_cmd
 from launch.commands import train as train_cmd
 from launch.config import RunConfig
 from launch.grounding import grounding
+from model import jsonl
 from model.thumbnail import build_thumbnail_encoder
 
 BEAM_STAGES = ("features", "captions")
@@ -86,6 +86,16 @@ def _fmt_seconds(s: float) -> str:
     return f"{s:.1f}s" if s < 120 else f"{int(s // 60)}m{int(s % 60):02d}s"
 
 
+def check_encoder(config: RunConfig) -> None:
+    """The features stage's encoder settings, checked before any stage runs (the embedded thumbnail
+    encoder is built by the run itself). Raises ``model.encoders.EncoderError`` naming the flag."""
+    f = config.features
+    if f.encoder == THUMBNAIL:
+        return
+    from model.encoders import EncoderConfig, validate_config
+    validate_config(EncoderConfig(name=f.encoder, weights=f.weights, image_size=f.image_size))
+
+
 class RunPipeline:
     """Drives the stages of ``captionbeam run`` for one :class:`RunConfig`."""
 
@@ -93,6 +103,7 @@ class RunPipeline:
                  stage_pipeline_args: Optional[Callable[[str], List[str]]] = None, resume: bool = False,
                  console: Optional[TextIO] = None):
         self.config = config.validate()
+        check_encoder(self.config)            # a bad --encoder fails here, before the sample stage
         self.layout = Layout(config.workdir if "://" in config.workdir else os.path.abspath(config.workdir))
         self.pipeline_args = list(pipeline_args)
         self.train_profile_args = list(train_profile_args)
@@ -237,6 +248,12 @@ class RunPipeline:
             value = self._execute(inv)
         except CommandError as e:
             raise StageError(inv.command, str(e)) from None
+        except Exception as e:  # noqa: BLE001 - a Beam stage that failed on a portable engine: name the engine
+            from launch.engines import explain_failure
+            message = explain_failure(e, inv.pipeline_args) if inv.pipeline_args else None
+            if message is None:
+                raise
+            raise StageError(inv.command, message) from None
         result = StageResult(name=inv.command, argv=inv.argv, seconds=time.time() - start)
         if inv.command == "evaluate":
             self.metrics = value.to_dict()
@@ -318,7 +335,7 @@ class RunPipeline:
         if result:
             print(f"    (done earlier, --resume: {result.summary})", file=self.console)
             if pio.exists(out_jsonl):
-                rows = [json.loads(l) for l in pio.read_text(out_jsonl).splitlines() if l.strip()]
+                rows = jsonl.loads(pio.read_text(out_jsonl), out_jsonl)
         else:
             start = time.time()
             if paths:
@@ -339,7 +356,7 @@ class RunPipeline:
                 plot = pio.join(self.layout.eval, "attention", f"{iid}.attention.png")
                 r["attention"] = plot if pio.exists(plot) else None
         self.captions = rows
-        pio.write_text(out_jsonl, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+        pio.write_text(out_jsonl, jsonl.dumps(rows, sort_keys=True))
         result.summary = f"{len(rows)} held-out images captioned"
         return self._finish(result)
 
@@ -391,11 +408,8 @@ class RunPipeline:
                 if result.cached:
                     self.metrics = pio.read_json(self.metrics_file) if pio.exists(self.metrics_file) else {}
                 if self.config.data.is_sample and pio.exists(self.predictions_file):
-                    preds = {}
-                    for line in pio.read_text(self.predictions_file).splitlines():
-                        if line.strip():
-                            row = json.loads(line)
-                            preds[row["image_id"]] = row["caption"]
+                    preds = {row["image_id"]: row["caption"]
+                             for row in jsonl.loads(pio.read_text(self.predictions_file), self.predictions_file)}
                     self.metrics["grounding"] = grounding(pio.join(self.layout.sample, "scenes.jsonl"), preds)
             if not result.summary:
                 result.summary = self._summary(inv.command, result)

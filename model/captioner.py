@@ -75,6 +75,18 @@ def encoder_arguments(spec) -> Tuple[str, str, int, Optional[str]]:
     return spec.encoder, spec.weights or "imagenet", size, override
 
 
+def local_copy(path: str) -> str:
+    """A local path for a file a loader can only read locally (a gs:// file is copied to a temp dir)."""
+    if "://" not in path:
+        return path
+    import os
+    import tempfile
+    import tensorflow as tf
+    local = os.path.join(tempfile.mkdtemp(prefix="captionbeam-encoder-"), path.rsplit("/", 1)[-1])
+    tf.io.gfile.copy(path, local, overwrite=True)
+    return local
+
+
 def resize_square(image: np.ndarray, size: int, method: str = DEFAULT_RESIZE) -> np.ndarray:
     """uint8 RGB (h, w, 3) -> (size, size, 3) with Pillow, squashed (as the features job resizes)."""
     from PIL import Image
@@ -117,8 +129,9 @@ class Captioner:
     def load(cls, model_dir: str, beam_size: int = 1, max_length: Optional[int] = None, batch_size: int = 32,
              alpha: float = 0.0, which: str = "best", encoder_file: Optional[str] = None) -> "Captioner":
         from model.model_dir import load_trained, weights_path
-        model, config, vocab, spec = load_trained(model_dir, which=which)
-        version = model_version_of(model_dir, weights_path(model_dir, which))
+        weights = weights_path(model_dir, which)     # once: a best -> last fallback warns once
+        model, config, vocab, spec = load_trained(model_dir, which=which, weights_file=weights)
+        version = model_version_of(model_dir, weights)
         return cls(model, config, vocab, spec, model_dir, version, beam_size=beam_size, max_length=max_length,
                    batch_size=batch_size, alpha=alpha, encoder_file=encoder_file)
 
@@ -129,10 +142,14 @@ class Captioner:
         with self._lock:
             if self._encoder is None:
                 from model.encoders import build_encoder
+                from model.integrity import check_given_encoder, encoder_file
                 name, weights, size, pre = encoder_arguments(self.spec)
-                name = self.encoder_file or name
+                # the model dir's checked copy; an explicit --encoder-file must have the recorded hash too
+                bundled = (check_given_encoder(self.spec, self.encoder_file) if self.encoder_file
+                           else encoder_file(self.spec, self.model_dir))
                 try:
-                    self._encoder = build_encoder(name, weights=weights, image_size=size, preprocessing=pre)
+                    self._encoder = build_encoder(local_copy(bundled) if bundled else name, weights=weights,
+                                                  image_size=size, preprocessing=pre)
                 except ValueError as e:
                     raise ValueError(f"{self.model_dir}: cannot build the image encoder {name!r} named in "
                                      f"features_spec.json: {e}") from e

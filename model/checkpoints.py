@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import tempfile
 from dataclasses import dataclass
-from typing import Optional
+from typing import List, Optional
 
 import tensorflow as tf
 
@@ -41,25 +42,104 @@ class TrainingState:
                    finished=tf.Variable(False, trainable=False, name="finished"))
 
 
+class CheckpointError(ValueError):
+    """Checkpoints exist but none restores: never start from scratch over them."""
+
+
+_CKPT_RE = re.compile(r"^ckpt-(\d+)\.(index|data-\d+-of-\d+)$")
+
+
+def _state_latest(directory: str) -> Optional[str]:
+    """The ``checkpoint`` state file's newest path, or None when it is missing or unreadable."""
+    try:
+        return tf.train.latest_checkpoint(directory)
+    except Exception:  # noqa: BLE001 - a garbage state file is handled by listing the files
+        return None
+
+
+def _step(path: str) -> int:
+    return int(path.rsplit("-", 1)[-1])
+
+
+def candidates(directory: str) -> List[str]:
+    """Checkpoint prefixes in ``directory``, newest (highest step) first: every ``ckpt-N`` with an
+    ``.index`` or data file on disk, whatever the ``checkpoint`` state file says (it may be garbage or
+    name a checkpoint whose files are gone)."""
+    if not tf.io.gfile.isdir(directory):
+        return []
+    steps = set()
+    for name in tf.io.gfile.listdir(directory):
+        m = _CKPT_RE.match(name.rstrip("/"))
+        if m:
+            steps.add(int(m.group(1)))
+    return [f"{directory}/ckpt-{n}" for n in sorted(steps, reverse=True)]
+
+
+def restore_newest(ckpt: tf.train.Checkpoint, directory: str) -> Optional[str]:
+    """Restore ``ckpt`` from the newest checkpoint of ``directory`` that restores completely, logging
+    each damaged one skipped (truncated or garbage data, missing ``.index``) and the one used. None when
+    there is no checkpoint at all; :class:`CheckpointError` naming the directory when there are some but
+    none restores (training must not silently start again from step 0 over them)."""
+    found = candidates(directory)
+    failures = []
+    for path in found:
+        try:
+            if not tf.io.gfile.exists(f"{path}.index"):
+                raise FileNotFoundError(f"{path}.index is missing")
+            ckpt.restore(path).assert_existing_objects_matched()
+        except Exception as e:  # noqa: BLE001 - any damage: try the next older one
+            reason = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+            log.warning("checkpoint %s does not restore (%s); trying an older one", path, reason)
+            failures.append(f"{os.path.basename(path)} ({reason})")
+            continue
+        if failures:
+            log.warning("resuming from %s, the newest checkpoint that restores (skipped: %s)", path,
+                        "; ".join(failures))
+        return path
+    if failures:
+        raise CheckpointError(f"{directory}: none of the {len(found)} checkpoint(s) restores ("
+                              f"{'; '.join(failures)}); refusing to start from scratch over them: move the "
+                              f"directory away to start again, or restore a good checkpoint into it")
+    return None
+
+
 class Checkpointer:
     def __init__(self, model_dir: str, model, optimizer, state: TrainingState, is_chief: bool,
                  worker_index: int = 0, keep: int = 3):
         self.directory = f"{model_dir.rstrip('/')}/{CHECKPOINT_DIR}"
         self.is_chief = is_chief
+        self.keep = keep
         self.worker_dir = f"{model_dir.rstrip('/')}/.worker_tmp/worker_{worker_index}"
         self.ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, step=state.step, epoch=state.epoch,
                                         best_val=state.best_val, bad_epochs=state.bad_epochs,
                                         finished=state.finished)
+        if is_chief and tf.io.gfile.exists(f"{self.directory}/checkpoint") \
+                and _state_latest(self.directory) is None and candidates(self.directory):
+            # an unreadable state file: CheckpointManager would fail on it; restore() rewrites it
+            log.warning("%s/checkpoint is unreadable (kept as checkpoint.unreadable); using the checkpoint "
+                        "files instead", self.directory)
+            tf.io.gfile.rename(f"{self.directory}/checkpoint", f"{self.directory}/checkpoint.unreadable",
+                               overwrite=True)
         self.manager = (tf.train.CheckpointManager(self.ckpt, self.directory, max_to_keep=keep)
                         if is_chief else None)
 
     def latest(self) -> Optional[str]:
-        return tf.train.latest_checkpoint(self.directory)
+        found = candidates(self.directory)
+        return found[0] if found else None
 
     def restore(self) -> Optional[str]:
-        path = self.latest()
-        if path:
-            self.ckpt.restore(path).assert_existing_objects_matched()
+        """Restore the newest checkpoint that restores (see :func:`restore_newest`); None when the
+        directory holds no checkpoint at all. A fallback rewrites the ``checkpoint`` state file (chief)."""
+        path = restore_newest(self.ckpt, self.directory)
+        if path and self.is_chief and path != _state_latest(self.directory):
+            # point the state file at the checkpoint used (and the older ones), so that the manager's
+            # bookkeeping (latest, max_to_keep) goes on from it
+            step = _step(path)
+            older = [c for c in reversed(candidates(self.directory)) if _step(c) <= step]
+            stamps = [tf.io.gfile.stat(f"{c}.index").mtime_nsec / 1e9 for c in older]
+            tf.compat.v1.train.update_checkpoint_state(self.directory, path, older,
+                                                       all_model_checkpoint_timestamps=stamps)
+            self.manager = tf.train.CheckpointManager(self.ckpt, self.directory, max_to_keep=self.keep)
         return path
 
     def save(self, step: int) -> str:

@@ -10,6 +10,8 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Dict, List, Optional
 
+from model import gfile
+
 ARCHITECTURES = ("merge", "inject", "attention", "transformer")
 POSITIONS = ("learned", "sinusoidal")
 OBJECTIVES = ("xent", "scst")
@@ -49,6 +51,8 @@ class ModelConfig:
     encoder_weights: str = ""
     image_size: List[int] = field(default_factory=list)
     preprocessing: str = ""
+    # SHA-256 of the vocab.txt the model was trained with: loading refuses another vocabulary file
+    vocab_sha256: str = ""
 
     def validate(self) -> "ModelConfig":
         if self.arch not in ARCHITECTURES:
@@ -98,18 +102,13 @@ class ModelConfig:
         return _from_dict(cls, json.loads(text))
 
     def save(self, directory: str) -> None:
-        import tensorflow as tf
-        with tf.io.gfile.GFile(f"{directory.rstrip('/')}/{CONFIG_FILE}", "w") as f:
-            f.write(self.to_json())
+        gfile.write_text(gfile.join(directory, CONFIG_FILE), self.to_json())
 
     @classmethod
     def load(cls, directory: str) -> "ModelConfig":
-        import tensorflow as tf
-        path = f"{directory.rstrip('/')}/{CONFIG_FILE}"
-        if not tf.io.gfile.exists(path):
-            raise FileNotFoundError(f"model config not found: {path} (is this a `captionbeam train` model dir?)")
-        with tf.io.gfile.GFile(path, "r") as f:
-            return cls.from_json(f.read())
+        path = gfile.join(directory, CONFIG_FILE)
+        return cls.from_json(gfile.read_text(
+            path, missing=f"model config not found: {path} (is this a `captionbeam train` model dir?)"))
 
     def architecture_fields(self) -> Dict[str, object]:
         """The fields that must match for a checkpoint to be resumable."""

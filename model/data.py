@@ -14,7 +14,6 @@ Targets are sparse token ids; ``<pad>``=0 marks positions the loss ignores.
 """
 from __future__ import annotations
 
-import json
 import logging
 import re
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import tensorflow as tf
 
 from model import records
+from model.data_stats import DataStats
 from model.vocab import PAD_ID, VOCAB_FILE, Vocabulary
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ class DataInfo:
     vocab: Vocabulary
     features_spec: records.FeaturesSpec
     feature_shape: List[int]
-    stats: Dict[str, object] = field(default_factory=dict)
+    stats: DataStats = field(default_factory=DataStats)  # stats.json (defaults when the directory has none)
 
 
 def _join(directory: str, name: str) -> str:
@@ -68,10 +68,7 @@ def open_data(directory: str) -> DataInfo:
         raise FileNotFoundError(f"--data: no vocabulary {vocab_path} (write it with `captionbeam captions`)")
     vocab = Vocabulary.load(vocab_path)
     spec = records.FeaturesSpec.load(directory)
-    stats = {}
-    if tf.io.gfile.exists(_join(directory, "stats.json")):
-        with tf.io.gfile.GFile(_join(directory, "stats.json")) as f:
-            stats = json.load(f)
+    stats = DataStats.load(directory) or DataStats()
     return DataInfo(directory, vocab, spec, [int(d) for d in spec.feature_shape], stats)
 
 

@@ -476,7 +476,11 @@ def describe_config(config: EncoderConfig) -> Dict[str, object]:
     it validates them up front)."""
     validate_config(config)
     if is_model_file(config.name):
-        return build_from_config(config).spec_dict()
+        # the file's absolute path and hash: `captionbeam train` copies it into the model dir from there
+        # and refuses another file (model.integrity); nothing later looks it up in the working directory
+        from model.hashing import sha256_file
+        source = config.name if "://" in config.name else os.path.abspath(config.name)
+        return {**build_from_config(config).spec_dict(), "source": source, "file_sha256": sha256_file(source)}
     spec = REGISTRY[config.name]
     size = config.resolved_size()
     pre = config.preprocessing

@@ -26,6 +26,7 @@ from typing import Optional
 
 import tensorflow as tf
 
+from model import gfile
 from model.decode import decode_graph, tokens_to_strings
 
 METADATA_FILE = "captionbeam_export.json"
@@ -123,19 +124,17 @@ def export(model_dir: str, output: str, beam_size: int = 1, max_length: Optional
                             "outputs": ["captions", "log_probs", "tokens", "lengths", "valid"]},
         "caption_features": {"inputs": {"features": f"float32[N, {', '.join(map(str, server.feature_shape))}]"},
                              "outputs": ["captions", "log_probs", "tokens", "lengths"]}})
-    with tf.io.gfile.GFile(os.path.join(output, METADATA_FILE), "w") as f:
-        f.write(json.dumps(meta, indent=2))
+    gfile.write_text(os.path.join(output, METADATA_FILE), json.dumps(meta, indent=2))
     return meta
 
 
 # ----------------------------------------------------------------------------- reading an export back
 def read_metadata(path: str) -> dict:
     """``captionbeam_export.json`` of an export; ValueError when it is missing or lacks the keys bulk needs."""
-    meta_path = f"{path.rstrip('/')}/{METADATA_FILE}"
-    if not tf.io.gfile.exists(meta_path):
+    meta_path = gfile.join(path, METADATA_FILE)
+    meta = gfile.read_json(meta_path)
+    if meta is None:
         raise ValueError(f"{path} is a SavedModel without {METADATA_FILE}: not written by captionbeam export")
-    with tf.io.gfile.GFile(meta_path, "r") as f:
-        meta = json.loads(f.read())
     missing = [k for k in ("model_version", "encoder", "image_size", "beam_size", "max_length") if k not in meta]
     if missing:
         raise ValueError(f"{meta_path}: missing {', '.join(missing)}")

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import io
-import json
 import logging
 import time
 from typing import Dict, List, Optional
 
 import tensorflow as tf
+
+from model import gfile
 
 log = logging.getLogger("captionbeam.train")
 HISTORY_FILE = "history.json"
@@ -62,16 +63,12 @@ def scalar_summary(name: str, value: float, step: int) -> None:
 
 
 def load_history(model_dir: str) -> List[Dict[str, float]]:
-    path = f"{model_dir.rstrip('/')}/{HISTORY_FILE}"
-    if not tf.io.gfile.exists(path):
-        return []
-    with tf.io.gfile.GFile(path) as f:
-        return json.load(f).get("epochs", [])
+    history = gfile.read_json(gfile.join(model_dir, HISTORY_FILE))
+    return history.get("epochs", []) if history else []
 
 
 def save_history(model_dir: str, epochs: List[Dict[str, float]], extra: Dict[str, object]) -> None:
-    with tf.io.gfile.GFile(f"{model_dir.rstrip('/')}/{HISTORY_FILE}", "w") as f:
-        json.dump({"epochs": epochs, **extra}, f, indent=2, sort_keys=True)
+    gfile.write_json(gfile.join(model_dir, HISTORY_FILE), {"epochs": epochs, **extra})
 
 
 def plot_curve(model_dir: str, epochs: List[Dict[str, float]], title: str) -> Optional[str]:

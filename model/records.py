@@ -22,6 +22,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from model import gfile
+
 FEATURES_PREFIX = "features"
 FEATURES_SPEC_FILE = "features_spec.json"
 RECORD_SUFFIX = ".tfrecord"
@@ -196,15 +198,10 @@ class FeaturesSpec:
         return cls(**known)
 
     def save(self, directory: str) -> None:
-        import tensorflow as tf
-        with tf.io.gfile.GFile(f"{directory.rstrip('/')}/{FEATURES_SPEC_FILE}", "w") as f:
-            f.write(self.to_json())
+        gfile.write_text(gfile.join(directory, FEATURES_SPEC_FILE), self.to_json())
 
     @classmethod
     def load(cls, directory: str) -> "FeaturesSpec":
-        import tensorflow as tf
-        path = f"{directory.rstrip('/')}/{FEATURES_SPEC_FILE}"
-        if not tf.io.gfile.exists(path):
-            raise FileNotFoundError(f"features spec not found: {path} (run `captionbeam features` first)")
-        with tf.io.gfile.GFile(path, "r") as f:
-            return cls.from_json(f.read())
+        path = gfile.join(directory, FEATURES_SPEC_FILE)
+        return cls.from_json(gfile.read_text(
+            path, missing=f"features spec not found: {path} (run `captionbeam features` first)"))

@@ -78,6 +78,7 @@ def train(cfg, model_overrides) -> Dict[str, object]:
     from model.architectures import build_model
     from model.checkpoints import Checkpointer, TrainingState, export_weights
     from model.config import TRAIN_CONFIG_FILE
+    from model.integrity import bundle_encoder
     from model.model_dir import BEST_WEIGHTS, LAST_WEIGHTS
     from model.progress import (ProgressMeter, format_duration, load_history, plot_curve, save_history,
                                 scalar_summary)
@@ -100,7 +101,7 @@ def train(cfg, model_overrides) -> Dict[str, object]:
     config = replace(model_overrides, vocab_size=len(info.vocab), feature_shape=list(info.feature_shape),
                      max_length=max(train_split.max_length, val_split.max_length if val_split else 0),
                      encoder=spec.encoder, encoder_weights=spec.weights, image_size=list(spec.image_size),
-                     preprocessing=spec.preprocessing).validate()
+                     preprocessing=spec.preprocessing, vocab_sha256=info.vocab.sha256()).validate()
 
     model_dir = cfg.model_dir.rstrip("/")
     _check_resumable(model_dir, config, dist.is_chief)
@@ -138,6 +139,7 @@ def train(cfg, model_overrides) -> Dict[str, object]:
 
     if dist.is_chief:
         tf.io.gfile.makedirs(model_dir)
+        spec = bundle_encoder(spec, model_dir)     # a model-file encoder travels inside the model dir
         config.save(model_dir)
         with tf.io.gfile.GFile(f"{model_dir}/{TRAIN_CONFIG_FILE}", "w") as f:
             f.write(cfg.to_json())

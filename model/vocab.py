@@ -78,6 +78,11 @@ class Vocabulary:
     def to_text(self) -> str:
         return "".join(t + "\n" for t in self.tokens)
 
+    def sha256(self) -> str:
+        """SHA-256 of the ``vocab.txt`` bytes this vocabulary saves (recorded in ``config.json``)."""
+        import hashlib
+        return hashlib.sha256(self.to_text().encode("utf-8")).hexdigest()
+
     @classmethod
     def from_text(cls, text: str) -> "Vocabulary":
         return cls(tuple(line for line in text.split("\n") if line != ""))

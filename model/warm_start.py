@@ -45,6 +45,7 @@ def write_warm_start(old_model_dir: str, new_model_dir: str, vocab_tokens: Optio
     from dataclasses import replace
     from model.architectures import build_model
     from model.checkpoints import Checkpointer, TrainingState
+    from model.integrity import copy_bundled_encoder
     from model.model_dir import load_trained
     from model.vocab import Vocabulary
 
@@ -52,7 +53,7 @@ def write_warm_start(old_model_dir: str, new_model_dir: str, vocab_tokens: Optio
     tokens = list(vocab_tokens) if vocab_tokens is not None else list(old_vocab.tokens)
     if tokens[: len(old_vocab)] != list(old_vocab.tokens):
         raise WarmStartError("the new vocabulary must keep the old tokens and ids (append only)")
-    new_cfg = replace(old_cfg, vocab_size=len(tokens))
+    new_cfg = replace(old_cfg, vocab_size=len(tokens), vocab_sha256=Vocabulary(tuple(tokens)).sha256())
     os.makedirs(new_model_dir, exist_ok=True)
     if len(tokens) == len(old_vocab):
         model, grown = old_model, []
@@ -65,4 +66,5 @@ def write_warm_start(old_model_dir: str, new_model_dir: str, vocab_tokens: Optio
     new_cfg.save(new_model_dir)
     Vocabulary(tuple(tokens)).save(os.path.join(new_model_dir, "vocab.txt"))
     spec.save(new_model_dir)
+    copy_bundled_encoder(spec, old_model_dir, new_model_dir)
     return {"vocab_size": len(tokens), "old_vocab_size": len(old_vocab), "grown": grown}

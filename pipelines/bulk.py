@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+import re
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -41,6 +42,7 @@ from pipelines.counters import BULK_NAMESPACE as NAMESPACE  # noqa: N811 (the na
 from pipelines.deadletter import (DEAD_LETTERS_PREFIX, DEAD_LETTERS_SUFFIX, DeadLetter, dead_letters_dir,
                                   failed_batch_dead_letters)
 from pipelines.decoding import DecodeImages
+from pipelines.image_items import DEFAULT_MAX_BYTES
 from pipelines.images import DEFAULT_MAX_PIXELS
 from pipelines.manifest import ManifestEntry, ReadManifest, SplitAlreadyCaptioned, manifest_prefix
 from pipelines.shards.image_examples import TfrecordFields
@@ -69,10 +71,11 @@ class BulkConfig:
     input_format: str = "auto"
     num_shards: int = 0  # 0: let the runner choose
     model_copies: Optional[int] = None
-    max_bytes: int = 0
+    max_bytes: int = DEFAULT_MAX_BYTES
     max_pixels: int = DEFAULT_MAX_PIXELS
     resize_method: str = "bilinear"
     tfrecord_fields: Optional[TfrecordFields] = None  # image TFRecord field names (None: the defaults)
+    force: bool = False  # take the output's lease even when another run holds it (pipelines.lease)
 
     def __post_init__(self):
         if not self.images:
@@ -360,6 +363,61 @@ def drop_empty_parquet(files: List[str]) -> List[str]:
     return kept
 
 
+_CAPTION_FILE_RE = re.compile(rf"^{CAPTIONS_PREFIX}-(?P<run>.+)-\d{{5}}-of-\d{{5}}\.(?:jsonl|parquet)$")
+
+
+def _caption_file_rows(path: str):
+    """(path, sha256, image_id, model_version) of each row of one finalised caption file, streamed."""
+    from apache_beam.io.filesystems import FileSystems
+    with FileSystems.open(path, compression_type="uncompressed") as fh:
+        if path.endswith(".parquet"):
+            import pyarrow.parquet as pq
+            table = pq.read_table(fh, columns=["path", "sha256", "image_id", "model_version"])
+            yield from (tuple(r.values()) for r in table.to_pylist())
+            return
+        for line in fh:
+            if line.strip():
+                r = CaptionRow.from_json(line.decode("utf-8"))
+                yield r.path, r.sha256, r.image_id, r.model_version
+
+
+def recover_unfinished_runs(output: str) -> List[str]:
+    """Close the crash window between finalised caption files and the manifest.
+
+    A run that wrote caption files but no ``runs/<run>.json`` was killed after (some of) its rows were
+    finalised, possibly before its manifest was. Its manifest is rebuilt from exactly the caption rows
+    that exist (``manifest/<version>/manifest-<run>-recovered.jsonl``, replacing any partial one) and a
+    run record marked ``recovered`` is written, so ``--skip-existing`` never captions those images
+    again. Runs under the output's lease (no other run is live). Returns the recovered run tokens."""
+    from pipelines.manifest import MANIFEST_DIR, MANIFEST_SUFFIX, manifest_dir
+    files: Dict[str, List[str]] = {}
+    for f in pio.match([captions_glob(output)]):
+        m = _CAPTION_FILE_RE.match(pio.basename(f))
+        if m:
+            files.setdefault(m.group("run"), []).append(f)
+    recovered = []
+    for run, caption_files in sorted(files.items()):
+        if pio.exists(run_record_path(output, run)):
+            continue
+        pio.delete(pio.match([pio.join(output, MANIFEST_DIR, "*", f"manifest-{run}-*")]))
+        lines: Dict[str, List[str]] = {}
+        for f in caption_files:
+            for path, sha, image_id, version in _caption_file_rows(f):
+                lines.setdefault(version, []).append(
+                    ManifestEntry(path=path, sha256=sha, image_id=image_id, run=run).to_json())
+        for version, entries in lines.items():
+            pio.write_text(pio.join(manifest_dir(output, version), f"manifest-{run}-recovered{MANIFEST_SUFFIX}"),
+                           "".join(e + "\n" for e in entries))
+        pio.write_json(run_record_path(output, run), {
+            "run": run, "recovered": True, "files": {"captions": caption_files},
+            "counters": {"captioned": sum(len(v) for v in lines.values())},
+            "note": "killed before it finished: manifest rebuilt from its finalised caption files"})
+        log.warning("bulk: run %s did not finish; rebuilt its manifest from its %d caption file(s) (%d rows)",
+                    run, len(caption_files), sum(len(v) for v in lines.values()))
+        recovered.append(run)
+    return recovered
+
+
 def build_pipeline(pipeline, config: BulkConfig, model: ModelInfo, run: str):
     """Apply the whole job to ``pipeline``; returns the written-file PCollections."""
     outputs = pipeline | "BulkCaption" >> BulkCaption(config, model)
@@ -368,10 +426,22 @@ def build_pipeline(pipeline, config: BulkConfig, model: ModelInfo, run: str):
 
 
 def run(config: BulkConfig, model: ModelInfo, pipeline_args: Sequence[str], run_token: Optional[str] = None) -> BulkResult:
-    """Run the job to completion; write ``runs/<run>.json``; return counters and files."""
-    from pipelines.options import new_pipeline
+    """Run the job to completion under the output's lease (:class:`pipelines.lease.OutputLease`:
+    :class:`~pipelines.lease.LeaseHeld` when another run is writing there); write ``runs/<run>.json``;
+    return counters and files."""
+    from pipelines.lease import OutputLease
     token = run_token or new_run_token()
     pio.makedirs(config.output)
+    with OutputLease(config.output, token, force=config.force):
+        from pipelines.manifest import manifest_dir
+        pio.remove_stale_beam_temp([pio.join(config.output, CAPTIONS_DIR), dead_letters_dir(config.output),
+                                    manifest_dir(config.output, model.model_version)])
+        recover_unfinished_runs(config.output)
+        return _run_leased(config, model, pipeline_args, token)
+
+
+def _run_leased(config: BulkConfig, model: ModelInfo, pipeline_args: Sequence[str], token: str) -> BulkResult:
+    from pipelines.options import new_pipeline
     started = _dt.datetime.now(_dt.timezone.utc)
     t0 = time.monotonic()
     log.info("bulk run %s: model %s (%s, version %s) -> %s", token, config.model_dir, model.encoder,

@@ -1,7 +1,7 @@
 """``captionbeam captions``: clean captions, build the vocabulary over the training split, join the
 captions with the feature records by image id and write per-split training TFRecords.
 
-The job (one composite transform per step)::
+The job (one composite transform per step, in :mod:`pipelines.caption_steps`)::
 
     captions file ─ ReadCaptions (parse + clean; bad lines -> dead letters) ─┐
     split files (driver-read ids) ───────────────────────────────────────────┼─ CoGroupByKey by image id
@@ -32,34 +32,32 @@ import apache_beam as beam
 import numpy as np
 
 import pipelines.io as pio
-from model import caption_files, records
-from model.text import get_cleaner, wrap
-from model.vocab import UNK_ID, VOCAB_FILE, Vocabulary
-from pipelines.counters import NAMESPACE, query_counters
-from pipelines.deadletter import DeadLetter, WriteDeadLetters, dead_letters_dir
+from model import records
+from model.data_stats import STATS_FILE, DataStats
+from model.vocab import VOCAB_FILE, Vocabulary
+from pipelines.caption_steps import (DEFAULT_MAX_CAPTION_TOKENS, JOIN_CATEGORIES, EncodeCaptions, JoinByImage,
+                                     MergeSplitStats, ReadCaptions, ReadFeatures, SplitStats, WriteSplits,
+                                     _ParseCaptionFile)
+from pipelines.counters import query_counters
+from pipelines.deadletter import WriteDeadLetters, dead_letters_dir
 from pipelines.vocabulary import BuildVocabulary, CountTokens, token_counts_text
 
 log = logging.getLogger(__name__)
 
-STATS_FILE = "stats.json"
 TOKEN_COUNTS_FILE = "token_counts.tsv"
 JOIN_DIR = "join"
 DEFAULT_SPLIT = "train"
 SPLIT_NAME_RE = re.compile(r"^[A-Za-z0-9_]+$")
 TARGET_SHARD_BYTES = 128 * 1024 * 1024
 
-# Outcomes of the join besides "joined into a split"; each image id gets exactly one.
-IN_SEVERAL_SPLITS = "in_several_splits"              # split files disagree: the image is left out of all
-FEATURES_WITHOUT_CAPTIONS = "features_without_captions"
-CAPTIONS_WITHOUT_FEATURES = "captions_without_features"
-SPLIT_WITHOUT_CAPTIONS = "split_without_captions"    # named in a split file, but no captions (and no features)
-NOT_IN_ANY_SPLIT = "not_in_any_split"                # captions (and features) but in no split file
-JOIN_CATEGORIES = (IN_SEVERAL_SPLITS, FEATURES_WITHOUT_CAPTIONS, CAPTIONS_WITHOUT_FEATURES,
-                   SPLIT_WITHOUT_CAPTIONS, NOT_IN_ANY_SPLIT)
 
 
 class CaptionsConfigError(ValueError):
     """A bad command line or input found before the job starts; the message names the flag."""
+
+
+class CaptionsDataError(ValueError):
+    """The job ran but its output cannot train anything (no image joined, or no word in the vocabulary)."""
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -77,6 +75,7 @@ class CaptionsConfig:
     num_shards: int = 0                          # 0: auto (about 128 MiB per shard)
     overwrite: bool = False
     keep_empty: bool = False                     # keep captions that clean to nothing as <start> <end>
+    max_caption_tokens: int = DEFAULT_MAX_CAPTION_TOKENS   # longer captions are cut (counted in stats.json)
 
     @property
     def split_names(self) -> Tuple[str, ...]:
@@ -136,8 +135,12 @@ def plan(config: CaptionsConfig) -> Plan:
         raise CaptionsConfigError(f"--min-count must be at least 1, got {config.min_count}")
     if config.num_shards < 0:
         raise CaptionsConfigError(f"--num-shards must be 0 (auto) or positive, got {config.num_shards}")
+    if config.max_caption_tokens < 1:
+        raise CaptionsConfigError(f"--max-caption-tokens must be at least 1, got {config.max_caption_tokens}")
     if not pio.exists(config.captions):
         raise CaptionsConfigError(f"--captions: file not found: {config.captions}")
+    if not _head(config.captions).strip():
+        raise CaptionsConfigError(f"--captions {config.captions}: the file is empty")
     fmt = config.fmt if config.fmt != "auto" else detect_format(config.captions, _head(config.captions))
 
     names = [n for n, _ in config.splits]
@@ -202,256 +205,6 @@ def plan(config: CaptionsConfig) -> Plan:
     return p
 
 
-# ----------------------------------------------------------------------------- elements
-@dataclass
-class CaptionTokens:
-    order: int                 # position in the captions file
-    tokens: List[str]          # cleaned, without start/end
-
-
-@dataclass
-class ImageExample:
-    image_id: str
-    split: str
-    captions: List[List[str]]  # cleaned tokens, in file order, without start/end
-    feature: Optional[np.ndarray] = None
-
-
-def _counter(name: str):
-    return beam.metrics.Metrics.counter(NAMESPACE, name)
-
-
-# ----------------------------------------------------------------------------- reading captions
-class _ParseCaptionFile(beam.DoFn):
-    def __init__(self, fmt: str, clean: str, keep_empty: bool = False):
-        self.fmt = fmt
-        self.clean = clean
-        self.keep_empty = keep_empty
-
-    def process(self, path: str):
-        cleaner = get_cleaner(self.clean)
-        raw = pio.read_bytes(path)
-        try:
-            text = raw.decode("utf-8-sig")
-        except UnicodeDecodeError as e:
-            raise caption_files.CaptionFileError(f"--captions {path}: not UTF-8 text: {e}") from None
-        read, dead = _counter("captions_read"), _counter("captions_dead_letters")
-        for row in caption_files.iter_rows(text, self.fmt, source=path):
-            if isinstance(row, caption_files.CaptionFileError):
-                dead.inc()
-                yield beam.pvalue.TaggedOutput("dead", DeadLetter.from_exception(path, row, "parse_captions"))
-                continue
-            tokens = cleaner(row.caption)
-            if not tokens and not self.keep_empty:
-                dead.inc()
-                yield beam.pvalue.TaggedOutput("dead", DeadLetter(
-                    path=f"{path}#{row.order}", error="EmptyCaption",
-                    message=f"caption {row.caption!r} of {row.image_id!r} has no tokens left after --clean {self.clean}",
-                    stage="clean"))
-                continue
-            read.inc()
-            yield row.image_id, CaptionTokens(row.order, tokens)
-
-
-class ReadCaptions(beam.PTransform):
-    """Captions file -> (image_id, CaptionTokens); bad lines -> dead letters (tag ``dead``)."""
-
-    def __init__(self, path: str, fmt: str, clean: str, keep_empty: bool = False):
-        super().__init__()
-        self.path, self.fmt, self.clean, self.keep_empty = path, fmt, clean, keep_empty
-
-    def expand(self, pbegin):
-        return (pbegin
-                | "Captions file" >> beam.Create([self.path])
-                | "Parse and clean" >> beam.ParDo(_ParseCaptionFile(self.fmt, self.clean, self.keep_empty))
-                .with_outputs("dead", main="captions"))
-
-
-# ----------------------------------------------------------------------------- reading features
-class _ParseFeature(beam.DoFn):
-    def __init__(self, feature_shape: Optional[Sequence[int]]):
-        self.feature_shape = tuple(feature_shape) if feature_shape else None
-
-    def process(self, element):
-        record_file, serialized = element
-        try:
-            row = records.parse_feature_example(serialized, record_file)
-        except Exception as e:  # noqa: BLE001 - any corrupt record is a dead letter
-            yield beam.pvalue.TaggedOutput("dead", DeadLetter.from_exception(record_file, e, "parse_features"))
-            return
-        if self.feature_shape and tuple(row.feature.shape) != self.feature_shape:
-            yield beam.pvalue.TaggedOutput("dead", DeadLetter(
-                path=row.path, error="FeatureShapeMismatch",
-                message=f"{row.image_id}: feature shape {tuple(row.feature.shape)} in {record_file}, "
-                        f"features_spec.json says {self.feature_shape}", stage="parse_features"))
-            return
-        _counter("feature_records_read").inc()
-        yield row.image_id, row
-
-
-class ReadFeatures(beam.PTransform):
-    """features-*.tfrecord files -> (image_id, FeatureRow); unreadable records -> dead letters."""
-
-    def __init__(self, files: Sequence[str], feature_shape: Optional[Sequence[int]], compression: str = "auto"):
-        super().__init__()
-        self.files, self.feature_shape, self.compression = list(files), feature_shape, compression
-
-    def expand(self, pbegin):
-        return (pbegin
-                | "Feature files" >> beam.Create(self.files)
-                | "Read records" >> beam.io.ReadAllFromTFRecord(compression_type=self.compression, with_filename=True)
-                | "Parse" >> beam.ParDo(_ParseFeature(self.feature_shape)).with_outputs("dead", main="features"))
-
-
-# ----------------------------------------------------------------------------- the join
-class _ClassifyImage(beam.DoFn):
-    """One image id's grouped inputs -> an ImageExample in its split, or one accounting category."""
-
-    def __init__(self, with_features: bool, default_split: Optional[str]):
-        self.with_features = with_features
-        self.default_split = default_split
-
-    def process(self, element):
-        iid, grouped = element
-        captions: List[CaptionTokens] = list(grouped["captions"])
-        splits = sorted(set(grouped["splits"]))
-        features: List[records.FeatureRow] = list(grouped.get("features", ())) if self.with_features else []
-        if len(features) > 1:
-            features.sort(key=lambda f: (f.path, f.sha256))
-            for extra in features[1:]:
-                yield beam.pvalue.TaggedOutput("dead", DeadLetter(
-                    path=extra.path, error="DuplicateImageId",
-                    message=f"image id {iid!r} has several feature records; kept {features[0].path}", stage="join"))
-        if self.default_split and not splits:
-            splits = [self.default_split]
-
-        if len(splits) > 1:
-            category = IN_SEVERAL_SPLITS
-        elif not captions:
-            category = FEATURES_WITHOUT_CAPTIONS if features else SPLIT_WITHOUT_CAPTIONS
-        elif self.with_features and not features:
-            category = CAPTIONS_WITHOUT_FEATURES
-        elif not splits:
-            category = NOT_IN_ANY_SPLIT
-        else:
-            category = None
-        if category is not None:
-            _counter(f"join_{category}").inc()
-            yield beam.pvalue.TaggedOutput("accounting", (category, iid))
-            return
-        captions.sort(key=lambda c: c.order)
-        _counter("images_joined").inc()
-        yield ImageExample(iid, splits[0], [c.tokens for c in captions], features[0].feature if features else None)
-
-
-class JoinByImage(beam.PTransform):
-    """{'captions', 'splits'[, 'features']} keyed by image id -> CoGroupByKey -> ImageExamples
-    (main), ``accounting`` (category, image_id) and ``dead`` (duplicate feature records)."""
-
-    def __init__(self, with_features: bool, default_split: Optional[str]):
-        super().__init__()
-        self.with_features, self.default_split = with_features, default_split
-
-    def expand(self, inputs):
-        return (inputs
-                | "Group by image id" >> beam.CoGroupByKey()
-                | "Classify" >> beam.ParDo(_ClassifyImage(self.with_features, self.default_split))
-                .with_outputs("accounting", "dead", main="images"))
-
-
-# ----------------------------------------------------------------------------- encoding and stats
-@dataclass
-class SplitStats:
-    images: int = 0
-    captions: int = 0
-    tokens: int = 0            # words, without start/end
-    unknown_tokens: int = 0
-    max_length: int = 0        # tokens with start/end
-    total_length: int = 0
-
-    def merge(self, other: "SplitStats") -> "SplitStats":
-        return SplitStats(self.images + other.images, self.captions + other.captions, self.tokens + other.tokens,
-                          self.unknown_tokens + other.unknown_tokens, max(self.max_length, other.max_length),
-                          self.total_length + other.total_length)
-
-    def to_dict(self) -> Dict[str, object]:
-        return {
-            "images": self.images, "captions": self.captions, "tokens": self.tokens,
-            "unknown_tokens": self.unknown_tokens,
-            "unknown_rate": round(self.unknown_tokens / self.tokens, 6) if self.tokens else 0.0,
-            "max_caption_length": self.max_length,
-            "mean_caption_length": round(self.total_length / self.captions, 3) if self.captions else 0.0,
-        }
-
-
-class MergeSplitStats(beam.CombineFn):
-    def create_accumulator(self):
-        return SplitStats()
-
-    def add_input(self, acc, stats):  # noqa: D102
-        return acc.merge(stats)
-
-    def merge_accumulators(self, accs):
-        out = SplitStats()
-        for a in accs:
-            out = out.merge(a)
-        return out
-
-    def extract_output(self, acc):
-        return acc
-
-
-class _Encode(beam.DoFn):
-    def __init__(self, with_features: bool):
-        self.with_features = with_features
-
-    def process(self, ex, vocabulary):
-        ids = [vocabulary.encode(wrap(tokens)) for tokens in ex.captions]
-        unknown = sum(1 for c in ids for t in c[1:-1] if t == UNK_ID)
-        words = sum(len(t) for t in ex.captions)
-        if self.with_features:
-            serialized = records.training_example(ex.image_id, ex.feature, ids)
-        else:
-            serialized = records.caption_example(ex.image_id, ids)
-        _counter(f"records_{ex.split}").inc()
-        _counter("captions_written").inc(len(ids))
-        yield beam.pvalue.TaggedOutput("stats", (ex.split, SplitStats(
-            1, len(ids), words, unknown, max(len(c) for c in ids), sum(len(c) for c in ids))))
-        yield ex.split, serialized
-
-
-class EncodeCaptions(beam.PTransform):
-    """ImageExamples + the vocabulary (side input) -> (split, serialized record) and ``stats``."""
-
-    def __init__(self, vocabulary, with_features: bool):
-        super().__init__()
-        self.vocabulary, self.with_features = vocabulary, with_features
-
-    def expand(self, images):
-        return images | "Encode" >> beam.ParDo(
-            _Encode(self.with_features), beam.pvalue.AsSingleton(self.vocabulary)).with_outputs("stats", main="records")
-
-
-class WriteSplits(beam.PTransform):
-    """(split, serialized) -> ``<output>/<prefix(split)>-SSSSS-of-NNNNN.tfrecord`` per split."""
-
-    def __init__(self, output: str, shards: Dict[str, int], with_features: bool):
-        super().__init__()
-        self.output, self.shards, self.with_features = output, dict(shards), with_features
-
-    def expand(self, keyed):
-        names = list(self.shards)
-        parts = keyed | "By split" >> beam.Partition(lambda kv, n: names.index(kv[0]), len(names))
-        for name, part in zip(names, parts):
-            prefix = records.split_prefix(name) if self.with_features else records.captions_prefix(name)
-            (part
-             | f"Values {name}" >> beam.Values()
-             | f"Write {name}" >> beam.io.WriteToTFRecord(
-                 pio.join(self.output, prefix), file_name_suffix=records.RECORD_SUFFIX,
-                 num_shards=self.shards[name], shard_name_template="-SSSSS-of-NNNNN"))
-        return keyed.pipeline
-
-
 # ----------------------------------------------------------------------------- summary files
 class _WriteSummary(beam.DoFn):
     """Writes vocab.txt, token_counts.tsv, the join lists, features_spec.json and stats.json."""
@@ -463,6 +216,7 @@ class _WriteSummary(beam.DoFn):
             "captions_file": c.captions, "format": plan.fmt, "clean": c.clean, "min_count": c.min_count,
             "vocab_split": None if c.vocab else c.vocab_split, "vocab_source": c.vocab or "built",
             "features": c.features, "split_files": {n: p for n, p in c.splits}, "keep_empty": c.keep_empty,
+            "max_caption_tokens": c.max_caption_tokens,
         }
         self.split_names = list(c.split_names)
         self.split_file_images = {n: len(set(ids)) for n, ids in plan.split_ids.items()}
@@ -471,7 +225,7 @@ class _WriteSummary(beam.DoFn):
         self.shards = dict(plan.shards)
         self.vocab_given = c.vocab is not None
 
-    def process(self, _, vocabulary, counts, split_stats, accounting, dead_counts):
+    def process(self, _, vocabulary, counts, split_stats, accounting, dead_counts, truncated):
         join_lists = {cat: [] for cat in JOIN_CATEGORIES}
         for cat, ids in accounting:
             join_lists[cat] = sorted(ids)
@@ -500,20 +254,22 @@ class _WriteSummary(beam.DoFn):
             splits[name] = d
         dead = dict(sorted(dead_counts))
         joined = sum(s.images for s in per_split.values())
-        stats = dict(self.header)
-        stats.update({
-            "split_order": self.split_names,
-            "record_kind": "examples" if self.with_features else "captions",
-            "vocab_size": len(vocabulary),
-            "tokens_in_vocab_split": sum(n for _, n in counts),
-            "distinct_tokens_in_vocab_split": len(counts),
-            "max_caption_length": max((s.max_length for s in per_split.values()), default=0),
-            "splits": splits,
-            "join": {"joined": joined, **{cat: len(ids) for cat, ids in join_lists.items()},
-                     "images_total": joined + sum(len(ids) for ids in join_lists.values()), "lists": lists},
-            "dead_letters": {"total": sum(dead.values()), **dead},
-        })
-        pio.write_json(pio.join(self.output, STATS_FILE), stats)
+        stats = DataStats(
+            **self.header,
+            split_order=self.split_names,
+            record_kind="examples" if self.with_features else "captions",
+            vocab_size=len(vocabulary),
+            tokens_in_vocab_split=sum(n for _, n in counts),
+            distinct_tokens_in_vocab_split=len(counts),
+            max_token_count=max((n for _, n in counts), default=0),
+            truncated={"captions": len(truncated), "tokens_cut": sum(truncated),
+                       "max_caption_tokens": self.header["max_caption_tokens"]},
+            max_caption_length=max((s.max_length for s in per_split.values()), default=0),
+            splits=splits,
+            join={"joined": joined, **{cat: len(ids) for cat, ids in join_lists.items()},
+                  "images_total": joined + sum(len(ids) for ids in join_lists.values()), "lists": lists},
+            dead_letters={"total": sum(dead.values()), **dead})
+        pio.write_text(pio.join(self.output, STATS_FILE), stats.to_json())
         yield stats
 
 
@@ -521,7 +277,7 @@ class _WriteSummary(beam.DoFn):
 def build(pipeline: beam.Pipeline, p: Plan) -> None:
     """Add the whole captions job to ``pipeline``."""
     c = p.config
-    caps = pipeline | "ReadCaptions" >> ReadCaptions(c.captions, p.fmt, c.clean, c.keep_empty)
+    caps = pipeline | "ReadCaptions" >> ReadCaptions(c.captions, p.fmt, c.clean, c.keep_empty, c.max_caption_tokens)
     split_pairs = sorted({(iid, name) for name, ids in p.split_ids.items() for iid in ids})
     splits = pipeline | "Split ids" >> beam.Create(split_pairs)
     inputs = {"captions": caps.captions, "splits": splits}
@@ -559,7 +315,8 @@ def build(pipeline: beam.Pipeline, p: Plan) -> None:
      | "Summary trigger" >> beam.Create([None])
      | "WriteSummary" >> beam.ParDo(
          _WriteSummary(p), beam.pvalue.AsSingleton(vocabulary), beam.pvalue.AsSingleton(counts),
-         beam.pvalue.AsList(split_stats), beam.pvalue.AsList(accounting), beam.pvalue.AsList(dead_counts)))
+         beam.pvalue.AsList(split_stats), beam.pvalue.AsList(accounting), beam.pvalue.AsList(dead_counts),
+         beam.pvalue.AsList(caps[_ParseCaptionFile.TRUNCATED])))
 
 
 def clear_outputs(output: str) -> int:
@@ -570,7 +327,7 @@ def clear_outputs(output: str) -> int:
 
 @dataclass
 class RunResult:
-    stats: dict
+    stats: DataStats
     seconds: float
     counters: Dict[str, int]
 
@@ -585,39 +342,63 @@ def run(config: CaptionsConfig, pipeline_args: Sequence[str] = ()) -> RunResult:
         if n:
             log.info("--overwrite: removed %d file(s) of an earlier run in %s", n, config.output)
     pio.makedirs(config.output)
+    pio.remove_stale_beam_temp([config.output, dead_letters_dir(config.output)])
     start = time.time()
     pipeline = new_pipeline(pipeline_args)
     build(pipeline, p)
     result = pipeline.run()
     result.wait_until_finish()
     seconds = time.time() - start
-    return RunResult(pio.read_json(pio.join(config.output, STATS_FILE)), seconds, query_counters(result))
+    stats = DataStats.from_json(pio.read_text(pio.join(config.output, STATS_FILE)))
+    check_usable(stats)
+    return RunResult(stats, seconds, query_counters(result))
 
 
-def summary_lines(stats: dict, seconds: Optional[float] = None) -> List[str]:
+def check_usable(stats: DataStats) -> None:
+    """:class:`CaptionsDataError` when the written records cannot train a model: no image joined (an
+    empty or all-bad captions file, or ids that match no feature / split), or a built vocabulary with no
+    word beyond the 4 reserved tokens (``--min-count`` above every word's count)."""
+    j, d = stats.join, stats.dead_letters
+    if j.get("joined", 0) == 0:
+        raise CaptionsDataError(
+            f"no image was written: {j.get('images_total', 0)} image id(s) in the inputs, none joined "
+            f"({', '.join(f'{j[c]} {c}' for c in JOIN_CATEGORIES if j.get(c)) or 'no captions read'}; "
+            f"{d.get('total', 0)} dead letter(s)); the output's join/*.txt and dead_letters/ say why")
+    if stats.vocab_source == "built" and stats.vocab_size <= 4:
+        raise CaptionsDataError(
+            f"--min-count {stats.min_count}: no word of --vocab-split {stats.vocab_split} is seen that often "
+            f"(the most frequent is seen {stats.max_token_count} time(s)): the vocabulary would be only "
+            f"the 4 reserved tokens and every caption <unk>; lower --min-count")
+
+
+def summary_lines(stats: DataStats, seconds: Optional[float] = None) -> List[str]:
     """Human-readable summary of a ``stats.json``."""
-    lines = [f"captions: {stats['captions_file']} ({stats['format']}, --clean {stats['clean']})"]
-    lines.append(f"vocabulary: {stats['vocab_size']} tokens incl. 4 reserved "
-                 + (f"(min count {stats['min_count']} over {stats['vocab_split']}: "
-                    f"{stats['distinct_tokens_in_vocab_split']} distinct, {stats['tokens_in_vocab_split']} in all)"
-                    if stats["vocab_source"] == "built" else f"(from {stats['vocab_source']})"))
-    lines.append(f"longest caption: {stats['max_caption_length']} tokens with <start>/<end>")
+    lines = [f"captions: {stats.captions_file} ({stats.format}, --clean {stats.clean})"]
+    lines.append(f"vocabulary: {stats.vocab_size} tokens incl. 4 reserved "
+                 + (f"(min count {stats.min_count} over {stats.vocab_split}: "
+                    f"{stats.distinct_tokens_in_vocab_split} distinct, {stats.tokens_in_vocab_split} in all)"
+                    if stats.vocab_source == "built" else f"(from {stats.vocab_source})"))
+    lines.append(f"longest caption: {stats.max_caption_length} tokens with <start>/<end>")
+    cut = stats.truncated or {}
+    if cut.get("captions"):
+        lines.append(f"truncated: {cut['captions']} caption(s) longer than --max-caption-tokens "
+                     f"{cut['max_caption_tokens']} ({cut['tokens_cut']} token(s) cut)")
     lines.append(f"{'split':<10}{'images':>8}{'captions':>10}{'tokens':>10}{'unk rate':>10}{'max len':>9}{'shards':>8}")
-    for name in stats.get("split_order") or list(stats["splits"]):
-        s = stats["splits"][name]
+    for name in stats.ordered_splits():
+        s = stats.splits[name]
         lines.append(f"{name:<10}{s['images']:>8}{s['captions']:>10}{s['tokens']:>10}{s['unknown_rate']:>10.4f}"
                      f"{s['max_caption_length']:>9}{s['shards']:>8}")
-    j = stats["join"]
+    j = stats.join
     parts = [f"{j['joined']} joined"] + [f"{j[c]} {c.replace('_', ' ')}" for c in JOIN_CATEGORIES if j.get(c)]
-    lines.append(f"join ({'captions + features' if stats['features'] else 'captions only'}, "
+    lines.append(f"join ({'captions + features' if stats.features else 'captions only'}, "
                  f"{j['images_total']} image ids): " + ", ".join(parts))
-    d = stats["dead_letters"]
+    d = stats.dead_letters
     if d["total"]:
         lines.append("dead letters: " + ", ".join(f"{k} {v}" for k, v in d.items() if k != "total")
                      + f" (total {d['total']})")
     else:
         lines.append("dead letters: none")
     if seconds is not None:
-        caps = sum(s["captions"] for s in stats["splits"].values())
+        caps = sum(s["captions"] for s in stats.splits.values())
         lines.append(f"done in {seconds:.1f}s ({caps / max(seconds, 1e-9):.0f} captions/s)")
     return lines

@@ -17,7 +17,6 @@ bytes and the encoder, so a re-run over the same inputs writes the same records.
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -29,12 +28,12 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.ml.inference.base import RunInference
 
 import pipelines.io as pio
-from model import records
+from model import jsonl, records
 from model.encoders import EncoderConfig, build_encoder, describe_config
 from pipelines.counters import NAMESPACE, query_counters
 from pipelines import decoding
-from pipelines.deadletter import WriteDeadLetters, dead_letters_pattern, failed_batch_dead_letters
-from pipelines.image_items import DecodedImage
+from pipelines.deadletter import WriteDeadLetters, dead_letters_dir, dead_letters_pattern, failed_batch_dead_letters
+from pipelines.image_items import DEFAULT_MAX_BYTES, DecodedImage
 from pipelines.images import DEFAULT_MAX_PIXELS
 from pipelines.inference import keyed_encoder_handler
 from pipelines.shards.image_examples import TfrecordFields
@@ -52,7 +51,7 @@ class FeaturesConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     batch_size: int = 32
     max_pixels: int = DEFAULT_MAX_PIXELS
-    max_bytes: int = 0
+    max_bytes: int = DEFAULT_MAX_BYTES
     resize_method: str = "bilinear"
     num_shards: int = 0
     compress: bool = False
@@ -227,7 +226,7 @@ def ids_pattern(output: str) -> str:
 
 def _id_row(keyed) -> str:
     (image_id, path, sha256), _ = keyed
-    return json.dumps({"image_id": image_id, "path": path, "sha256": sha256}, sort_keys=True)
+    return jsonl.dumps_line({"image_id": image_id, "path": path, "sha256": sha256}, sort_keys=True)
 
 
 class WriteFeatureIds(beam.PTransform):
@@ -249,7 +248,7 @@ def read_feature_ids(output: str) -> List[Dict[str, str]]:
     """The ``ids/`` rows of a features output (``{"image_id", "path", "sha256"}`` per record)."""
     rows = []
     for path in pio.match([ids_pattern(output)]):
-        rows += [json.loads(line) for line in pio.read_text(path).splitlines() if line.strip()]
+        rows += jsonl.loads(pio.read_text(path), path)
     return rows
 
 
@@ -294,6 +293,7 @@ def run(config: FeaturesConfig, pipeline_args: Sequence[str] = (), description: 
     from pipelines.options import new_pipeline
     description = description or describe_config(config.encoder)
     start = time.time()
+    pio.remove_stale_beam_temp([config.output, dead_letters_dir(config.output)])
     p = new_pipeline(pipeline_args)
     build_pipeline(p, config, description)
     result = p.run()

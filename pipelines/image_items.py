@@ -26,6 +26,16 @@ MISSING_ID = "missing_id"
 BAD_RECORD = "bad_record"
 DUPLICATE_ID = "duplicate_id"
 UNKNOWN_FORMAT = "unknown_format"
+TOO_LARGE = "too_large"                    # a file, tar member or TFRecord record over the byte limit
+CORRUPT_RECORD = "corrupt_record"          # a TFRecord length that runs past the end of the shard
+NOT_REGULAR = "not_a_regular_file"         # FIFO, socket, device, directory, tar link / device member
+BROKEN_LINK = "broken_link"                # a symlink whose target does not exist
+SYMLINK_LOOP = "symlink_loop"              # a symlink that resolves to itself
+EMPTY_ID = "empty_id"                      # a member named ``.jpg``: no image id
+
+# One byte limit for every reader (loose files, tar members, TFRecord records): bytes are never read
+# past it, so a worker holds at most this much per image in flight. ``--max-bytes`` overrides it.
+DEFAULT_MAX_BYTES = 64 << 20
 
 # What a corrupt archive / compressed stream raises (dead-lettered). Anything else -- a storage or
 # network error -- propagates, so the runner retries the shard instead of dead-lettering good data.

@@ -129,3 +129,35 @@ def delete(paths: Iterable[str]) -> None:
 def run_token() -> str:
     """A short unique token for output file names of one run (never overwrite earlier runs)."""
     return uuid.uuid4().hex[:12]
+
+
+BEAM_TEMP_PREFIX = "beam-temp-"
+
+
+def remove_stale_beam_temp(directories: Iterable[str]) -> List[str]:
+    """Delete the ``beam-temp-*`` folders Beam's file sinks leave in these directories when a job is
+    killed before it finalises its files (a finished job removes its own). Called by every job at the
+    start of a run into the same output, before its pipeline starts: a run never shares an output
+    with another live run (bulk holds a lease on it; see :mod:`pipelines.lease`). Returns what was
+    removed (local paths or ``gs://`` folder prefixes)."""
+    import logging
+    import shutil
+    from apache_beam.io.filesystems import FileSystems
+    removed = []
+    for d in directories:
+        if is_gcs(d):
+            pattern = join(d, BEAM_TEMP_PREFIX + "**")
+            files = [m.path for r in FileSystems.match([pattern]) for m in r.metadata_list]
+            if files:
+                FileSystems.delete(files)
+                removed += sorted({f[: f.index("/", len(d.rstrip("/")) + 1)] for f in files})
+        elif os.path.isdir(d):
+            for name in sorted(os.listdir(d)):
+                path = os.path.join(d, name)
+                if name.startswith(BEAM_TEMP_PREFIX) and os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path)
+                    removed.append(path)
+    if removed:
+        logging.getLogger(__name__).warning("removed %d temporary folder(s) left by an earlier run that did "
+                                            "not finish: %s", len(removed), ", ".join(removed))
+    return removed

@@ -304,9 +304,10 @@ def read_manifest(output: str) -> List[dict]:
 
 def run(config: PackConfig, pipeline_args: Sequence[str] = ()) -> PackSummary:
     """Run the pack job to completion; writes ``pack.json`` and returns its summary."""
-    from pipelines.deadletter import read_dead_letters
+    from pipelines.deadletter import dead_letters_dir, read_dead_letters
     from pipelines.options import new_pipeline
     pio.makedirs(config.output)
+    pio.remove_stale_beam_temp([config.output, dead_letters_dir(config.output)])
     start = time.time()
     with new_pipeline(pipeline_args) as p:
         _ = p | "Pack" >> PackImages(config)

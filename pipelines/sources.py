@@ -26,8 +26,8 @@ import pipelines.io as pio
 from pipelines.counters import NAMESPACE
 from pipelines.deadletter import DeadLetter
 from pipelines.formats import INPUT_FORMATS, split_by_format  # noqa: F401  (INPUT_FORMATS: for the flags)
-from pipelines.image_items import ImageBlob
-from pipelines.matching import MatchPaths
+from pipelines.image_items import DEFAULT_MAX_BYTES, EMPTY_ID, TOO_LARGE, ImageBlob
+from pipelines.matching import MatchPaths, file_problem
 from pipelines.shards.transforms import ReadImageShards
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,8 @@ class _ReadFileFn(beam.DoFn):
     """path -> ImageBlob, or a dead letter (stage ``read``) when the file cannot be read."""
     DEAD = "dead_letters"
 
-    def __init__(self, max_bytes: int = 0):
+    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES):
+        check_max_bytes(max_bytes)
         self.max_bytes = max_bytes
 
     def setup(self):
@@ -48,11 +49,23 @@ class _ReadFileFn(beam.DoFn):
     def process(self, path):
         from apache_beam.io.filesystems import FileSystems
         self.matched.inc()
+        problem = file_problem(path, self.max_bytes)      # never open a FIFO, device or oversized file
+        if problem:
+            yield beam.pvalue.TaggedOutput(self.DEAD, DeadLetter(path=path, error=problem[0], message=problem[1],
+                                                                 stage="read"))
+            return
         try:
             with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-                data = f.read(self.max_bytes + 1) if self.max_bytes else f.read()
-            if self.max_bytes and len(data) > self.max_bytes:
-                raise FileTooLargeError(f"file is larger than --max-bytes={self.max_bytes}")
+                data = f.read(self.max_bytes + 1)             # bounded: never more than the limit + 1
+            if len(data) > self.max_bytes:
+                yield beam.pvalue.TaggedOutput(self.DEAD, DeadLetter(
+                    path=path, error=TOO_LARGE, message=f"file is larger than --max-bytes {self.max_bytes}",
+                    stage="read"))
+                return
+            if not pio.image_id_from_path(path):
+                yield beam.pvalue.TaggedOutput(self.DEAD, DeadLetter(
+                    path=path, error=EMPTY_ID, message="file name gives an empty image id", stage="read"))
+                return
         except Exception as e:  # noqa: BLE001 - any storage error becomes a dead letter
             yield beam.pvalue.TaggedOutput(self.DEAD, DeadLetter.from_exception(path, e, "read"))
             return
@@ -61,8 +74,12 @@ class _ReadFileFn(beam.DoFn):
         yield ImageBlob(source=path, image_id=pio.image_id_from_path(path), data=data)
 
 
-class FileTooLargeError(ValueError):
-    """A file is larger than the configured byte limit."""
+def check_max_bytes(max_bytes: int) -> int:
+    """The byte limit must be positive: there is no unbounded read (raise the limit for larger images)."""
+    if not isinstance(max_bytes, int) or max_bytes < 1:
+        raise ValueError(f"--max-bytes must be a positive number of bytes, got {max_bytes!r} "
+                         f"(default {DEFAULT_MAX_BYTES}: every read is bounded)")
+    return max_bytes
 
 
 class ReadImageFiles(beam.PTransform):
@@ -71,10 +88,10 @@ class ReadImageFiles(beam.PTransform):
     Globs are matched on the workers by :class:`pipelines.matching.MatchPaths` (paths matched by several
     globs are read once; directories skipped; the de-duplication shuffle spreads the reads over workers)."""
 
-    def __init__(self, patterns: Sequence[str], max_bytes: int = 0):
+    def __init__(self, patterns: Sequence[str], max_bytes: int = DEFAULT_MAX_BYTES):
         super().__init__()
         self.patterns = list(patterns)
-        self.max_bytes = max_bytes
+        self.max_bytes = check_max_bytes(max_bytes)
 
     def expand(self, pbegin):
         paths = pbegin | "MatchFiles" >> MatchPaths(self.patterns)
@@ -87,12 +104,12 @@ class ReadImages(beam.PTransform):
     """Images from globs in any supported ``input_format`` (see module doc), as
     ``{"images": PCollection[ImageBlob], "dead_letters": PCollection[DeadLetter]}``."""
 
-    def __init__(self, patterns: Sequence[str], input_format: str = "files", max_bytes: int = 0,
+    def __init__(self, patterns: Sequence[str], input_format: str = "files", max_bytes: int = DEFAULT_MAX_BYTES,
                  shard_fields=None):
         super().__init__()
         self.patterns = list(patterns)
         self.groups = split_by_format(self.patterns, input_format)
-        self.max_bytes = max_bytes
+        self.max_bytes = check_max_bytes(max_bytes)
         self.shard_fields = shard_fields  # pipelines.shards.image_examples.TfrecordFields (None: defaults)
 
     def expand(self, pbegin):
@@ -102,7 +119,8 @@ class ReadImages(beam.PTransform):
                 parts.append(pbegin | "ReadFiles" >> ReadImageFiles(patterns, self.max_bytes))
             else:
                 parts.append(pbegin | f"Read{fmt.capitalize()}Shards"
-                             >> ReadImageShards(patterns, fmt, fields=self.shard_fields))
+                             >> ReadImageShards(patterns, fmt, fields=self.shard_fields,
+                                                max_bytes=self.max_bytes))
         if len(parts) == 1:
             return parts[0]
         return {

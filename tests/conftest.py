@@ -11,4 +11,5 @@ pytest_plugins = [
     "tests.plugins.training",
     "tests.plugins.decoding",
     "tests.plugins.launch",
+    "tests.plugins.engines",
 ]

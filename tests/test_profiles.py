@@ -41,17 +41,36 @@ EXPECTED = {
                      "dataflow_service_options": ["worker_accelerator=type:nvidia-tesla-t4;count:1;install-nvidia-driver"],
                      "number_of_worker_harness_threads": 1,
                      "experiments": ["use_runner_v2", "no_use_multiple_sdk_containers"]},
-    "flink": {"runner": "FlinkRunner", "flink_master": "localhost:8081", "environment_type": "LOOPBACK",
-              "parallelism": 4},
-    "spark": {"runner": "SparkRunner", "spark_master_url": "spark://localhost:7077", "environment_type": "LOOPBACK"},
+    "flink": {"runner": "FlinkRunner", "flink_master": "<your-flink-jobmanager-host>:8081",
+              "environment_type": "DOCKER", "parallelism": 8},
+    "spark": {"runner": "SparkRunner", "spark_master_url": "spark://<your-spark-master-host>:7077",
+              "environment_type": "DOCKER"},
+    "flink-local": {"runner": "FlinkRunner", "flink_master": "[local]", "environment_type": "LOOPBACK",
+                    "parallelism": 2, "flink_job_server_jar": "{cache}/flink/job-server.jar"},
+    "spark-local": {"runner": "SparkRunner", "spark_master_url": "local[2]", "environment_type": "LOOPBACK",
+                    "spark_job_server_jar": "{cache}/spark/job-server.jar"},
+    "prism": {"runner": "PrismRunner", "environment_type": "LOOPBACK", "prism_location": "{cache}/prism/prism"},
 }
 
 
+@pytest.fixture
+def engines_cache(tmp_path, monkeypatch):
+    """An engines cache holding (empty) stand-ins for the jars and the binary: what the profiles resolve to."""
+    from launch.engines import ARTIFACTS, ENGINES_ENV
+    cache = tmp_path / "engines"
+    for rel in ARTIFACTS.values():
+        (cache / rel).parent.mkdir(parents=True, exist_ok=True)
+        (cache / rel).write_bytes(b"")
+    monkeypatch.setenv(ENGINES_ENV, str(cache))
+    return str(cache)
+
+
 @pytest.mark.parametrize("profile", sorted(EXPECTED))
-def test_dry_run_resolves_each_profile_and_round_trips(capsys, profile):
+def test_dry_run_resolves_each_profile_and_round_trips(capsys, engines_cache, profile):
     report, line = dry_run(capsys, BULK + ["--profile", profile])
     opts = report["pipeline_options"]
     for key, value in EXPECTED[profile].items():
+        value = value.replace("{cache}", engines_cache) if isinstance(value, str) else value
         assert opts[key] == value, (key, opts)
     assert report["profile"] == profile
     # the command's own options are resolved too, defaults included
@@ -63,7 +82,7 @@ def test_dry_run_resolves_each_profile_and_round_trips(capsys, profile):
     assert tokens[:2] == ["captionbeam", "bulk"]
     assert "--profile" not in tokens and "--dry-run" not in tokens
     keys = [t.split("=")[0] for t in beam_flags_of(line)]
-    repeatable = {"--experiments", "--dataflow_service_options", "--beam_plugin"}
+    repeatable = {"--experiments", "--dataflow_service_options", "--beam_plugin", "--job_server_jvm_properties"}
     assert len([k for k in keys if k not in repeatable]) == len({k for k in keys if k not in repeatable})
     # ... and running it (dry) without the profile resolves to exactly the same options
     again, line2 = dry_run(capsys, tokens[1:])

@@ -108,6 +108,15 @@ def test_compressed_root_features_are_read_and_extended_compressed(tmp_path):
     assert "--compress" in inv.argv and features_cmd.config_from_args(inv.args).compress
 
 
+def test_features_without_their_sidecar_are_a_clear_error(tmp_path):
+    from launch.retrain.manifest import feature_hashes
+    from launch.retrain.root import RetrainError
+    (tmp_path / "features-00000-of-00001.tfrecord").write_bytes(b"")
+    with pytest.raises(RetrainError, match="no ids/ids-\\*.jsonl sidecar"):
+        feature_hashes([str(tmp_path)])
+    assert feature_hashes([str(tmp_path / "empty")]) == {}
+
+
 # ----------------------------------------------------------------------------- end to end (GCS emulator)
 def _landing(tmp_path, name, first, count, shuffle_seed=None):
     """Sample images [first, first + count) (seed 0, 32 px: the same bytes as small_run's for ids < 48) and

@@ -125,6 +125,10 @@ def test_bad_configs_fail_naming_the_key(tmp_path, capsys):
     assert RunConfig().validate().data.is_sample
     assert cli.main(["run", "--images", "x/*.jpg", "--workdir", str(tmp_path)]) == 2
     assert "--captions" in capsys.readouterr().err
+    # a bad flag for a stage fails before any stage runs, naming it
+    assert cli.main(["run", "--workdir", str(tmp_path / "w"), "--train-arg=--units=0"]) == 2
+    assert "--units: expected a positive integer" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
     bad = tmp_path / "bad.yaml"
     bad.write_text("train: [1, 2\n")
     assert cli.main(["run", "--config", str(bad)]) == 2

@@ -12,16 +12,18 @@ import json
 import logging
 import sys
 
-from launch.arg_types import non_negative_int, positive_int
+from launch.arg_types import non_negative_int, positive_int, output_dir
 
 HELP = "caption an archive of images at scale, resumably (Beam job)"
 BEAM = True
 
 log = logging.getLogger(__name__)
+OUTPUT_IN_USE = 75   # EX_TEMPFAIL: another run holds the --output's lease; retry later
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from pipelines.bulk import FORMATS
+    from pipelines.image_items import DEFAULT_MAX_BYTES
     from pipelines.images import DEFAULT_MAX_PIXELS, RESIZE_METHODS
     from launch.shard_flags import add_tfrecord_field_arguments
     from pipelines.sources import INPUT_FORMATS
@@ -43,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(captionbeam export --output: a directory with saved_model.pb; the raw image bytes go to "
                         "its serving_default signature, which decodes, resizes and captions them with the beam "
                         "size and max length baked in at export); local, or gs:// on GCP")
-    g.add_argument("--output", required=True, help="output directory, local or gs://")
+    g.add_argument("--output", required=True, type=output_dir, help="output directory, local or gs://")
     g.add_argument("--format", default="jsonl", choices=FORMATS,
                    help="caption rows as JSON lines or Parquet (default: jsonl)")
     g.add_argument("--num-shards", type=non_negative_int, default=0,
@@ -51,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--skip-existing", action="store_true",
                    help="caption only images whose (path, SHA-256) is not yet in this model version's manifest "
                         "under --output; a finished archive then writes no new rows")
+    g.add_argument("--force", action="store_true",
+                   help="take the --output's lease even when another run holds it (only when that run is dead; "
+                        "a dead run's lease expires 15 minutes after its last heartbeat anyway)")
     d = parser.add_argument_group("decoding and inference")
     d.add_argument("--beam-size", type=positive_int, default=None,
                    help="beam width; 1 = greedy (default: 1; for an export, the one baked into it, which is the "
@@ -62,8 +67,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d.add_argument("--model-copies", type=positive_int, default=None,
                    help="load exactly N models per worker machine, shared by all its SDK processes (Beam's "
                         "multi_process_shared); default: one model per worker process, shared by its threads")
-    d.add_argument("--max-bytes", type=non_negative_int, default=0,
-                   help="dead-letter files larger than this many bytes; 0 = no limit (default: 0)")
+    d.add_argument("--max-bytes", type=positive_int, default=DEFAULT_MAX_BYTES, metavar="N",
+                   help="the one byte limit of every reader: a file, tar member or TFRecord record larger than N bytes is a "
+                        "dead letter (too_large) and is never read into memory; there is no unlimited mode, raise N "
+                        "for larger images (default: %(default)s = 64 MiB)")
     d.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
                    help=f"dead-letter images with more pixels than this (decompression bombs) "
                         f"(default: {DEFAULT_MAX_PIXELS}; not checked for an export, which decodes in its graph)")
@@ -170,10 +177,16 @@ def main(args: argparse.Namespace, pipeline_args) -> int:
             batch_size=args.batch_size, max_length=max_length, format=args.format,
             skip_existing=args.skip_existing, input_format=args.input_format, num_shards=args.num_shards,
             model_copies=args.model_copies, max_bytes=args.max_bytes, max_pixels=args.max_pixels,
-            resize_method=args.resize_method or model_resize or "bilinear", tfrecord_fields=tfrecord_fields(args))
+            resize_method=args.resize_method or model_resize or "bilinear", tfrecord_fields=tfrecord_fields(args),
+            force=args.force)
     except ValueError as e:
         fail(str(e))
-    result = run(config, info, pipeline_args)
+    from pipelines.lease import LeaseHeld
+    try:
+        result = run(config, info, pipeline_args)
+    except LeaseHeld as e:
+        print(f"captionbeam bulk: error: {e}", file=sys.stderr)
+        return OUTPUT_IN_USE
     c = result.counters
     summary = {
         "run": result.run, "model_version": result.model_version, "encoder": result.encoder,

@@ -22,6 +22,8 @@ import pipelines.io as pio
 from launch.command_args import CommandError
 from launch.commands.evaluate import Decoding, add_decoding_arguments, check_decoding_arguments
 
+from launch.arg_types import output_dir
+
 HELP = "caption image files with a trained model"
 log = logging.getLogger("captionbeam.caption")
 
@@ -30,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-dir", required=True, help="trained model directory (captionbeam train --model-dir)")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (local paths or gs://)")
     add_decoding_arguments(parser)
-    parser.add_argument("--attention-plot", metavar="DIR",
+    parser.add_argument("--attention-plot", metavar="DIR", type=output_dir,
                         help="write DIR/<image id>.attention.png: the attention map of every word over the image "
                              "(attention models only)")
     parser.add_argument("--max-pixels", type=int, default=89_478_485,

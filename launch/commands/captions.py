@@ -14,7 +14,7 @@ import logging
 import sys
 from typing import List, Sequence
 
-from launch.arg_types import int_at_least, name_equals_file
+from launch.arg_types import int_at_least, name_equals_file, output_dir
 from launch.command_args import CommandError
 
 HELP = "clean captions, build the vocabulary, join with features into training TFRecords (Beam job)"
@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from model.caption_files import FORMATS
+    from pipelines.captions import DEFAULT_MAX_CAPTION_TOKENS
     from model.text import CLEANERS
 
     parser.epilog = (
@@ -47,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--features", default=None, metavar="DIR",
                    help="directory written by `captionbeam features` (features-*.tfrecord + features_spec.json); "
                         "joined by image id. Without it, caption-only records are written")
-    g.add_argument("--output", required=True, metavar="DIR", help="output directory, local or gs://")
+    g.add_argument("--output", required=True, type=output_dir, metavar="DIR", help="output directory, local or gs://")
     g.add_argument("--overwrite", action="store_true",
                    help="replace the files of an earlier run in --output (by default the job refuses to mix runs)")
     g.add_argument("--num-shards", type=int_at_least(0), default=0, metavar="N",
@@ -65,6 +66,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--vocab-split", default="train", metavar="NAME",
                    help="the split whose records' captions build the vocabulary (with --features: only images "
                         "that have features, i.e. exactly what the trainer sees) (default: train)")
+    t.add_argument("--max-caption-tokens", type=int_at_least(1), default=DEFAULT_MAX_CAPTION_TOKENS, metavar="N",
+                   help="cut captions to their first N tokens after cleaning (it bounds the model's max length "
+                        "and training cost); the number cut is in stats.json 'truncated' (default: "
+                        f"{DEFAULT_MAX_CAPTION_TOKENS})")
     t.add_argument("--vocab", default=None, metavar="FILE",
                    help="use this vocab.txt instead of building one (e.g. to encode new data for a trained model)")
 
@@ -74,18 +79,19 @@ def config_from_args(args: argparse.Namespace):
     return CaptionsConfig(
         captions=args.captions, output=args.output, fmt=args.format, splits=tuple(args.splits), clean=args.clean,
         min_count=args.min_count, vocab_split=args.vocab_split, vocab=args.vocab, features=args.features,
-        num_shards=args.num_shards, overwrite=args.overwrite, keep_empty=args.keep_empty)
+        num_shards=args.num_shards, overwrite=args.overwrite, keep_empty=args.keep_empty,
+        max_caption_tokens=args.max_caption_tokens)
 
 
 def run(config, pipeline_args: Sequence[str] = ()):
     """The captions job -> ``pipelines.captions.RunResult``; :class:`CommandError` names a bad input."""
     from model.caption_files import CaptionFileError
-    from pipelines.captions import CaptionsConfigError, run as run_job
+    from pipelines.captions import CaptionsConfigError, CaptionsDataError, run as run_job
     # Beam logs every string type hint it meets at INFO; nothing a user can act on.
     logging.getLogger("apache_beam.typehints.native_type_compatibility").setLevel(logging.WARNING)
     try:
         return run_job(config, list(pipeline_args))
-    except (CaptionsConfigError, CaptionFileError) as e:
+    except (CaptionsConfigError, CaptionsDataError, CaptionFileError) as e:
         raise CommandError(str(e)) from None
 
 

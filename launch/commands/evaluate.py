@@ -15,6 +15,8 @@ from launch.command_args import CommandError
 from launch.commands.score import add_coco_arguments, scoring_options
 from model.caption_files import FORMATS
 
+from launch.arg_types import output_file
+
 HELP = "decode a split with a trained model and print BLEU / METEOR / ROUGE-L / CIDEr-D"
 log = logging.getLogger("captionbeam.evaluate")
 
@@ -75,7 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "instead of the records' captions (token ids turned back into words, <unk> kept)")
     parser.add_argument("--references-format", choices=("auto",) + FORMATS, default="auto",
                         help="format of --references (default: auto-detect)")
-    parser.add_argument("--output", metavar="FILE",
+    parser.add_argument("--output", metavar="FILE", type=output_file,
                         help="predictions JSON lines (default: MODEL_DIR/eval/<split>-beam<K>.predictions.jsonl); "
                              "the metrics go beside it as .metrics.json")
     parser.add_argument("--limit", type=int, default=None, help="decode only the first N images (smoke runs)")
@@ -177,7 +179,7 @@ def run(config: EvaluateConfig):
             raise
         raise CommandError(str(e)) from None
 
-    total = (info.stats.get("splits", {}).get(config.split, {}) or {}).get("images")
+    total = info.stats.split_images(config.split)
     if config.limit:
         total = min(total or config.limit, config.limit)
     log.info("evaluate: decoding split %r of %s (%d shard(s)) with %s, beam %d, max length %d",

@@ -7,12 +7,14 @@ import sys
 
 from launch.commands.evaluate import check_decoding_arguments
 
+from launch.arg_types import output_dir
+
 HELP = "export a trained model as one servable SavedModel: image bytes in, captions out"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-dir", required=True, help="trained model directory (captionbeam train --model-dir)")
-    parser.add_argument("--output", required=True, help="SavedModel directory to write")
+    parser.add_argument("--output", required=True, type=output_dir, help="SavedModel directory to write")
     parser.add_argument("--beam-size", type=int, default=1, help="beam width baked into the export (default 1: greedy)")
     parser.add_argument("--length-penalty", type=float, default=0.0, metavar="ALPHA",
                         help="beam search ranks by log-prob / length**ALPHA (default 0)")

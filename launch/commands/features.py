@@ -5,7 +5,7 @@ import argparse
 import sys
 from typing import List, Sequence
 
-from launch.arg_types import non_negative_int, positive_int
+from launch.arg_types import non_negative_int, positive_int, output_dir
 from launch.command_args import CommandError
 
 HELP = "encode images with a CNN into feature TFRecords (Beam job)"
@@ -18,13 +18,14 @@ _ENCODERS_HELP = ("vgg16 (default; fc2, 4096-d, the classic tutorial), vgg16-con
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from pipelines.image_items import DEFAULT_MAX_BYTES
     from pipelines.images import DEFAULT_MAX_PIXELS, RESIZE_METHODS
     from launch.shard_flags import add_tfrecord_field_arguments
     from pipelines.sources import INPUT_FORMATS
     parser.add_argument("--images", nargs="+", required=True, metavar="GLOB",
                         help="one or more globs of image files, local or gs:// (quote them so the shell does not "
                              "expand them); with --input-format tar|tfrecord, globs of image shards")
-    parser.add_argument("--output", required=True,
+    parser.add_argument("--output", required=True, type=output_dir,
                         help="output directory, local or gs://: features-NNNNN-of-NNNNN.tfrecord, "
                              "features_spec.json, dead_letters/*.jsonl")
     parser.add_argument("--encoder", default="vgg16", help=f"encoder: {_ENCODERS_HELP}")
@@ -50,9 +51,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, metavar="N",
                         help=f"decompression-bomb guard: reject images whose header declares more than N pixels "
                              f"(default: {DEFAULT_MAX_PIXELS}, Pillow's own warning limit)")
-    parser.add_argument("--max-bytes", type=non_negative_int, default=0, metavar="N",
-                        help="reject files larger than N bytes (dead letter FileTooLargeError); 0: no limit "
-                             "(default: 0)")
+    parser.add_argument("--max-bytes", type=positive_int, default=DEFAULT_MAX_BYTES, metavar="N",
+                        help="the one byte limit of every reader: a file, tar member or TFRecord record larger than N bytes is a "
+                             "dead letter (too_large) and is never read into memory; there is no unlimited mode, raise N "
+                             "for larger images (default: %(default)s = 64 MiB)")
     parser.add_argument("--resize-method", default="bilinear", choices=sorted(RESIZE_METHODS),
                         help="filter used to squash images to --image-size (default: bilinear; Keras's load_img "
                              "uses nearest)")

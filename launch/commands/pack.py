@@ -11,7 +11,8 @@ import argparse
 import json
 import sys
 
-from launch.arg_types import positive_int
+from launch.arg_types import output_dir, positive_int
+from launch.command_args import CommandError
 
 HELP = "pack loose images into tar or TFRecord shards, with a manifest (Beam job)"
 BEAM = True
@@ -30,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--images", nargs="+", required=True, metavar="GLOB",
                    help="one or more globs of loose images, local or gs:// ('**' recurses); "
                         "extensions .jpg .jpeg .png .webp (other files are dead-lettered)")
-    g.add_argument("--output", required=True, help="output directory for the shards, local or gs://")
+    g.add_argument("--output", required=True, type=output_dir, help="output directory for the shards, local or gs://")
     g.add_argument("--format", required=True, choices=["tar", "tfrecord"],
                    help="shard format: WebDataset-layout tar, or TFRecord of tf.train.Example (im2txt fields)")
     g.add_argument("--shard-size", type=positive_int, default=1000,
@@ -67,20 +68,29 @@ def _check_inputs(fail, patterns, captions: str) -> None:
         fail(f"--captions: no such file: {captions}")
 
 
+def config_from_args(args: argparse.Namespace):
+    """``pipelines.pack.PackConfig`` of these flags (``--overwrite`` and ``--json`` are main's);
+    :class:`CommandError` for a bad combination."""
+    from pipelines.pack import PackConfig
+    try:
+        return PackConfig(images=tuple(args.images), output=args.output, format=args.format,
+                          shard_size=args.shard_size, captions=args.captions, captions_format=args.captions_format,
+                          compress=args.compress, prefix=args.prefix, verify_images=args.verify_images)
+    except ValueError as e:
+        raise CommandError(str(e)) from None
+
+
 def main(args: argparse.Namespace, pipeline_args) -> int:
     import pipelines.io as pio
-    from pipelines.pack import PackConfig, existing_outputs, run
+    from pipelines.pack import existing_outputs, run
 
     def fail(message: str) -> None:
         print(f"captionbeam pack: error: {message}", file=sys.stderr)
         raise SystemExit(2)
 
     try:
-        config = PackConfig(images=tuple(args.images), output=args.output, format=args.format,
-                            shard_size=args.shard_size, captions=args.captions,
-                            captions_format=args.captions_format, compress=args.compress, prefix=args.prefix,
-                            verify_images=args.verify_images)
-    except ValueError as e:
+        config = config_from_args(args)
+    except CommandError as e:
         fail(str(e))
     _check_inputs(fail, config.images, config.captions)
     stale = existing_outputs(config)

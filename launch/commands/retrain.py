@@ -71,10 +71,25 @@ def _watch_globs(prefix: str):
     return [f"{base}/*.{ext}" for ext in ("jpg", "jpeg", "png", "JPG", "JPEG", "PNG")]
 
 
+def config_from_args(args: argparse.Namespace, pipeline_args=()):
+    """The ``RetrainConfig`` of an attempt (or a watch) from these flags (not ``--init``'s)."""
+    from launch.beam_options import merge_flags
+    from launch.retrain.attempt import RetrainConfig
+    images = list(args.images or [])
+    if args.watch:
+        images += _watch_globs(args.watch)
+    return RetrainConfig(root=args.root, images=images, captions=list(args.captions or []),
+                         extend_vocab=args.extend_vocab, min_new=args.min_new, epochs=args.epochs,
+                         batch_size=args.batch_size, train_args=list(args.train_arg), eval_split=args.eval_split,
+                         beam_size=args.beam_size, tolerance=args.tolerance, min_drop=args.min_drop,
+                         pipeline_args=merge_flags(["--runner=DirectRunner"], pipeline_args))
+
+
 def main(args: argparse.Namespace, pipeline_args) -> int:
     import pipelines.io as pio
-    from launch.beam_options import merge_flags
-    from launch.retrain.attempt import RetrainConfig, describe, retrain_once
+    from launch.command_args import CommandError, invocation
+    from launch.commands import train as train_cmd
+    from launch.retrain.attempt import describe, retrain_once
     from launch.retrain.bootstrap import init_root
     from launch.retrain.root import RetrainError, VersionError
     from launch.retrain.watch import watch
@@ -113,18 +128,15 @@ def main(args: argparse.Namespace, pipeline_args) -> int:
                                   beam_size=args.beam_size, data_dir=data)
             emit(result)
             return 0
-        images = list(args.images or [])
-        if args.watch:
-            images += _watch_globs(args.watch)
-        if not images:
+        config = config_from_args(args, pipeline_args)
+        if not config.images:
             print("captionbeam retrain: error: --images or --watch PREFIX is required", file=sys.stderr)
             return 2
-        config = RetrainConfig(root=args.root, images=images, captions=list(args.captions or []),
-                               extend_vocab=args.extend_vocab, min_new=args.min_new, epochs=args.epochs,
-                               batch_size=args.batch_size, train_args=list(args.train_arg),
-                               eval_split=args.eval_split, beam_size=args.beam_size, tolerance=args.tolerance,
-                               min_drop=args.min_drop,
-                               pipeline_args=merge_flags(["--runner=DirectRunner"], pipeline_args))
+        try:   # the --train-arg flags, checked before anything runs
+            invocation(train_cmd, {"data": "DATA", "model_dir": "MODEL_DIR"}, extra=config.train_args)
+        except CommandError as e:
+            print(f"captionbeam retrain: error: --train-arg: {e}", file=sys.stderr)
+            return 2
         if args.watch:
             watch(config, args.interval, args.max_polls, on_result=emit)
         else:

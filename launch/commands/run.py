@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from launch.arg_types import name_equals_file
+from launch.arg_types import name_equals_file, output_dir
 
 from launch.config import (DEFAULT_WORKDIR, CaptionsSection, ConfigError, EvaluateSection, FeaturesSection,
                            RunConfig, SampleSection, TrainSection)
@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "data/, model/, eval/ (metrics.json, captions.jsonl), report/index.html, stages/<stage>.json.")
     g = parser.add_argument_group("run")
     g.add_argument("--config", default=None, metavar="RUN.YAML", help="run configuration file, local or gs://")
-    g.add_argument("--workdir", default=None,
+    g.add_argument("--workdir", default=None, type=output_dir,
                    help=f"output root, local or gs:// (default: {DEFAULT_WORKDIR})")
     g.add_argument("--resume", action="store_true",
                    help="skip stages that finished earlier with the same command line (stages/<stage>.json)")
@@ -74,7 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help=f"held-out images to caption for the report (default: {_E.caption_images})")
 
 
-def build_config(args: argparse.Namespace) -> RunConfig:
+def config_from_args(args: argparse.Namespace) -> RunConfig:
     from launch import config as cfg
     config = cfg.load(args.config) if args.config else RunConfig()
     cfg.apply_overrides(config, {
@@ -103,7 +103,7 @@ def _pipeline(args: argparse.Namespace, pipeline_args, console=None):
     from launch.profiles import load_profiles, profile_args, profile_train_args, profiles_file
     from launch.run import RunPipeline
 
-    config = build_config(args)
+    config = config_from_args(args)
     explicit = list(pipeline_args)
     # an explicit runner: without one, Beam tries to download its Prism runner before falling back
     default_runner = ["--runner=DirectRunner"]
@@ -138,6 +138,7 @@ def main(args: argparse.Namespace, pipeline_args) -> int:
     from launch.run import StageError
     try:
         pipe = _pipeline(args, pipeline_args)
+        pipe.invocations()   # every stage's flags (--train-arg, --eval-arg, ...) checked before anything runs
     except (ConfigError, KeyError, ValueError, FileNotFoundError) as e:
         print(f"captionbeam run: error: {e}", file=sys.stderr)
         return 2

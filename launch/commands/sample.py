@@ -6,7 +6,7 @@ import sys
 import time
 from typing import List
 
-from launch.arg_types import fractions, positive_int
+from launch.arg_types import fractions, positive_int, output_dir
 from launch.command_args import CommandError
 
 HELP = "write the small, deterministic sample captioning dataset (images, captions, splits)"
@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           "diamond; six colours; small/large; left/right/top/bottom/centre; plain or gradient "
                           "background) with five varied captions each that describe what is drawn. Image k depends "
                           "only on (--seed, k).")
-    parser.add_argument("--output", required=True, metavar="DIR",
+    parser.add_argument("--output", required=True, type=output_dir, metavar="DIR",
                         help="directory to write (local or gs://): images/*.jpg, captions.txt (Flickr8k token "
                              "format), train.txt, dev.txt, test.txt (Flickr8k split files), scenes.jsonl")
     parser.add_argument("--images", type=positive_int, default=100, metavar="N", help="number of images (default: 100)")

@@ -9,7 +9,7 @@ import sys
 from dataclasses import dataclass
 from typing import Dict
 
-from launch.arg_types import non_negative_float, non_negative_int, positive_float, positive_int, rate
+from launch.arg_types import non_negative_float, non_negative_int, positive_float, positive_int, rate, output_dir
 from launch.command_args import CommandError
 
 HELP = "train a merge / inject / attention / transformer captioner with tf.distribute, streaming TFRecords"
@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     io.add_argument("--data", required=True,
                     help="training data directory from `captionbeam captions --features` (local or gs://): "
                          "vocab.txt, features_spec.json, <split>-NNNNN-of-NNNNN.tfrecord")
-    io.add_argument("--model-dir", required=True,
+    io.add_argument("--model-dir", required=True, type=output_dir,
                     help="model directory (local or gs://): config.json, vocab.txt, features_spec.json, "
                          "best.weights.h5, last.weights.h5, checkpoints/, logs/ (TensorBoard), history.json, "
                          "training_curve.png. An existing one with checkpoints is resumed")
@@ -102,8 +102,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d.add_argument("--strategy", default="auto", choices=STRATEGIES,
                    help="auto: multiworker when TF_CONFIG names several workers, mirrored with several GPUs or "
                         "--cpu-replicas > 1, else one_device. multiworker reads TF_CONFIG (docs/training.md)")
-    d.add_argument("--cpu-replicas", type=non_negative_int, default=0,
-                   help="mirrored on a CPU machine: split the CPU into N logical devices, one replica each")
+    d.add_argument("--cpu-replicas", type=positive_int, default=None, metavar="N",
+                   help="mirrored on a CPU machine: split the CPU into N >= 1 logical devices, one replica each "
+                        "(default: not split)")
 
     c = parser.add_argument_group("checkpoints and logging")
     c.add_argument("--checkpoint-every", type=positive_int, default=500,
@@ -140,7 +141,7 @@ def config_from_args(args: argparse.Namespace) -> TrainJob:
         clip_norm=args.clip_norm, early_stopping_patience=args.early_stopping_patience, min_delta=args.min_delta,
         checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints, log_every=args.log_every,
         shuffle_buffer=args.shuffle_buffer, bucket_by_length=args.bucket_by_length,
-        max_val_batches=args.max_val_batches, strategy=args.strategy, cpu_replicas=args.cpu_replicas,
+        max_val_batches=args.max_val_batches, strategy=args.strategy, cpu_replicas=args.cpu_replicas or 0,
         mixed_precision=args.mixed_precision, seed=args.seed, stop_after_steps=args.stop_after_steps,
         objective=args.objective, init_from=args.init_from, samples=args.samples, baseline=args.baseline,
         temperature=args.temperature, select_by=args.select_by)

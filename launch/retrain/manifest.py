@@ -16,8 +16,9 @@ def feature_ids(features_dir: str) -> List[Dict[str, str]]:
     """The sidecar rows of a ``captionbeam features`` output (or of the root's features)."""
     from pipelines.features import ids_pattern, read_feature_ids
     if not pio.match([ids_pattern(features_dir)]) and pio.match([pio.join(features_dir, "features-*.tfrecord*")]):
-        raise RetrainError(f"{features_dir}: feature records without their ids/ sidecar (written by `captionbeam "
-                           f"features` since the sidecar exists): run the features job again")
+        raise RetrainError(f"{features_dir}: feature records but no ids/ids-*.jsonl sidecar (written by an older "
+                           f"`captionbeam features`): run the features job again for these images, or initialise "
+                           f"the root from a fresh features output")
     return read_feature_ids(features_dir)
 
 

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Dict, Iterable, List, Optional, Tuple
 
 import pipelines.io as pio
+from model import jsonl
 
 CURRENT_FILE = "CURRENT"
 VERSIONS_DIR = "versions"
@@ -155,16 +156,13 @@ def read_consumed(root: ModelRoot) -> Dict[str, str]:
     """path -> sha256 of every image a finished batch consumed."""
     out: Dict[str, str] = {}
     for p in pio.match([root.path("state", "consumed", "*.jsonl")]):
-        for line in pio.read_text(p).splitlines():
-            if line.strip():
-                row = json.loads(line)
-                out[row["path"]] = row["sha256"]
+        for row in jsonl.loads(pio.read_text(p), p):
+            out[row["path"]] = row["sha256"]
     return out
 
 
 def write_consumed(root: ModelRoot, batch: str, items: Iterable[Tuple[str, str]]) -> None:
-    lines = "".join(json.dumps({"path": p, "sha256": s}, sort_keys=True) + "\n" for p, s in items)
-    write_atomic(consumed_path(root, batch), lines)
+    write_atomic(consumed_path(root, batch), jsonl.dumps(({"path": p, "sha256": s} for p, s in items), sort_keys=True))
 
 
 def next_batch(root: ModelRoot) -> str:

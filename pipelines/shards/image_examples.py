@@ -6,10 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator, List, Optional, Sequence, Tuple
 
-from pipelines.image_items import (BAD_CRC, BAD_RECORD, CORRUPT_STREAM_ERRORS, MISSING_ID, MISSING_IMAGE, TRUNCATED,
-                                   ShardError, ShardItem, ShardRecord)
+from pipelines.image_items import (BAD_CRC, BAD_RECORD, CORRUPT_RECORD, CORRUPT_STREAM_ERRORS, DEFAULT_MAX_BYTES,
+                                   MISSING_ID, MISSING_IMAGE, TOO_LARGE, TRUNCATED, ShardError, ShardItem,
+                                   ShardRecord)
 from pipelines.io import image_id_from_path
-from pipelines.shards.tfrecord import TfrecordCorrupt, iter_tfrecord_frames
+from pipelines.shards.tfrecord import RecordLengthPastEnd, TfrecordCorrupt, iter_tfrecord_frames
 
 
 @dataclass(frozen=True)
@@ -79,17 +80,21 @@ def image_example(image_id: str, data: bytes, filename: str = "", captions: Sequ
     return ex.SerializeToString()
 
 
-def iter_tfrecord(fileobj: BinaryIO, shard: str, fields: TfrecordFields = TfrecordFields()) -> Iterator[ShardItem]:
+def iter_tfrecord(fileobj: BinaryIO, shard: str, fields: TfrecordFields = TfrecordFields(),
+                  max_bytes: int = DEFAULT_MAX_BYTES) -> Iterator[ShardItem]:
     """Stream image records out of a TFRecord shard, verifying every CRC.
 
-    A record with a bad data CRC is dead-lettered alone; a broken frame (bad length CRC, truncation,
-    a bad gzip stream) dead-letters the rest of the shard; everything before it is yielded."""
+    A record with a bad data CRC, or longer than ``max_bytes`` (``too_large``, skipped unread), is
+    dead-lettered alone; a broken frame (bad length CRC, truncation, a bad gzip stream, a length past
+    the end of the file: ``corrupt_record``) dead-letters the rest of the shard; everything before it
+    is yielded."""
     next_index = 0
     try:
-        for index, offset, data, problem in iter_tfrecord_frames(fileobj):
+        for index, offset, data, problem in iter_tfrecord_frames(fileobj, max_bytes=max_bytes):
             next_index = index + 1
             if data is None:
-                yield ShardError(shard, f"record-{index}", BAD_CRC, problem)
+                code = TOO_LARGE if problem.startswith("too_large") else BAD_CRC
+                yield ShardError(shard, f"record-{index}", code, problem)
                 continue
             try:
                 image_id, image, captions = parse_image_example(data, fields)
@@ -105,6 +110,8 @@ def iter_tfrecord(fileobj: BinaryIO, shard: str, fields: TfrecordFields = Tfreco
                                  f"record {index} has none of the image fields {', '.join(fields.image)}")
                 continue
             yield ShardRecord(shard, image_id, image_id, image, captions)
+    except RecordLengthPastEnd as e:
+        yield ShardError(shard, f"record-{next_index}..", CORRUPT_RECORD, f"rest of shard unreadable: {e}")
     except TfrecordCorrupt as e:
         yield ShardError(shard, f"record-{next_index}..", BAD_CRC if "CRC" in str(e) else TRUNCATED,
                          f"rest of shard unreadable: {e}")

@@ -7,7 +7,7 @@ import io
 from typing import BinaryIO, Iterator, List, Optional
 
 from pipelines.formats import is_gzip_name
-from pipelines.image_items import UNKNOWN_FORMAT, UNREADABLE, ShardError, ShardItem
+from pipelines.image_items import DEFAULT_MAX_BYTES, UNKNOWN_FORMAT, UNREADABLE, ShardError, ShardItem
 from pipelines.shards.image_examples import TfrecordFields, iter_tfrecord
 from pipelines.shards.tar import iter_tar
 
@@ -19,8 +19,9 @@ def open_shard(path: str) -> BinaryIO:
 
 
 def iter_shard(path: str, fmt: str, fields: TfrecordFields = TfrecordFields(),
-               fileobj: Optional[BinaryIO] = None) -> Iterator[ShardItem]:
-    """Every item of one shard, streamed; ``fmt`` is ``tar`` or ``tfrecord``."""
+               fileobj: Optional[BinaryIO] = None, max_bytes: int = DEFAULT_MAX_BYTES) -> Iterator[ShardItem]:
+    """Every item of one shard, streamed; ``fmt`` is ``tar`` or ``tfrecord``. No member or record over
+    ``max_bytes`` is read into memory (each is a ``too_large`` dead letter)."""
     try:
         f = fileobj if fileobj is not None else open_shard(path)
     except Exception as e:  # noqa: BLE001
@@ -28,10 +29,10 @@ def iter_shard(path: str, fmt: str, fields: TfrecordFields = TfrecordFields(),
         return
     try:
         if fmt == "tar":
-            yield from iter_tar(f, path)  # tarfile detects gzip itself ("r|*")
+            yield from iter_tar(f, path, max_bytes)  # tarfile detects gzip itself ("r|*")
         elif fmt == "tfrecord":
             stream = gzip.GzipFile(fileobj=f, mode="rb") if is_gzip_name(path) else f
-            yield from iter_tfrecord(stream, path, fields)
+            yield from iter_tfrecord(stream, path, fields, max_bytes)
         else:
             yield ShardError(path, "", UNKNOWN_FORMAT, f"not a shard format: {fmt!r} (tar or tfrecord)")
     finally:

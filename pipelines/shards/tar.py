@@ -8,8 +8,9 @@ import tarfile
 from typing import BinaryIO, Dict, Iterator, List, Optional, Tuple
 
 from pipelines.formats import IMAGE_EXTENSIONS
-from pipelines.image_items import (BAD_RECORD, CORRUPT_STREAM_ERRORS, MISSING_IMAGE, NOT_AN_IMAGE, TRUNCATED,
-                                   UNREADABLE, ShardError, ShardItem, ShardRecord)
+from pipelines.image_items import (BAD_RECORD, CORRUPT_STREAM_ERRORS, DEFAULT_MAX_BYTES, EMPTY_ID, MISSING_IMAGE,
+                                   NOT_AN_IMAGE, NOT_REGULAR, TOO_LARGE, TRUNCATED, UNREADABLE, ShardError,
+                                   ShardItem, ShardRecord)
 from pipelines.io import image_id_from_path
 
 TEXT_EXTENSIONS = (".txt",)
@@ -81,6 +82,9 @@ def _group_items(shard: str, key: str, members: Dict[str, Tuple[str, bytes]]) ->
                              f"sample {key!r} has {', '.join(present)} but no image member")
         return
     for name, data in images:
+        if not image_id_for_member(name):
+            yield ShardError(shard, name, EMPTY_ID, f"member {name!r} has no name before its extension: no image id")
+            continue
         stem = _stem(name)
         captions = texts.get(stem, texts.get(key))
         metadata = metas.get(stem, metas.get(key))
@@ -91,22 +95,61 @@ def _group_items(shard: str, key: str, members: Dict[str, Tuple[str, bytes]]) ->
                           metadata if isinstance(metadata, dict) else None)
 
 
-def iter_tar(fileobj: BinaryIO, shard: str) -> Iterator[ShardItem]:
+class _TarInfo(tarfile.TarInfo):
+    """Records on the archive why header reading stopped: tarfile's stream iteration ends silently on a
+    missing, truncated or garbage header, which :func:`iter_tar` must tell from the end-of-archive
+    marker (a block of zeros)."""
+
+    @classmethod
+    def fromtarfile(cls, tar):
+        try:
+            return super().fromtarfile(tar)
+        except tarfile.HeaderError as e:
+            tar.captionbeam_stop = e
+            raise
+
+
+def _member_type(info: tarfile.TarInfo) -> str:
+    return ("a directory" if info.isdir() else "a symlink" if info.issym() else "a hard link" if info.islnk()
+            else "a FIFO" if info.isfifo() else "a character device" if info.ischr()
+            else "a block device" if info.isblk() else f"of type {info.type!r}")
+
+
+def _end_problem(tar: tarfile.TarFile) -> Optional[Tuple[str, str]]:
+    """None when the archive ended at its end-of-archive marker; else (error, why)."""
+    stop = getattr(tar, "captionbeam_stop", None)
+    if stop is None or isinstance(stop, tarfile.EOFHeaderError):
+        return None
+    if isinstance(stop, (tarfile.EmptyHeaderError, tarfile.TruncatedHeaderError)):
+        return TRUNCATED, "the archive ends before its end-of-archive marker (cut at or inside a header)"
+    return UNREADABLE, f"a member header is garbage ({type(stop).__name__}: {stop})"
+
+
+def iter_tar(fileobj: BinaryIO, shard: str, max_bytes: int = DEFAULT_MAX_BYTES) -> Iterator[ShardItem]:
     """Stream a WebDataset-layout tar (plain or gzip, detected from the bytes) member by member.
 
     Members sharing a key (``dir/key.jpg``, ``dir/key.txt``, ``dir/key.json``; the key is the path
     up to the first dot of the basename, as in WebDataset) are consecutive in WebDataset tars and are
     grouped as they arrive (a key split over non-consecutive runs only loses the caption pairing); only the current group is held in memory. A
     truncated or corrupt archive yields the samples read so far, then one :class:`ShardError` for the
-    unreadable rest (naming the member being read when it broke)."""
+    unreadable rest (naming the member being read when it broke); an archive that ends without its
+    end-of-archive marker is ``truncated_shard`` too. Every member is accounted for: a member that is
+    not a regular file (directory, link, device, FIFO) or is larger than ``max_bytes`` (skipped, never
+    read) is a dead letter of its own."""
     key: Optional[str] = None
     group: Dict[str, Tuple[str, bytes]] = {}
     last_ok, reading = None, None
     count = 0
     try:
-        with tarfile.open(fileobj=fileobj, mode="r|*") as tar:
+        with tarfile.open(fileobj=fileobj, mode="r|*", tarinfo=_TarInfo) as tar:
             for info in tar:
                 if not info.isfile():
+                    yield ShardError(shard, info.name, NOT_REGULAR,
+                                     f"tar member is {_member_type(info)}, not a regular file")
+                    continue
+                if info.size > max_bytes:
+                    yield ShardError(shard, info.name, TOO_LARGE,
+                                     f"tar member has {info.size} bytes, more than --max-bytes {max_bytes} (skipped)")
                     continue
                 reading = info.name
                 k, ext = _key_and_ext(info.name)
@@ -135,3 +178,7 @@ def iter_tar(fileobj: BinaryIO, shard: str) -> Iterator[ShardItem]:
         return
     if group:
         yield from _group_items(shard, key, group)
+    problem = _end_problem(tar)
+    if problem:
+        yield ShardError(shard, f"{last_ok or ''}..", problem[0],
+                         f"{problem[1]}; {count} members read before{f', the last {last_ok!r}' if last_ok else ''}")

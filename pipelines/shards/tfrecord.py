@@ -27,6 +27,24 @@ class TfrecordCorrupt(Exception):
     """The framing of a TFRecord file is broken: the rest of the file cannot be read."""
 
 
+class RecordLengthPastEnd(TfrecordCorrupt):
+    """A record's length (with a valid CRC) runs past the end of the shard: forged or corrupt."""
+
+
+_SKIP_CHUNK = 1 << 20
+
+
+def _skip(f: BinaryIO, n: int) -> int:
+    """Read and drop ``n`` bytes in bounded chunks; returns how many there were."""
+    done = 0
+    while done < n:
+        chunk = f.read(min(_SKIP_CHUNK, n - done))
+        if not chunk:
+            break
+        done += len(chunk)
+    return done
+
+
 def _read_exact(f: BinaryIO, n: int) -> bytes:
     chunks = []
     while n > 0:
@@ -38,12 +56,15 @@ def _read_exact(f: BinaryIO, n: int) -> bytes:
     return b"".join(chunks)
 
 
-def iter_tfrecord_frames(fileobj: BinaryIO, verify: bool = True) -> Iterator[Tuple[int, int, Optional[bytes], str]]:
+def iter_tfrecord_frames(fileobj: BinaryIO, verify: bool = True, max_bytes: Optional[int] = None
+                         ) -> Iterator[Tuple[int, int, Optional[bytes], str]]:
     """Stream TFRecord frames: ``(index, offset, data, problem)``.
 
-    ``data`` is None with ``problem`` set when a record's data CRC fails (the framing is intact, so
-    reading goes on). A bad length CRC or a truncated frame raises :class:`TfrecordCorrupt`: without a
-    trustworthy length the rest of the file cannot be framed."""
+    ``data`` is None with ``problem`` set when a record's data CRC fails, or (``problem`` starting with
+    ``too_large``) when its length is over ``max_bytes``: such a record is skipped in bounded chunks,
+    never allocated, and reading goes on. A bad length CRC or a truncated frame raises
+    :class:`TfrecordCorrupt` (:class:`RecordLengthPastEnd` for a length that runs past the end of the
+    file: a forged length): without a trustworthy length the rest of the file cannot be framed."""
     index, offset = 0, 0
     while True:
         header = _read_exact(fileobj, 12)
@@ -55,6 +76,16 @@ def iter_tfrecord_frames(fileobj: BinaryIO, verify: bool = True) -> Iterator[Tup
         if verify and masked_crc32c(length_bytes) != length_crc:
             raise TfrecordCorrupt(f"bad length CRC at byte {offset} (record {index})")
         (length,) = struct.unpack("<Q", length_bytes)
+        if max_bytes is not None and length > max_bytes:
+            skipped = _skip(fileobj, length + 4)
+            if skipped < length + 4:
+                raise RecordLengthPastEnd(f"record {index} at byte {offset} claims {length} bytes but the shard "
+                                          f"ends {skipped} bytes later (a forged or corrupt length)")
+            yield index, offset, None, f"too_large: record {index} at byte {offset} has {length} bytes, more " \
+                                       f"than --max-bytes {max_bytes} (skipped)"
+            offset += 12 + length + 4
+            index += 1
+            continue
         body = _read_exact(fileobj, length + 4)
         if len(body) < length + 4:
             raise TfrecordCorrupt(f"truncated record at byte {offset} (record {index}: {len(body)} of "

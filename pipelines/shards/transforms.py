@@ -21,8 +21,8 @@ import apache_beam as beam
 from pipelines.counters import NAMESPACE
 from pipelines.deadletter import DeadLetter
 from pipelines.formats import TAR_SUFFIXES, TFRECORD_SUFFIXES, resolve_format
-from pipelines.image_items import DUPLICATE_ID, STAGE, UNKNOWN_FORMAT, ShardError
-from pipelines.matching import MatchPaths
+from pipelines.image_items import DEFAULT_MAX_BYTES, DUPLICATE_ID, STAGE, UNKNOWN_FORMAT, ShardError
+from pipelines.matching import MatchPaths, file_problem
 from pipelines.shards.image_examples import TfrecordFields
 from pipelines.shards.read import iter_shard
 
@@ -40,8 +40,11 @@ class ReadShardFn(beam.DoFn):
     DEAD = "dead_letters"
 
     def __init__(self, input_format: str = "auto", fields: TfrecordFields = TfrecordFields(),
-                 with_captions: bool = False):
+                 with_captions: bool = False, max_bytes: int = DEFAULT_MAX_BYTES):
         resolve_format("", input_format)  # fail fast on a bad format
+        if max_bytes < 1:
+            raise ValueError(f"--max-bytes must be a positive number of bytes, got {max_bytes}")
+        self.max_bytes = max_bytes
         self.input_format = input_format
         self.fields = fields
         self.with_captions = with_captions
@@ -54,6 +57,11 @@ class ReadShardFn(beam.DoFn):
         self.nbytes = m.counter(NAMESPACE, "shard_image_bytes")
 
     def process(self, path: str):
+        problem = file_problem(path)              # a FIFO / device / dangling link is never opened
+        if problem:
+            self.errors.inc()
+            yield beam.pvalue.TaggedOutput(self.DEAD, _dead_letter(ShardError(path, "", *problem)))
+            return
         fmt = resolve_format(path, self.input_format)
         if fmt == "files":
             self.errors.inc()
@@ -62,7 +70,7 @@ class ReadShardFn(beam.DoFn):
                                           f"({', '.join(TAR_SUFFIXES + TFRECORD_SUFFIXES)}); force one with --input-format")))
             return
         start, n, bad, size = time.time(), 0, 0, 0
-        for item in iter_shard(path, fmt, self.fields):
+        for item in iter_shard(path, fmt, self.fields, max_bytes=self.max_bytes):
             if isinstance(item, ShardError):
                 bad += 1
                 self.errors.inc()
@@ -122,12 +130,12 @@ class ReadImageShards(beam.PTransform):
 
     def __init__(self, patterns: Sequence[str], input_format: str = "auto",
                  fields: Optional[TfrecordFields] = None, with_captions: bool = False,
-                 duplicates: str = "drop"):
+                 duplicates: str = "drop", max_bytes: int = DEFAULT_MAX_BYTES):
         super().__init__()
         if duplicates not in DUPLICATE_POLICIES:
             raise ValueError(f"duplicates must be one of {', '.join(DUPLICATE_POLICIES)}, got {duplicates!r}")
         self.patterns = list(patterns)
-        self.fn = ReadShardFn(input_format, fields or TfrecordFields(), with_captions)
+        self.fn = ReadShardFn(input_format, fields or TfrecordFields(), with_captions, max_bytes)
         self.duplicates = duplicates
 
     def expand(self, pbegin):

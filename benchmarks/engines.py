@@ -1,0 +1,115 @@
+"""Benchmark (not a test): the Beam jobs on each engine of this machine, against DirectRunner in the same run.
+
+For each runner (``direct`` = DirectRunner in-process; ``flink-local``, ``spark-local``, ``prism`` = the
+profiles of ``launch/profiles.yaml``, engines from ``make engines``), each a real ``captionbeam``
+subprocess, so start-up, the job server and model loading are in the figures as a user sees them:
+
+* start-up: ``captionbeam features`` over one image (job server start + pipeline submission + one image);
+* features: ``captionbeam features`` over the same ``--images`` generated images (MobileNet, random
+  weights, ``--image-size``): wall seconds and images/s;
+* bulk: ``captionbeam bulk`` over the same images with ``--model-dir`` (skipped without one).
+
+Each figure comes with its ratio to DirectRunner's in the same run. Usage::
+
+    .venv/bin/python benchmarks/engines.py --images 240 --model-dir work/run/model [--runners direct,flink-local]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CAPTIONBEAM = [sys.executable, "-m", "launch", "--log-level", "WARNING"]
+RUNNERS = ("direct", "flink-local", "spark-local", "prism")
+
+
+def runner_flags(runner: str) -> List[str]:
+    return ["--runner=DirectRunner"] if runner == "direct" else ["--profile", runner]
+
+
+def timed(argv: List[str], log_path: str) -> float:
+    start = time.time()
+    with open(log_path, "w") as log:
+        proc = subprocess.run(CAPTIONBEAM + argv, stdout=log, stderr=subprocess.STDOUT)  # in the caller's folder
+    seconds = time.time() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"`captionbeam {' '.join(argv[:1])}` failed ({proc.returncode}); see {log_path}")
+    return seconds
+
+
+def make_images(directory: str, n: int, size: int) -> str:
+    from pipelines.sample import SampleConfig, write_sample
+    if not os.path.isdir(os.path.join(directory, "images")):
+        write_sample(SampleConfig(output=directory, images=n, seed=0, size=size))
+    return os.path.join(directory, "images")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=240, help="number of images (default 240)")
+    parser.add_argument("--image-px", type=int, default=64, help="side of the generated images (default 64)")
+    parser.add_argument("--image-size", type=int, default=64, help="encoder input size (default 64)")
+    parser.add_argument("--model-dir", default=os.path.join(REPO, "work", "run", "model"),
+                        help="model for the bulk job (default: work/run/model from `make run`)")
+    parser.add_argument("--runners", default=",".join(RUNNERS), help=f"comma-separated (default {','.join(RUNNERS)})")
+    parser.add_argument("--workdir", default=os.path.join(REPO, "work", "bench", "engines"))
+    parser.add_argument("--json-out", default=None)
+    a = parser.parse_args(argv)
+    runners = [r.strip() for r in a.runners.split(",") if r.strip()]
+    os.makedirs(a.workdir, exist_ok=True)
+    images = make_images(os.path.join(a.workdir, f"sample-{a.images}-{a.image_px}"), a.images, a.image_px)
+    one = os.path.join(a.workdir, "one")
+    os.makedirs(one, exist_ok=True)
+    first = sorted(os.listdir(images))[0]
+    shutil.copy(os.path.join(images, first), os.path.join(one, first))
+    encoder = ["--encoder", "mobilenet", "--weights", "none", "--image-size", str(a.image_size), "--batch-size", "32"]
+    bulk = os.path.isdir(a.model_dir)
+    if not bulk:
+        print(f"bulk: skipped ({a.model_dir} is not a model dir: run `make run` or pass --model-dir)")
+    results: Dict[str, Dict[str, float]] = {}
+    for runner in runners:
+        out = os.path.join(a.workdir, runner)
+        shutil.rmtree(out, ignore_errors=True)
+        os.makedirs(out)
+        r: Dict[str, float] = {}
+        r["startup_s"] = timed(["features", "--images", os.path.join(one, "*.jpg"), "--output", os.path.join(out, "f1"),
+                                *encoder, *runner_flags(runner)], os.path.join(out, "startup.log"))
+        r["features_s"] = timed(["features", "--images", os.path.join(images, "*.jpg"), "--output",
+                                 os.path.join(out, "features"), *encoder, *runner_flags(runner)],
+                                os.path.join(out, "features.log"))
+        r["features_img_s"] = a.images / r["features_s"]
+        if bulk:
+            # a model-file encoder (the thumbnail encoder of `make run`) is found from the working folder:
+            # run the benchmark beside it (cd work/run/encoder)
+            r["bulk_s"] = timed(["bulk", "--images", os.path.join(images, "*.jpg"), "--model-dir", a.model_dir,
+                                 "--output", os.path.join(out, "bulk"), *runner_flags(runner)],
+                                os.path.join(out, "bulk.log"))
+            r["bulk_img_s"] = a.images / r["bulk_s"]
+        results[runner] = r
+        print(f"{runner:12s} " + "  ".join(f"{k} {v:.2f}" for k, v in r.items()), flush=True)
+    base = results.get("direct")
+    print(f"\n{a.images} images of {a.image_px}px, MobileNet (random weights) at {a.image_size}px; "
+          f"{os.cpu_count()} CPUs; ratio = this runner / DirectRunner (times: higher is slower)")
+    cols = ["startup_s", "features_s", "features_img_s"] + (["bulk_s", "bulk_img_s"] if bulk else [])
+    print("| runner | " + " | ".join(cols) + " |")
+    print("|---|" + "---|" * len(cols))
+    for runner, r in results.items():
+        cells = []
+        for c in cols:
+            ratio = f" (×{r[c] / base[c]:.2f})" if base and runner != "direct" and base.get(c) else ""
+            cells.append(f"{r[c]:.1f}{ratio}")
+        print(f"| {runner} | " + " | ".join(cells) + " |")
+    if a.json_out:
+        with open(a.json_out, "w") as f:
+            json.dump({"images": a.images, "image_px": a.image_px, "results": results}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
