@@ -6,7 +6,12 @@
 #   bash benchmarks/flickr8k.sh [WORKDIR]        # default work/flickr8k; each stage skips when done
 #
 # Environment: EPOCHS (default 12; early stopping on dev loss usually ends sooner), EPOCHS_inject (default 24:
-# inject's dev loss still fell at epoch 12), BATCH (default 64), BEAM (default 3), ARCHS ("merge inject attention").
+# inject's dev loss still fell at epoch 12), BATCH (default 64), BEAM (default 3),
+# ARCHS ("merge inject attention transformer"), FLAGS_transformer (its sizes), SCST_ARCHS ("attention transformer":
+# self-critical fine-tuning of those cross-entropy models, rows "<arch>-scst"), SCST_EPOCHS x SCST_STEPS steps
+# (default 4 x 40: a bounded run, validated on dev CIDEr-D after each 40 steps), SCST_BATCH images per step
+# (default 32, x 5 samples each), SCST_LR (default 5e-5, the flag's own default), SCST_NAME (model dir / row
+# suffix, default scst). The README's longer row: SCST_ARCHS=transformer SCST_EPOCHS=12 SCST_NAME=scst-long.
 # Tuning (epochs, early stopping, beam width) looks at the dev split only; test is scored once per row.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +23,14 @@ EPOCHS=${EPOCHS:-12}
 EPOCHS_inject=${EPOCHS_inject:-24}
 BATCH=${BATCH:-64}
 BEAM=${BEAM:-3}
-ARCHS=${ARCHS:-merge inject attention}
+ARCHS=${ARCHS:-merge inject attention transformer}
+FLAGS_transformer=${FLAGS_transformer:---units 256 --embedding-dim 256 --layers 2 --heads 4 --ffn-units 1024 --dropout 0.3 --learning-rate 5e-4}
+SCST_ARCHS=${SCST_ARCHS-attention transformer}   # SCST_ARCHS= (empty): no SCST rows
+SCST_NAME=${SCST_NAME:-scst}
+SCST_EPOCHS=${SCST_EPOCHS:-4}
+SCST_STEPS=${SCST_STEPS:-40}
+SCST_BATCH=${SCST_BATCH:-32}
+SCST_LR=${SCST_LR:-5e-5}
 mkdir -p "$W/keras/models" "$W/logs" "$W/stages"
 # Offline ImageNet weights: Keras looks in $KERAS_HOME/models before downloading.
 cp -n "$SHARED"/models/keras/*.h5 "$W/keras/models/"
@@ -47,12 +59,12 @@ for enc in mobilenet mobilenet-conv; do
       --output "$W/data-$enc" --clean basic --min-count 5
 done
 
-for arch in $ARCHS; do
-  data=$W/data-mobilenet; [ "$arch" = attention ] && data=$W/data-mobilenet-conv
-  epochs_var=EPOCHS_$arch; epochs=${!epochs_var:-$EPOCHS}
-  stage "train-$arch" \
-    $CB train --data "$data" --model-dir "$W/models/$arch" --arch "$arch" --epochs "$epochs" \
-      --batch-size "$BATCH" --early-stopping-patience 3 --log-every 200
+data_for() {  # the records an architecture reads: the 7x7 map for attention / transformer, pooled vectors otherwise
+  case $1 in attention*|transformer*) echo "$W/data-mobilenet-conv";; *) echo "$W/data-mobilenet";; esac
+}
+
+evaluate_row() {  # evaluate_row MODEL_NAME: test split, greedy and beam $BEAM, scored once each
+  local arch=$1 data; data=$(data_for "$1")
   for k in 1 "$BEAM"; do
     stage "evaluate-$arch-beam$k" \
       $CB evaluate --model-dir "$W/models/$arch" --data "$data" --split test --beam-size "$k" \
@@ -62,6 +74,25 @@ for arch in $ARCHS; do
       $CB score --predictions "$W/eval/$arch-beam$k.jsonl" --references "$F8K/text/Flickr8k.token.txt" \
         --image-ids "$F8K/text/Flickr_8k.testImages.txt" --bleu-tokenizer seed --no-coco --json
   done
+}
+
+for arch in $ARCHS; do
+  data=$(data_for "$arch")
+  epochs_var=EPOCHS_$arch; epochs=${!epochs_var:-$EPOCHS}
+  flags_var=FLAGS_$arch; flags=${!flags_var:-}
+  # shellcheck disable=SC2086
+  stage "train-$arch" \
+    $CB train --data "$data" --model-dir "$W/models/$arch" --arch "$arch" --epochs "$epochs" \
+      --batch-size "$BATCH" --early-stopping-patience 3 --log-every 200 $flags
+  evaluate_row "$arch"
+done
+
+for arch in $SCST_ARCHS; do
+  stage "train-$arch-$SCST_NAME" \
+    $CB train --objective scst --init-from "$W/models/$arch" --data "$(data_for "$arch")" \
+      --model-dir "$W/models/$arch-$SCST_NAME" --epochs "$SCST_EPOCHS" --steps-per-epoch "$SCST_STEPS" \
+      --batch-size "$SCST_BATCH" --samples 5 --learning-rate "$SCST_LR" --early-stopping-patience 0 --log-every 10
+  evaluate_row "$arch-$SCST_NAME"
 done
 
 .venv/bin/python - "$W" <<'PY'
@@ -80,4 +111,20 @@ for f in sorted((w / "eval").glob("*.metrics.json")):
     vals = [m.get(f"bleu{i}") for i in range(1, 5)] + [c.get("METEOR"), c.get("ROUGE_L"), c.get("CIDEr")]
     cells = ["-" if v is None else f"{v:.3f}" for v in vals] + [f"{seed.get('bleu1', 0):.3f} / {seed.get('bleu4', 0):.3f}"]
     print(f"| {arch} | {'greedy' if dec == 'beam1' else 'beam ' + dec[4:]} | " + " | ".join(cells) + " |")
+print()
+print("| model | objective | epochs (steps) | training time | throughput | best dev |")
+print("|---|---|---|---|---|---|")
+for d in sorted((w / "models").glob("*/history.json")):
+    h = json.loads(d.read_text()); eps = [e for e in h["epochs"] if e.get("epoch", 0) > 0]
+    done = w / "stages" / f"train-{d.parent.name}.done"
+    secs = int(done.read_text()) if done.exists() else sum(e.get("seconds", 0) for e in eps)
+    if h.get("objective") == "scst":
+        rate = sum(e["samples_per_s"] * e["seconds"] for e in eps) / max(sum(e["seconds"] for e in eps), 1e-9)
+        best = max(e["val_cider"] for e in h["epochs"])
+        print(f"| {d.parent.name} | SCST from {pathlib.Path(h['init_from']).name} | {len(eps)} ({eps[-1]['step'] if eps else 0}) "
+              f"| {secs / 60:.0f} min | {rate:,.0f} sampled captions/s | CIDEr-D {best:.3f} (init {h['epochs'][0]['val_cider']:.3f}) |")
+    else:
+        rate = sum(e["tokens_per_s"] * e["seconds"] for e in eps) / max(sum(e["seconds"] for e in eps), 1e-9)
+        print(f"| {d.parent.name} | cross-entropy | {len(eps)} ({eps[-1]['step'] if eps else 0}) | {secs / 60:.0f} min "
+              f"| {rate:,.0f} tokens/s | loss {min(e['val_loss'] for e in eps):.3f} |")
 PY

@@ -24,7 +24,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")
 NEEDS_SHARED = {"features", "train", "decode"}
-ORDER = ["features", "shards", "train", "decode", "bulk"]   # the rest alphabetically after these
+ORDER = ["features", "shards", "train", "scst", "decode", "bulk"]   # the rest alphabetically after these
 
 
 def discover() -> List[str]:

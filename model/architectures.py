@@ -1,5 +1,6 @@
 """Captioning architectures: ``merge`` (the classic tutorial / Tanti et al.), ``inject`` (Show and
-Tell) and ``attention`` (Show, Attend and Tell, soft attention), each one ``CaptionModel``.
+Tell), ``attention`` (Show, Attend and Tell, soft attention) and ``transformer`` (a decoder-only
+Transformer with cross-attention over the image regions), each one ``CaptionModel``.
 
 The interface (stable; decoding, export and bulk captioning build on it)
 -----------------------------------------------------------------------
@@ -19,7 +20,8 @@ token ids starting with ``<start>`` (``<pad>``=0 at the end is masked). ``logits
 Step by step (greedy / beam search; carry LSTM state one token at a time inside ``tf.function``)::
 
     context = model.encode(features)                           # once per image: dict of [B, ...] tensors
-    states = model.initial_state(context)                      # list of [B, units] tensors ([h, c] per layer)
+    states = model.initial_state(context)                      # list of [B, ...] tensors ([h, c] per LSTM layer;
+                                                               # the transformer's key-value cache + position)
     logits, states, attention = model.step(tokens, states, context)
     # tokens [B] int32 -> logits [B, V] float32, new states (same structure), attention [B, L] or None
 
@@ -284,7 +286,170 @@ class AttentionModel(CaptionModel):
         return self.config.attention_lambda * tf.reduce_sum(tf.square(1.0 - coverage))
 
 
-_MODELS = {"merge": MergeModel, "inject": InjectModel, "attention": AttentionModel}
+class TransformerModel(CaptionModel):
+    """Decoder-only Transformer (pre-layer-norm): per layer masked multi-head self-attention over the
+    caption, multi-head cross-attention over the image regions, a ReLU feed-forward block, each with a
+    residual connection; a final layer norm feeds the vocabulary softmax.
+
+    Regions: the L = H×W locations of a feature map (7×7 for ``mobilenet-conv``), or one region for a
+    pooled vector, projected to ``units`` with a learned region embedding added. Caption positions:
+    learned (``positions="learned"``) or sinusoidal, ``config.max_positions`` of them.
+
+    ``step`` keeps a key-value cache as its state: per layer the self-attention keys and values of the
+    tokens seen so far in a fixed ``[B, max_positions, units]`` buffer (a fixed shape, so it is a plain
+    ``tf.while_loop`` variable that beam search reorders with ``tf.gather``), plus the position
+    ``[B]``. The image's cross-attention keys and values are computed once in ``encode``. Attention
+    weights (for plots) are the last layer's cross-attention, averaged over heads.
+    """
+
+    def __init__(self, config: ModelConfig, dtype_policy=None, **kwargs):
+        super().__init__(config, dtype_policy, **kwargs)
+        c = config
+        d = c.units
+        self.has_attention = c.locations > 1
+        self.heads, self.head_dim = c.heads, d // c.heads
+        self.max_positions = c.max_positions
+        ffn = c.ffn_units or 4 * d
+        self.input_proj = self._dense(d, "input_proj", use_bias=False, input_dim=c.embedding_dim) \
+            if c.embedding_dim != d else None
+        if c.positions == "learned":
+            self.position_embedding = keras.layers.Embedding(self.max_positions, d, name="position_embedding",
+                                                             dtype=dtype_policy)
+            self.position_embedding.build((None, None))
+        else:
+            self.position_embedding = None
+            self._sinusoid = tf.constant(_sinusoidal_positions(self.max_positions, d))
+        self.region_proj = self._dense(d, "region_proj", input_dim=c.channels)
+        self.region_embedding = keras.layers.Embedding(c.locations, d, name="region_embedding", dtype=dtype_policy)
+        self.region_embedding.build((None,))
+        self.region_norm = self._norm("region_norm")
+        self.dropout_layer = keras.layers.Dropout(c.dropout, name="transformer_dropout")
+        self.blocks = []
+        for i in range(c.num_layers):
+            block = {name: self._norm(f"layer_{i}_{name}") for name in ("self_norm", "cross_norm", "ffn_norm")}
+            for part in ("self", "cross"):
+                for w in ("q", "k", "v", "o"):
+                    block[f"{part}_{w}"] = self._dense(d, f"layer_{i}_{part}_{w}", input_dim=d)
+            block["ffn_in"] = self._dense(ffn, f"layer_{i}_ffn_in", "relu", input_dim=d)
+            block["ffn_out"] = self._dense(d, f"layer_{i}_ffn_out", input_dim=ffn)
+            self.blocks.append(block)
+        self.final_norm = self._norm("final_norm")
+        self.logits_layer.build((None, d))
+
+    def _norm(self, name):
+        layer = keras.layers.LayerNormalization(epsilon=1e-5, name=name, dtype=self._policy)
+        layer.build((None, self.config.units))
+        return layer
+
+    # ------------------------------------------------------------------ pieces
+    def _split(self, x):
+        """[B, N, D] -> [B, heads, N, head_dim]."""
+        b, n = tf.shape(x)[0], tf.shape(x)[1]
+        return tf.transpose(tf.reshape(x, [b, n, self.heads, self.head_dim]), [0, 2, 1, 3])
+
+    def _merge(self, x):
+        """[B, heads, N, head_dim] -> [B, N, D]."""
+        b, n = tf.shape(x)[0], tf.shape(x)[2]
+        return tf.reshape(tf.transpose(x, [0, 2, 1, 3]), [b, n, self.config.units])
+
+    def _attend(self, q, k, v, mask):
+        """Scaled dot-product attention; q [B, h, T, dh], k/v [B, h, S, dh], mask broadcastable to
+        [B, h, T, S] (True = may attend). -> ([B, h, T, dh], weights [B, h, T, S] float32)."""
+        scores = tf.cast(tf.matmul(q, k, transpose_b=True), tf.float32) / float(self.head_dim) ** 0.5
+        if mask is not None:
+            scores = tf.where(mask, scores, -1e9)
+        weights = tf.nn.softmax(scores, axis=-1)
+        return tf.matmul(tf.cast(weights, v.dtype), v), weights
+
+    def _embed(self, tokens, positions, training):
+        x = self.embedding(tokens)
+        if self.input_proj is not None:
+            x = self.input_proj(x)
+        if self.position_embedding is not None:
+            pos = self.position_embedding(positions)
+        else:
+            pos = tf.gather(self._sinusoid, positions)
+        x = x * float(self.config.units) ** 0.5 + tf.cast(pos, x.dtype)
+        return self.dropout_layer(x, training=training)
+
+    def _cross_and_ffn(self, x, block, i, context, training):
+        h = block["cross_norm"](x)
+        att, weights = self._attend(self._split(block["cross_q"](h)), context[f"cross_k_{i}"],
+                                    context[f"cross_v_{i}"], None)
+        x = x + self.dropout_layer(block["cross_o"](self._merge(att)), training=training)
+        h = block["ffn_norm"](x)
+        x = x + self.dropout_layer(block["ffn_out"](self.dropout_layer(block["ffn_in"](h), training=training)),
+                                   training=training)
+        return x, weights
+
+    # ------------------------------------------------------------------ interface
+    def encode(self, features, training=False) -> ImageContext:
+        c = self.config
+        regions = tf.reshape(tf.convert_to_tensor(features, tf.float32), [-1, c.locations, c.channels])
+        memory = self.region_proj(regions) + self.region_embedding(tf.range(c.locations))[None]
+        memory = self.region_norm(self.dropout_layer(memory, training=training))
+        context = {}
+        for i, block in enumerate(self.blocks):
+            context[f"cross_k_{i}"] = self._split(block["cross_k"](memory))      # [B, h, L, dh]
+            context[f"cross_v_{i}"] = self._split(block["cross_v"](memory))
+        return context
+
+    def initial_state(self, context):
+        batch = tf.shape(context["cross_k_0"])[0]
+        dtype = context["cross_k_0"].dtype
+        empty = tf.zeros([batch, self.heads, self.max_positions, self.head_dim], dtype)
+        return [tf.zeros([batch], tf.int32)] + [empty for _ in range(2 * self.config.num_layers)]
+
+    def forward(self, features, tokens, training=False):
+        tokens = tf.convert_to_tensor(tokens, tf.int32)
+        context = self.encode(features, training=training)
+        length = tf.shape(tokens)[1]
+        x = self._embed(tokens, tf.range(length)[None, :], training)
+        causal = tf.linalg.band_part(tf.ones([length, length], tf.bool), -1, 0)[None, None]   # [1, 1, T, T]
+        weights = None
+        for i, block in enumerate(self.blocks):
+            h = block["self_norm"](x)
+            att, _ = self._attend(self._split(block["self_q"](h)), self._split(block["self_k"](h)),
+                                  self._split(block["self_v"](h)), causal)
+            x = x + self.dropout_layer(block["self_o"](self._merge(att)), training=training)
+            x, weights = self._cross_and_ffn(x, block, i, context, training)
+        logits = self.logits_layer(self.final_norm(x))
+        attention = tf.reduce_mean(weights, axis=1) if self.has_attention else None       # [B, T, L]
+        return logits, attention
+
+    def step(self, tokens, states, context):
+        position, caches = states[0], list(states[1:])
+        tokens = tf.convert_to_tensor(tokens, tf.int32)
+        x = self._embed(tokens[:, None], position[:, None], False)                         # [B, 1, D]
+        slot = tf.one_hot(position, self.max_positions, on_value=True, off_value=False, dtype=tf.bool)  # [B, P]
+        visible = tf.sequence_mask(position + 1, self.max_positions)[:, None, None, :]     # [B, 1, 1, P]
+        new_caches = []
+        weights = None
+        for i, block in enumerate(self.blocks):
+            h = block["self_norm"](x)
+            k_cache = tf.where(slot[:, None, :, None], self._split(block["self_k"](h)), caches[2 * i])
+            v_cache = tf.where(slot[:, None, :, None], self._split(block["self_v"](h)), caches[2 * i + 1])
+            new_caches += [k_cache, v_cache]
+            att, _ = self._attend(self._split(block["self_q"](h)), k_cache, v_cache, visible)
+            x = x + block["self_o"](self._merge(att))
+            x, weights = self._cross_and_ffn(x, block, i, context, False)
+        logits = self.logits_layer(self.final_norm(x))[:, 0]
+        attention = tf.reduce_mean(weights, axis=1)[:, 0] if self.has_attention else None  # [B, L]
+        return logits, [position + 1] + new_caches, attention
+
+
+def _sinusoidal_positions(positions: int, width: int):
+    """The original Transformer's sinusoidal position table [positions, width] (float32)."""
+    import numpy as np
+    pos = np.arange(positions)[:, None].astype("float64")
+    i = np.arange(width)[None, :]
+    angle = pos / np.power(10000.0, (2 * (i // 2)) / width)
+    table = np.where(i % 2 == 0, np.sin(angle), np.cos(angle))
+    return table.astype("float32")
+
+
+_MODELS = {"merge": MergeModel, "inject": InjectModel, "attention": AttentionModel,
+           "transformer": TransformerModel}
 
 
 def build_model(config: ModelConfig, dtype_policy: Optional[str] = None) -> CaptionModel:

@@ -12,7 +12,12 @@ from typing import Dict, List, Optional
 
 from model import gfile
 
-ARCHITECTURES = ("merge", "inject", "attention")
+ARCHITECTURES = ("merge", "inject", "attention", "transformer")
+POSITIONS = ("learned", "sinusoidal")
+OBJECTIVES = ("xent", "scst")
+SELECT_BY = ("loss", "cider")
+BASELINES = ("mean", "greedy")
+SCST_LEARNING_RATE = 5e-5   # the default --learning-rate of --objective scst (xent: 1e-3)
 STRATEGIES = ("auto", "one_device", "mirrored", "multiworker")
 LR_SCHEDULES = ("constant", "cosine", "exponential")
 CONFIG_FILE = "config.json"
@@ -38,6 +43,9 @@ class ModelConfig:
     dropout: float = 0.5
     attention_units: int = 256           # attention MLP width (attention only)
     attention_lambda: float = 1.0        # doubly-stochastic regularisation weight (attention only)
+    heads: int = 4                       # attention heads (transformer only; must divide units)
+    ffn_units: int = 0                   # feed-forward width (transformer only; 0 = 4 x units)
+    positions: str = "learned"           # caption positions: learned or sinusoidal (transformer only)
     # from features_spec.json: how to turn an image into the features this model reads
     encoder: str = ""
     encoder_weights: str = ""
@@ -61,9 +69,15 @@ class ModelConfig:
         if self.arch != "attention" and len(self.feature_shape) != 1:
             # merge/inject read a vector; a map is mean-pooled over its locations.
             pass
-        for name in ("embedding_dim", "units", "num_layers", "attention_units"):
+        for name in ("embedding_dim", "units", "num_layers", "attention_units", "heads"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.ffn_units < 0:
+            raise ValueError(f"--ffn-units must be >= 0, got {self.ffn_units}")
+        if self.positions not in POSITIONS:
+            raise ValueError(f"--positions must be one of {', '.join(POSITIONS)}, got {self.positions!r}")
+        if self.arch == "transformer" and self.units % self.heads:
+            raise ValueError(f"--heads {self.heads} must divide --units {self.units} (the transformer's width)")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}")
         return self
@@ -100,7 +114,17 @@ class ModelConfig:
         """The fields that must match for a checkpoint to be resumable."""
         keep = ("arch", "vocab_size", "feature_shape", "embedding_dim", "units", "num_layers",
                 "attention_units")
-        return {k: getattr(self, k) for k in keep}
+        fields_ = {k: getattr(self, k) for k in keep}
+        if self.arch == "transformer":
+            fields_.update(heads=self.heads, ffn_units=self.ffn_units, positions=self.positions,
+                           max_positions=self.max_positions)
+        return fields_
+
+    @property
+    def max_positions(self) -> int:
+        """Caption positions a transformer has (position table, key-value cache): the longest training
+        caption with room to spare, at least 64."""
+        return max(64, int(self.max_length) + 16)
 
 
 @dataclass
@@ -130,6 +154,17 @@ class TrainConfig:
     mixed_precision: bool = False
     seed: int = 42
     stop_after_steps: Optional[int] = None  # debug: stop (after a checkpoint) once the global step reaches N
+    objective: str = "xent"                # xent (cross-entropy) | scst (self-critical, from --init-from)
+    select_by: str = ""                    # best model / early stopping: loss | cider ("" = loss; scst: cider)
+    init_from: str = ""                    # scst: the trained model dir to fine-tune
+    samples: int = 5                       # scst: captions sampled per image (K)
+    baseline: str = "mean"                 # scst: mean (of the other K-1 samples) | greedy (the greedy caption)
+    temperature: float = 1.0               # scst: sampling temperature
+
+    @property
+    def selection(self) -> str:
+        """What picks the best model: ``select_by``, or its default (dev loss; dev CIDEr-D for scst)."""
+        return self.select_by or ("cider" if self.objective == "scst" else "loss")
 
     def validate(self) -> "TrainConfig":
         if self.lr_schedule not in LR_SCHEDULES:
@@ -149,6 +184,31 @@ class TrainConfig:
             raise ValueError(f"--cpu-replicas must be >= 0, got {self.cpu_replicas}")
         if self.cpu_replicas > 1 and self.strategy not in ("auto", "mirrored"):
             raise ValueError("--cpu-replicas applies to --strategy mirrored (or auto)")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if self.select_by and self.select_by not in SELECT_BY:
+            raise ValueError(f"--select-by must be one of {', '.join(SELECT_BY)}, got {self.select_by!r}")
+        if self.objective == "scst":
+            if not self.init_from:
+                raise ValueError("--objective scst needs --init-from MODEL_DIR: self-critical training fine-tunes "
+                                 "a model trained with cross-entropy (`captionbeam train --objective xent`)")
+            if self.select_by == "loss":
+                raise ValueError("--select-by loss: --objective scst has no loss to select by; use --select-by "
+                                 "cider (its default)")
+            if self.baseline not in BASELINES:
+                raise ValueError(f"--baseline must be one of {', '.join(BASELINES)}, got {self.baseline!r}")
+            if self.samples < 1:
+                raise ValueError(f"--samples must be >= 1, got {self.samples}")
+            if self.baseline == "mean" and self.samples < 2:
+                raise ValueError(f"--samples {self.samples}: the mean baseline (--baseline mean) averages the other "
+                                 f"samples of the image, so it needs --samples 2 or more (or --baseline greedy)")
+            if self.temperature <= 0:
+                raise ValueError(f"--temperature must be > 0, got {self.temperature}")
+        elif self.init_from:
+            raise ValueError("--init-from applies to --objective scst (cross-entropy training resumes from "
+                             "--model-dir's own checkpoints)")
+        if self.selection == "cider" and (not self.val_split or self.val_split.lower() == "none"):
+            raise ValueError("--select-by cider needs a validation split (--val-split)")
         return self
 
     def to_json(self) -> str:

@@ -158,6 +158,35 @@ def training_dataset(files: Sequence[str], feature_shape: Sequence[int], batch_s
     return ds.with_options(options).prefetch(AUTOTUNE)
 
 
+def image_dataset(files: Sequence[str], feature_shape: Sequence[int], batch_size: int, *, seed: int,
+                  shuffle_buffer: int = 2000, num_pipelines: int = 1, pipeline_index: int = 0,
+                  skip_batches: int = 0) -> tf.data.Dataset:
+    """Infinite stream of batches of *images* (self-critical training): ``feature`` [B, *feature_shape]
+    and ``refs`` [B, R, L] int32, every caption of the image (``<start>`` ... ``<end>``, ``<pad>``-padded;
+    images with fewer captions get all-``<pad>`` rows). Sharded, shuffled and skippable like
+    :func:`training_dataset` (deterministic per ``seed``)."""
+    files, by_file = _shard_files(list(files), num_pipelines, pipeline_index)
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if len(files) > 1:
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=max(1, min(len(files), 8)), block_length=1,
+                       num_parallel_calls=AUTOTUNE, deterministic=True)
+    if not by_file:
+        ds = ds.shard(num_pipelines, pipeline_index)
+    ds = ds.map(lambda s: records.parse_training_example(s, feature_shape), num_parallel_calls=AUTOTUNE,
+                deterministic=True)
+    ds = ds.map(lambda p: {"feature": p["feature"], "refs": p["captions"].to_tensor(PAD_ID)})
+    ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
+    ds = ds.padded_batch(batch_size, padded_shapes={"feature": list(feature_shape), "refs": [None, None]},
+                         padding_values={"feature": 0.0, "refs": PAD_ID}, drop_remainder=True)
+    if skip_batches:
+        ds = ds.skip(skip_batches)
+    options = tf.data.Options()
+    options.deterministic = True
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return ds.with_options(options).prefetch(AUTOTUNE)
+
+
 def evaluation_dataset(files: Sequence[str], feature_shape: Sequence[int], batch_size: int) -> tf.data.Dataset:
     """Every caption of a split once, in file order, padded batches (last one partial)."""
     ds = tf.data.TFRecordDataset(list(files), num_parallel_reads=min(len(files), 8))

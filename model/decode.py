@@ -93,6 +93,44 @@ def greedy_search(model, features, max_length: int) -> Dict[str, tf.Tensor]:
     return out
 
 
+def sample_search(model, features, max_length: int, seed, temperature: float = 1.0) -> Dict[str, tf.Tensor]:
+    """Batched multinomial sampling (self-critical training): each step draws the next token from
+    ``softmax(logits / temperature)`` (``<pad>``/``<start>`` masked) with ``tf.random.stateless_categorical``
+    seeded by ``seed`` ([2] int, folded with the step: the same seed gives the same captions).
+    -> tokens [B, T] int32 (T <= max_length, ``<end>`` included when drawn, then ``<pad>``), length [B],
+    finished [B]. Graph-building; call inside a tf.function."""
+    if max_length < 1:
+        raise ValueError(f"max_length must be >= 1, got {max_length}")
+    if temperature <= 0:
+        raise ValueError(f"--temperature must be > 0, got {temperature}")
+    context = model.encode(features, training=False)
+    states = list(model.initial_state(context))
+    batch = _batch_size(context)
+    mask = _token_mask(model.config.vocab_size)
+    seed = tf.cast(tf.convert_to_tensor(seed), tf.int64)
+
+    def cond(t, tokens, states, finished, length, ta_tokens):
+        return tf.logical_and(t < max_length, tf.logical_not(tf.reduce_all(finished)))
+
+    def body(t, tokens, states, finished, length, ta_tokens):
+        logits, new_states, _ = model.step(tokens, list(states), context)
+        scaled = tf.cast(logits, tf.float32) / temperature + mask
+        step_seed = tf.random.experimental.stateless_fold_in(seed, tf.cast(t, tf.int64))
+        nxt = tf.cast(tf.random.stateless_categorical(scaled, 1, step_seed)[:, 0], tf.int32)
+        nxt = tf.where(finished, PAD_ID, nxt)
+        length = length + tf.cast(tf.logical_not(finished), tf.int32)
+        ta_tokens = ta_tokens.write(t, nxt)
+        finished = tf.logical_or(finished, tf.equal(nxt, END_ID))
+        return t + 1, nxt, new_states, finished, length, ta_tokens
+
+    loop_vars = (tf.constant(0), tf.fill([batch], tf.constant(START_ID, tf.int32)), states,
+                 tf.zeros([batch], tf.bool), tf.zeros([batch], tf.int32),
+                 tf.TensorArray(tf.int32, size=0, dynamic_size=True, element_shape=[None]))
+    t, _, _, finished, length, ta_tokens = tf.while_loop(cond, body, loop_vars, maximum_iterations=max_length)
+    tokens = tf.reshape(tf.transpose(ta_tokens.stack(), [1, 0]), [batch, t])
+    return {"tokens": tokens, "length": length, "finished": finished}
+
+
 def _length_penalty(length, alpha: float):
     if alpha == 0.0:
         return tf.ones_like(tf.cast(length, tf.float32))
@@ -219,6 +257,10 @@ class Decoder:
             max_length = default_max_length(model.config)
         if max_length < 1:
             raise ValueError(f"--max-length must be >= 1, got {max_length}")
+        limit = getattr(model, "max_positions", None)     # a transformer's position table / key-value cache
+        if limit is not None and max_length > limit:
+            raise ValueError(f"--max-length {max_length}: this {model.config.arch} model has {limit} positions; "
+                             f"use --max-length {limit} or less")
         if alpha < 0:
             raise ValueError(f"--length-penalty must be >= 0, got {alpha}")
         self.model = model

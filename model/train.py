@@ -63,8 +63,12 @@ def weights_digest(model) -> str:
 def train(cfg, model_overrides) -> Dict[str, object]:
     """Train (or resume) into ``cfg.model_dir``. ``model_overrides``: a ``ModelConfig`` with the
     architecture fields set (vocab size, feature shape, encoder ... are filled from ``cfg.data``).
-    Returns a summary dict (also logged)."""
+    Returns a summary dict (also logged). Cross-entropy only: ``--objective scst`` is
+    ``model.scst.train_scst``."""
     cfg.validate()
+    if cfg.objective != "xent":
+        raise ValueError(f"--objective {cfg.objective}: model.train.train is cross-entropy training; self-critical "
+                         f"training is model.scst.train_scst")
     from model.distribute import make_strategy
     dist = make_strategy(cfg.strategy, cfg.cpu_replicas)     # first: logical CPUs before TF initialises devices
 
@@ -126,8 +130,10 @@ def train(cfg, model_overrides) -> Dict[str, object]:
     ckpt = Checkpointer(model_dir, model, optimizer, state, dist.is_chief, dist.worker_index, cfg.keep_checkpoints)
     restored = ckpt.restore()
     if restored:
-        log.info("resumed from %s: step %d, %d epoch(s) done, best val loss %.4f",
-                 restored, int(state.step), int(state.epoch), float(state.best_val))
+        by_cider = cfg.selection == "cider"
+        log.info("resumed from %s: step %d, %d epoch(s) done, best %s %.4f", restored, int(state.step),
+                 int(state.epoch), "dev CIDEr-D" if by_cider else "val loss",
+                 -float(state.best_val) if by_cider else float(state.best_val))
     else:
         log.info("starting from scratch (no checkpoint in %s)", ckpt.directory)
 
@@ -190,6 +196,13 @@ def train(cfg, model_overrides) -> Dict[str, object]:
         mask = tf.cast(tf.not_equal(batch["target"], 0), tf.float32)
         nll = tf.nn.sparse_softmax_cross_entropy_with_logits(batch["target"], logits) * mask
         return tf.reduce_sum(nll), tf.reduce_sum(mask)
+
+    split_cider = None
+    if cfg.selection == "cider" and val_split is not None:
+        from model.selection import SplitCider
+        split_cider = SplitCider(model, val_split.files, info.feature_shape, batch_size=max(global_batch, 64),
+                                 max_images=cfg.max_val_batches * max(global_batch, 64) if cfg.max_val_batches
+                                 else None)
 
     def evaluate() -> Optional[float]:
         # Every worker evaluates the whole split locally with the same weights: same number everywhere.
@@ -278,6 +291,9 @@ def train(cfg, model_overrides) -> Dict[str, object]:
             record["first_loss"] = first_loss
         improved = False
         monitored = val_loss if val_loss is not None else train_loss
+        if split_cider is not None:
+            record["val_cider"] = split_cider()[0]
+            monitored = -record["val_cider"]            # best_val holds minus the best dev CIDEr-D
         if monitored < float(state.best_val) - cfg.min_delta:
             state.best_val.assign(monitored)
             state.bad_epochs.assign(0)
@@ -285,9 +301,10 @@ def train(cfg, model_overrides) -> Dict[str, object]:
         else:
             state.bad_epochs.assign_add(1)
         state.epoch.assign(epoch + 1)
-        log.info("epoch %d/%d done in %s: train loss %.4f, %s loss %s, %s tokens/s%s", epoch + 1, cfg.epochs,
+        log.info("epoch %d/%d done in %s: train loss %.4f, %s loss %s%s, %s tokens/s%s", epoch + 1, cfg.epochs,
                  format_duration(seconds), train_loss, cfg.val_split,
-                 f"{val_loss:.4f}" if val_loss is not None else "-", f"{record['tokens_per_s']:,.0f}",
+                 f"{val_loss:.4f}" if val_loss is not None else "-",
+                 f", CIDEr-D {record['val_cider']:.4f}" if "val_cider" in record else "", f"{record['tokens_per_s']:,.0f}",
                  " (best: exported)" if improved else f" (no improvement for {int(state.bad_epochs)} epoch(s))")
         if dist.is_chief:
             history.append(record)
@@ -317,8 +334,9 @@ def train(cfg, model_overrides) -> Dict[str, object]:
     if writers:
         for w in writers.values():
             w.flush()
+    best_key = "best_val_cider" if cfg.selection == "cider" else "best_val_loss"
     summary = {"model_dir": model_dir, "arch": config.arch, "step": int(state.step), "epochs": int(state.epoch),
-               "best_val_loss": float(state.best_val), "resumed_from": start_step,
+               best_key: -float(state.best_val) if cfg.selection == "cider" else float(state.best_val), "resumed_from": start_step,
                "final_train_loss": history[-1]["train_loss"] if history else None,
                "worker": dist.worker_index, "weights_sha256": weights_digest(model),
                "seconds": round(time.perf_counter() - t_start, 1), "stopped_by": stopped_by}

@@ -1,27 +1,31 @@
-"""The three architectures and their step interface (what decoding builds on)."""
+"""The four architectures and their step interface (what decoding builds on)."""
 import numpy as np
 import pytest
 
 from model.config import ModelConfig
 
 CASES = [
-    ("merge", [16], 1),
-    ("merge", [2, 2, 16], 2),      # a map is mean-pooled for merge/inject
-    ("inject", [16], 2),
-    ("attention", [2, 3, 16], 1),  # (H, W, C)
-    ("attention", [5, 16], 2),     # (L, C)
+    ("merge", [16], 1, "learned"),
+    ("merge", [2, 2, 16], 2, "learned"),      # a map is mean-pooled for merge/inject
+    ("inject", [16], 2, "learned"),
+    ("attention", [2, 3, 16], 1, "learned"),  # (H, W, C)
+    ("attention", [5, 16], 2, "learned"),     # (L, C)
+    ("transformer", [2, 3, 16], 2, "learned"),      # cross-attention over 6 regions
+    ("transformer", [16], 1, "learned"),            # one region: a pooled vector
+    ("transformer", [5, 16], 3, "sinusoidal"),
 ]
 
 
-def _config(arch, shape, layers):
+def _config(arch, shape, layers, positions="learned"):
     return ModelConfig(arch=arch, vocab_size=23, max_length=8, feature_shape=shape, units=32,
-                       embedding_dim=24, num_layers=layers, attention_units=16, dropout=0.5)
+                       embedding_dim=24, num_layers=layers, attention_units=16, dropout=0.5, heads=4,
+                       positions=positions)
 
 
-@pytest.mark.parametrize("arch,shape,layers", CASES)
-def test_step_reproduces_teacher_forcing(arch, shape, layers):
+@pytest.mark.parametrize("arch,shape,layers,positions", CASES)
+def test_step_reproduces_teacher_forcing(arch, shape, layers, positions):
     from model.architectures import build_model
-    model = build_model(_config(arch, shape, layers))
+    model = build_model(_config(arch, shape, layers, positions))
     rng = np.random.default_rng(0)
     features = rng.normal(size=(4, *shape)).astype("float32")
     tokens = rng.integers(4, 23, size=(4, 7)).astype("int32")
@@ -43,7 +47,7 @@ def test_step_reproduces_teacher_forcing(arch, shape, layers):
     stepped = np.stack(logits, 1)
     valid = tokens != 0
     np.testing.assert_allclose(stepped[valid], full.numpy()[valid], atol=1e-5)
-    if arch == "attention":
+    if arch == "attention" or (arch == "transformer" and len(shape) > 1):
         assert model.has_attention and attention.shape == (4, 7, model.locations)
         np.testing.assert_allclose(attention.numpy().sum(-1), 1.0, atol=1e-5)
         np.testing.assert_allclose(np.stack([a.numpy() for a in alphas], 1)[valid], attention.numpy()[valid],
@@ -82,7 +86,7 @@ def test_attention_needs_a_feature_map():
 def test_unknown_arch():
     from model.architectures import build_model
     with pytest.raises(ValueError, match="--arch"):
-        build_model(_config("transformer", [16], 1))
+        build_model(_config("nosuch", [16], 1))
 
 
 def test_weights_round_trip(tmp_path):
@@ -95,3 +99,23 @@ def test_weights_round_trip(tmp_path):
     f = np.random.rand(2, 2, 2, 16).astype("float32")
     t = np.array([[2, 5, 6], [2, 7, 0]], "int32")
     np.testing.assert_allclose(a((f, t)).numpy(), b((f, t)).numpy(), atol=1e-6)
+
+
+def test_transformer_checks_heads_and_positions():
+    from model.architectures import build_model
+    with pytest.raises(ValueError, match="--heads 5 must divide --units 32"):
+        build_model(ModelConfig(arch="transformer", vocab_size=23, max_length=8, feature_shape=[16], units=32,
+                                heads=5))
+    with pytest.raises(ValueError, match="--positions"):
+        build_model(ModelConfig(arch="transformer", vocab_size=23, max_length=8, feature_shape=[16], units=32,
+                                positions="rotary"))
+
+
+def test_transformer_decoder_refuses_more_steps_than_positions():
+    from model.architectures import build_model
+    from model.decode import Decoder
+    model = build_model(_config("transformer", [16], 1))
+    assert model.max_positions == 64
+    Decoder(model, max_length=64)
+    with pytest.raises(ValueError, match="--max-length 65: this transformer model has 64 positions"):
+        Decoder(model, max_length=65)

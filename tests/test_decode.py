@@ -1,4 +1,4 @@
-"""Batched greedy and beam search (model.decode) on tiny fitted models of all three architectures."""
+"""Batched greedy and beam search (model.decode) on tiny fitted models of all four architectures."""
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -7,7 +7,7 @@ from model.decode import Decoder, beam_search, greedy_search, tokens_to_strings
 from model.vocab import END_ID, PAD_ID, START_ID
 from tests.plugins.decoding import CAPTIONS, decoding_vocab, synthetic_batch
 
-ARCHS = ("merge", "inject", "attention")
+ARCHS = ("merge", "inject", "attention", "transformer")
 
 
 def _features(model, n=12, seed=5):
@@ -28,8 +28,8 @@ def test_greedy_decodes_the_learned_captions_and_stops_at_end(fitted_models, arc
         assert START_ID not in row[:length] and PAD_ID not in row[:length]
     # the loop stopped when the longest caption ended, not at max_length
     assert out.tokens.shape[1] == max(len(CAPTIONS[k].split()) for k in classes) + 1
-    assert (out.attention is not None) == (arch == "attention")
-    if arch == "attention":
+    assert (out.attention is not None) == (arch in ("attention", "transformer"))
+    if out.attention is not None:
         assert out.attention.shape == (len(feats), out.tokens.shape[1], 4)
         for att, length in zip(out.attention, out.length):
             np.testing.assert_allclose(att[:length].sum(-1), 1.0, atol=1e-5)
@@ -69,7 +69,7 @@ def test_beam_size_one_is_greedy(fitted_models, arch):
     np.testing.assert_array_equal(g["tokens"].numpy(), b["tokens"].numpy())
     np.testing.assert_allclose(g["log_prob"].numpy(), b["log_prob"].numpy(), rtol=1e-6)
     np.testing.assert_array_equal(g["length"].numpy(), b["length"].numpy())
-    if arch == "attention":
+    if model.has_attention:
         np.testing.assert_allclose(g["attention"].numpy(), b["attention"].numpy(), atol=1e-6)
 
 
@@ -101,7 +101,7 @@ def test_batched_equals_per_image(fitted_models, arch, beam):
         assert int(batched.length[i]) == n
         np.testing.assert_array_equal(batched.tokens[i, :n], one.tokens[0, :n])
         assert batched.log_prob[i] == pytest.approx(float(one.log_prob[0]), abs=1e-4)
-        if arch == "attention":
+        if model.has_attention:
             np.testing.assert_allclose(batched.attention[i, :n], one.attention[0, :n], atol=1e-5)
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from tests.plugins.training import TINY
 
-ARCHS = ("merge", "inject", "attention")
+ARCHS = ("merge", "inject", "attention", "transformer")
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -50,7 +50,7 @@ def test_model_dir_contract_and_load_trained(trained_model_dirs, arch):
     assert vocab == Vocabulary.load(os.path.join(data, "vocab.txt")) and config.vocab_size == len(vocab)
     assert config.encoder == spec.encoder == FeaturesSpec.load(data).encoder
     assert config.feature_shape == spec.feature_shape and config.image_size == spec.image_size
-    assert (len(config.feature_shape) == 3) == (arch == "attention")
+    assert (len(config.feature_shape) == 3) == (arch in ("attention", "transformer"))
     # the loaded best weights reproduce the best validation loss recorded in history.json
     with open(os.path.join(model_dir, "history.json")) as f:
         best = min(e["val_loss"] for e in json.load(f)["epochs"])
@@ -110,7 +110,7 @@ def test_bad_inputs_fail_clearly(synthetic_data, tmp_path, capsys):
     assert "--mixed-precision needs a GPU" in capsys.readouterr().err
 
     with pytest.raises(SystemExit):
-        _cli("--data", synthetic_data, "--model-dir", out, "--arch", "transformer")
+        _cli("--data", synthetic_data, "--model-dir", out, "--arch", "nosuch")
     assert "--arch" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         _cli("--data", synthetic_data, "--model-dir", out, "--batch-size", "0")
@@ -122,3 +122,23 @@ def test_a_model_dir_holding_another_model_is_not_resumed(synthetic_model_dir, s
     shutil.copytree(synthetic_model_dir, model_dir)
     assert _cli("--data", synthetic_data, "--model-dir", model_dir, "--units", "48", "--epochs", "7") == 2
     assert "holds a different model" in capsys.readouterr().err
+
+
+def test_select_by_cider_keeps_the_best_dev_cider_weights(synthetic_data, tmp_path):
+    """``--select-by cider``: dev CIDEr-D of greedy captions each epoch picks best.weights.h5."""
+    from model.data import split_files
+    from model.model_dir import load_trained
+    from model.selection import SplitCider
+    out = tmp_path / "by_cider"
+    assert _cli("--data", synthetic_data, "--model-dir", str(out), *TINY, "--epochs", "4", "--steps-per-epoch", "6",
+                "--batch-size", "32", "--learning-rate", "0.01", "--select-by", "cider",
+                "--early-stopping-patience", "0", "--strategy", "one_device") == 0
+    epochs = json.load(open(out / "history.json"))["epochs"]
+    cider = [e["val_cider"] for e in epochs]
+    assert len(cider) == 4 and max(cider) > cider[0] and max(cider) > 1.0
+    model, config, _, _ = load_trained(str(out), which="best")
+    best = SplitCider(model, split_files(synthetic_data, "dev"), config.feature_shape)()[0]
+    assert best == pytest.approx(max(cider), abs=1e-6)
+    last, _, _, _ = load_trained(str(out), which="last")
+    assert SplitCider(last, split_files(synthetic_data, "dev"), config.feature_shape)()[0] == \
+        pytest.approx(cider[-1], abs=1e-6)

@@ -12,11 +12,11 @@ from typing import Dict
 from launch.arg_types import non_negative_float, non_negative_int, positive_float, positive_int, rate, output_dir
 from launch.command_args import CommandError
 
-HELP = "train a merge / inject / attention captioner with tf.distribute, streaming TFRecords"
+HELP = "train a merge / inject / attention / transformer captioner with tf.distribute, streaming TFRecords"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from model.config import ARCHITECTURES, LR_SCHEDULES, STRATEGIES
+    from model.config import ARCHITECTURES, BASELINES, LR_SCHEDULES, OBJECTIVES, POSITIONS, SELECT_BY, STRATEGIES
     io = parser.add_argument_group("input and output")
     io.add_argument("--data", required=True,
                     help="training data directory from `captionbeam captions --features` (local or gs://): "
@@ -33,15 +33,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     m = parser.add_argument_group("model (defaults: the classic tutorial's merge model)")
     m.add_argument("--arch", default="merge", choices=ARCHITECTURES,
                    help="merge (tutorial / Tanti et al.), inject (Show and Tell), attention (Show, Attend and "
-                        "Tell; needs a spatial feature map) (default: merge)")
-    m.add_argument("--units", type=positive_int, default=256, help="LSTM / projection units (default: 256)")
+                        "Tell; needs a spatial feature map), transformer (decoder-only Transformer, cross-attention "
+                        "over the map's regions or one region for a vector) (default: merge)")
+    m.add_argument("--units", type=positive_int, default=256,
+                   help="LSTM / projection units; the transformer's width (default: 256)")
     m.add_argument("--embedding-dim", type=positive_int, default=256, help="word embedding size (default: 256)")
-    m.add_argument("--layers", type=positive_int, default=1, help="stacked LSTM layers (default: 1)")
+    m.add_argument("--layers", type=positive_int, default=1,
+                   help="stacked LSTM layers; transformer blocks (default: 1)")
     m.add_argument("--dropout", type=rate, default=0.5, help="dropout rate (default: 0.5)")
     m.add_argument("--attention-units", type=positive_int, default=256,
                    help="attention MLP width, attention only (default: 256)")
     m.add_argument("--attention-lambda", type=non_negative_float, default=1.0,
                    help="doubly-stochastic attention regularisation weight, attention only (default: 1.0)")
+    m.add_argument("--heads", type=positive_int, default=4,
+                   help="attention heads, transformer only; must divide --units (default: 4)")
+    m.add_argument("--ffn-units", type=non_negative_int, default=0,
+                   help="feed-forward width, transformer only; 0 = 4 x --units (default: 0)")
+    m.add_argument("--positions", default="learned", choices=POSITIONS,
+                   help="caption position encoding, transformer only: learned or sinusoidal (default: learned)")
 
     t = parser.add_argument_group("training")
     t.add_argument("--epochs", type=positive_int, default=20, help="maximum epochs (default: 20)")
@@ -49,7 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="steps per epoch (default: one pass over the training captions at the global batch)")
     t.add_argument("--batch-size", type=positive_int, default=64,
                    help="examples (captions) per replica; global batch = this x replicas (default: 64)")
-    t.add_argument("--learning-rate", type=positive_float, default=1e-3, help="Adam learning rate (default: 1e-3)")
+    t.add_argument("--learning-rate", type=positive_float, default=None,
+                   help="Adam learning rate (default: 1e-3; 5e-5 with --objective scst)")
     t.add_argument("--lr-schedule", default="constant", choices=LR_SCHEDULES,
                    help="constant, cosine (to 1%% over all epochs) or exponential (x --lr-decay-rate per epoch) "
                         "(default: constant)")
@@ -70,6 +80,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--seed", type=int, default=42, help="random seed: weights, dropout, shuffling (default: 42)")
     t.add_argument("--mixed-precision", action="store_true",
                    help="bfloat16 compute with float32 weights (GPU only; an error on CPU)")
+
+    o = parser.add_argument_group("objective and model selection")
+    o.add_argument("--objective", default="xent", choices=OBJECTIVES,
+                   help="xent: cross-entropy (teacher forcing); scst: self-critical sequence training, REINFORCE "
+                        "with the CIDEr-D of sampled captions, fine-tuning --init-from (default: xent)")
+    o.add_argument("--init-from", metavar="MODEL_DIR", default="",
+                   help="scst: the trained model dir to fine-tune (any architecture; its vocabulary must be --data's)")
+    o.add_argument("--samples", type=positive_int, default=5,
+                   help="scst: captions sampled per image, K (default: 5); --batch-size counts images with scst")
+    o.add_argument("--baseline", default="mean", choices=BASELINES,
+                   help="scst: reward baseline: mean of the image's other K-1 samples, or its greedy caption's "
+                        "reward (default: mean)")
+    o.add_argument("--temperature", type=positive_float, default=1.0,
+                   help="scst: sampling temperature (default: 1.0)")
+    o.add_argument("--select-by", default="", choices=("",) + SELECT_BY, metavar="{loss,cider}",
+                   help="what picks best.weights.h5 and drives early stopping: dev loss, or dev CIDEr-D of greedy "
+                        "captions (default: loss; cider with --objective scst)")
 
     d = parser.add_argument_group("distribution")
     d.add_argument("--strategy", default="auto", choices=STRATEGIES,
@@ -92,7 +119,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 # ModelConfig field -> the dest of its flag
 _MODEL_FLAGS = {"arch": "arch", "units": "units", "embedding_dim": "embedding_dim", "num_layers": "layers",
-                "dropout": "dropout", "attention_units": "attention_units", "attention_lambda": "attention_lambda"}
+                "dropout": "dropout", "attention_units": "attention_units", "attention_lambda": "attention_lambda",
+                "heads": "heads", "ffn_units": "ffn_units", "positions": "positions"}
 
 
 @dataclass(frozen=True)
@@ -104,16 +132,19 @@ class TrainJob:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainJob:
-    from model.config import ModelConfig, TrainConfig
+    from model.config import SCST_LEARNING_RATE, ModelConfig, TrainConfig
     cfg = TrainConfig(
         data=args.data, model_dir=args.model_dir, train_split=args.train_split, val_split=args.val_split,
         epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
-        learning_rate=args.learning_rate, lr_schedule=args.lr_schedule, lr_decay_rate=args.lr_decay_rate,
+        learning_rate=args.learning_rate or (SCST_LEARNING_RATE if args.objective == "scst" else 1e-3),
+        lr_schedule=args.lr_schedule, lr_decay_rate=args.lr_decay_rate,
         clip_norm=args.clip_norm, early_stopping_patience=args.early_stopping_patience, min_delta=args.min_delta,
         checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints, log_every=args.log_every,
         shuffle_buffer=args.shuffle_buffer, bucket_by_length=args.bucket_by_length,
         max_val_batches=args.max_val_batches, strategy=args.strategy, cpu_replicas=args.cpu_replicas or 0,
-        mixed_precision=args.mixed_precision, seed=args.seed, stop_after_steps=args.stop_after_steps)
+        mixed_precision=args.mixed_precision, seed=args.seed, stop_after_steps=args.stop_after_steps,
+        objective=args.objective, init_from=args.init_from, samples=args.samples, baseline=args.baseline,
+        temperature=args.temperature, select_by=args.select_by)
     model = ModelConfig(**{field: getattr(args, dest) for field, dest in _MODEL_FLAGS.items()})
     return TrainJob(train=cfg, model=model)
 
@@ -130,6 +161,9 @@ def run(job: TrainJob) -> Dict[str, object]:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         job.train.validate()
+        if job.train.objective == "scst":
+            from model.scst import train_scst
+            return train_scst(job.train)
         from model.train import train
         return train(job.train, job.model)
     except (FileNotFoundError, ValueError) as e:

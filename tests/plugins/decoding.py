@@ -2,7 +2,7 @@
 
 - ``fitted_models``: dict arch -> tiny ``CaptionModel`` fitted in-process for a few hundred steps on
   a synthetic task whose captions have different lengths per image class, so decoding meets ``<end>``
-  at different steps (merge and inject read 8-d vectors, attention a 2x2x8 map).
+  at different steps (merge and inject read 8-d vectors, attention and transformer a 2x2x8 map).
 - ``image_model_dir``: a model directory with a real encoder (``mobilenet`` at 32 px, seeded
   ``--weights none``) and a merge decoder fitted on that encoder's features of a few drawn images:
   for ``caption``, the ``Captioner`` and the export.
@@ -77,8 +77,9 @@ def fit(model, features, classes, vocab, steps=150, lr=0.03):
 
 def tiny_config(arch, feature_shape, vocab, **kw):
     from model.config import ModelConfig
-    return ModelConfig(arch=arch, vocab_size=len(vocab), max_length=10, feature_shape=list(feature_shape),
-                       units=24, embedding_dim=16, attention_units=12, dropout=0.0, **kw)
+    sizes = {"units": 24, "embedding_dim": 16, "attention_units": 12, "dropout": 0.0}
+    sizes.update(kw)
+    return ModelConfig(arch=arch, vocab_size=len(vocab), max_length=10, feature_shape=list(feature_shape), **sizes)
 
 
 @pytest.fixture(scope="session")
@@ -87,11 +88,12 @@ def fitted_models():
     from model.architectures import build_model
     vocab = decoding_vocab()
     out = {}
-    for arch, shape in (("merge", (8,)), ("inject", (8,)), ("attention", (2, 2, 8))):
+    for arch, shape in (("merge", (8,)), ("inject", (8,)), ("attention", (2, 2, 8)), ("transformer", (2, 2, 8))):
         keras.utils.set_random_seed(0)
-        model = build_model(tiny_config(arch, shape, vocab))
+        extra = {"units": 32, "heads": 4, "num_layers": 2} if arch == "transformer" else {}
+        model = build_model(tiny_config(arch, shape, vocab, **extra))
         feats, classes = synthetic_batch(shape, 64, seed=1)
-        loss = fit(model, feats, classes, vocab)
+        loss = fit(model, feats, classes, vocab, lr=0.01 if arch == "transformer" else 0.03)
         assert loss < 0.3, f"{arch} did not learn the synthetic task (loss {loss:.3f})"
         out[arch] = model
     return out
@@ -125,7 +127,7 @@ def write_model_dir(directory, model, vocab, spec):
 @pytest.fixture(scope="session")
 def image_model_dir(tmp_path_factory):
     """dict arch -> model dir with encoder mobilenet (32 px, seeded weights none); merge decoder fitted on
-    drawn images, attention decoder (mobilenet-conv at 64 px: 2x2x1024) with random weights."""
+    drawn images, attention and transformer decoders (mobilenet-conv at 64 px: 2x2x1024) with random weights."""
     import keras
     from model import records
     from model.architectures import build_model
@@ -133,7 +135,8 @@ def image_model_dir(tmp_path_factory):
     vocab = decoding_vocab()
     root = tmp_path_factory.mktemp("image_models")
     out = {}
-    for arch, name, size in (("merge", "mobilenet", 32), ("attention", "mobilenet-conv", 64)):
+    for arch, name, size in (("merge", "mobilenet", 32), ("attention", "mobilenet-conv", 64),
+                             ("transformer", "mobilenet-conv", 64)):
         enc = build_encoder(name, weights="none", image_size=size)
         spec = records.FeaturesSpec(encoder=name, feature_shape=list(enc.feature_shape), image_size=[size, size],
                                     preprocessing=enc.preprocessing, weights="none",

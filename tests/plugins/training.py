@@ -5,7 +5,7 @@ layout) whose captions depend on the features (each image has a class; its capti
 colour and animal, plus a random verb), so learning is real and measurable.
 
 ``trained_model_dirs``: dict arch -> model dir of a tiny model trained for a few seconds (merge and
-inject on vector features, attention on a 2×2 map), for decoding / export tests.
+inject on vector features, attention and transformer on a 2×2 map), for decoding / export tests.
 """
 import json
 import os
@@ -109,22 +109,24 @@ def _train_tiny(data, model_dir, arch, epochs=3, steps=18):
     from model.config import ModelConfig, TrainConfig
     from model.train import train
     train(TrainConfig(data=str(data), model_dir=str(model_dir), epochs=epochs, steps_per_epoch=steps, batch_size=32,
-                      learning_rate=0.01, log_every=10, checkpoint_every=50, shuffle_buffer=500,
-                      early_stopping_patience=0, strategy="one_device", seed=1),
-          ModelConfig(arch=arch, units=32, embedding_dim=32, attention_units=16, dropout=0.1))
+                      learning_rate=0.003 if arch == "transformer" else 0.01, log_every=10, checkpoint_every=50,
+                      shuffle_buffer=500, early_stopping_patience=0, strategy="one_device", seed=1),
+          ModelConfig(arch=arch, units=32, embedding_dim=32, attention_units=16, dropout=0.1,
+                      num_layers=2 if arch == "transformer" else 1))
     return str(model_dir)
 
 
 @pytest.fixture(scope="session")
 def trained_model_dirs(tmp_path_factory, sample_records, sample_records_conv):
     """dict arch -> model dir of a tiny model (32 units) trained in-process for 4 x 30 steps on the
-    captionbeam sample dataset's records (merge / inject: pooled mobilenet vectors; attention: the
-    2x2x1024 mobilenet-conv map). Encoders have random weights, so the captions are learnt mostly as a
-    language model; use ``synthetic_model_dir`` where the image must matter."""
+    captionbeam sample dataset's records (merge / inject: pooled mobilenet vectors; attention and
+    transformer (2 blocks): the 2x2x1024 mobilenet-conv map). Encoders have random weights, so the
+    captions are learnt mostly as a language model; use ``synthetic_model_dir`` where the image must
+    matter."""
     root = tmp_path_factory.mktemp("trained")
     return {arch: _train_tiny(data, root / arch, arch, epochs=4, steps=30)
             for arch, data in (("merge", sample_records), ("inject", sample_records),
-                               ("attention", sample_records_conv))}
+                               ("attention", sample_records_conv), ("transformer", sample_records_conv))}
 
 
 @pytest.fixture(scope="session")
