@@ -337,6 +337,26 @@ def bulk_counters(result) -> Dict[str, int]:
     return {**{name: 0 for name in COUNTERS}, **query_counters(result, NAMESPACE)}
 
 
+def reconcile_with_files(res: "BulkResult") -> None:
+    """When the runner's counters do not add up, count ``captioned`` and ``failed`` again from this run's
+    finalised caption rows and dead letters. Some portable runners lose the metrics of bundles they split
+    (Prism splits stalled bundles eagerly when the machine is loaded); the files are what the run wrote.
+    The file counts replace the counters only where they balance with ``matched`` and ``skipped``."""
+    from apache_beam.io.filesystems import FileSystems
+
+    def lines(path: str) -> int:
+        with FileSystems.open(path, compression_type="uncompressed") as fh:
+            return sum(1 for line in fh if line.strip())
+    captioned = sum(1 for f in res.files.get("captions", []) for _ in _caption_file_rows(f))
+    failed = sum(lines(f) for f in res.files.get("dead_letters", []))
+    c = res.counters
+    if c["matched"] == captioned + c["skipped"] + failed:
+        log.warning("bulk run %s: the runner's counters do not add up (captioned %d, failed %d); the run's files "
+                    "hold %d caption rows and %d dead letters, which do: using those", res.run, c["captioned"],
+                    c["failed"], captioned, failed)
+        res.counters = {**c, "captioned": captioned, "failed": failed}
+
+
 def list_run_files(output: str, run: str, model_version: str) -> Dict[str, List[str]]:
     from pipelines.manifest import manifest_dir
     return {
@@ -456,6 +476,8 @@ def _run_leased(config: BulkConfig, model: ModelInfo, pipeline_args: Sequence[st
                      files=list_run_files(config.output, token, model.model_version))
     if config.format == "parquet":
         res.files["captions"] = drop_empty_parquet(res.files["captions"])
+    if not res.balanced:
+        reconcile_with_files(res)
     res.record_path = run_record_path(config.output, token)
     pio.write_json(res.record_path, {
         "run": token, "started": started.isoformat(), "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(),

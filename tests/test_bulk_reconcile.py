@@ -1,0 +1,34 @@
+"""Bulk's accounting when a runner's counters do not add up (Prism loses the metrics of bundles it splits
+under load): the run's own finalised files are counted instead, but only where they balance."""
+import json
+
+from pipelines.bulk import BulkResult, reconcile_with_files
+from pipelines.bulk_rows import CaptionRow
+
+
+def _write_run(tmp_path, rows: int, dead: int):
+    caps = tmp_path / "captions-run-00000-of-00001.jsonl"
+    caps.write_text("".join(CaptionRow(f"/i/{i}.jpg", str(i), "ab" * 32, "a dog", -1.5, "v1", "mobilenet").to_json() + "\n"
+                            for i in range(rows)))
+    letters = tmp_path / "dead_letters-run-00000-of-00001.jsonl"
+    letters.write_text("".join(json.dumps({"path": f"/bad/{i}", "error": "x", "message": "m", "stage": "decode"}) + "\n"
+                               for i in range(dead)))
+    return {"captions": [str(caps)], "dead_letters": [str(letters)], "manifest": []}
+
+
+def _result(files, **counters):
+    return BulkResult(run="run", model_version="v1", encoder="mobilenet", seconds=1.0, files=files,
+                      counters={"matched": 0, "captioned": 0, "skipped": 0, "failed": 0, **counters})
+
+
+def test_lost_counters_are_recounted_from_the_files(tmp_path):
+    res = _result(_write_run(tmp_path, rows=36, dead=2), matched=40, captioned=29, skipped=2, failed=2)
+    assert not res.balanced
+    reconcile_with_files(res)
+    assert res.balanced and res.counters == {"matched": 40, "captioned": 36, "skipped": 2, "failed": 2}
+
+
+def test_files_that_do_not_balance_either_leave_the_counters_alone(tmp_path):
+    res = _result(_write_run(tmp_path, rows=30, dead=2), matched=40, captioned=29, skipped=2, failed=2)
+    reconcile_with_files(res)
+    assert not res.balanced and res.counters["captioned"] == 29
