@@ -159,3 +159,24 @@ def export_weights(model, path: str) -> None:
         local = os.path.join(tmp, os.path.basename(path))
         model.save_weights(local)
         tf.io.gfile.copy(local, path, overwrite=True)
+
+
+def export_epoch_weights(model, model_dir: str, improved: bool) -> None:
+    """End of an epoch on the chief: ``last.weights.h5`` always, ``best.weights.h5`` when it improved."""
+    from model.model_dir import BEST_WEIGHTS, LAST_WEIGHTS
+    export_weights(model, f"{model_dir}/{LAST_WEIGHTS}")
+    if improved:
+        export_weights(model, f"{model_dir}/{BEST_WEIGHTS}")
+
+
+def end_of_epoch_stop(state, epochs: int, patience: int, epochs_done: int):
+    """Marks ``state.finished`` once the run is over; returns why early stopping ended it, else None.
+    ``epochs_done`` counts the epoch that just ended."""
+    if patience and int(state.bad_epochs) >= patience:
+        reason = f"early stopping: no improvement for {int(state.bad_epochs)} epoch(s)"
+        log.info("%s", reason)
+        state.finished.assign(True)
+        return reason
+    if epochs_done >= epochs:
+        state.finished.assign(True)
+    return None

@@ -114,10 +114,11 @@ def train_scst(cfg) -> Dict[str, object]:
     import tensorflow as tf
     from model import data as data_lib
     from model.architectures import build_model
-    from model.checkpoints import Checkpointer, TrainingState, export_weights
+    from model.checkpoints import (Checkpointer, TrainingState, end_of_epoch_stop, export_epoch_weights,
+                                   export_weights)
     from model.config import TRAIN_CONFIG_FILE
     from model.decode import _token_mask, default_max_length, greedy_search, sample_search
-    from model.model_dir import BEST_WEIGHTS, LAST_WEIGHTS
+    from model.model_dir import BEST_WEIGHTS
     from model.progress import format_duration, load_history, save_history, scalar_summary
     from model.selection import SplitCider
     from model.train import _check_resumable, _lr_schedule, weights_digest
@@ -320,19 +321,12 @@ def train_scst(cfg) -> Dict[str, object]:
                  f" (no improvement for {int(state.bad_epochs)} epoch(s))")
         if dist.is_chief:
             history.append(record)
-            export_weights(model, f"{model_dir}/{LAST_WEIGHTS}")
-            if improved:
-                export_weights(model, f"{model_dir}/{BEST_WEIGHTS}")
+            export_epoch_weights(model, model_dir, improved)
             if writers:
                 with writers["validation"].as_default():
                     scalar_summary("cider", score, int(state.step))
         epoch += 1
-        if cfg.early_stopping_patience and int(state.bad_epochs) >= cfg.early_stopping_patience:
-            stopped_by = f"early stopping: no improvement for {int(state.bad_epochs)} epoch(s)"
-            log.info("%s", stopped_by)
-            state.finished.assign(True)
-        elif epoch >= cfg.epochs:
-            state.finished.assign(True)
+        stopped_by = end_of_epoch_stop(state, cfg.epochs, cfg.early_stopping_patience, epoch)
         save_checkpoint(f"end of epoch {epoch}")
         if dist.is_chief:
             save_history(model_dir, history, {"objective": "scst", "arch": config.arch, "init_from": cfg.init_from,

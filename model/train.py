@@ -76,10 +76,9 @@ def train(cfg, model_overrides) -> Dict[str, object]:
     import tensorflow as tf
     from model import data as data_lib
     from model.architectures import build_model
-    from model.checkpoints import Checkpointer, TrainingState, export_weights
+    from model.checkpoints import Checkpointer, TrainingState, end_of_epoch_stop, export_epoch_weights
     from model.config import TRAIN_CONFIG_FILE
     from model.integrity import bundle_encoder
-    from model.model_dir import BEST_WEIGHTS, LAST_WEIGHTS
     from model.progress import (ProgressMeter, format_duration, load_history, plot_curve, save_history,
                                 scalar_summary)
 
@@ -308,21 +307,14 @@ def train(cfg, model_overrides) -> Dict[str, object]:
                  " (best: exported)" if improved else f" (no improvement for {int(state.bad_epochs)} epoch(s))")
         if dist.is_chief:
             history.append(record)
-            export_weights(model, f"{model_dir}/{LAST_WEIGHTS}")
-            if improved:
-                export_weights(model, f"{model_dir}/{BEST_WEIGHTS}")
+            export_epoch_weights(model, model_dir, improved)
             if writers and val_loss is not None:
                 with writers["validation"].as_default():
                     scalar_summary("loss", val_loss, int(state.step))
                 with writers["train"].as_default():
                     scalar_summary("epoch_loss", train_loss, int(state.step))
         epoch += 1
-        if cfg.early_stopping_patience and int(state.bad_epochs) >= cfg.early_stopping_patience:
-            stopped_by = f"early stopping: no improvement for {int(state.bad_epochs)} epoch(s)"
-            log.info("%s", stopped_by)
-            state.finished.assign(True)
-        elif epoch >= cfg.epochs:
-            state.finished.assign(True)
+        stopped_by = end_of_epoch_stop(state, cfg.epochs, cfg.early_stopping_patience, epoch)
         save_checkpoint(f"end of epoch {epoch}")
         if dist.is_chief:
             save_history(model_dir, history, {"arch": config.arch, "global_batch": global_batch,
