@@ -180,3 +180,21 @@ def end_of_epoch_stop(state, epochs: int, patience: int, epochs_done: int):
     if epochs_done >= epochs:
         state.finished.assign(True)
     return None
+
+
+def epoch_to_resume(state, epochs: int, patience: int, model_dir: str, what: str = "training") -> int:
+    """The epoch a (re)started run goes on from. A finished run that a larger ``--epochs`` (or
+    ``--early-stopping-patience``) reopens goes on; otherwise it says why there is nothing to do and
+    returns ``epochs``."""
+    epoch = int(state.epoch)
+    if not bool(state.finished):
+        return epoch
+    early = patience and int(state.bad_epochs) >= patience
+    if epoch < epochs and not early:
+        log.info("%s in %s finished after %d epoch(s); extending it to --epochs %d", what, model_dir, epoch, epochs)
+        state.finished.assign(False)
+        return epoch
+    why = (f"stopped early: no improvement for {int(state.bad_epochs)} epoch(s); a larger "
+           f"--early-stopping-patience (or 0) continues it") if early and epoch < epochs else f"--epochs {epochs} reached"
+    log.info("%s already finished in %s (%d epochs, %s); nothing to do", what, model_dir, epoch, why)
+    return epochs

@@ -127,14 +127,10 @@ def _shard_files(files: List[str], num_pipelines: int, index: int) -> Tuple[List
     return files[index::num_pipelines], True
 
 
-def training_dataset(files: Sequence[str], feature_shape: Sequence[int], batch_size: int, *,
-                     seed: int, shuffle_buffer: int = 10000, num_pipelines: int = 1, pipeline_index: int = 0,
-                     skip_batches: int = 0, bucket_by_length: bool = False, max_length: int = 0,
-                     repeat: bool = True) -> tf.data.Dataset:
-    """Infinite (``repeat``) stream of padded training batches of ``batch_size`` examples for one input
-    pipeline. Deterministic for a given ``seed`` (so a resumed run can ``skip_batches`` to where it was)."""
-    files = list(files)
-    files, by_file = _shard_files(files, num_pipelines, pipeline_index)
+def _parsed_examples(files: Sequence[str], feature_shape: Sequence[int], seed: int, num_pipelines: int,
+                     pipeline_index: int) -> tf.data.Dataset:
+    """This input pipeline's share of the records, files shuffled per ``seed``, parsed (one element per image)."""
+    files, by_file = _shard_files(list(files), num_pipelines, pipeline_index)
     ds = tf.data.Dataset.from_tensor_slices(files)
     if len(files) > 1:
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
@@ -142,8 +138,17 @@ def training_dataset(files: Sequence[str], feature_shape: Sequence[int], batch_s
                        num_parallel_calls=AUTOTUNE, deterministic=True)
     if not by_file:
         ds = ds.shard(num_pipelines, pipeline_index)
-    ds = ds.map(lambda s: records.parse_training_example(s, feature_shape), num_parallel_calls=AUTOTUNE,
-                deterministic=True)
+    return ds.map(lambda s: records.parse_training_example(s, feature_shape), num_parallel_calls=AUTOTUNE,
+                  deterministic=True)
+
+
+def training_dataset(files: Sequence[str], feature_shape: Sequence[int], batch_size: int, *,
+                     seed: int, shuffle_buffer: int = 10000, num_pipelines: int = 1, pipeline_index: int = 0,
+                     skip_batches: int = 0, bucket_by_length: bool = False, max_length: int = 0,
+                     repeat: bool = True) -> tf.data.Dataset:
+    """Infinite (``repeat``) stream of padded training batches of ``batch_size`` examples for one input
+    pipeline. Deterministic for a given ``seed`` (so a resumed run can ``skip_batches`` to where it was)."""
+    ds = _parsed_examples(files, feature_shape, seed, num_pipelines, pipeline_index)
     ds = ds.flat_map(expand_captions)
     ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat:
@@ -165,16 +170,7 @@ def image_dataset(files: Sequence[str], feature_shape: Sequence[int], batch_size
     and ``refs`` [B, R, L] int32, every caption of the image (``<start>`` ... ``<end>``, ``<pad>``-padded;
     images with fewer captions get all-``<pad>`` rows). Sharded, shuffled and skippable like
     :func:`training_dataset` (deterministic per ``seed``)."""
-    files, by_file = _shard_files(list(files), num_pipelines, pipeline_index)
-    ds = tf.data.Dataset.from_tensor_slices(files)
-    if len(files) > 1:
-        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=max(1, min(len(files), 8)), block_length=1,
-                       num_parallel_calls=AUTOTUNE, deterministic=True)
-    if not by_file:
-        ds = ds.shard(num_pipelines, pipeline_index)
-    ds = ds.map(lambda s: records.parse_training_example(s, feature_shape), num_parallel_calls=AUTOTUNE,
-                deterministic=True)
+    ds = _parsed_examples(files, feature_shape, seed, num_pipelines, pipeline_index)
     ds = ds.map(lambda p: {"feature": p["feature"], "refs": p["captions"].to_tensor(PAD_ID)})
     ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
     ds = ds.padded_batch(batch_size, padded_shapes={"feature": list(feature_shape), "refs": [None, None]},

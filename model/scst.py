@@ -114,8 +114,8 @@ def train_scst(cfg) -> Dict[str, object]:
     import tensorflow as tf
     from model import data as data_lib
     from model.architectures import build_model
-    from model.checkpoints import (Checkpointer, TrainingState, end_of_epoch_stop, export_epoch_weights,
-                                   export_weights)
+    from model.checkpoints import (Checkpointer, TrainingState, end_of_epoch_stop, epoch_to_resume,
+                                   export_epoch_weights, export_weights)
     from model.config import TRAIN_CONFIG_FILE
     from model.decode import _token_mask, default_max_length, greedy_search, sample_search
     from model.model_dir import BEST_WEIGHTS
@@ -256,17 +256,8 @@ def train_scst(cfg) -> Dict[str, object]:
         save_checkpoint("initial weights")
 
     t_start = time.perf_counter()
-    epoch = int(state.epoch)
     stopped_by = None
-    if bool(state.finished):
-        early = cfg.early_stopping_patience and int(state.bad_epochs) >= cfg.early_stopping_patience
-        if epoch < cfg.epochs and not early:
-            log.info("scst in %s finished after %d epoch(s); extending it to --epochs %d", model_dir, epoch,
-                     cfg.epochs)
-            state.finished.assign(False)
-        else:
-            log.info("training already finished in %s (%d epochs); nothing to do", model_dir, epoch)
-            epoch = cfg.epochs
+    epoch = epoch_to_resume(state, cfg.epochs, cfg.early_stopping_patience, model_dir, what="scst")
     window = np.zeros(4)
     window_t0 = time.perf_counter()
     while epoch < cfg.epochs:

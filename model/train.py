@@ -76,7 +76,8 @@ def train(cfg, model_overrides) -> Dict[str, object]:
     import tensorflow as tf
     from model import data as data_lib
     from model.architectures import build_model
-    from model.checkpoints import Checkpointer, TrainingState, end_of_epoch_stop, export_epoch_weights
+    from model.checkpoints import (Checkpointer, TrainingState, end_of_epoch_stop, epoch_to_resume,
+                                   export_epoch_weights)
     from model.config import TRAIN_CONFIG_FILE
     from model.integrity import bundle_encoder
     from model.progress import (ProgressMeter, format_duration, load_history, plot_curve, save_history,
@@ -238,20 +239,7 @@ def train(cfg, model_overrides) -> Dict[str, object]:
     first_loss = history[0].get("first_loss") if history else None
     stopped_by = None
     t_start = time.perf_counter()
-    epoch = int(state.epoch)
-    if bool(state.finished):
-        early = cfg.early_stopping_patience and int(state.bad_epochs) >= cfg.early_stopping_patience
-        if epoch < cfg.epochs and not early:
-            # The same command with a larger --epochs (or a larger --early-stopping-patience) goes on.
-            log.info("training in %s finished after %d epoch(s); extending it to --epochs %d", model_dir, epoch,
-                     cfg.epochs)
-            state.finished.assign(False)
-        else:
-            why = (f"stopped early: no improvement for {int(state.bad_epochs)} epoch(s); a larger "
-                   f"--early-stopping-patience (or 0) continues it") if early and epoch < cfg.epochs else \
-                  f"--epochs {cfg.epochs} reached"
-            log.info("training already finished in %s (%d epochs, %s); nothing to do", model_dir, epoch, why)
-            epoch = cfg.epochs
+    epoch = epoch_to_resume(state, cfg.epochs, cfg.early_stopping_patience, model_dir)
     while epoch < cfg.epochs:
         done_in_epoch = max(0, int(state.step) - epoch * steps_per_epoch)
         iterator = iter(dataset_for_epoch(epoch, done_in_epoch))
