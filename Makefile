@@ -39,7 +39,7 @@ sysdeps:  ## install Java and headless Chromium with apt-get when they are missi
 # Spark's job servers (mvn, Maven Central) and the Prism binary (go install, the Go module proxy), pinned to
 # the installed apache-beam, cached in .engines/ (skipped when there; see launch/engines.py).
 engines: $(STAMP)  ## fetch and cache the Flink and Spark job servers and the Prism runner (mvn, go)
-	$(BIN)/python -m launch.engines fetch
+	$(BIN)/python -m captionbeam.launch.engines fetch
 
 test: $(STAMP) sysdeps engines  ## run the test suite (installs Java and Chromium, fetches the engines first)
 	$(BIN)/python -m pytest tests $(PYTEST_ARGS)

@@ -1,7 +1,12 @@
 """captionbeam: distributed batch image captioning on Apache Beam and tf.distribute.
 
 This file is also what Dataflow's ``--setup_file`` ships to workers, so it installs
-only what a worker needs (``pipelines`` + ``model``); the extras add the rest.
+only what a worker needs; the extras add the rest.
+
+One import root: the distribution installs as ``captionbeam`` (``captionbeam.model``,
+``captionbeam.pipelines``, ``captionbeam.launch``), mapped from the repository's top-level ``model/``,
+``pipelines/`` and ``launch/`` folders (``package_dir``), so nothing lands at the top of site-packages
+under a generic name.
 """
 import os
 import platform
@@ -27,6 +32,15 @@ def _tensorflow_requirement() -> str:
     if platform.system() == "Linux" and shutil.which("nvidia-smi"):
         return "tensorflow[and-cuda]>=2.16"
     return "tensorflow-cpu>=2.16"
+
+
+def _version() -> str:
+    """The one version string, kept in ``captionbeam/__init__.py`` (read, not imported: no TensorFlow here)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for line in open(os.path.join(here, "captionbeam", "__init__.py"), encoding="utf-8"):
+        if line.startswith("__version__"):
+            return line.split("=", 1)[1].strip().strip("\"'")
+    raise RuntimeError("captionbeam/__init__.py has no __version__")
 
 
 REQUIRED = [
@@ -58,14 +72,18 @@ EXTRAS = {
 }
 EXTRAS["all"] = sorted({r for v in EXTRAS.values() for r in v})
 
+# The repository's top-level packages, installed under the one import root ``captionbeam``.
+_SUBPACKAGES = find_packages(include=["pipelines", "pipelines.*", "model", "model.*", "launch", "launch.*"])
+
 setup(
     name="captionbeam",
-    version="0.1.0",
+    version=_version(),
     description="Distributed batch image captioning: Beam feature pipelines, tf.distribute trainer, bulk captioning.",
-    packages=find_packages(include=["pipelines", "pipelines.*", "model", "model.*", "launch", "launch.*"]),
-    package_data={"launch": ["profiles.yaml"]},
+    packages=["captionbeam"] + [f"captionbeam.{p}" for p in _SUBPACKAGES],
+    package_dir={"captionbeam": "captionbeam", **{f"captionbeam.{p}": p.replace(".", "/") for p in _SUBPACKAGES}},
+    package_data={"captionbeam.launch": ["profiles.yaml"]},
     python_requires=">=3.10",
     install_requires=REQUIRED,
     extras_require=EXTRAS,
-    entry_points={"console_scripts": ["captionbeam=launch.cli:main"]},
+    entry_points={"console_scripts": ["captionbeam=captionbeam.launch.cli:main"]},
 )

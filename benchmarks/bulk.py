@@ -37,7 +37,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CAPTIONBEAM = [sys.executable, "-m", "launch"]
+CAPTIONBEAM = [sys.executable, "-m", "captionbeam.launch"]
 
 
 # ----------------------------------------------------------------------------- data
@@ -140,8 +140,8 @@ def tutorial_baseline(model_dir: str, paths: List[str]) -> dict:
     """One image at a time: encoder ``predict`` on one image, then per word a ``predict`` of the whole
     caption model on the prefix so far (the classic merge-model tutorial's ``generate_desc``).
     Runs in this process; returns images/s and the captions (to compare with bulk's)."""
-    from model.captioner import Captioner
-    from pipelines.images import load_image
+    from captionbeam.model.captioner import Captioner
+    from captionbeam.pipelines.images import load_image
     cap = Captioner.load(model_dir)
     parts = tutorial_parts(cap)
     size = cap.image_size[0]
@@ -160,7 +160,7 @@ def tutorial_parts(cap):
     """A per-image, per-word captioner over the Captioner's own encoder and caption model: the classic
     tutorial's ``generate_desc`` (``model.predict([photo, sequence])`` once per word on the padded prefix,
     argmax, stop at the end token). Greedy, like bulk's default ``--beam-size 1``."""
-    from model.vocab import END_ID, START_ID
+    from captionbeam.model.vocab import END_ID, START_ID
     encoder = cap.encoder            # model.encoders.Encoder (KerasEncoder: .model is the keras.Model)
     model = cap.model                # model.architectures.CaptionModel: model((features, tokens)) -> logits
     vocab = cap.vocab

@@ -30,7 +30,7 @@ import tensorflow as tf  # noqa: E402
 
 def tutorial_loop(model, features, max_length):
     """The tutorial's generate_desc: per image, per word, model.predict on the padded prefix."""
-    from model.vocab import START_ID
+    from captionbeam.model.vocab import START_ID
     out = []
     for i in range(len(features)):
         seq = [START_ID]
@@ -56,10 +56,10 @@ def main(argv=None):
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
 
-    from model.architectures import build_model
-    from model.config import ModelConfig
-    from model.decode import Decoder
-    from model.vocab import END_ID
+    from captionbeam.model.architectures import build_model
+    from captionbeam.model.config import ModelConfig
+    from captionbeam.model.decode import Decoder
+    from captionbeam.model.vocab import END_ID
     shape = [1024] if args.arch != "attention" else [7, 7, 1024]
     config = ModelConfig(arch=args.arch, vocab_size=args.vocab_size, max_length=args.max_length + 1,
                          feature_shape=shape, dropout=0.5)

@@ -25,7 +25,7 @@ import time
 from typing import Dict, List, Optional
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CAPTIONBEAM = [sys.executable, "-m", "launch", "--log-level", "WARNING"]
+CAPTIONBEAM = [sys.executable, "-m", "captionbeam.launch", "--log-level", "WARNING"]
 RUNNERS = ("direct", "flink-local", "spark-local", "prism")
 
 
@@ -44,7 +44,7 @@ def timed(argv: List[str], log_path: str) -> float:
 
 
 def make_images(directory: str, n: int, size: int) -> str:
-    from pipelines.sample import SampleConfig, write_sample
+    from captionbeam.pipelines.sample import SampleConfig, write_sample
     if not os.path.isdir(os.path.join(directory, "images")):
         write_sample(SampleConfig(output=directory, images=n, seed=0, size=size))
     return os.path.join(directory, "images")

@@ -62,8 +62,8 @@ def tutorial_loop(encoder, files, size: int):
 
 
 def pipeline_run(name, weights, size, image_dir, out, batch_size, beam_args):
-    from model.encoders import EncoderConfig
-    from pipelines.features import FeaturesConfig, run
+    from captionbeam.model.encoders import EncoderConfig
+    from captionbeam.pipelines.features import FeaturesConfig, run
     config = FeaturesConfig(images=(os.path.join(image_dir, "*.jpg"),), output=out,
                             encoder=EncoderConfig(name=name, weights=weights, image_size=size), batch_size=batch_size)
     result = run(config, beam_args)
@@ -71,8 +71,8 @@ def pipeline_run(name, weights, size, image_dir, out, batch_size, beam_args):
 
 
 def read_features(out):
-    from model import records
-    from pipelines.io import match
+    from captionbeam.model import records
+    from captionbeam.pipelines.io import match
     import tensorflow as tf
     feats = {}
     for rec in tf.data.TFRecordDataset(match([records.shard_pattern(out, records.FEATURES_PREFIX)])):
@@ -100,7 +100,7 @@ def main(argv=None) -> int:
     tmp = tempfile.mkdtemp(prefix="bench-features-")
     _setup_keras_home(tmp, args.weights_dir)
     import numpy as np
-    from model.encoders import build_encoder
+    from captionbeam.model.encoders import build_encoder
     rows = []
     for case in args.cases:
         name, weights, n = case.split(":")

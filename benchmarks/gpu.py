@@ -141,8 +141,8 @@ def _training_rows(dry: bool, gpu: bool) -> List[Dict[str, object]]:
     import numpy as np
     import tensorflow as tf
 
-    from model.config import ARCHITECTURES, ModelConfig
-    from model.architectures import build_model
+    from captionbeam.model.config import ARCHITECTURES, ModelConfig
+    from captionbeam.model.architectures import build_model
 
     tf.get_logger().setLevel("ERROR")  # one tf.function per configuration is intended, not retracing
     vocab, length, batch = (50, 6, 4) if dry else (3000, 22, 64)
@@ -218,7 +218,7 @@ def decode_limit_section(encoder_rows: List[Dict[str, object]], dry: bool) -> Di
     import numpy as np
     from PIL import Image
     try:
-        from pipelines.images import load_image
+        from captionbeam.pipelines.images import load_image
     except ImportError as e:  # Beam-side code missing on a bare device image
         return {"skipped": f"pipelines.images not importable: {e}"}
     side, size, n = (64, 32, 8) if dry else (500, 224, 200)

@@ -37,7 +37,7 @@ def child(argv) -> int:
     """Run one captionbeam command in this process; print {rc, peak_rss_mb, seconds} as JSON."""
     import contextlib
     import io
-    from launch.cli import main
+    from captionbeam.launch.cli import main
     t0 = time.monotonic()
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -50,11 +50,11 @@ def child(argv) -> int:
 def tiny_model_dir(directory: str) -> str:
     """A random-weight merge model on 32 px MobileNet features (weights none): enough to run bulk."""
     import keras
-    from model import records
-    from model.architectures import build_model
-    from model.config import ModelConfig
-    from model.encoders import build_encoder
-    from model.vocab import RESERVED, Vocabulary
+    from captionbeam.model import records
+    from captionbeam.model.architectures import build_model
+    from captionbeam.model.config import ModelConfig
+    from captionbeam.model.encoders import build_encoder
+    from captionbeam.model.vocab import RESERVED, Vocabulary
     os.makedirs(directory, exist_ok=True)
     enc = build_encoder("mobilenet", weights="none", image_size=32)
     vocab = Vocabulary(RESERVED + ("a", "dog", "cat", "runs"))
@@ -112,7 +112,7 @@ def main(argv=None) -> int:
           f"holding a {args.huge_gib:g} GiB zero member")
     model_dir = tiny_model_dir(os.path.join(args.workdir, "model"))
     limit = ["--max-bytes", str(args.max_bytes)] if args.max_bytes else []
-    from pipelines.image_items import DEFAULT_MAX_BYTES
+    from captionbeam.pipelines.image_items import DEFAULT_MAX_BYTES
     max_bytes = args.max_bytes or DEFAULT_MAX_BYTES
     results = {}
     for job in ("features", "bulk"):

@@ -32,8 +32,8 @@ sys.path.insert(0, ROOT)
 
 def write_synthetic(directory: str, images: int, vocab_size: int, channels: int, seed: int = 0) -> str:
     import tensorflow as tf
-    from model import records
-    from model.vocab import RESERVED, Vocabulary
+    from captionbeam.model import records
+    from captionbeam.model.vocab import RESERVED, Vocabulary
     os.makedirs(directory, exist_ok=True)
     vocab = Vocabulary(RESERVED + tuple(f"w{i}" for i in range(vocab_size - len(RESERVED))))
     vocab.save(os.path.join(directory, "vocab.txt"))
@@ -80,9 +80,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from model.config import ModelConfig, TrainConfig
-    from model.scst import train_scst
-    from model.train import train
+    from captionbeam.model.config import ModelConfig, TrainConfig
+    from captionbeam.model.scst import train_scst
+    from captionbeam.model.train import train
     work = args.workdir or tempfile.mkdtemp(prefix="captionbeam_scst_bench_")
     os.makedirs(work, exist_ok=True)
     data = args.data or write_synthetic(os.path.join(work, "data"), args.images, args.vocab, args.channels)

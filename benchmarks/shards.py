@@ -50,9 +50,9 @@ def beam_read_decode(patterns, input_format: str, size: int, beam_args) -> tuple
     import apache_beam as beam
     from apache_beam.metrics.metric import MetricsFilter
 
-    from pipelines.features import DecodeImages
-    from pipelines.options import pipeline_options
-    from pipelines.sources import ReadImages
+    from captionbeam.pipelines.features import DecodeImages
+    from captionbeam.pipelines.options import pipeline_options
+    from captionbeam.pipelines.sources import ReadImages
 
     start = time.time()
     p = beam.Pipeline(options=pipeline_options(["--runner=DirectRunner"] + list(beam_args)))
@@ -69,9 +69,9 @@ def beam_read_decode(patterns, input_format: str, size: int, beam_args) -> tuple
 
 def raw_read(paths, fmt: str) -> tuple:
     """Plain-Python streaming read of shard files (or loose files): (images, seconds)."""
-    from pipelines import io as pio
-    from pipelines.image_items import ShardRecord
-    from pipelines.shards.read import iter_shard
+    from captionbeam.pipelines import io as pio
+    from captionbeam.pipelines.image_items import ShardRecord
+    from captionbeam.pipelines.shards.read import iter_shard
     start, n = time.time(), 0
     for path in paths:
         if fmt == "files":
@@ -91,8 +91,8 @@ def start_emulator():
     server = create_server("127.0.0.1", port, in_memory=True)
     server.start()
     os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{port}"
-    import pipelines.io
-    pipelines.io.use_anonymous_gcs_if_emulated()
+    import captionbeam.pipelines.io
+    captionbeam.pipelines.io.use_anonymous_gcs_if_emulated()
     from google.cloud import storage
     return server, storage.Client.create_anonymous_client()
 
@@ -138,7 +138,7 @@ def main(argv=None) -> int:
         t = time.time()
         nbytes = generate(loose, args.images, args.size)
         print(f"generated {args.images} images ({nbytes / 1e6:.1f} MB) in {time.time() - t:.1f}s", flush=True)
-    from pipelines.pack import PackConfig, run as pack
+    from captionbeam.pipelines.pack import PackConfig, run as pack
     packs = {}
     for fmt in ("tar", "tfrecord"):
         out = os.path.join(work, fmt)

@@ -66,7 +66,7 @@ def compute_features(cache: str, batch: int = 64) -> str:
     import numpy as np
     import keras
     import tensorflow as tf
-    from model.caption_files import parse_split_file
+    from captionbeam.model.caption_files import parse_split_file
     text = os.path.join(SHARED, "data", "flickr8k", "text")
     ids = []
     for split in ("train", "dev"):
@@ -100,8 +100,8 @@ def compute_features(cache: str, batch: int = 64) -> str:
 
 # ----------------------------------------------------------------------------- stage 2: records
 def load_captions(image_ids):
-    from model.caption_files import group, parse_flickr8k
-    from model.text import clean_seed, wrap
+    from captionbeam.model.caption_files import group, parse_flickr8k
+    from captionbeam.model.text import clean_seed, wrap
     with open(os.path.join(SHARED, "data", "flickr8k", "text", "Flickr8k.token.txt"), encoding="utf-8") as f:
         grouped = group(parse_flickr8k(f.read()))
     return {i: [wrap(clean_seed(c)) for c in grouped[i]] for i in image_ids if i in grouped}
@@ -115,9 +115,9 @@ def prepare_records(cache: str, size: int, shards: int = 8) -> str:
     import numpy as np
     import tensorflow as tf
     from collections import Counter
-    from model import records
-    from model.caption_files import parse_split_file
-    from model.vocab import Vocabulary
+    from captionbeam.model import records
+    from captionbeam.model.caption_files import parse_split_file
+    from captionbeam.model.vocab import Vocabulary
     npz = np.load(compute_features(cache))
     index = {str(i): k for k, i in enumerate(npz["ids"])}
     feats = npz["features"]
@@ -152,7 +152,7 @@ def child_ours(data: str, steps: int, batch: int) -> dict:
     import logging
     import re
     import tempfile
-    from launch.cli import main
+    from captionbeam.launch.cli import main
     records_ = []
 
     class Grab(logging.Handler):
@@ -179,9 +179,9 @@ def child_tutorial(data: str, steps: int, batch: int, max_images: int) -> dict:
     import numpy as np
     import keras
     import tensorflow as tf
-    from model import records
-    from model.data import split_files
-    from model.vocab import Vocabulary
+    from captionbeam.model import records
+    from captionbeam.model.data import split_files
+    from captionbeam.model.vocab import Vocabulary
     vocab = Vocabulary.load(os.path.join(data, "vocab.txt"))
     V = len(vocab)
     feats, caps = [], []

@@ -1,5 +1,5 @@
 import sys
 
-from launch.cli import main
+from captionbeam.launch.cli import main
 
 sys.exit(main())

@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from launch.profiles import PROFILES_ENV, load_profiles, placeholders, profile_args, profiles_file
+from captionbeam.launch.profiles import PROFILES_ENV, load_profiles, placeholders, profile_args, profiles_file
 
 RUNNER_FLAGS = ("--profile", "--profiles-file", "--dry-run")
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ def validate_pipeline_args(parser: argparse.ArgumentParser, rest: Sequence[str],
         if bad:
             parser.error(f"--profile {profile}: {path} sets options Beam does not know: {' '.join(bad)}")
     merged = merge_flags(from_profile, rest)
-    from launch.engines import EngineError, resolve_engine_flags
+    from captionbeam.launch.engines import EngineError, resolve_engine_flags
     try:
         merged = resolve_engine_flags(merged)   # {engines} -> the engines cache; a missing jar/binary fails here
     except EngineError as e:

@@ -30,7 +30,7 @@ COMMANDS: Tuple[Tuple[str, str], ...] = (
 
 
 def _module_for(name: str):
-    return importlib.import_module(f"launch.commands.{name.replace('-', '_')}")
+    return importlib.import_module(f"captionbeam.launch.commands.{name.replace('-', '_')}")
 
 
 def build_parser() -> Tuple[argparse.ArgumentParser, dict]:
@@ -74,13 +74,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         module = _module_for(name)
         module.add_arguments(subparsers[name])
     if module is not None and getattr(module, "BEAM", False):
-        from launch.beam_options import add_profile_argument, validate_pipeline_args
+        from captionbeam.launch.beam_options import add_profile_argument, validate_pipeline_args
         add_profile_argument(subparsers[name])
         args, rest = parser.parse_known_args(argv)
         pipeline_args = validate_pipeline_args(subparsers[name], rest, profile=args.profile, command=name,
                                                profiles_path=args.profiles_file)
         if args.dry_run:
-            from launch.dry_run import dry_run_report, print_dry_run
+            from captionbeam.launch.dry_run import dry_run_report, print_dry_run
             report = dry_run_report(name, module, args, argv, rest, pipeline_args)
             print_dry_run(report)
             plan = report.get("plan")
@@ -101,7 +101,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return int(module.main(args, pipeline_args) or 0)
     except Exception as e:  # noqa: BLE001 - only a job on a portable engine is translated, the rest re-raised
-        from launch.engines import explain_failure
+        from captionbeam.launch.engines import explain_failure
         # one Beam job (run translates its own Beam stages: launch/run.py run_stage)
         message = explain_failure(e, pipeline_args) if name not in ("run", "retrain") else None
         if message is None:

@@ -203,7 +203,7 @@ def load(path: str) -> RunConfig:
     """Read ``run.yaml`` (local or gs://)."""
     import yaml
     if "://" in path:
-        import pipelines.io as pio
+        import captionbeam.pipelines.io as pio
         text = pio.read_text(path)
     else:
         try:

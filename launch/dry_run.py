@@ -9,15 +9,15 @@ import shlex
 import sys
 from typing import Dict, List, Sequence
 
-from launch.beam_options import RUNNER_FLAGS, merge_flags
-from launch.profiles import placeholders
+from captionbeam.launch.beam_options import RUNNER_FLAGS, merge_flags
+from captionbeam.launch.profiles import placeholders
 
 _NOT_COMMAND_OPTIONS = ("command", "log_level", "profile", "profiles_file", "dry_run")
 
 
 def resolved_options(pipeline_args: Sequence[str], all_options: bool = False) -> Dict[str, object]:
     """The options Beam resolves from these flags: those set (default) or every option."""
-    from pipelines.options import pipeline_options
+    from captionbeam.pipelines.options import pipeline_options
     opts = pipeline_options(pipeline_args).get_all_options(drop_default=not all_options)
     if not all_options:
         opts.setdefault("runner", None)

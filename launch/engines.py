@@ -1,7 +1,7 @@
 """The real Beam engines on this machine: fetch and cache Flink's and Spark's job servers and the Prism
 binary, and resolve the ``{engines}`` placeholder of the engine profiles to that cache.
 
-``make engines`` (``python -m launch.engines fetch``) fills ``.engines/`` (or ``$CAPTIONBEAM_ENGINES``)::
+``make engines`` (``python -m captionbeam.launch.engines fetch``) fills ``.engines/`` (or ``$CAPTIONBEAM_ENGINES``)::
 
     .engines/flink/job-server.jar   + lib/   Beam's Flink job server (FlinkJobServerDriver, embedded Flink)
     .engines/spark/job-server.jar   + lib/   Beam's Spark 3 job server (SparkJobServerDriver, local[N])
@@ -114,7 +114,7 @@ def beam_version() -> str:
 
 def missing_message(engine: str, path: str) -> str:
     return (f"{engine}: {path} is missing (the {engine} {'binary' if engine == 'prism' else 'job server jar'} "
-            f"is not fetched): run `make engines` (or `python -m launch.engines fetch --engine {engine}`)")
+            f"is not fetched): run `make engines` (or `python -m captionbeam.launch.engines fetch --engine {engine}`)")
 
 
 # ----------------------------------------------------------------------------- profile values
@@ -409,7 +409,7 @@ def explain_failure(exc: BaseException, pipeline_args: Sequence[str]) -> Optiona
 
 
 def _main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m launch.engines", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m captionbeam.launch.engines", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
     f = sub.add_parser("fetch", help="fetch and cache the job servers and Prism (skips what is there)")
     f.add_argument("--engine", action="append", choices=ENGINES, help="only this engine (repeatable; default: all)")

@@ -3,15 +3,15 @@ from __future__ import annotations
 
 from typing import Dict, Mapping
 
-import pipelines.io as pio
-from model import jsonl
+import captionbeam.pipelines.io as pio
+from captionbeam.model import jsonl
 
 
 def grounding(scenes_jsonl: str, predictions: Mapping[str, str]) -> Dict[str, float]:
     """On the sample dataset, how often the words of a caption are true of its image: of the colour
     (shape) words a caption uses, the fraction naming a colour (shape) that is drawn in it; next to
     the same figure with the captions given to other images (what an image-blind model scores)."""
-    from pipelines.sample import COLOURS, SHAPE_PLURALS, SHAPE_WORDS
+    from captionbeam.pipelines.sample import COLOURS, SHAPE_PLURALS, SHAPE_WORDS
     word_shape = {w: s for s, ws in SHAPE_WORDS.items() for w in ws}
     word_shape.update({SHAPE_PLURALS[w]: s for w, s in list(word_shape.items()) if w in SHAPE_PLURALS})
     scenes = {}

@@ -14,7 +14,7 @@ Profile file format (see ``launch/profiles.yaml``)::
 Values: scalars become ``--key=value``; ``true`` becomes ``--key``; ``false`` is left out; lists repeat
 the flag (``experiments: [a, b]`` -> ``--experiments=a --experiments=b``).
 
-``python -m launch.profiles list|show NAME|tf-config ...`` lists profiles, shows one, or prints a
+``python -m captionbeam.launch.profiles list|show NAME|tf-config ...`` lists profiles, shows one, or prints a
 training worker's ``TF_CONFIG`` (:mod:`launch.tf_config`).
 """
 from __future__ import annotations
@@ -119,9 +119,9 @@ def placeholders(flags: Iterable[str]) -> List[str]:
 
 
 def _main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m launch.profiles``: list profiles, show one, or print a worker's TF_CONFIG."""
-    from launch import tf_config
-    parser = argparse.ArgumentParser(prog="python -m launch.profiles", description=_main.__doc__)
+    """``python -m captionbeam.launch.profiles``: list profiles, show one, or print a worker's TF_CONFIG."""
+    from captionbeam.launch import tf_config
+    parser = argparse.ArgumentParser(prog="python -m captionbeam.launch.profiles", description=_main.__doc__)
     parser.add_argument("--profiles-file", default=profiles_file(),
                         help="YAML file of profiles (default: $CAPTIONBEAM_PROFILES or the packaged one)")
     sub = parser.add_subparsers(dest="what", required=True)

@@ -18,7 +18,7 @@ import json
 import os
 import shutil
 
-import pipelines.io as pio
+import captionbeam.pipelines.io as pio
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence
 
@@ -241,13 +241,13 @@ def history_columns(epochs: Sequence[Mapping[str, float]]) -> Optional[dict]:
 
 def load_history(model_dir: str) -> Optional[dict]:
     """The trainer's history (``history.json``, read by :func:`model.progress.load_history`) as columns."""
-    from model.progress import load_history as load_epochs
+    from captionbeam.model.progress import load_history as load_epochs
     return history_columns(load_epochs(model_dir))
 
 
 def find_curves_png(model_dir: str) -> Optional[str]:
     """A training-curve PNG the trainer wrote into the model dir, if any."""
-    import pipelines.io as pio
+    import captionbeam.pipelines.io as pio
     found = pio.match([pio.join(model_dir, "*.png")])
     for p in found:
         if "curve" in pio.basename(p) or "loss" in pio.basename(p) or "history" in pio.basename(p):

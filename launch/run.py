@@ -24,18 +24,18 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Dict, List, Optional, Sequence, TextIO
 
-import pipelines.io as pio
-from launch.command_args import CommandError, Invocation, invocation
-from launch.commands import caption as caption_cmd
-from launch.commands import captions as captions_cmd
-from launch.commands import evaluate as evaluate_cmd
-from launch.commands import features as features_cmd
-from launch.commands import sample as sample_cmd
-from launch.commands import train as train_cmd
-from launch.config import RunConfig
-from launch.grounding import grounding
-from model import jsonl
-from model.thumbnail import build_thumbnail_encoder
+import captionbeam.pipelines.io as pio
+from captionbeam.launch.command_args import CommandError, Invocation, invocation
+from captionbeam.launch.commands import caption as caption_cmd
+from captionbeam.launch.commands import captions as captions_cmd
+from captionbeam.launch.commands import evaluate as evaluate_cmd
+from captionbeam.launch.commands import features as features_cmd
+from captionbeam.launch.commands import sample as sample_cmd
+from captionbeam.launch.commands import train as train_cmd
+from captionbeam.launch.config import RunConfig
+from captionbeam.launch.grounding import grounding
+from captionbeam.model import jsonl
+from captionbeam.model.thumbnail import build_thumbnail_encoder
 
 BEAM_STAGES = ("features", "captions")
 THUMBNAIL = "thumbnail"
@@ -92,7 +92,7 @@ def check_encoder(config: RunConfig) -> None:
     f = config.features
     if f.encoder == THUMBNAIL:
         return
-    from model.encoders import EncoderConfig, validate_config
+    from captionbeam.model.encoders import EncoderConfig, validate_config
     validate_config(EncoderConfig(name=f.encoder, weights=f.weights, image_size=f.image_size))
 
 
@@ -231,7 +231,7 @@ class RunPipeline:
             result = train_cmd.run(train_cmd.config_from_args(args))
         elif name == "evaluate":
             result = evaluate_cmd.run(evaluate_cmd.config_from_args(args))
-            from model.scoring import format_report
+            from captionbeam.model.scoring import format_report
             self._say(format_report(result).splitlines())
         else:
             raise ValueError(f"not a stage of captionbeam run: {name}")
@@ -249,7 +249,7 @@ class RunPipeline:
         except CommandError as e:
             raise StageError(inv.command, str(e)) from None
         except Exception as e:  # noqa: BLE001 - a Beam stage that failed on a portable engine: name the engine
-            from launch.engines import explain_failure
+            from captionbeam.launch.engines import explain_failure
             message = explain_failure(e, inv.pipeline_args) if inv.pipeline_args else None
             if message is None:
                 raise
@@ -293,7 +293,7 @@ class RunPipeline:
                 splits = ", ".join(f"{k} {v['images']}" for k, v in stats["splits"].items())
                 return f"vocabulary {stats['vocab_size']} tokens; images per split: {splits}"
             if name == "train":
-                from launch.report import load_history
+                from captionbeam.launch.report import load_history
                 h = load_history(L.model) or {}
                 loss = [x for x in h.get("loss", h.get("train_loss", [])) if x is not None]
                 val = [x for x in h.get("val_loss", []) if x is not None]
@@ -301,7 +301,7 @@ class RunPipeline:
                     return (f"{len(loss)} epochs, loss {loss[0]:.3f} -> {loss[-1]:.3f}"
                             + (f", val_loss {val[0]:.3f} -> {min(val):.3f} (best)" if val else ""))
             if name == "evaluate":
-                from launch.report import flatten_metrics
+                from captionbeam.launch.report import flatten_metrics
                 m = flatten_metrics(self.metrics)
                 keys = [("bleu1", "BLEU-1"), ("bleu4", "BLEU-4"), ("METEOR", "METEOR"), ("CIDEr", "CIDEr-D")]
                 return ", ".join(f"{label} {m[k]:.3f}" for k, label in keys if k in m)
@@ -312,12 +312,12 @@ class RunPipeline:
 
     # ------------------------------------------------------------------ held-out captions
     def _references(self) -> Dict[str, List[str]]:
-        from model.caption_files import group, parse
+        from captionbeam.model.caption_files import group, parse
         _, captions, _ = self.data_inputs()
         return dict(group(parse(pio.read_text(captions), self.config.data.caption_format, source=captions)))
 
     def _held_out_images(self) -> List[str]:
-        from model.caption_files import parse_split_file
+        from captionbeam.model.caption_files import parse_split_file
         images, _, splits = self.data_inputs()
         split_file = splits.get(self.config.evaluate.split)
         ids = parse_split_file(pio.read_text(split_file)) if split_file else []
@@ -362,7 +362,7 @@ class RunPipeline:
 
     # ------------------------------------------------------------------ report
     def write_report(self, n: int, total: int) -> Optional[str]:
-        from launch.report import GalleryItem, ReportData, find_curves_png, load_history, write_report
+        from captionbeam.launch.report import GalleryItem, ReportData, find_curves_png, load_history, write_report
         print(f"\n[{n}/{total}] report", file=self.console)
         start = time.time()
         c = self.config
@@ -379,7 +379,7 @@ class RunPipeline:
             notes=[f"workdir: {self.layout.workdir}",
                    f"metrics on the {c.evaluate.split} split, beam size {c.evaluate.beam_size}"])
         if pio.is_gcs(self.layout.report):
-            from launch.staging import copy_tree
+            from captionbeam.launch.staging import copy_tree
             with tempfile.TemporaryDirectory(prefix="captionbeam-report-") as tmp:
                 write_report(data, tmp)
                 copy_tree(tmp, self.layout.report)
@@ -422,7 +422,7 @@ class RunPipeline:
                 "stages": [asdict(r) for r in self.results]}
 
     def print_summary(self, elapsed: float, report: Optional[str]) -> None:
-        from launch.report import metrics_rows
+        from captionbeam.launch.report import metrics_rows
         out = self.console
         print(f"\n== done in {_fmt_seconds(elapsed)} ==", file=out)
         print("stage        seconds", file=out)

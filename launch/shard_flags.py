@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipelines.shards.image_examples import TfrecordFields
+from captionbeam.pipelines.shards.image_examples import TfrecordFields
 
 
 def add_tfrecord_field_arguments(parser: argparse.ArgumentParser) -> None:

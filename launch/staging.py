@@ -8,7 +8,7 @@ import os
 import shutil
 import tempfile
 
-import pipelines.io as pio
+import captionbeam.pipelines.io as pio
 
 
 def copy_tree(src: str, dst: str) -> int:

@@ -1,5 +1,5 @@
 """``TF_CONFIG`` for one process of a MultiWorkerMirroredStrategy cluster, and its command-line tool
-(``python -m launch.profiles tf-config``; the ``env:`` section of a profile documents it)."""
+(``python -m captionbeam.launch.profiles tf-config``; the ``env:`` section of a profile documents it)."""
 from __future__ import annotations
 
 import argparse

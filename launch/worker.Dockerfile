@@ -21,7 +21,8 @@ COPY setup.py README.md ./
 COPY pipelines ./pipelines
 COPY model ./model
 COPY launch ./launch
-RUN pip install --no-cache-dir ".[eval]" && python -c "import pipelines.features, model.train, launch.cli"
+COPY captionbeam ./captionbeam
+RUN pip install --no-cache-dir ".[eval]" && python -c "import captionbeam.pipelines.features, captionbeam.model.train, captionbeam.launch.cli"
 
 # Dataflow starts the SDK harness from the base image's entry point (/opt/apache/beam/boot); for a
 # training pod, run `captionbeam train ... --strategy multiworker` as the container command instead.

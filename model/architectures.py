@@ -39,8 +39,8 @@ from typing import Dict, List, Optional, Tuple
 import keras
 import tensorflow as tf
 
-from model.config import ModelConfig
-from model.vocab import PAD_ID
+from captionbeam.model.config import ModelConfig
+from captionbeam.model.vocab import PAD_ID
 
 ImageContext = Dict[str, tf.Tensor]
 States = List[tf.Tensor]

@@ -20,7 +20,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Dict, Iterable, Iterator, List, Tuple, Union
 
-from model import jsonl
+from captionbeam.model import jsonl
 
 FORMATS = ("flickr8k", "kaggle", "coco", "jsonl")
 _IMAGE_EXT = re.compile(r"\.(jpe?g|png|webp|bmp|gif|tiff?)$", re.IGNORECASE)

@@ -23,7 +23,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from model.vocab import VOCAB_FILE
+from captionbeam.model.vocab import VOCAB_FILE
 
 DEFAULT_RESIZE = "bilinear"
 
@@ -62,7 +62,7 @@ def model_version_of(model_dir: str, weights_file: str) -> str:
 def encoder_arguments(spec) -> Tuple[str, str, int, Optional[str]]:
     """(name, weights, image size, preprocessing override) for ``model.encoders.build_encoder`` from a
     ``FeaturesSpec``: the override is the recorded preprocessing mode when it is not the family's own."""
-    from model.encoders import REGISTRY
+    from captionbeam.model.encoders import REGISTRY
     enc = dict((spec.extra or {}).get("encoder_spec") or {})
     size = int(spec.image_size[0]) if spec.image_size else None
     mode = enc.get("preprocessing_mode")
@@ -107,7 +107,7 @@ class Captioner:
     def __init__(self, model, config, vocab, spec, model_dir: str, model_version: str, beam_size: int = 1,
                  max_length: Optional[int] = None, batch_size: int = 32, alpha: float = 0.0,
                  encoder_file: Optional[str] = None):
-        from model.decode import Decoder
+        from captionbeam.model.decode import Decoder
         if batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
         self.model, self.config, self.vocab, self.spec = model, config, vocab, spec
@@ -128,8 +128,8 @@ class Captioner:
     @classmethod
     def load(cls, model_dir: str, beam_size: int = 1, max_length: Optional[int] = None, batch_size: int = 32,
              alpha: float = 0.0, which: str = "best", encoder_file: Optional[str] = None) -> "Captioner":
-        from model.config import ModelConfig
-        from model.model_dir import load_trained, weights_path
+        from captionbeam.model.config import ModelConfig
+        from captionbeam.model.model_dir import load_trained, weights_path
         ModelConfig.load(model_dir)                  # a dir without config.json says so before naming weights
         weights = weights_path(model_dir, which)     # once: a best -> last fallback warns once
         model, config, vocab, spec = load_trained(model_dir, which=which, weights_file=weights)
@@ -143,8 +143,8 @@ class Captioner:
         """The image encoder of ``features_spec.json``, built on first use."""
         with self._lock:
             if self._encoder is None:
-                from model.encoders import build_encoder
-                from model.integrity import check_given_encoder, encoder_file
+                from captionbeam.model.encoders import build_encoder
+                from captionbeam.model.integrity import check_given_encoder, encoder_file
                 name, weights, size, pre = encoder_arguments(self.spec)
                 # the model dir's checked copy; an explicit --encoder-file must have the recorded hash too
                 bundled = (check_given_encoder(self.spec, self.encoder_file) if self.encoder_file
@@ -214,7 +214,7 @@ class Captioner:
 def iterate_records(files: Sequence[str], feature_shape: Sequence[int], batch_size: int):
     """Batches of training records of a split, streamed: (image ids, features [B, ...], captions as id lists)."""
     import tensorflow as tf
-    from model import records
+    from captionbeam.model import records
     ds = tf.data.TFRecordDataset(list(files), num_parallel_reads=min(len(files), 4))
     ds = ds.map(lambda s: records.parse_training_example(s, feature_shape), num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(batch_size).prefetch(2)

@@ -163,7 +163,7 @@ def export_weights(model, path: str) -> None:
 
 def export_epoch_weights(model, model_dir: str, improved: bool) -> None:
     """End of an epoch on the chief: ``last.weights.h5`` always, ``best.weights.h5`` when it improved."""
-    from model.model_dir import BEST_WEIGHTS, LAST_WEIGHTS
+    from captionbeam.model.model_dir import BEST_WEIGHTS, LAST_WEIGHTS
     export_weights(model, f"{model_dir}/{LAST_WEIGHTS}")
     if improved:
         export_weights(model, f"{model_dir}/{BEST_WEIGHTS}")

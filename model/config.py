@@ -10,7 +10,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Dict, List, Optional
 
-from model import gfile
+from captionbeam.model import gfile
 
 ARCHITECTURES = ("merge", "inject", "attention", "transformer")
 POSITIONS = ("learned", "sinusoidal")

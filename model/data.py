@@ -21,9 +21,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
-from model import records
-from model.data_stats import DataStats
-from model.vocab import PAD_ID, VOCAB_FILE, Vocabulary
+from captionbeam.model import records
+from captionbeam.model.data_stats import DataStats
+from captionbeam.model.vocab import PAD_ID, VOCAB_FILE, Vocabulary
 
 log = logging.getLogger(__name__)
 AUTOTUNE = tf.data.AUTOTUNE

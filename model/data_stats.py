@@ -7,7 +7,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Dict, List, Optional
 
-from model import gfile
+from captionbeam.model import gfile
 
 STATS_FILE = "stats.json"
 

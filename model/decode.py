@@ -27,7 +27,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from model.vocab import END_ID, PAD_ID, START_ID, Vocabulary
+from captionbeam.model.vocab import END_ID, PAD_ID, START_ID, Vocabulary
 
 NEG = -1e9   # "impossible" log-probability: stays finite (no inf - inf NaNs)
 

@@ -478,7 +478,7 @@ def describe_config(config: EncoderConfig) -> Dict[str, object]:
     if is_model_file(config.name):
         # the file's absolute path and hash: `captionbeam train` copies it into the model dir from there
         # and refuses another file (model.integrity); nothing later looks it up in the working directory
-        from model.hashing import sha256_file
+        from captionbeam.model.hashing import sha256_file
         source = config.name if "://" in config.name else os.path.abspath(config.name)
         return {**build_from_config(config).spec_dict(), "source": source, "file_sha256": sha256_file(source)}
     spec = REGISTRY[config.name]

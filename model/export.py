@@ -26,8 +26,8 @@ from typing import Optional
 
 import tensorflow as tf
 
-from model import gfile
-from model.decode import decode_graph, tokens_to_strings
+from captionbeam.model import gfile
+from captionbeam.model.decode import decode_graph, tokens_to_strings
 
 METADATA_FILE = "captionbeam_export.json"
 SAVED_MODEL_FILE = "saved_model.pb"
@@ -57,8 +57,8 @@ class CaptionServer:
         enc = captioner.encoder
         if not hasattr(enc, "model"):
             raise ValueError(f"export needs a Keras encoder; {captioner.encoder_name!r} is {type(enc).__name__}")
-        from model.captioner import encoder_arguments
-        from model.encoders import REGISTRY
+        from captionbeam.model.captioner import encoder_arguments
+        from captionbeam.model.encoders import REGISTRY
         name, _, _, override = encoder_arguments(captioner.spec)
         mode = override or (REGISTRY[name].mode if name in REGISTRY else "none")
         self.encoder_model = enc.model
@@ -92,7 +92,7 @@ class CaptionServer:
                 "tokens": out["tokens"], "lengths": out["length"]}
 
     def _serve(self, images):
-        from model.encoders import preprocess_tf
+        from captionbeam.model.encoders import preprocess_tf
         pixels, valid = tf.map_fn(self._decode_one, images,
                                   fn_output_signature=(tf.TensorSpec([self.size, self.size, 3], tf.float32),
                                                        tf.TensorSpec([], tf.bool)))
@@ -107,7 +107,7 @@ class CaptionServer:
 def export(model_dir: str, output: str, beam_size: int = 1, max_length: Optional[int] = None,
            alpha: float = 0.0, which: str = "best") -> dict:
     """Write the SavedModel to ``output`` (plus ``output/captionbeam_export.json``); returns its metadata."""
-    from model.captioner import Captioner
+    from captionbeam.model.captioner import Captioner
     captioner = Captioner.load(model_dir, beam_size=beam_size, max_length=max_length, alpha=alpha, which=which)
     server = CaptionServer(captioner)
     root = tf.Module(name="captionbeam")

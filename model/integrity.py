@@ -12,8 +12,8 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from model.encoders import REGISTRY, is_model_file
-from model.hashing import sha256_file
+from captionbeam.model.encoders import REGISTRY, is_model_file
+from captionbeam.model.hashing import sha256_file
 
 ENCODER_DIR = "encoder"
 

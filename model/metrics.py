@@ -20,7 +20,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Mapping, Sequence, Tuple
 
-from model.text import clean_basic, clean_none, clean_seed
+from captionbeam.model.text import clean_basic, clean_none, clean_seed
 
 MAX_ORDER = 4
 Tokens = Sequence[str]
@@ -167,7 +167,7 @@ def score_captions(references: Mapping[str, Sequence[str]], predictions: Mapping
         "ref_length": stats.ref_length,
     }
     if coco_metrics:
-        from model.coco_metrics import coco_scores
+        from captionbeam.model.coco_metrics import coco_scores
         result = coco_scores(references, predictions, metrics=coco_metrics)
         report["coco"] = result.scores
         if per_image:

@@ -16,11 +16,11 @@ from typing import Optional, Tuple
 
 import tensorflow as tf
 
-from model import records
-from model.architectures import CaptionModel, build_model
-from model.config import ModelConfig
-from model.integrity import check_file
-from model.vocab import VOCAB_FILE, Vocabulary
+from captionbeam.model import records
+from captionbeam.model.architectures import CaptionModel, build_model
+from captionbeam.model.config import ModelConfig
+from captionbeam.model.integrity import check_file
+from captionbeam.model.vocab import VOCAB_FILE, Vocabulary
 
 log = logging.getLogger("captionbeam.model")
 BEST_WEIGHTS = "best.weights.h5"

@@ -8,7 +8,7 @@ from typing import Dict, List, Optional
 
 import tensorflow as tf
 
-from model import gfile
+from captionbeam.model import gfile
 
 log = logging.getLogger("captionbeam.train")
 HISTORY_FILE = "history.json"

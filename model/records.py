@@ -22,7 +22,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from model import gfile
+from captionbeam.model import gfile
 
 FEATURES_PREFIX = "features"
 FEATURES_SPEC_FILE = "features_spec.json"

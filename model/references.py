@@ -27,8 +27,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
-from model import caption_files, jsonl
-from model.caption_files import CaptionFileError
+from captionbeam.model import caption_files, jsonl
+from captionbeam.model.caption_files import CaptionFileError
 
 EXAMPLES = 5
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, Mapping, Optional, Sequence, Tuple
 
-from model import jsonl
-from model.coco_metrics import METRICS as COCO_METRICS
-from model.references import Alignment, align
+from captionbeam.model import jsonl
+from captionbeam.model.coco_metrics import METRICS as COCO_METRICS
+from captionbeam.model.references import Alignment, align
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ def score(predictions: Mapping[str, str], references: Mapping[str, Sequence[str]
           options: ScoringOptions = ScoringOptions(), image_ids: Optional[Sequence[str]] = None) -> ScoreReport:
     """Align predictions with references (``image_ids``: restrict both to a split first) and score them.
     Raises ``MissingIdsError`` (ids on one side only, unless ``allow_missing``) and ``CocoMetricsError``."""
-    from model import metrics
+    from captionbeam.model import metrics
     alignment = align(predictions, references, allow_missing=options.allow_missing, image_ids=image_ids)
     report = metrics.score_captions(alignment.references, alignment.predictions, variant=options.bleu_variant,
                                     tokenizer=options.bleu_tokenizer, coco_metrics=options.coco_metrics or None,

@@ -36,9 +36,9 @@ log = logging.getLogger("captionbeam.train")
 
 def load_init(init_from: str, info):
     """The ``--init-from`` model's config, checked against ``--data`` (vocabulary, feature shape)."""
-    from model.config import ModelConfig
-    from model.model_dir import weights_path
-    from model.vocab import VOCAB_FILE, Vocabulary
+    from captionbeam.model.config import ModelConfig
+    from captionbeam.model.model_dir import weights_path
+    from captionbeam.model.vocab import VOCAB_FILE, Vocabulary
     import tensorflow as tf
     if not tf.io.gfile.exists(f"{init_from.rstrip('/')}/config.json"):
         raise FileNotFoundError(f"--init-from {init_from}: no config.json (is it a `captionbeam train` model dir?)")
@@ -71,8 +71,8 @@ def load_weights(model, path: str) -> None:
 
 def training_scorer(files, feature_shape, vocab_size):
     """CIDEr-D with document frequencies from every training image's references (``<end>`` kept)."""
-    from model.cider import CiderD
-    from model.selection import split_references
+    from captionbeam.model.cider import CiderD
+    from captionbeam.model.selection import split_references
     _, refs = split_references(files, feature_shape, batch_size=512, keep_end=True)
     return CiderD(refs, vocab_size=vocab_size), len(refs)
 
@@ -80,7 +80,7 @@ def training_scorer(files, feature_shape, vocab_size):
 def reward_function(scorer, samples: int, baseline: str):
     """NumPy (samples [B*K, T], lengths [B*K], refs [B, R, L], greedy [B, T'], greedy lengths [B])
     -> (rewards [B*K], baselines [B*K]) float32."""
-    from model.vocab import PAD_ID
+    from captionbeam.model.vocab import PAD_ID
 
     def rewards(tokens, lengths, refs, greedy, greedy_lengths):
         sets: List[List[np.ndarray]] = []
@@ -107,22 +107,22 @@ def reward_function(scorer, samples: int, baseline: str):
 def train_scst(cfg) -> Dict[str, object]:
     """SCST fine-tuning of ``cfg.init_from`` into ``cfg.model_dir`` (or resume it). Returns a summary."""
     cfg.validate()
-    from model.distribute import make_strategy
+    from captionbeam.model.distribute import make_strategy
     dist = make_strategy(cfg.strategy, cfg.cpu_replicas)     # first: logical CPUs before TF initialises devices
 
     import keras
     import tensorflow as tf
-    from model import data as data_lib
-    from model.architectures import build_model
-    from model.checkpoints import (Checkpointer, TrainingState, end_of_epoch_stop, epoch_to_resume,
+    from captionbeam.model import data as data_lib
+    from captionbeam.model.architectures import build_model
+    from captionbeam.model.checkpoints import (Checkpointer, TrainingState, end_of_epoch_stop, epoch_to_resume,
                                    export_epoch_weights, export_weights)
-    from model.config import TRAIN_CONFIG_FILE
-    from model.decode import _token_mask, default_max_length, greedy_search, sample_search
-    from model.model_dir import BEST_WEIGHTS
-    from model.progress import format_duration, load_history, save_history, scalar_summary
-    from model.selection import SplitCider
-    from model.train import _check_resumable, _lr_schedule, weights_digest
-    from model.vocab import START_ID
+    from captionbeam.model.config import TRAIN_CONFIG_FILE
+    from captionbeam.model.decode import _token_mask, default_max_length, greedy_search, sample_search
+    from captionbeam.model.model_dir import BEST_WEIGHTS
+    from captionbeam.model.progress import format_duration, load_history, save_history, scalar_summary
+    from captionbeam.model.selection import SplitCider
+    from captionbeam.model.train import _check_resumable, _lr_schedule, weights_digest
+    from captionbeam.model.vocab import START_ID
 
     if cfg.mixed_precision:
         raise ValueError("--mixed-precision: not supported with --objective scst")

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 from typing import List, Optional, Sequence, Tuple
 
-from model.cider import CiderD, strip_special
-from model.vocab import END_ID
+from captionbeam.model.cider import CiderD, strip_special
+from captionbeam.model.vocab import END_ID
 
 
 def split_references(files: Sequence[str], feature_shape: Sequence[int], batch_size: int = 256,
                      max_images: Optional[int] = None, keep_end: bool = False):
     """Stream a split -> (list of feature batches, reference sets: per image its captions' ids without
     ``<start>`` (and without ``<end>`` unless ``keep_end``))."""
-    from model.captioner import iterate_records
+    from captionbeam.model.captioner import iterate_records
     batches, refs = [], []
     for _, feats, caps in iterate_records(list(files), feature_shape, batch_size):
         if max_images is not None and len(refs) + len(feats) > max_images:
@@ -39,7 +39,7 @@ class SplitCider:
 
     def __init__(self, model, files: Sequence[str], feature_shape: Sequence[int], batch_size: int = 64,
                  max_images: Optional[int] = None):
-        from model.decode import Decoder
+        from captionbeam.model.decode import Decoder
         self.batches, self.references = split_references(files, feature_shape, batch_size, max_images)
         if not self.references:
             raise ValueError("--select-by cider: the validation split has no images")

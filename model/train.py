@@ -42,7 +42,7 @@ def _lr_schedule(cfg, steps_per_epoch: int):
 def _check_resumable(model_dir: str, config, is_chief: bool):
     """A model dir that already holds a different model cannot be resumed into."""
     import tensorflow as tf
-    from model.config import CONFIG_FILE, ModelConfig
+    from captionbeam.model.config import CONFIG_FILE, ModelConfig
     if not tf.io.gfile.exists(f"{model_dir.rstrip('/')}/{CONFIG_FILE}"):
         return
     old = ModelConfig.load(model_dir)
@@ -69,18 +69,18 @@ def train(cfg, model_overrides) -> Dict[str, object]:
     if cfg.objective != "xent":
         raise ValueError(f"--objective {cfg.objective}: model.train.train is cross-entropy training; self-critical "
                          f"training is model.scst.train_scst")
-    from model.distribute import make_strategy
+    from captionbeam.model.distribute import make_strategy
     dist = make_strategy(cfg.strategy, cfg.cpu_replicas)     # first: logical CPUs before TF initialises devices
 
     import keras
     import tensorflow as tf
-    from model import data as data_lib
-    from model.architectures import build_model
-    from model.checkpoints import (Checkpointer, TrainingState, end_of_epoch_stop, epoch_to_resume,
+    from captionbeam.model import data as data_lib
+    from captionbeam.model.architectures import build_model
+    from captionbeam.model.checkpoints import (Checkpointer, TrainingState, end_of_epoch_stop, epoch_to_resume,
                                    export_epoch_weights)
-    from model.config import TRAIN_CONFIG_FILE
-    from model.integrity import bundle_encoder
-    from model.progress import (ProgressMeter, format_duration, load_history, plot_curve, save_history,
+    from captionbeam.model.config import TRAIN_CONFIG_FILE
+    from captionbeam.model.integrity import bundle_encoder
+    from captionbeam.model.progress import (ProgressMeter, format_duration, load_history, plot_curve, save_history,
                                 scalar_summary)
 
     if cfg.mixed_precision and not tf.config.list_physical_devices("GPU"):
@@ -199,7 +199,7 @@ def train(cfg, model_overrides) -> Dict[str, object]:
 
     split_cider = None
     if cfg.selection == "cider" and val_split is not None:
-        from model.selection import SplitCider
+        from captionbeam.model.selection import SplitCider
         split_cider = SplitCider(model, val_split.files, info.feature_shape, batch_size=max(global_batch, 64),
                                  max_images=cfg.max_val_batches * max(global_batch, 64) if cfg.max_val_batches
                                  else None)

@@ -9,7 +9,7 @@ import functools
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Mapping, Sequence, Tuple
 
-from model.text import END, START
+from captionbeam.model.text import END, START
 
 PAD = "<pad>"
 UNK = "<unk>"
@@ -28,7 +28,7 @@ def order_tokens(counts: Mapping[str, int], min_count: int) -> List[str]:
 def extended_vocabulary(old_tokens: Sequence[str], captions: Iterable[str], clean: str, min_count: int) -> List[str]:
     """The old vocabulary with ids unchanged, plus the new words of ``captions`` (cleaned with the rule
     ``clean``) seen ``min_count`` times, frequency descending then alphabetical, appended at the end."""
-    from model.text import get_cleaner
+    from captionbeam.model.text import get_cleaner
     cleaner = get_cleaner(clean)
     counts: Dict[str, int] = {}
     for c in captions:

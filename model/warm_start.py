@@ -43,11 +43,11 @@ def write_warm_start(old_model_dir: str, new_model_dir: str, vocab_tokens: Optio
     output columns of the old tokens are copied and the new ones keep their fresh initialisation."""
     import keras
     from dataclasses import replace
-    from model.architectures import build_model
-    from model.checkpoints import Checkpointer, TrainingState
-    from model.integrity import copy_bundled_encoder
-    from model.model_dir import load_trained
-    from model.vocab import Vocabulary
+    from captionbeam.model.architectures import build_model
+    from captionbeam.model.checkpoints import Checkpointer, TrainingState
+    from captionbeam.model.integrity import copy_bundled_encoder
+    from captionbeam.model.model_dir import load_trained
+    from captionbeam.model.vocab import Vocabulary
 
     old_model, old_cfg, old_vocab, spec = load_trained(old_model_dir, "best")
     tokens = list(vocab_tokens) if vocab_tokens is not None else list(old_vocab.tokens)

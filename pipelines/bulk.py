@@ -34,18 +34,18 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 
-import pipelines.io as pio
-from pipelines.bulk_handler import CaptionerConfig, CaptionerModelHandler, ImageBytes, SavedModelHandler
-from pipelines.bulk_rows import CaptionRow, parquet_schema
-from pipelines.counters import BULK_INFERENCE_NAMESPACE, query_counters
-from pipelines.counters import BULK_NAMESPACE as NAMESPACE  # noqa: N811 (the namespace of this job)
-from pipelines.deadletter import (DEAD_LETTERS_PREFIX, DEAD_LETTERS_SUFFIX, DeadLetter, dead_letters_dir,
+import captionbeam.pipelines.io as pio
+from captionbeam.pipelines.bulk_handler import CaptionerConfig, CaptionerModelHandler, ImageBytes, SavedModelHandler
+from captionbeam.pipelines.bulk_rows import CaptionRow, parquet_schema
+from captionbeam.pipelines.counters import BULK_INFERENCE_NAMESPACE, query_counters
+from captionbeam.pipelines.counters import BULK_NAMESPACE as NAMESPACE  # noqa: N811 (the namespace of this job)
+from captionbeam.pipelines.deadletter import (DEAD_LETTERS_PREFIX, DEAD_LETTERS_SUFFIX, DeadLetter, dead_letters_dir,
                                   failed_batch_dead_letters)
-from pipelines.decoding import DecodeImages
-from pipelines.image_items import DEFAULT_MAX_BYTES
-from pipelines.images import DEFAULT_MAX_PIXELS
-from pipelines.manifest import ManifestEntry, ReadManifest, SplitAlreadyCaptioned, manifest_prefix
-from pipelines.shards.image_examples import TfrecordFields
+from captionbeam.pipelines.decoding import DecodeImages
+from captionbeam.pipelines.image_items import DEFAULT_MAX_BYTES
+from captionbeam.pipelines.images import DEFAULT_MAX_PIXELS
+from captionbeam.pipelines.manifest import ManifestEntry, ReadManifest, SplitAlreadyCaptioned, manifest_prefix
+from captionbeam.pipelines.shards.image_examples import TfrecordFields
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +221,7 @@ class CaptionBatches(beam.PTransform):
 
 
 def _reads_shards(config: BulkConfig) -> bool:
-    from pipelines.formats import split_by_format
+    from captionbeam.pipelines.formats import split_by_format
     return any(fmt != "files" for fmt in split_by_format(list(config.images), config.input_format))
 
 
@@ -237,7 +237,7 @@ class BulkCaption(beam.PTransform):
         self.handler = handler or make_handler(config, model)
 
     def expand(self, pbegin):
-        from pipelines.sources import ReadImages
+        from captionbeam.pipelines.sources import ReadImages
         cfg = self.config
         read = pbegin | "ReadImages" >> ReadImages(list(cfg.images), input_format=cfg.input_format,
                                                    max_bytes=cfg.max_bytes, shard_fields=cfg.tfrecord_fields)
@@ -358,7 +358,7 @@ def reconcile_with_files(res: "BulkResult") -> None:
 
 
 def list_run_files(output: str, run: str, model_version: str) -> Dict[str, List[str]]:
-    from pipelines.manifest import manifest_dir
+    from captionbeam.pipelines.manifest import manifest_dir
     return {
         "captions": pio.match([pio.join(output, CAPTIONS_DIR, f"{CAPTIONS_PREFIX}-{run}-*")]),
         "manifest": pio.match([pio.join(manifest_dir(output, model_version), f"*-{run}-*")]),
@@ -409,7 +409,7 @@ def recover_unfinished_runs(output: str) -> List[str]:
     that exist (``manifest/<version>/manifest-<run>-recovered.jsonl``, replacing any partial one) and a
     run record marked ``recovered`` is written, so ``--skip-existing`` never captions those images
     again. Runs under the output's lease (no other run is live). Returns the recovered run tokens."""
-    from pipelines.manifest import MANIFEST_DIR, MANIFEST_SUFFIX, manifest_dir
+    from captionbeam.pipelines.manifest import MANIFEST_DIR, MANIFEST_SUFFIX, manifest_dir
     files: Dict[str, List[str]] = {}
     for f in pio.match([captions_glob(output)]):
         m = _CAPTION_FILE_RE.match(pio.basename(f))
@@ -449,11 +449,11 @@ def run(config: BulkConfig, model: ModelInfo, pipeline_args: Sequence[str], run_
     """Run the job to completion under the output's lease (:class:`pipelines.lease.OutputLease`:
     :class:`~pipelines.lease.LeaseHeld` when another run is writing there); write ``runs/<run>.json``;
     return counters and files."""
-    from pipelines.lease import OutputLease
+    from captionbeam.pipelines.lease import OutputLease
     token = run_token or new_run_token()
     pio.makedirs(config.output)
     with OutputLease(config.output, token, force=config.force):
-        from pipelines.manifest import manifest_dir
+        from captionbeam.pipelines.manifest import manifest_dir
         pio.remove_stale_beam_temp([pio.join(config.output, CAPTIONS_DIR), dead_letters_dir(config.output),
                                     manifest_dir(config.output, model.model_version)])
         recover_unfinished_runs(config.output)
@@ -461,7 +461,7 @@ def run(config: BulkConfig, model: ModelInfo, pipeline_args: Sequence[str], run_
 
 
 def _run_leased(config: BulkConfig, model: ModelInfo, pipeline_args: Sequence[str], token: str) -> BulkResult:
-    from pipelines.options import new_pipeline
+    from captionbeam.pipelines.options import new_pipeline
     started = _dt.datetime.now(_dt.timezone.utc)
     t0 = time.monotonic()
     log.info("bulk run %s: model %s (%s, version %s) -> %s", token, config.model_dir, model.encoder,

@@ -41,10 +41,10 @@ from typing import Any, List, Optional, Sequence
 
 from apache_beam.ml.inference.base import ModelHandler
 
-from pipelines.bulk_rows import CaptionRow
-from pipelines.counters import BULK_INFERENCE_NAMESPACE
-from pipelines.deadletter import MAX_MESSAGE_CHARS, DeadLetter
-from pipelines.image_items import DecodedImage
+from captionbeam.pipelines.bulk_rows import CaptionRow
+from captionbeam.pipelines.counters import BULK_INFERENCE_NAMESPACE
+from captionbeam.pipelines.deadletter import MAX_MESSAGE_CHARS, DeadLetter
+from captionbeam.pipelines.image_items import DecodedImage
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ class CaptionerModelHandler(_IsolatingHandler):
     """RunInference handler of a training model directory: ``DecodedImage`` in, ``CaptionRow`` out."""
 
     def load_model(self):
-        from model.captioner import Captioner
+        from captionbeam.model.captioner import Captioner
         _enable_gpu_memory_growth()
         t0 = time.monotonic()
         captioner = Captioner.load(self.config.model_dir, beam_size=self.config.beam_size,

@@ -5,7 +5,7 @@ import json
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Dict
 
-from model import jsonl
+from captionbeam.model import jsonl
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,12 @@ from typing import Dict, List, Optional, Sequence
 import apache_beam as beam
 import numpy as np
 
-import pipelines.io as pio
-from model import caption_files, records
-from model.text import get_cleaner, wrap
-from model.vocab import UNK_ID
-from pipelines.counters import NAMESPACE
-from pipelines.deadletter import DeadLetter
+import captionbeam.pipelines.io as pio
+from captionbeam.model import caption_files, records
+from captionbeam.model.text import get_cleaner, wrap
+from captionbeam.model.vocab import UNK_ID
+from captionbeam.pipelines.counters import NAMESPACE
+from captionbeam.pipelines.deadletter import DeadLetter
 
 # Outcomes of the join besides "joined into a split"; each image id gets exactly one.
 IN_SEVERAL_SPLITS = "in_several_splits"              # split files disagree: the image is left out of all

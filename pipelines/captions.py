@@ -31,16 +31,16 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import apache_beam as beam
 import numpy as np
 
-import pipelines.io as pio
-from model import records
-from model.data_stats import STATS_FILE, DataStats
-from model.vocab import VOCAB_FILE, Vocabulary
-from pipelines.caption_steps import (DEFAULT_MAX_CAPTION_TOKENS, JOIN_CATEGORIES, EncodeCaptions, JoinByImage,
+import captionbeam.pipelines.io as pio
+from captionbeam.model import records
+from captionbeam.model.data_stats import STATS_FILE, DataStats
+from captionbeam.model.vocab import VOCAB_FILE, Vocabulary
+from captionbeam.pipelines.caption_steps import (DEFAULT_MAX_CAPTION_TOKENS, JOIN_CATEGORIES, EncodeCaptions, JoinByImage,
                                      MergeSplitStats, ReadCaptions, ReadFeatures, SplitStats, WriteSplits,
                                      _ParseCaptionFile)
-from pipelines.counters import query_counters
-from pipelines.deadletter import WriteDeadLetters, dead_letters_dir
-from pipelines.vocabulary import BuildVocabulary, CountTokens, token_counts_text
+from captionbeam.pipelines.counters import query_counters
+from captionbeam.pipelines.deadletter import WriteDeadLetters, dead_letters_dir
+from captionbeam.pipelines.vocabulary import BuildVocabulary, CountTokens, token_counts_text
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +124,8 @@ def _estimate_shards(n_records: int, record_bytes: int) -> int:
 def plan(config: CaptionsConfig) -> Plan:
     """Validate the configuration against the inputs (fail fast, naming the flag) and resolve
     everything the job needs to know up front."""
-    from model.caption_files import FORMATS, detect_format, parse_split_file
-    from model.text import CLEANERS
+    from captionbeam.model.caption_files import FORMATS, detect_format, parse_split_file
+    from captionbeam.model.text import CLEANERS
 
     if config.fmt != "auto" and config.fmt not in FORMATS:
         raise CaptionsConfigError(f"--format: unknown format {config.fmt!r}; choose auto or one of {', '.join(FORMATS)}")
@@ -334,7 +334,7 @@ class RunResult:
 
 def run(config: CaptionsConfig, pipeline_args: Sequence[str] = ()) -> RunResult:
     """Plan, run the job to completion and return ``stats.json`` (read back) and the counters."""
-    from pipelines.options import new_pipeline
+    from captionbeam.pipelines.options import new_pipeline
 
     p = plan(config)
     if config.overwrite:

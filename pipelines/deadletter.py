@@ -17,9 +17,9 @@ from typing import Dict, List
 
 import apache_beam as beam
 
-import pipelines.io as pio
-from model import jsonl
-from pipelines.counters import NAMESPACE
+import captionbeam.pipelines.io as pio
+from captionbeam.model import jsonl
+from captionbeam.pipelines.counters import NAMESPACE
 
 DEAD_LETTERS_DIR = "dead_letters"
 DEAD_LETTERS_PREFIX = "dead_letters"

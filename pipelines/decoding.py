@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import apache_beam as beam
 
-from pipelines.counters import NAMESPACE
-from pipelines.deadletter import DeadLetter
-from pipelines.image_items import DecodedImage
-from pipelines.images import DEFAULT_MAX_PIXELS, load_image
+from captionbeam.pipelines.counters import NAMESPACE
+from captionbeam.pipelines.deadletter import DeadLetter
+from captionbeam.pipelines.image_items import DecodedImage
+from captionbeam.pipelines.images import DEFAULT_MAX_PIXELS, load_image
 
 DEAD = "dead_letters"
 

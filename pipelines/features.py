@@ -27,17 +27,17 @@ import numpy as np
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.ml.inference.base import RunInference
 
-import pipelines.io as pio
-from model import jsonl, records
-from model.encoders import EncoderConfig, build_encoder, describe_config
-from pipelines.counters import NAMESPACE, query_counters
-from pipelines import decoding
-from pipelines.deadletter import WriteDeadLetters, dead_letters_dir, dead_letters_pattern, failed_batch_dead_letters
-from pipelines.image_items import DEFAULT_MAX_BYTES, DecodedImage
-from pipelines.images import DEFAULT_MAX_PIXELS
-from pipelines.inference import keyed_encoder_handler
-from pipelines.shards.image_examples import TfrecordFields
-from pipelines.sources import ReadImages
+import captionbeam.pipelines.io as pio
+from captionbeam.model import jsonl, records
+from captionbeam.model.encoders import EncoderConfig, build_encoder, describe_config
+from captionbeam.pipelines.counters import NAMESPACE, query_counters
+from captionbeam.pipelines import decoding
+from captionbeam.pipelines.deadletter import WriteDeadLetters, dead_letters_dir, dead_letters_pattern, failed_batch_dead_letters
+from captionbeam.pipelines.image_items import DEFAULT_MAX_BYTES, DecodedImage
+from captionbeam.pipelines.images import DEFAULT_MAX_PIXELS
+from captionbeam.pipelines.inference import keyed_encoder_handler
+from captionbeam.pipelines.shards.image_examples import TfrecordFields
+from captionbeam.pipelines.sources import ReadImages
 
 log = logging.getLogger(__name__)
 
@@ -290,7 +290,7 @@ class FeaturesResult:
 def run(config: FeaturesConfig, pipeline_args: Sequence[str] = (), description: Optional[Dict[str, object]] = None
         ) -> FeaturesResult:
     """Run the job and wait for it; returns counts (from the written spec, else from Beam counters)."""
-    from pipelines.options import new_pipeline
+    from captionbeam.pipelines.options import new_pipeline
     description = description or describe_config(config.encoder)
     start = time.time()
     pio.remove_stale_beam_temp([config.output, dead_letters_dir(config.output)])

@@ -28,8 +28,8 @@ from typing import Any, Dict, Iterable, Optional, Sequence
 import numpy as np
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler
 
-from model.encoders import Encoder, EncoderConfig, build_from_config
-from pipelines.counters import NAMESPACE
+from captionbeam.model.encoders import Encoder, EncoderConfig, build_from_config
+from captionbeam.pipelines.counters import NAMESPACE
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from typing import Iterable, List, Sequence
 
 EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
 # What ``--beam_plugin`` names so that every Beam worker process imports pipelines.worker_plugin at start-up.
-PLUGIN_PATH = "pipelines.worker_plugin.AnonymousGcsWhenEmulated"
+PLUGIN_PATH = "captionbeam.pipelines.worker_plugin.AnonymousGcsWhenEmulated"
 
 
 def use_anonymous_gcs_if_emulated() -> bool:

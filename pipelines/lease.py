@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from typing import List, Optional
 
-import pipelines.io as pio
+import captionbeam.pipelines.io as pio
 
 log = logging.getLogger(__name__)
 

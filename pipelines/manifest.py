@@ -24,8 +24,8 @@ from typing import Iterable, Iterator, Tuple
 
 import apache_beam as beam
 
-import pipelines.io as pio
-from pipelines.counters import BULK_NAMESPACE
+import captionbeam.pipelines.io as pio
+from captionbeam.pipelines.counters import BULK_NAMESPACE
 
 MANIFEST_DIR = "manifest"
 MANIFEST_PREFIX = "manifest"

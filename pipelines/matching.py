@@ -10,8 +10,8 @@ from typing import Iterator, Optional, Sequence, Tuple
 import apache_beam as beam
 from apache_beam.io import fileio
 
-from pipelines.formats import IMAGE_EXTENSIONS, TAR_SUFFIXES, TFRECORD_SUFFIXES
-from pipelines.image_items import BROKEN_LINK, NOT_REGULAR, SYMLINK_LOOP, TOO_LARGE
+from captionbeam.pipelines.formats import IMAGE_EXTENSIONS, TAR_SUFFIXES, TFRECORD_SUFFIXES
+from captionbeam.pipelines.image_items import BROKEN_LINK, NOT_REGULAR, SYMLINK_LOOP, TOO_LARGE
 
 # names a reader would read: a directory with such a name was meant as input and is reported
 _INPUT_NAMES = IMAGE_EXTENSIONS + TAR_SUFFIXES + TFRECORD_SUFFIXES

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from pipelines.io import PLUGIN_PATH, use_anonymous_gcs_if_emulated
+from captionbeam.pipelines.io import PLUGIN_PATH, use_anonymous_gcs_if_emulated
 
 
 def pipeline_options(pipeline_args: Sequence[str]):

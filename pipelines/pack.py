@@ -35,12 +35,12 @@ import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 
-import pipelines.io as pio
-from model import jsonl
-from pipelines.deadletter import DeadLetter, WriteDeadLetters
-from pipelines.counters import NAMESPACE
-from pipelines.formats import IMAGE_EXTENSIONS
-from pipelines.shards.writer import ShardWriter
+import captionbeam.pipelines.io as pio
+from captionbeam.model import jsonl
+from captionbeam.pipelines.deadletter import DeadLetter, WriteDeadLetters
+from captionbeam.pipelines.counters import NAMESPACE
+from captionbeam.pipelines.formats import IMAGE_EXTENSIONS
+from captionbeam.pipelines.shards.writer import ShardWriter
 
 LOG = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ class _ReadCaptionsFn(beam.DoFn):
         self.fmt = fmt
 
     def process(self, path: str):
-        from model.caption_files import CaptionFileError, iter_rows
+        from captionbeam.model.caption_files import CaptionFileError, iter_rows
         text = pio.read_text(path)
         for row in iter_rows(text, self.fmt, source=path):
             if isinstance(row, CaptionFileError):
@@ -291,7 +291,7 @@ class PackSummary:
 
 def existing_outputs(config: PackConfig) -> List[str]:
     """Shards, manifest and dead letters a previous pack left in ``config.output`` (any shard count)."""
-    from pipelines.deadletter import dead_letters_pattern
+    from captionbeam.pipelines.deadletter import dead_letters_pattern
     shards = [pio.join(config.output, f"{config.prefix}-*-of-*{ext}*") for ext in (".tar", ".tfrecord")]
     return pio.match(shards + [pio.join(config.output, MANIFEST_FILE), pio.join(config.output, SUMMARY_FILE),
                                dead_letters_pattern(config.output)])
@@ -304,8 +304,8 @@ def read_manifest(output: str) -> List[dict]:
 
 def run(config: PackConfig, pipeline_args: Sequence[str] = ()) -> PackSummary:
     """Run the pack job to completion; writes ``pack.json`` and returns its summary."""
-    from pipelines.deadletter import dead_letters_dir, read_dead_letters
-    from pipelines.options import new_pipeline
+    from captionbeam.pipelines.deadletter import dead_letters_dir, read_dead_letters
+    from captionbeam.pipelines.options import new_pipeline
     pio.makedirs(config.output)
     pio.remove_stale_beam_temp([config.output, dead_letters_dir(config.output)])
     start = time.time()

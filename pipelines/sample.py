@@ -31,7 +31,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageDraw
 
-from model import jsonl
+from captionbeam.model import jsonl
 
 # ----------------------------------------------------------------------------- vocabulary of scenes
 SHAPES: Tuple[str, ...] = ("circle", "square", "triangle", "star", "diamond")
@@ -351,7 +351,7 @@ def assign_splits(ids: Sequence[str], seed: int, fractions: Sequence[float] = (0
 def _writer(output: str):
     """(relative path, bytes) -> None; local files directly, gs:// through Beam's FileSystems."""
     if output.startswith("gs://"):
-        from pipelines import io as pio
+        from captionbeam.pipelines import io as pio
 
         def write(rel: str, data: bytes) -> None:
             pio.write_bytes(pio.join(output, rel), data)

@@ -22,13 +22,13 @@ from typing import Sequence
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 
-import pipelines.io as pio
-from pipelines.counters import NAMESPACE
-from pipelines.deadletter import DeadLetter
-from pipelines.formats import INPUT_FORMATS, split_by_format  # noqa: F401  (INPUT_FORMATS: for the flags)
-from pipelines.image_items import DEFAULT_MAX_BYTES, EMPTY_ID, TOO_LARGE, ImageBlob
-from pipelines.matching import MatchPaths, file_problem
-from pipelines.shards.transforms import ReadImageShards
+import captionbeam.pipelines.io as pio
+from captionbeam.pipelines.counters import NAMESPACE
+from captionbeam.pipelines.deadletter import DeadLetter
+from captionbeam.pipelines.formats import INPUT_FORMATS, split_by_format  # noqa: F401  (INPUT_FORMATS: for the flags)
+from captionbeam.pipelines.image_items import DEFAULT_MAX_BYTES, EMPTY_ID, TOO_LARGE, ImageBlob
+from captionbeam.pipelines.matching import MatchPaths, file_problem
+from captionbeam.pipelines.shards.transforms import ReadImageShards
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from typing import Dict, Iterable, List, Tuple
 
 import apache_beam as beam
 
-from model.vocab import RESERVED, Vocabulary
+from captionbeam.model.vocab import RESERVED, Vocabulary
 
 
 def vocabulary_from_counts(counts: Iterable[Tuple[str, int]], min_count: int) -> Vocabulary:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from apache_beam.utils.plugin import BeamPlugin
 
-from pipelines.io import use_anonymous_gcs_if_emulated
+from captionbeam.pipelines.io import use_anonymous_gcs_if_emulated
 
 use_anonymous_gcs_if_emulated()  # the hook itself: this module exists to run it at worker start-up
 

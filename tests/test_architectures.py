@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from model.config import ModelConfig
+from captionbeam.model.config import ModelConfig
 
 CASES = [
     ("merge", [16], 1, "learned"),
@@ -24,7 +24,7 @@ def _config(arch, shape, layers, positions="learned"):
 
 @pytest.mark.parametrize("arch,shape,layers,positions", CASES)
 def test_step_reproduces_teacher_forcing(arch, shape, layers, positions):
-    from model.architectures import build_model
+    from captionbeam.model.architectures import build_model
     model = build_model(_config(arch, shape, layers, positions))
     rng = np.random.default_rng(0)
     features = rng.normal(size=(4, *shape)).astype("float32")
@@ -57,7 +57,7 @@ def test_step_reproduces_teacher_forcing(arch, shape, layers, positions):
 
 
 def test_dropout_only_in_training():
-    from model.architectures import build_model
+    from captionbeam.model.architectures import build_model
     model = build_model(_config("merge", [16], 1))
     f = np.ones((2, 16), "float32")
     t = np.array([[2, 5, 6], [2, 7, 0]], "int32")
@@ -68,7 +68,7 @@ def test_dropout_only_in_training():
 
 def test_doubly_stochastic_penalty_is_zero_when_attention_covers_each_location_once():
     import tensorflow as tf
-    from model.architectures import build_model
+    from captionbeam.model.architectures import build_model
     model = build_model(_config("attention", [3, 16], 1))
     eye = tf.eye(3)[None]                        # step t attends location t: coverage exactly 1
     assert float(model.attention_penalty(eye, tf.ones([1, 3]))) == pytest.approx(0.0)
@@ -78,19 +78,19 @@ def test_doubly_stochastic_penalty_is_zero_when_attention_covers_each_location_o
 
 
 def test_attention_needs_a_feature_map():
-    from model.architectures import build_model
+    from captionbeam.model.architectures import build_model
     with pytest.raises(ValueError, match="spatial feature map"):
         build_model(_config("attention", [16], 1))
 
 
 def test_unknown_arch():
-    from model.architectures import build_model
+    from captionbeam.model.architectures import build_model
     with pytest.raises(ValueError, match="--arch"):
         build_model(_config("nosuch", [16], 1))
 
 
 def test_weights_round_trip(tmp_path):
-    from model.architectures import build_model
+    from captionbeam.model.architectures import build_model
     cfg = _config("attention", [2, 2, 16], 1)
     a, b = build_model(cfg), build_model(cfg)
     path = str(tmp_path / "w.weights.h5")
@@ -102,7 +102,7 @@ def test_weights_round_trip(tmp_path):
 
 
 def test_transformer_checks_heads_and_positions():
-    from model.architectures import build_model
+    from captionbeam.model.architectures import build_model
     with pytest.raises(ValueError, match="--heads 5 must divide --units 32"):
         build_model(ModelConfig(arch="transformer", vocab_size=23, max_length=8, feature_shape=[16], units=32,
                                 heads=5))
@@ -112,8 +112,8 @@ def test_transformer_checks_heads_and_positions():
 
 
 def test_transformer_decoder_refuses_more_steps_than_positions():
-    from model.architectures import build_model
-    from model.decode import Decoder
+    from captionbeam.model.architectures import build_model
+    from captionbeam.model.decode import Decoder
     model = build_model(_config("transformer", [16], 1))
     assert model.max_positions == 64
     Decoder(model, max_length=64)

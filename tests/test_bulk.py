@@ -11,13 +11,13 @@ import shutil
 import numpy as np
 import pytest
 
-from launch.cli import main as cli_main
-from pipelines import io as pio
-from pipelines.bulk import BulkConfig, new_run_token
-from pipelines.bulk_handler import CaptionerModelHandler
-from pipelines.bulk_rows import ROW_FIELDS
-from pipelines.deadletter import read_dead_letters
-from pipelines.manifest import check_model_version, parse_manifest_line, read_manifest_keys
+from captionbeam.launch.cli import main as cli_main
+from captionbeam.pipelines import io as pio
+from captionbeam.pipelines.bulk import BulkConfig, new_run_token
+from captionbeam.pipelines.bulk_handler import CaptionerModelHandler
+from captionbeam.pipelines.bulk_rows import ROW_FIELDS
+from captionbeam.pipelines.deadletter import read_dead_letters
+from captionbeam.pipelines.manifest import check_model_version, parse_manifest_line, read_manifest_keys
 
 CORRUPT = {
     "zero.jpg": b"",
@@ -35,7 +35,7 @@ def model_dir(image_model_dir):
 
 @pytest.fixture(scope="module")
 def captioner(model_dir):
-    from model.captioner import Captioner
+    from captionbeam.model.captioner import Captioner
     return Captioner.load(model_dir)
 
 
@@ -138,7 +138,7 @@ def test_bucket_run_skip_existing_and_new_images(gcs_bucket, sample_dir, model_d
         assert r["model_version"] == captioner.model_version and r["encoder"] == captioner.encoder_name
         assert isinstance(r["caption"], str) and np.isfinite(r["log_prob"]) and r["log_prob"] <= 0
     # the captions equal the captioner's own on the same decoded pixels
-    from pipelines.images import load_image
+    from captionbeam.pipelines.images import load_image
     size = captioner.image_size[0]
     some = first[:2]
     expected = captioner.caption_images([load_image(open(p, "rb").read(), size) for p in some])
@@ -221,8 +221,8 @@ def _served(export_dir, datas):
 def test_exported_savedmodel_as_model_dir(tmp_path, sample_dir, exported_model, capsys):
     """--model-dir E, E written by captionbeam export: raw bytes into its serving_default; rows equal the
     export's own outputs; non-images and corrupt JPEGs are dead letters; --skip-existing; baked-in beam size."""
-    from model.export import export_version, read_metadata
-    from pipelines.bulk_handler import CaptionerConfig, ImageBytes, SavedModelHandler
+    from captionbeam.model.export import export_version, read_metadata
+    from captionbeam.pipelines.bulk_handler import CaptionerConfig, ImageBytes, SavedModelHandler
     meta = read_metadata(str(exported_model))
     images = tmp_path / "images"
     images.mkdir()
@@ -297,8 +297,8 @@ def test_tfrecord_field_flags_reach_the_shard_reader(tmp_path, sample_dir, model
     """--tfrecord-image-field / --tfrecord-id-field: a TFRecord shard with other field names is captioned,
     every image accounted for; without the flags each record is a dead letter naming the missing field."""
     import tensorflow as tf
-    from pipelines.image_items import MISSING_ID
-    from pipelines.shards.tfrecord import frame_record
+    from captionbeam.pipelines.image_items import MISSING_ID
+    from captionbeam.pipelines.shards.tfrecord import frame_record
 
     def example(key: str, data: bytes) -> bytes:
         return tf.train.Example(features=tf.train.Features(feature={
@@ -319,7 +319,7 @@ def test_tfrecord_field_flags_reach_the_shard_reader(tmp_path, sample_dir, model
 
     rc, s = _bulk(capsys, "--images", str(shard), "--model-dir", model_dir, "--output", str(tmp_path / "b"))
     assert rc == 0 and s["counters"]["captioned"] == 0 and s["counters"]["failed"] == 3 and s["balanced"]
-    from pipelines.deadletter import read_dead_letters
+    from captionbeam.pipelines.deadletter import read_dead_letters
     dead = list(read_dead_letters(str(tmp_path / "b")))
     assert len(dead) == 3 and {d.error for d in dead} == {MISSING_ID}
 
@@ -342,8 +342,8 @@ class _BatchFailingHandler(CaptionerModelHandler):
 def test_a_failed_batch_dead_letters_name_the_exception_class(tmp_path, sample_dir):
     """A batch that fails inside RunInference: one dead letter per image, error = the exception's class
     name and message = its text (Beam's (type, repr, traceback) triple unpacked, not error="tuple")."""
-    from pipelines.bulk import BulkCaption, ModelInfo, WriteBulkOutputs
-    from pipelines.options import new_pipeline
+    from captionbeam.pipelines.bulk import BulkCaption, ModelInfo, WriteBulkOutputs
+    from captionbeam.pipelines.options import new_pipeline
     paths = _images(sample_dir, 3)
     out = str(tmp_path / "out")
     config = BulkConfig(images=tuple(paths), output=out, model_dir=str(tmp_path / "no-model"), batch_size=8)

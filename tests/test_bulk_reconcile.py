@@ -2,8 +2,8 @@
 under load): the run's own finalised files are counted instead, but only where they balance."""
 import json
 
-from pipelines.bulk import BulkResult, reconcile_with_files
-from pipelines.bulk_rows import CaptionRow
+from captionbeam.pipelines.bulk import BulkResult, reconcile_with_files
+from captionbeam.pipelines.bulk_rows import CaptionRow
 
 
 def _write_run(tmp_path, rows: int, dead: int):

@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from launch.cli import main as cli_main
-from pipelines import io as pio
-from pipelines.lease import LeaseHeld, OutputLease, read_claims
+from captionbeam.launch.cli import main as cli_main
+from captionbeam.pipelines import io as pio
+from captionbeam.pipelines.lease import LeaseHeld, OutputLease, read_claims
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from launch.cli import main as cli
+from captionbeam.launch.cli import main as cli
 from tests.plugins.decoding import CAPTIONS, draw_images
 
 

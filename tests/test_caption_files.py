@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from model.caption_files import (CaptionFileError, CaptionRow, detect_format, group, image_id, iter_rows, parse,
+from captionbeam.model.caption_files import (CaptionFileError, CaptionRow, detect_format, group, image_id, iter_rows, parse,
                                  parse_coco, parse_flickr8k, parse_jsonl, parse_kaggle, parse_split_file)
 
 FLICKR = (

@@ -5,8 +5,8 @@ import json
 import pytest
 import tensorflow as tf
 
-from launch.cli import main as cli
-from model import records
+from captionbeam.launch.cli import main as cli
+from captionbeam.model import records
 
 
 def _captions(capsys, tmp_path, lines, *flags):

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from launch.cli import main as cli
-from model import records
-from model.text import clean_seed, wrap
-from model.vocab import RESERVED, Vocabulary
+from captionbeam.launch.cli import main as cli
+from captionbeam.model import records
+from captionbeam.model.text import clean_seed, wrap
+from captionbeam.model.vocab import RESERVED, Vocabulary
 
 FEATURE_SHAPE = (2, 3)
 FEATURE_IDS = ["t1", "t2", "t3", "d1", "s1", "nis", "both", "fwc", "fwc2"]
@@ -168,7 +168,7 @@ def test_join_accounting_is_exact(main_run):
         with open(os.path.join(main_run.output, "join", f"{category}.txt")) as f:
             assert f.read().split() == ids, category
     assert main_run.stats["dead_letters"] == DEAD
-    from pipelines.deadletter import read_dead_letters
+    from captionbeam.pipelines.deadletter import read_dead_letters
     dead = read_dead_letters(main_run.output)
     assert sorted((d.stage, d.error) for d in dead) == [
         ("clean", "EmptyCaption"), ("join", "DuplicateImageId"), ("parse_captions", "CaptionFileError"),
@@ -354,7 +354,7 @@ def test_bad_flags_exit_with_usage(small_inputs, tmp_path, capsys, args, flag):
 def test_output_of_an_earlier_run_needs_overwrite(main_run, tmp_path, capsys):
     import shutil
 
-    from pipelines.captions import CaptionsConfig, clear_outputs, existing_outputs, plan
+    from captionbeam.pipelines.captions import CaptionsConfig, clear_outputs, existing_outputs, plan
     assert cli(["captions", "--captions", main_run.inputs["captions"], "--output", main_run.output]) == 2
     err = capsys.readouterr().err
     assert f"--output: {main_run.output} already holds" in err and "--overwrite" in err

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from model.config import ModelConfig, TrainConfig
+from captionbeam.model.config import ModelConfig, TrainConfig
 
 
 def _cfg(data, model_dir, epochs, **kw):
@@ -22,7 +22,7 @@ MODEL = ModelConfig(arch="merge", units=16, embedding_dim=16, dropout=0.1)
 @pytest.fixture(scope="module")
 def trained(synthetic_data, tmp_path_factory):
     """A model dir after 2 epochs x 4 steps: checkpoints ckpt-4, ckpt-6, ckpt-8 (keep 3)."""
-    from model.train import train
+    from captionbeam.model.train import train
     model_dir = tmp_path_factory.mktemp("ckpt") / "m"
     train(_cfg(synthetic_data, model_dir, epochs=2), MODEL)
     names = sorted(os.listdir(model_dir / "checkpoints"))
@@ -55,7 +55,7 @@ def _garbage_state(ckdir):
 
 @pytest.mark.parametrize("damage,resumed", [(_truncate, 6), (_garbage, 6), (_no_index, 6), (_garbage_state, 8)])
 def test_resumes_from_newest_checkpoint_that_restores(trained, synthetic_data, tmp_path, caplog, damage, resumed):
-    from model.train import train
+    from captionbeam.model.train import train
     model_dir = tmp_path / "m"
     shutil.copytree(trained, model_dir)
     damage(model_dir / "checkpoints")
@@ -79,8 +79,8 @@ def test_resumes_from_newest_checkpoint_that_restores(trained, synthetic_data, t
 
 
 def test_no_checkpoint_restores_fails_naming_the_dir(trained, synthetic_data, tmp_path):
-    from model.checkpoints import CheckpointError
-    from model.train import train
+    from captionbeam.model.checkpoints import CheckpointError
+    from captionbeam.model.train import train
     model_dir = tmp_path / "m"
     shutil.copytree(trained, model_dir)
     ckdir = model_dir / "checkpoints"

@@ -3,7 +3,7 @@ what ``model.coco_metrics`` reports as CIDEr) per caption, on random corpora of 
 import numpy as np
 import pytest
 
-from model.cider import CiderD, strip_special
+from captionbeam.model.cider import CiderD, strip_special
 
 
 def _random_corpus(rng, images, vocab=12, max_len=12):

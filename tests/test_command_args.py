@@ -5,10 +5,10 @@ import shlex
 
 import pytest
 
-from launch.command_args import CommandError, command_parser, invocation
-from launch.commands import caption, captions, evaluate, features, sample, train
-from launch.config import RunConfig, from_mapping
-from launch.run import RunPipeline
+from captionbeam.launch.command_args import CommandError, command_parser, invocation
+from captionbeam.launch.commands import caption, captions, evaluate, features, sample, train
+from captionbeam.launch.config import RunConfig, from_mapping
+from captionbeam.launch.run import RunPipeline
 
 MODULES = {"sample": sample, "features": features, "captions": captions, "train": train, "evaluate": evaluate,
            "caption": caption}

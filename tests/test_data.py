@@ -10,8 +10,8 @@ from tests.plugins.training import write_synthetic_data
 
 def _all_captions(directory, split):
     import tensorflow as tf
-    from model import records
-    from model.data import split_files
+    from captionbeam.model import records
+    from captionbeam.model.data import split_files
     out = []
     for path in split_files(directory, split):
         for raw in tf.data.TFRecordDataset(path):
@@ -22,7 +22,7 @@ def _all_captions(directory, split):
 
 
 def test_describe_split_counts_and_ignores_caption_only_shards(synthetic_data, tmp_path):
-    from model.data import describe_split, open_data
+    from captionbeam.model.data import describe_split, open_data
     data = str(tmp_path / "d")
     shutil.copytree(synthetic_data, data)
     open(os.path.join(data, "train-captions-00000-of-00001.tfrecord"), "wb").close()   # not a training shard
@@ -36,7 +36,7 @@ def test_describe_split_counts_and_ignores_caption_only_shards(synthetic_data, t
 
 
 def test_training_batches_are_shifted_padded_captions(synthetic_data):
-    from model.data import describe_split, open_data, training_dataset
+    from captionbeam.model.data import describe_split, open_data, training_dataset
     info = open_data(synthetic_data)
     split = describe_split(info, "train")
     ds = training_dataset(split.files, info.feature_shape, 32, seed=1, shuffle_buffer=64)
@@ -56,7 +56,7 @@ def test_training_batches_are_shifted_padded_captions(synthetic_data):
 
 
 def test_training_stream_is_deterministic_and_skippable(synthetic_data):
-    from model.data import describe_split, open_data, training_dataset
+    from captionbeam.model.data import describe_split, open_data, training_dataset
     info = open_data(synthetic_data)
     files = describe_split(info, "train").files
     a = [b["input"].numpy() for b in training_dataset(files, [16], 16, seed=7, shuffle_buffer=50).take(6)]
@@ -69,7 +69,7 @@ def test_training_stream_is_deterministic_and_skippable(synthetic_data):
 
 
 def test_file_sharding_splits_files_between_workers(synthetic_data, caplog):
-    from model.data import describe_split, evaluation_dataset, open_data, training_dataset
+    from captionbeam.model.data import describe_split, evaluation_dataset, open_data, training_dataset
     info = open_data(synthetic_data)
     files = describe_split(info, "train").files
 
@@ -89,7 +89,7 @@ def test_file_sharding_splits_files_between_workers(synthetic_data, caplog):
 
 
 def test_missing_vocabulary_fails_clearly(synthetic_data, tmp_path):
-    from model.data import open_data
+    from captionbeam.model.data import open_data
     data = str(tmp_path / "d")
     shutil.copytree(synthetic_data, data)
     os.remove(os.path.join(data, "vocab.txt"))
@@ -98,7 +98,7 @@ def test_missing_vocabulary_fails_clearly(synthetic_data, tmp_path):
 
 
 def test_empty_and_missing_splits_fail_clearly(tmp_path):
-    from model.data import describe_split, open_data
+    from captionbeam.model.data import describe_split, open_data
     data = write_synthetic_data(str(tmp_path / "d"), images=(("train", 0, 1), ("dev", 4, 1)))
     info = open_data(data)
     with pytest.raises(ValueError, match="'train' split .* has no captions"):
@@ -108,8 +108,8 @@ def test_empty_and_missing_splits_fail_clearly(tmp_path):
 
 
 def test_features_not_matching_the_spec_fail_clearly(tmp_path):
-    from model import records
-    from model.data import describe_split, open_data
+    from captionbeam.model import records
+    from captionbeam.model.data import describe_split, open_data
     data = write_synthetic_data(str(tmp_path / "d"), feature_shape=(16,))
     records.FeaturesSpec(encoder="x", feature_shape=[4, 4], image_size=[32, 32], preprocessing="none").save(data)
     with pytest.raises(ValueError, match=r"shape \(16,\) but features_spec.json says \(4, 4\)"):

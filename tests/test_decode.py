@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from model.decode import Decoder, beam_search, greedy_search, tokens_to_strings
-from model.vocab import END_ID, PAD_ID, START_ID
+from captionbeam.model.decode import Decoder, beam_search, greedy_search, tokens_to_strings
+from captionbeam.model.vocab import END_ID, PAD_ID, START_ID
 from tests.plugins.decoding import CAPTIONS, decoding_vocab, synthetic_batch
 
 ARCHS = ("merge", "inject", "attention", "transformer")

@@ -5,7 +5,7 @@ import importlib
 import numpy as np
 import pytest
 
-from model.encoders import (REGISTRY, EncoderConfig, EncoderError, TFLiteEncoder, build_encoder, describe_config,
+from captionbeam.model.encoders import (REGISTRY, EncoderConfig, EncoderError, TFLiteEncoder, build_encoder, describe_config,
                             preprocess_function, preprocess_numpy, preprocess_tf, validate_config)
 
 
@@ -157,7 +157,7 @@ def test_encoder_model_handler_batches_and_shares_through_beams_own_api(copies):
     """The RunInference handler sets batching and sharing through Beam's ModelHandler constructor; Beam's
     public getters report them (exact batches of batch_size; model_copies per machine when asked)."""
     from apache_beam.ml.inference.base import KeyedModelHandler
-    from pipelines.inference import EncoderModelHandler, keyed_encoder_handler
+    from captionbeam.pipelines.inference import EncoderModelHandler, keyed_encoder_handler
     handler = EncoderModelHandler(EncoderConfig("mobilenet", "none", 32), batch_size=8, model_copies=copies)
     assert handler.batch_elements_kwargs() == {"min_batch_size": 8, "max_batch_size": 8}
     assert handler.share_model_across_processes() is (copies is not None)

@@ -18,10 +18,10 @@ import time
 import numpy as np
 import pytest
 
-from launch.cli import main as cli
-from model import records
-from pipelines import io as pio
-from pipelines.deadletter import read_dead_letters
+from captionbeam.launch.cli import main as cli
+from captionbeam.model import records
+from captionbeam.pipelines import io as pio
+from captionbeam.pipelines.deadletter import read_dead_letters
 from tests.plugins.engines import ENGINE_NAMES, need_engine, start_job_server
 
 pytestmark = pytest.mark.slow
@@ -221,7 +221,7 @@ def test_bulk_skip_existing_on_flink_adds_no_rows(inputs, image_model_dir, engin
 
 # ----------------------------------------------------------------------------- failures name the engine
 def test_missing_jar_or_binary_fails_fast_naming_the_engine(tmp_path, monkeypatch, capsys, inputs):
-    from launch.engines import ENGINES_ENV
+    from captionbeam.launch.engines import ENGINES_ENV
     monkeypatch.setenv(ENGINES_ENV, str(tmp_path / "empty-cache"))
     base = ["features", "--images", str(inputs / "loose" / "*.jpg"), "--output", str(tmp_path / "out"), *ENCODER]
     for profile, engine in (("flink-local", "flink"), ("spark-local", "spark"), ("prism", "prism")):
@@ -237,7 +237,7 @@ def test_missing_jar_or_binary_fails_fast_naming_the_engine(tmp_path, monkeypatc
 
 
 def test_unreachable_flink_master_fails_naming_it(tmp_path, capsys, inputs, monkeypatch):
-    from launch.engines import artifact_path, free_port
+    from captionbeam.launch.engines import artifact_path, free_port
     need_engine("flink")
     # Flink's REST client retries 20 times, 3 s apart, by default: one try keeps the test short (the job
     # server that FlinkRunner starts reads $FLINK_CONF_DIR, as any Flink client does)

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from launch.cli import main as cli
+from captionbeam.launch.cli import main as cli
 from tests.plugins.decoding import CAPTIONS
 
 

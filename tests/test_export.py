@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from launch.cli import main as cli
+from captionbeam.launch.cli import main as cli
 from tests.plugins.decoding import CAPTIONS, draw_images
 
 LOADER = r"""
 import json, sys
 sys.path.append(sys.argv[1])          # site-packages only: no .pth files, so no editable captionbeam
 try:
-    import model.decode
+    import captionbeam.model.decode
     print("PROJECT-IMPORTABLE")
 except ImportError:
     pass
@@ -30,7 +30,7 @@ print(json.dumps({
     "captions": [c.decode() for c in out["captions"].numpy()], "log_probs": out["log_probs"].numpy().tolist(),
     "valid": out["valid"].numpy().tolist(), "feature_captions": [c.decode() for c in f_out["captions"].numpy()],
     "feature_log_probs": f_out["log_probs"].numpy().tolist(),
-    "project_modules": sorted(k for k in sys.modules if k.split(".")[0] in ("model", "launch", "pipelines")),
+    "project_modules": sorted(k for k in sys.modules if k.split(".")[0] == "captionbeam"),
 }))
 """
 
@@ -66,7 +66,7 @@ def test_export_serves_image_bytes_without_the_project(exported, image_model_dir
     assert result["captions"][4] == CAPTIONS[classes[1]]           # resized in the graph, same caption
     assert result["valid"] == [True] * 5 + [False] and result["captions"][5] == ""
     # the same numbers as the Captioner in this process (same beam search, same weights)
-    from model.captioner import Captioner
+    from captionbeam.model.captioner import Captioner
     cap = Captioner.load(image_model_dir["merge"], beam_size=2)
     mine = cap.caption_images(images)
     np.testing.assert_allclose(result["log_probs"][:4], [r.log_prob for r in mine], atol=1e-3)
@@ -77,7 +77,7 @@ def test_export_serves_image_bytes_without_the_project(exported, image_model_dir
 def test_export_metadata_and_overwrite_guard(exported, image_model_dir, capsys):
     meta = json.loads((exported / "captionbeam_export.json").read_text())
     assert meta["encoder"] == "mobilenet" and meta["beam_size"] == 2 and meta["image_size"] == [32, 32]
-    from model.captioner import Captioner
+    from captionbeam.model.captioner import Captioner
     assert meta["model_version"] == Captioner.load(image_model_dir["merge"]).model_version
     capsys.readouterr()
     rc = cli(["export", "--model-dir", image_model_dir["merge"], "--output", str(exported)])
@@ -88,8 +88,8 @@ def test_export_version_is_stable_across_reexports(image_model_dir, exported_mod
     """Re-exporting the same model with the same settings, to another directory, gives the same export
     version (bulk's manifest key), although the variables files differ byte-wise; another beam size
     gives another version."""
-    from launch.cli import main as cli
-    from model.export import export_version
+    from captionbeam.launch.cli import main as cli
+    from captionbeam.model.export import export_version
     again = tmp_path / "again"
     assert cli(["export", "--model-dir", image_model_dir["merge"], "--output", str(again), "--beam-size", "2"]) == 0
     assert export_version(str(again)) == export_version(str(exported_model))

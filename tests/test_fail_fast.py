@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from launch.cli import main as cli
+from captionbeam.launch.cli import main as cli
 
 
 @pytest.fixture

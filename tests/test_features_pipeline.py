@@ -12,11 +12,11 @@ import os
 import numpy as np
 import pytest
 
-from launch.cli import main as cli
-from model import records
-from model.encoders import build_encoder
-from pipelines.deadletter import read_dead_letters
-from pipelines.images import load_image
+from captionbeam.launch.cli import main as cli
+from captionbeam.model import records
+from captionbeam.model.encoders import build_encoder
+from captionbeam.pipelines.deadletter import read_dead_letters
+from captionbeam.pipelines.images import load_image
 from tests.test_images import (make_16bit_png, make_bomb_png, make_cmyk_jpeg, make_corrupt, make_exif_rotated_jpeg,
                                make_gray_jpeg, make_palette_png, make_rgb_jpeg, make_rgba_png, make_truncated_jpeg)
 
@@ -58,7 +58,7 @@ def _run(images, output, *extra):
 
 def read_records_tf(output, compression=None):
     import tensorflow as tf
-    from pipelines.io import match
+    from captionbeam.pipelines.io import match
     files = match([records.shard_pattern(str(output), records.FEATURES_PREFIX)])
     assert files, f"no feature shards under {output}"
     ds = tf.data.TFRecordDataset(files, compression_type=compression or "")
@@ -68,7 +68,7 @@ def read_records_tf(output, compression=None):
 
 def read_records_tfrecord_package(output, compression=None):
     """With the ``tfrecord`` package, in a TF-free child process (its protos clash with TensorFlow's)."""
-    from pipelines.io import match
+    from captionbeam.pipelines.io import match
     from tests.plugins.data import read_with_tfrecord_package
     files = match([records.shard_pattern(str(output), records.FEATURES_PREFIX)])
     rows = read_with_tfrecord_package(files, {"image_id": "byte", "path": "byte", "sha256": "byte", "encoder": "byte",
@@ -124,7 +124,7 @@ def test_clean_run_records(inputs, clean_run, capsys):
 
 def test_ids_sidecar_names_every_record(clean_run, mixed_run):
     """ids/ids-*.jsonl: one {"image_id", "path", "sha256"} line per feature record, none per dead letter."""
-    from pipelines.features import read_feature_ids
+    from captionbeam.pipelines.features import read_feature_ids
     for out in (clean_run, mixed_run):
         by_tf, n, _ = read_records_tf(out)
         rows = read_feature_ids(str(out))

@@ -3,8 +3,8 @@ import os
 
 import apache_beam as beam
 
-from pipelines import io
-from pipelines.options import pipeline_options
+from captionbeam.pipelines import io
+from captionbeam.pipelines.options import pipeline_options
 
 
 def test_beam_reads_and_writes_emulated_bucket_in_worker_processes(gcs_bucket):
@@ -27,12 +27,12 @@ def test_importing_pipelines_leaves_beam_credentials_alone_until_a_pipeline_is_b
     import subprocess
     import sys
     code = (
-        "import importlib, pkgutil, pipelines\n"
+        "import importlib, pkgutil, captionbeam.pipelines as pipelines\n"
         "from apache_beam.internal.gcp import auth\n"
-        "for m in pkgutil.walk_packages(pipelines.__path__, 'pipelines.'):\n"
-        "    if m.name != 'pipelines.worker_plugin': importlib.import_module(m.name)\n"
+        "for m in pkgutil.walk_packages(pipelines.__path__, 'captionbeam.pipelines.'):\n"
+        "    if m.name != 'captionbeam.pipelines.worker_plugin': importlib.import_module(m.name)\n"
         "before = auth._Credentials._credentials_init\n"
-        "from pipelines.options import pipeline_options\n"
+        "from captionbeam.pipelines.options import pipeline_options\n"
         "pipeline_options([])\n"
         "print(before, auth._Credentials._credentials_init, auth._Credentials._credentials)\n")
     env = {**os.environ, "STORAGE_EMULATOR_HOST": "http://127.0.0.1:9", "TF_CPP_MIN_LOG_LEVEL": "3"}

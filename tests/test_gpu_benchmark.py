@@ -26,7 +26,7 @@ def test_gpu_script_dry_run_writes_every_section(tmp_path):
     assert {(r["encoder"], r["policy"]) for r in features} == {
         (e, p) for e in ("vgg16", "mobilenet") for p in ("float32", "mixed_bfloat16")}
     assert all(r["images_per_s"] > 0 for r in features), features
-    from model.config import ARCHITECTURES
+    from captionbeam.model.config import ARCHITECTURES
     rows = summary["training"]["rows"]
     assert {r["arch"] for r in rows} == set(ARCHITECTURES)
     assert {r["jit_compile"] for r in rows} == {False, True}

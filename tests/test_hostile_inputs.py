@@ -8,9 +8,9 @@ import tarfile
 
 import pytest
 
-from launch.cli import main as cli
-from pipelines.deadletter import read_dead_letters
-from pipelines.shards.read import read_shard_bytes
+from captionbeam.launch.cli import main as cli
+from captionbeam.pipelines.deadletter import read_dead_letters
+from captionbeam.pipelines.shards.read import read_shard_bytes
 from tests.plugins.hostile import LIMIT, jpeg, write_hostile
 
 ENCODER = ["--encoder", "mobilenet", "--weights", "none", "--image-size", "32", "--batch-size", "4"]
@@ -18,7 +18,7 @@ ENCODER = ["--encoder", "mobilenet", "--weights", "none", "--image-size", "32", 
 
 def _record_ids(output):
     import tensorflow as tf
-    from model import records
+    from captionbeam.model import records
     files = sorted(str(p) for p in output.glob("features-*.tfrecord"))
     return sorted(records.parse_feature_example(raw.numpy()).image_id
                   for raw in tf.data.TFRecordDataset(files))
@@ -63,7 +63,7 @@ def test_a_truncated_tar_keeps_the_members_read_so_far():
 
 def test_a_forged_tfrecord_length_is_a_dead_letter_not_a_memory_error():
     from tests.plugins.hostile import _frame
-    from pipelines.shards.image_examples import image_example
+    from captionbeam.pipelines.shards.image_examples import image_example
     data = _frame(image_example("a", jpeg(1))) + _frame(b"y" * 10, length=(1 << 62))
     items = read_shard_bytes(data, "s.tfrecord", "tfrecord")
     assert [getattr(i, "image_id", None) for i in items] == ["a", None]

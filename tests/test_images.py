@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.images import (DecompressionBombError, EmptyImageError, NotAnImageError, TruncatedImageError,
+from captionbeam.pipelines.images import (DecompressionBombError, EmptyImageError, NotAnImageError, TruncatedImageError,
                               decode_image, load_image, resize_image)
 
 

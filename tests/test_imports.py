@@ -1,7 +1,7 @@
 """The import graph of the project's packages, read from the source with ``ast`` (every ``import`` and
 ``from ... import`` anywhere in a module, function-level ones included, plus ``importlib.import_module`` /
 ``__import__`` calls with a string literal or an f-string whose literal prefix names a package, e.g.
-``import_module(f"launch.commands.{name}")``): no circle anywhere, and the layering holds
+``import_module(f"captionbeam.launch.commands.{name}")``): no circle anywhere, and the layering holds
 (launch -> pipelines -> model; model never imports Beam)."""
 import ast
 import os
@@ -10,6 +10,9 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("model", "pipelines", "launch")
+ROOT_PACKAGE = "captionbeam"
+# Every folder whose Python files may import the project: the packages, their tests and the benchmarks.
+IMPORTING_TREES = PACKAGES + ("tests", "benchmarks")
 
 
 def _modules():
@@ -19,7 +22,7 @@ def _modules():
         for dirpath, _, files in os.walk(os.path.join(ROOT, pkg)):
             for f in files:
                 if f.endswith(".py"):
-                    rel = os.path.relpath(os.path.join(dirpath, f), ROOT)[:-3].replace(os.sep, ".")
+                    rel = ROOT_PACKAGE + "." + os.path.relpath(os.path.join(dirpath, f), ROOT)[:-3].replace(os.sep, ".")
                     out[rel[: -len(".__init__")] if rel.endswith(".__init__") else rel] = os.path.join(dirpath, f)
     return out
 
@@ -110,14 +113,14 @@ def _find_cycle(graph):
 
 def test_the_reader_sees_function_level_and_importlib_imports(tmp_path):
     src = tmp_path / "m.py"
-    src.write_text("import importlib\n\ndef f():\n    from pipelines.shards import read\n"
-                   "    return importlib.import_module('model.vocab')\n")
-    names = _imported_names(str(src), "pipelines.m", False)
-    assert {"pipelines.shards", "pipelines.shards.read", "model.vocab"} <= set(names)
+    src.write_text("import importlib\n\ndef f():\n    from captionbeam.pipelines.shards import read\n"
+                   "    return importlib.import_module('captionbeam.model.vocab')\n")
+    names = _imported_names(str(src), "captionbeam.pipelines.m", False)
+    assert {"captionbeam.pipelines.shards", "captionbeam.pipelines.shards.read", "captionbeam.model.vocab"} <= set(names)
 
 
 def test_importlib_f_string_prefixes_count_as_imports():
-    assert "launch.commands.run" in _graph()["launch.cli"]  # cli imports each command by f-string name
+    assert "captionbeam.launch.commands.run" in _graph()["captionbeam.launch.cli"]  # cli imports each command by f-string name
 
 
 def test_a_cycle_is_found():
@@ -129,7 +132,8 @@ def test_a_cycle_is_found():
 def test_no_import_circle(package):
     """No circle among the modules of ``package`` together with everything they reach."""
     graph = _graph()
-    reach, todo = set(), [n for n in graph if n == package or n.startswith(package + ".")]
+    full = f"{ROOT_PACKAGE}.{package}"
+    reach, todo = set(), [n for n in graph if n == full or n.startswith(full + ".")]
     while todo:
         n = todo.pop()
         if n not in reach:
@@ -143,11 +147,39 @@ def test_layers_launch_pipelines_model():
     """model imports neither pipelines, launch nor Beam; pipelines does not import launch."""
     bad = []
     for name, imported in _all_imports().items():
-        top = name.split(".")[0]
+        top = name.split(".")[1]
         for i in imported:
-            head = i.split(".")[0]
+            parts = i.split(".")
+            head = parts[1] if parts[0] == ROOT_PACKAGE and len(parts) > 1 else parts[0]
             if top == "model" and head in ("pipelines", "launch", "apache_beam"):
                 bad.append(f"{name} imports {i}")
             if top == "pipelines" and head == "launch":
                 bad.append(f"{name} imports {i}")
     assert bad == []
+
+
+def test_everything_imports_the_project_through_its_one_import_root():
+    """No module of the packages, the tests or the benchmarks imports ``model``, ``pipelines`` or ``launch``
+    bare: installed, they exist only as ``captionbeam.model`` etc. (a bare import works only from the
+    repository root by accident of ``sys.path``)."""
+    bare = []
+    for tree in IMPORTING_TREES:
+        for dirpath, _, files in os.walk(os.path.join(ROOT, tree)):
+            for f in files:
+                if f.endswith(".py"):
+                    path = os.path.join(dirpath, f)
+                    for i in _imported_names(path, "x.y", False):
+                        if i.split(".")[0] in PACKAGES:
+                            bare.append(f"{os.path.relpath(path, ROOT)} imports {i}")
+    assert bare == []
+
+
+def test_the_root_package_imports_nothing_heavy():
+    """``import captionbeam`` is cheap: no TensorFlow, no Beam (the API loads them when called)."""
+    import subprocess
+    import sys
+    code = "import sys, captionbeam; print(captionbeam.__version__, 'tensorflow' in sys.modules, 'apache_beam' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd="/")
+    assert out.returncode == 0, out.stderr[-2000:]
+    version, tf_loaded, beam_loaded = out.stdout.split()
+    assert version[0].isdigit() and (tf_loaded, beam_loaded) == ("False", "False")

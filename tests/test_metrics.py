@@ -5,9 +5,9 @@ import warnings
 import pytest
 from nltk.translate.bleu_score import corpus_bleu as nltk_corpus_bleu
 
-from model import metrics
-from model.caption_files import CaptionFileError
-from model.references import MissingIdsError, align, parse_predictions, read_text
+from captionbeam.model import metrics
+from captionbeam.model.caption_files import CaptionFileError
+from captionbeam.model.references import MissingIdsError, align, parse_predictions, read_text
 
 
 def _nltk(refs, hyps, weights):

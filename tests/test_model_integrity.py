@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from launch.cli import main as cli
+from captionbeam.launch.cli import main as cli
 
 SIZE = 16
 
@@ -34,8 +34,8 @@ def _save_encoder(path, seed):
 def bundled(tmp_path_factory, synthetic_data):
     """(model dir trained on features of a user encoder file ``enc.keras``, images, a different file of the
     same name). The features job ran in ``src/`` with a relative ``--encoder enc.keras``."""
-    from model.config import ModelConfig, TrainConfig
-    from model.train import train
+    from captionbeam.model.config import ModelConfig, TrainConfig
+    from captionbeam.model.train import train
     root = tmp_path_factory.mktemp("integrity")
     src, other = root / "src", root / "other"
     src.mkdir(), other.mkdir()
@@ -66,16 +66,16 @@ def bundled(tmp_path_factory, synthetic_data):
 
 
 def _encode(path, images):
-    from model.captioner import resize_square
-    from model.encoders import build_encoder
+    from captionbeam.model.captioner import resize_square
+    from captionbeam.model.encoders import build_encoder
     enc = build_encoder(str(path), image_size=SIZE)
     batch = np.stack([resize_square(np.asarray(Image.open(p).convert("RGB")), SIZE) for p in images])
     return enc(enc.preprocess(batch))
 
 
 def test_encoder_is_copied_into_the_model_dir_with_its_hash(bundled):
-    from model import records
-    from model.hashing import sha256_file
+    from captionbeam.model import records
+    from captionbeam.model.hashing import sha256_file
     model_dir, _, original, _ = bundled
     spec = records.FeaturesSpec.load(str(model_dir))
     assert spec.extra["encoder_file"] == {"path": "encoder/enc.keras", "sha256": sha256_file(str(original))}
@@ -83,7 +83,7 @@ def test_encoder_is_copied_into_the_model_dir_with_its_hash(bundled):
 
 
 def test_caption_and_bulk_use_the_model_dirs_copy_from_any_directory(bundled, tmp_path, monkeypatch, capsys):
-    from model.captioner import Captioner
+    from captionbeam.model.captioner import Captioner
     model_dir, images, original, other = bundled
     want = _encode(original, images)
     assert not np.allclose(want, _encode(other, images))       # the two files really differ
@@ -117,9 +117,9 @@ def test_a_tampered_encoder_copy_is_refused_naming_the_file(bundled, tmp_path, c
 
 
 def test_a_foreign_vocabulary_of_the_same_size_is_refused(bundled, tmp_path, capsys):
-    from model.integrity import IntegrityError
-    from model.model_dir import load_trained
-    from model.vocab import Vocabulary
+    from captionbeam.model.integrity import IntegrityError
+    from captionbeam.model.model_dir import load_trained
+    from captionbeam.model.vocab import Vocabulary
     model_dir, images, _, _ = bundled
     copy = tmp_path / "model"
     shutil.copytree(model_dir, copy)
@@ -134,7 +134,7 @@ def test_a_foreign_vocabulary_of_the_same_size_is_refused(bundled, tmp_path, cap
 
 
 def test_missing_best_weights_falls_back_to_last_with_a_warning(bundled, tmp_path, caplog):
-    from model.model_dir import weights_path
+    from captionbeam.model.model_dir import weights_path
     model_dir, _, _, _ = bundled
     copy = tmp_path / "model"
     shutil.copytree(model_dir, copy)

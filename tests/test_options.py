@@ -5,7 +5,7 @@ import apache_beam as beam
 import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipelines.options import new_pipeline
+from captionbeam.pipelines.options import new_pipeline
 
 
 @pytest.mark.parametrize("args", [[], ["--runner=DirectRunner"]])

@@ -9,12 +9,12 @@ import os
 
 import pytest
 
-import pipelines.io as pio
-from model.caption_files import group, parse
-from pipelines import pack as P
-from pipelines.image_items import ShardRecord
-from pipelines.shards.read import iter_shard
-from pipelines.deadletter import read_dead_letters
+import captionbeam.pipelines.io as pio
+from captionbeam.model.caption_files import group, parse
+from captionbeam.pipelines import pack as P
+from captionbeam.pipelines.image_items import ShardRecord
+from captionbeam.pipelines.shards.read import iter_shard
+from captionbeam.pipelines.deadletter import read_dead_letters
 from tests.plugins.shards import DIRECT, SHARD_SIZE
 
 
@@ -76,7 +76,7 @@ def test_tar_members_follow_webdataset_layout(gcs_packed):
 
 
 def test_pack_dead_letters_and_overwrite_guard(gcs_bucket, sample_dir):
-    from launch.cli import main
+    from captionbeam.launch.cli import main
     src = sorted(glob.glob(os.path.join(sample_dir, "images", "*.jpg")))[:5]
     for p in src:
         gcs_bucket.upload_bytes(f"in/a/{os.path.basename(p)}", open(p, "rb").read())

@@ -10,11 +10,11 @@ import textwrap
 
 import pytest
 
-from launch import cli
-from launch.beam_options import merge_flags
-from launch.dry_run import resolved_options
-from launch.profiles import DEFAULT_PROFILES_FILE, load_profiles, profile_args, profile_env, profile_train_args
-from launch.tf_config import tf_config
+from captionbeam.launch import cli
+from captionbeam.launch.beam_options import merge_flags
+from captionbeam.launch.dry_run import resolved_options
+from captionbeam.launch.profiles import DEFAULT_PROFILES_FILE, load_profiles, profile_args, profile_env, profile_train_args
+from captionbeam.launch.tf_config import tf_config
 
 BULK = ["bulk", "--images", "gs://b/photos/*.jpg", "--model-dir", "gs://b/model", "--output", "gs://b/out"]
 
@@ -56,7 +56,7 @@ EXPECTED = {
 @pytest.fixture
 def engines_cache(tmp_path, monkeypatch):
     """An engines cache holding (empty) stand-ins for the jars and the binary: what the profiles resolve to."""
-    from launch.engines import ARTIFACTS, ENGINES_ENV
+    from captionbeam.launch.engines import ARTIFACTS, ENGINES_ENV
     cache = tmp_path / "engines"
     for rel in ARTIFACTS.values():
         (cache / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -159,7 +159,7 @@ def test_multiworker_profile_and_tf_config():
     with pytest.raises(ValueError, match="host:port"):
         tf_config(["w0"], 0)
     # a Kubernetes indexed Job gives each pod JOB_COMPLETION_INDEX; the helper turns it into TF_CONFIG
-    out = subprocess.run([sys.executable, "-m", "launch.profiles", "tf-config", "--workers", "t-0.t:2222,t-1.t:2222"],
+    out = subprocess.run([sys.executable, "-m", "captionbeam.launch.profiles", "tf-config", "--workers", "t-0.t:2222,t-1.t:2222"],
                          env={**os.environ, "JOB_COMPLETION_INDEX": "1"}, capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == {"cluster": {"worker": ["t-0.t:2222", "t-1.t:2222"]},
                                       "task": {"type": "worker", "index": 1}}
@@ -171,8 +171,8 @@ def test_local_profile_really_runs_a_pipeline(tmp_path):
     out = tmp_path / "out"
     script = textwrap.dedent(f"""
         import apache_beam as beam
-        from pipelines.options import pipeline_options
-        from launch.beam_options import merge_flags
+        from captionbeam.pipelines.options import pipeline_options
+        from captionbeam.launch.beam_options import merge_flags
         args = merge_flags({profile_args(profiles, 'local', 'features')!r})
         with beam.Pipeline(options=pipeline_options(args)) as p:
             (p | beam.Create(range(200)) | beam.Map(lambda x: (x % 7, x)) | beam.CombinePerKey(sum)

@@ -5,7 +5,7 @@ import shutil
 import pytest
 from PIL import Image
 
-from launch.report import (GalleryItem, ReportData, find_chromium, flatten_metrics, metrics_rows,
+from captionbeam.launch.report import (GalleryItem, ReportData, find_chromium, flatten_metrics, metrics_rows,
                            render_in_browser, write_report)
 
 

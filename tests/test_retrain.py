@@ -9,11 +9,11 @@ import shutil
 
 import pytest
 
-import pipelines.io as pio
-from launch.retrain.gate import promotion_decision
-from launch.retrain.root import (ModelRoot, VersionError, VersionInfo, next_batch, read_consumed, write_atomic,
+import captionbeam.pipelines.io as pio
+from captionbeam.launch.retrain.gate import promotion_decision
+from captionbeam.launch.retrain.root import (ModelRoot, VersionError, VersionInfo, next_batch, read_consumed, write_atomic,
                                  write_consumed)
-from model.vocab import extended_vocabulary
+from captionbeam.model.vocab import extended_vocabulary
 
 
 # ----------------------------------------------------------------------------- state (fast)
@@ -90,11 +90,11 @@ def test_compressed_root_features_are_read_and_extended_compressed(tmp_path):
     too, so one features_spec.json (compression: GZIP) describes every batch's records."""
     import hashlib
 
-    from launch import cli
-    from launch.commands import features as features_cmd
-    from launch.retrain.manifest import feature_hashes
-    from launch.retrain.stages import features_invocation
-    from pipelines.sample import SampleConfig, write_sample
+    from captionbeam.launch import cli
+    from captionbeam.launch.commands import features as features_cmd
+    from captionbeam.launch.retrain.manifest import feature_hashes
+    from captionbeam.launch.retrain.stages import features_invocation
+    from captionbeam.pipelines.sample import SampleConfig, write_sample
     write_sample(SampleConfig(output=str(tmp_path / "s"), images=20, seed=0, size=32))
     out = tmp_path / "f"
     assert cli.main(["--log-level", "WARNING", "features", "--images", str(tmp_path / "s" / "images" / "*.jpg"),
@@ -109,8 +109,8 @@ def test_compressed_root_features_are_read_and_extended_compressed(tmp_path):
 
 
 def test_features_without_their_sidecar_are_a_clear_error(tmp_path):
-    from launch.retrain.manifest import feature_hashes
-    from launch.retrain.root import RetrainError
+    from captionbeam.launch.retrain.manifest import feature_hashes
+    from captionbeam.launch.retrain.root import RetrainError
     (tmp_path / "features-00000-of-00001.tfrecord").write_bytes(b"")
     with pytest.raises(RetrainError, match="no ids/ids-\\*.jsonl sidecar"):
         feature_hashes([str(tmp_path)])
@@ -122,8 +122,8 @@ def _landing(tmp_path, name, first, count, shuffle_seed=None):
     """Sample images [first, first + count) (seed 0, 32 px: the same bytes as small_run's for ids < 48) and
     their captions; with ``shuffle_seed`` a broken batch: every image gets another image's captions, with
     their words scrambled (a bad join plus a bad tokeniser upstream)."""
-    from model.caption_files import group, parse
-    from pipelines.sample import SampleConfig, write_sample
+    from captionbeam.model.caption_files import group, parse
+    from captionbeam.pipelines.sample import SampleConfig, write_sample
     out = tmp_path / name
     write_sample(SampleConfig(output=str(out), images=first + count, seed=0, size=32))
     caps = dict(group(parse((out / "captions.txt").read_text(), "flickr8k")))
@@ -149,7 +149,7 @@ def _landing(tmp_path, name, first, count, shuffle_seed=None):
 
 
 def _retrain(capsys, argv):
-    from launch import cli
+    from captionbeam.launch import cli
     rc = cli.main(["retrain", *argv, "--json"])
     captured = capsys.readouterr()
     out = captured.out
@@ -159,7 +159,7 @@ def _retrain(capsys, argv):
 
 def test_retrain_promotes_good_batch_and_rejects_shuffled_captions(small_run, gcs_bucket, tmp_path, capsys):
     assert small_run.rc == 0
-    from launch.retrain.manifest import feature_hashes
+    from captionbeam.launch.retrain.manifest import feature_hashes
     root = f"{gcs_bucket.url}/models"
     [init] = _retrain(capsys, ["--root", root, "--init", "--from-run", small_run.workdir])
     r = ModelRoot(root)

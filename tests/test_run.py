@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 
-from launch import cli
-from launch.config import ConfigError, RunConfig, from_mapping, load
+from captionbeam.launch import cli
+from captionbeam.launch.config import ConfigError, RunConfig, from_mapping, load
 
 
 def test_run_end_to_end(small_run):
@@ -38,7 +38,7 @@ def test_run_end_to_end(small_run):
 
 
 def test_run_report_renders_in_chromium(small_run, tmp_path):
-    from launch.report import find_chromium, render_in_browser
+    from captionbeam.launch.report import find_chromium, render_in_browser
     assert small_run.rc == 0
     report = small_run.path("report")
     html = open(os.path.join(report, "index.html"), encoding="utf-8").read()

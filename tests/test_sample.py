@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from launch.cli import main as cli
-from model.caption_files import group, parse, parse_split_file
-from pipelines.sample import (BACKGROUNDS, COLOURS, SHAPE_PLURALS, SHAPE_WORDS, SampleConfig, assign_splits,
+from captionbeam.launch.cli import main as cli
+from captionbeam.model.caption_files import group, parse, parse_split_file
+from captionbeam.pipelines.sample import (BACKGROUNDS, COLOURS, SHAPE_PLURALS, SHAPE_WORDS, SampleConfig, assign_splits,
                               make_scene, read_scenes, render, write_sample)
 from tests.plugins.data import SAMPLE_IMAGES, SAMPLE_SIZE
 

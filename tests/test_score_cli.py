@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 
-from launch.cli import main as cli
+from captionbeam.launch.cli import main as cli
 
 WORDS = ("a dog cat man woman child runs jumps sits on the in grass water street red blue ball "
          "playing with two people beach snow").split()
@@ -105,7 +105,7 @@ def corpus(tmp_path_factory):
 def coco_both_ways(corpus):
     """pycocoevalcap run directly and through model.coco_metrics, sharing one METEOR JVM (15-30 s to start)."""
     from pycocoevalcap.meteor.meteor import Meteor
-    from model.coco_metrics import _close_meteor, coco_scores
+    from captionbeam.model.coco_metrics import _close_meteor, coco_scores
     refs, preds, _, _ = corpus
     meteor = Meteor()
     try:

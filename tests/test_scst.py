@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from launch.cli import main as cli
+from captionbeam.launch.cli import main as cli
 from tests.plugins.training import free_port, train_command, train_env
 
 RESUMED_RE = re.compile(r"resumed from \S+: step (\d+), (\d+) epoch\(s\) done")
@@ -25,7 +25,7 @@ def sample_xent(tmp_path_factory):
     """The embedded default's data at a quarter of ``make run``'s training: ``captionbeam sample`` (240
     scenes, 64 px), the thumbnail encoder's features, captions (basic, min count 2), a merge model
     trained with cross-entropy for 6 epochs. -> (data dir, model dir)."""
-    from launch.run import build_thumbnail_encoder
+    from captionbeam.launch.run import build_thumbnail_encoder
     root = tmp_path_factory.mktemp("scst_sample")
     sample, data, model = root / "sample", root / "data", root / "xent"
     assert cli(["sample", "--output", str(sample), "--images", "240", "--size", "64", "--seed", "0"]) == 0
@@ -43,9 +43,9 @@ def sample_xent(tmp_path_factory):
 
 
 def _dev_cider(model_dir, data, which):
-    from model.data import split_files
-    from model.model_dir import load_trained
-    from model.selection import SplitCider
+    from captionbeam.model.data import split_files
+    from captionbeam.model.model_dir import load_trained
+    from captionbeam.model.selection import SplitCider
     model, config, _, _ = load_trained(model_dir, which=which)
     return SplitCider(model, split_files(data, "dev"), config.feature_shape)()[0]
 

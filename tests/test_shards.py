@@ -12,13 +12,13 @@ import tarfile
 import numpy as np
 import pytest
 
-from pipelines.formats import detect_format, resolve_format
-from pipelines.image_items import (BAD_CRC, BAD_RECORD, DUPLICATE_ID, MISSING_ID, MISSING_IMAGE, NOT_AN_IMAGE, TRUNCATED,
+from captionbeam.pipelines.formats import detect_format, resolve_format
+from captionbeam.pipelines.image_items import (BAD_CRC, BAD_RECORD, DUPLICATE_ID, MISSING_ID, MISSING_IMAGE, NOT_AN_IMAGE, TRUNCATED,
                                    UNREADABLE, ShardError, ShardRecord)
-from pipelines.shards.image_examples import TfrecordFields
-from pipelines.shards.read import iter_shard, read_shard_bytes
-from pipelines.shards.tfrecord import frame_record
-from pipelines.shards.writer import ShardWriter
+from captionbeam.pipelines.shards.image_examples import TfrecordFields
+from captionbeam.pipelines.shards.read import iter_shard, read_shard_bytes
+from captionbeam.pipelines.shards.tfrecord import frame_record
+from captionbeam.pipelines.shards.writer import ShardWriter
 
 DIRECT = ["--runner=DirectRunner"]
 
@@ -72,8 +72,8 @@ def test_read_images_auto_sends_tfr_shards_to_the_shard_reader(tmp_path):
     one loose "image" per shard file), nothing is dead-lettered."""
     import apache_beam as beam
     from apache_beam.testing.util import assert_that, equal_to
-    from pipelines.options import new_pipeline
-    from pipelines.sources import ReadImages
+    from captionbeam.pipelines.options import new_pipeline
+    from captionbeam.pipelines.sources import ReadImages
     for name, ids in (("a.tfr", ["a0", "a1"]), ("b.tfr.gz", ["b0", "b1", "b2"])):
         with open(tmp_path / name, "wb") as f:
             w = ShardWriter(f, "tfrecord", compress=name.endswith(".gz"))
@@ -217,7 +217,7 @@ def test_streaming_reader_never_seeks():
 # ----------------------------------------------------------------------------- features over shards
 def _features(output):
     import tensorflow as tf
-    from model.records import parse_feature_example
+    from captionbeam.model.records import parse_feature_example
     files = sorted(glob.glob(os.path.join(output, "features-*-of-*.tfrecord")))
     return [parse_feature_example(r.numpy()) for r in tf.data.TFRecordDataset(files)]
 
@@ -248,8 +248,8 @@ def test_features_over_shards_equal_loose_files(gcs_packed, gcs_bucket, tmp_path
     tar and TFRecord packs on the emulator and two broken shards: every shard image gets the loose
     file's id and feature values; what is broken is dead-lettered with shard path and member; the rest
     is encoded."""
-    from launch.cli import main
-    from pipelines.deadletter import read_dead_letters
+    from captionbeam.launch.cli import main
+    from captionbeam.pipelines.deadletter import read_dead_letters
     bad = _bad_shards(gcs_bucket)
     out = str(tmp_path / "features")
     rc = main(["--log-level", "WARNING", "features", "--images", gcs_packed.images,
@@ -310,8 +310,8 @@ def test_features_tfrecord_field_flags(tmp_path):
     """`captionbeam features --tfrecord-image-field/--tfrecord-id-field` reads shards with other field names;
     without the flags the same records are dead letters naming the fields they lack, nothing is dropped."""
     import tensorflow as tf
-    from launch.cli import main
-    from pipelines.deadletter import read_dead_letters
+    from captionbeam.launch.cli import main
+    from captionbeam.pipelines.deadletter import read_dead_letters
 
     def example(key: str, data: bytes) -> bytes:
         return tf.train.Example(features=tf.train.Features(feature={

@@ -3,7 +3,7 @@ import string
 
 import pytest
 
-from model.text import END, START, clean_basic, clean_none, clean_seed, get_cleaner, wrap
+from captionbeam.model.text import END, START, clean_basic, clean_none, clean_seed, get_cleaner, wrap
 
 
 def tutorial_clean(desc: str):

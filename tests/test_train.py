@@ -30,11 +30,11 @@ def test_loss_falls_well_below_its_start(trained_model_dirs, arch):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_model_dir_contract_and_load_trained(trained_model_dirs, arch):
     import tensorflow as tf
-    from model.config import ModelConfig
-    from model.data import evaluation_dataset, open_data, split_files
-    from model.model_dir import load_trained
-    from model.records import FeaturesSpec
-    from model.vocab import Vocabulary
+    from captionbeam.model.config import ModelConfig
+    from captionbeam.model.data import evaluation_dataset, open_data, split_files
+    from captionbeam.model.model_dir import load_trained
+    from captionbeam.model.records import FeaturesSpec
+    from captionbeam.model.vocab import Vocabulary
     model_dir = trained_model_dirs[arch]
     for name in ("config.json", "train_config.json", "vocab.txt", "features_spec.json", "best.weights.h5",
                  "last.weights.h5", "history.json", "training_curve.png"):
@@ -66,7 +66,7 @@ def test_model_dir_contract_and_load_trained(trained_model_dirs, arch):
 def test_model_predicts_the_class_words(synthetic_model_dir):
     """The caption depends on the image: greedy step decoding names the right colour and animal."""
     import tensorflow as tf
-    from model.model_dir import load_trained
+    from captionbeam.model.model_dir import load_trained
     from tests.plugins.training import ANIMALS, COLOURS
     model, config, vocab, _ = load_trained(synthetic_model_dir)
     k = np.arange(6)
@@ -85,7 +85,7 @@ def test_model_predicts_the_class_words(synthetic_model_dir):
 
 
 def _cli(*argv):
-    from launch.cli import main
+    from captionbeam.launch.cli import main
     return main(["train", *argv])
 
 
@@ -126,9 +126,9 @@ def test_a_model_dir_holding_another_model_is_not_resumed(synthetic_model_dir, s
 
 def test_select_by_cider_keeps_the_best_dev_cider_weights(synthetic_data, tmp_path):
     """``--select-by cider``: dev CIDEr-D of greedy captions each epoch picks best.weights.h5."""
-    from model.data import split_files
-    from model.model_dir import load_trained
-    from model.selection import SplitCider
+    from captionbeam.model.data import split_files
+    from captionbeam.model.model_dir import load_trained
+    from captionbeam.model.selection import SplitCider
     out = tmp_path / "by_cider"
     assert _cli("--data", synthetic_data, "--model-dir", str(out), *TINY, "--epochs", "4", "--steps-per-epoch", "6",
                 "--batch-size", "32", "--learning-rate", "0.01", "--select-by", "cider",

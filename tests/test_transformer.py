@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from launch.cli import main as cli
+from captionbeam.launch.cli import main as cli
 from tests.plugins.decoding import draw_images
 
 
@@ -22,8 +22,8 @@ def _bleu4(references, hypotheses):
 
 
 def _split_captions(data, split, vocab, feature_shape):
-    from model.captioner import iterate_records
-    from model.data import split_files
+    from captionbeam.model.captioner import iterate_records
+    from captionbeam.model.data import split_files
     feats, refs = [], []
     for _, f, caps in iterate_records(split_files(data, split), feature_shape, 64):
         feats.append(f)
@@ -43,7 +43,7 @@ def transformer_dir(synthetic_map_data, tmp_path_factory):
 
 
 def test_transformer_learns_captions_that_depend_on_the_image(transformer_dir, synthetic_map_data):
-    from model.captioner import Captioner
+    from captionbeam.model.captioner import Captioner
     greedy = Captioner.load(transformer_dir)
     assert greedy.config.arch == "transformer" and greedy.has_attention and greedy.config.heads == 4
     feats, refs = _split_captions(synthetic_map_data, "dev", greedy.vocab, greedy.config.feature_shape)
@@ -71,12 +71,12 @@ m = tf.saved_model.load(sys.argv[2])
 out = m.signatures["serving_default"](images=tf.constant([open(p, "rb").read() for p in sys.argv[3:]]))
 print(json.dumps({"captions": [c.decode() for c in out["captions"].numpy()],
                   "log_probs": out["log_probs"].numpy().tolist(),
-                  "project": sorted(k for k in sys.modules if k.split(".")[0] in ("model", "launch", "pipelines"))}))
+                  "project": sorted(k for k in sys.modules if k.split(".")[0] == "captionbeam")}))
 """
 
 
 def test_transformer_export_serves_images_without_the_project(image_model_dir, tmp_path):
-    from model.captioner import Captioner
+    from captionbeam.model.captioner import Captioner
     export = tmp_path / "saved"
     assert cli(["export", "--model-dir", image_model_dir["transformer"], "--output", str(export),
                 "--beam-size", "2", "--max-length", "5"]) == 0

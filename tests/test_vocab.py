@@ -5,9 +5,9 @@ import apache_beam as beam
 import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
-from model.vocab import END_ID, PAD_ID, RESERVED, START_ID, UNK, UNK_ID, Vocabulary, order_tokens
-from pipelines.options import pipeline_options
-from pipelines.vocabulary import BuildVocabulary, CountTokens, token_counts_text, vocabulary_from_counts
+from captionbeam.model.vocab import END_ID, PAD_ID, RESERVED, START_ID, UNK, UNK_ID, Vocabulary, order_tokens
+from captionbeam.pipelines.options import pipeline_options
+from captionbeam.pipelines.vocabulary import BuildVocabulary, CountTokens, token_counts_text, vocabulary_from_counts
 
 
 def test_reserved_ids():

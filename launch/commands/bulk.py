@@ -12,7 +12,7 @@ import json
 import logging
 import sys
 
-from launch.arg_types import non_negative_int, positive_int, output_dir
+from captionbeam.launch.arg_types import non_negative_int, positive_int, output_dir
 
 HELP = "caption an archive of images at scale, resumably (Beam job)"
 BEAM = True
@@ -22,11 +22,11 @@ OUTPUT_IN_USE = 75   # EX_TEMPFAIL: another run holds the --output's lease; retr
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from pipelines.bulk import FORMATS
-    from pipelines.image_items import DEFAULT_MAX_BYTES
-    from pipelines.images import DEFAULT_MAX_PIXELS, RESIZE_METHODS
-    from launch.shard_flags import add_tfrecord_field_arguments
-    from pipelines.sources import INPUT_FORMATS
+    from captionbeam.pipelines.bulk import FORMATS
+    from captionbeam.pipelines.image_items import DEFAULT_MAX_BYTES
+    from captionbeam.pipelines.images import DEFAULT_MAX_PIXELS, RESIZE_METHODS
+    from captionbeam.launch.shard_flags import add_tfrecord_field_arguments
+    from captionbeam.pipelines.sources import INPUT_FORMATS
     parser.epilog = (
         "Output under --output: captions/captions-<run>-*.jsonl|parquet (path, image_id, sha256, caption, "
         "log_prob, model_version, encoder), manifest/<model_version>/manifest-<run>-*.jsonl, "
@@ -83,7 +83,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _check_images(parser_error, patterns) -> None:
     """Fail fast when a glob matches nothing (a limit-1 match per pattern: cheap even on a huge bucket)."""
     from apache_beam.io.filesystems import FileSystems
-    from pipelines.io import use_anonymous_gcs_if_emulated
+    from captionbeam.pipelines.io import use_anonymous_gcs_if_emulated
     use_anonymous_gcs_if_emulated()
     try:
         results = FileSystems.match(list(patterns), limits=[1] * len(patterns))
@@ -97,8 +97,8 @@ def _check_images(parser_error, patterns) -> None:
 def model_info(model_dir: str, beam_size, max_length, batch_size: int):
     """Load the captioner once here: it validates --model-dir before any worker starts and gives the
     model version the manifest is keyed by, the encoder name and its input size."""
-    from model.captioner import Captioner
-    from pipelines.bulk import ModelInfo
+    from captionbeam.model.captioner import Captioner
+    from captionbeam.pipelines.bulk import ModelInfo
     captioner = Captioner.load(model_dir, beam_size=beam_size or 1, max_length=max_length, batch_size=batch_size)
     height, width = captioner.image_size
     if height != width:
@@ -111,8 +111,8 @@ def model_info(model_dir: str, beam_size, max_length, batch_size: int):
 def export_info(model_dir: str):
     """An exported SavedModel: check its metadata and serving signature (without loading the graph);
     its model version is model.export.export_version. Returns (ModelInfo, the export's metadata)."""
-    from model.export import check_serving_signature, export_version, read_metadata
-    from pipelines.bulk import ModelInfo
+    from captionbeam.model.export import check_serving_signature, export_version, read_metadata
+    from captionbeam.pipelines.bulk import ModelInfo
     meta = read_metadata(model_dir)
     check_serving_signature(model_dir)
     info = ModelInfo(model_version=export_version(model_dir), encoder=str(meta["encoder"]),
@@ -139,7 +139,7 @@ def check_export_flags(meta: dict, model_dir: str, beam_size, max_length, resize
 def load_model_info(args):
     """(ModelInfo, resize method of the model or None, the export's metadata or None) for --model-dir:
     an export when it holds saved_model.pb (local or gs://), else a training model directory."""
-    import pipelines.io as pio
+    import captionbeam.pipelines.io as pio
     if pio.exists(pio.join(args.model_dir, "saved_model.pb")):
         info, meta = export_info(args.model_dir)
         return info, None, meta
@@ -148,8 +148,8 @@ def load_model_info(args):
 
 
 def main(args: argparse.Namespace, pipeline_args) -> int:
-    from launch.shard_flags import tfrecord_fields
-    from pipelines.bulk import BulkConfig, run
+    from captionbeam.launch.shard_flags import tfrecord_fields
+    from captionbeam.pipelines.bulk import BulkConfig, run
     # an empty optional output (no dead letters, nothing new) is normal here, not worth a warning
     logging.getLogger("apache_beam.io.filebasedsink").setLevel(logging.ERROR)
 
@@ -181,7 +181,7 @@ def main(args: argparse.Namespace, pipeline_args) -> int:
             force=args.force)
     except ValueError as e:
         fail(str(e))
-    from pipelines.lease import LeaseHeld
+    from captionbeam.pipelines.lease import LeaseHeld
     try:
         result = run(config, info, pipeline_args)
     except LeaseHeld as e:

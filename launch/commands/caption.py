@@ -18,11 +18,11 @@ import sys
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Tuple
 
-import pipelines.io as pio
-from launch.command_args import CommandError
-from launch.commands.evaluate import Decoding, add_decoding_arguments, check_decoding_arguments
+import captionbeam.pipelines.io as pio
+from captionbeam.launch.command_args import CommandError
+from captionbeam.launch.commands.evaluate import Decoding, add_decoding_arguments, check_decoding_arguments
 
-from launch.arg_types import output_dir
+from captionbeam.launch.arg_types import output_dir
 
 HELP = "caption image files with a trained model"
 log = logging.getLogger("captionbeam.caption")
@@ -101,8 +101,8 @@ def run(config: CaptionConfig, on_row: Optional[Callable[[dict], None]] = None,
         on_error: Optional[Callable[[dict], None]] = None) -> CaptionResult:
     """Caption ``config.images``; each row (and each failed file) is also passed to ``on_row``
     (``on_error``) as soon as it is known. :class:`CommandError` when the model dir is unusable."""
-    from pipelines.images import ImageDecodeError, decode_image
-    from model.caption_files import image_id as to_image_id
+    from captionbeam.pipelines.images import ImageDecodeError, decode_image
+    from captionbeam.model.caption_files import image_id as to_image_id
     try:
         captioner = config.decoding.load_captioner(config.model_dir, config.encoder_file)
         captioner.encoder   # build it now: a model dir without a usable encoder fails before any image

@@ -14,8 +14,8 @@ import logging
 import sys
 from typing import List, Sequence
 
-from launch.arg_types import int_at_least, name_equals_file, output_dir
-from launch.command_args import CommandError
+from captionbeam.launch.arg_types import int_at_least, name_equals_file, output_dir
+from captionbeam.launch.command_args import CommandError
 
 HELP = "clean captions, build the vocabulary, join with features into training TFRecords (Beam job)"
 BEAM = True
@@ -24,9 +24,9 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from model.caption_files import FORMATS
-    from pipelines.captions import DEFAULT_MAX_CAPTION_TOKENS
-    from model.text import CLEANERS
+    from captionbeam.model.caption_files import FORMATS
+    from captionbeam.pipelines.captions import DEFAULT_MAX_CAPTION_TOKENS
+    from captionbeam.model.text import CLEANERS
 
     parser.epilog = (
         "Outputs under --output: vocab.txt (line number = id; <pad> <unk> <start> <end> first), token_counts.tsv, "
@@ -75,7 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
-    from pipelines.captions import CaptionsConfig
+    from captionbeam.pipelines.captions import CaptionsConfig
     return CaptionsConfig(
         captions=args.captions, output=args.output, fmt=args.format, splits=tuple(args.splits), clean=args.clean,
         min_count=args.min_count, vocab_split=args.vocab_split, vocab=args.vocab, features=args.features,
@@ -85,8 +85,8 @@ def config_from_args(args: argparse.Namespace):
 
 def run(config, pipeline_args: Sequence[str] = ()):
     """The captions job -> ``pipelines.captions.RunResult``; :class:`CommandError` names a bad input."""
-    from model.caption_files import CaptionFileError
-    from pipelines.captions import CaptionsConfigError, CaptionsDataError, run as run_job
+    from captionbeam.model.caption_files import CaptionFileError
+    from captionbeam.pipelines.captions import CaptionsConfigError, CaptionsDataError, run as run_job
     # Beam logs every string type hint it meets at INFO; nothing a user can act on.
     logging.getLogger("apache_beam.typehints.native_type_compatibility").setLevel(logging.WARNING)
     try:
@@ -96,7 +96,7 @@ def run(config, pipeline_args: Sequence[str] = ()):
 
 
 def summary(config, result) -> List[str]:
-    from pipelines.captions import summary_lines
+    from captionbeam.pipelines.captions import summary_lines
     return list(summary_lines(result.stats, result.seconds)) + [
         f"outputs: {config.output} (vocab.txt, stats.json, records; join lists in {config.output.rstrip('/')}/join/)"]
 

@@ -10,12 +10,12 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
-import pipelines.io as pio
-from launch.command_args import CommandError
-from launch.commands.score import add_coco_arguments, scoring_options
-from model.caption_files import FORMATS
+import captionbeam.pipelines.io as pio
+from captionbeam.launch.command_args import CommandError
+from captionbeam.launch.commands.score import add_coco_arguments, scoring_options
+from captionbeam.model.caption_files import FORMATS
 
-from launch.arg_types import output_file
+from captionbeam.launch.arg_types import output_file
 
 HELP = "decode a split with a trained model and print BLEU / METEOR / ROUGE-L / CIDEr-D"
 log = logging.getLogger("captionbeam.evaluate")
@@ -50,7 +50,7 @@ class Decoding:
                    batch_size=args.batch_size, weights=args.weights)
 
     def load_captioner(self, model_dir: str, encoder_file: Optional[str] = None):
-        from model.captioner import Captioner
+        from captionbeam.model.captioner import Captioner
         return Captioner.load(model_dir, beam_size=self.beam_size, max_length=self.max_length,
                               batch_size=self.batch_size, alpha=self.length_penalty, which=self.weights,
                               encoder_file=encoder_file)
@@ -89,7 +89,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def decode_split(captioner, files, feature_shape, data_vocab, batch_size, limit=None, total=None):
     """Stream the split through the captioner -> (predictions rows, references from the records, seconds)."""
     from collections import OrderedDict
-    from model.captioner import iterate_records
+    from captionbeam.model.captioner import iterate_records
     rows, refs = OrderedDict(), OrderedDict()
     duplicates = 0
     start = last_log = time.monotonic()
@@ -149,14 +149,14 @@ def run(config: EvaluateConfig):
     what is wrong."""
     if config.limit is not None and config.limit < 1:
         raise CommandError(f"--limit must be >= 1, got {config.limit}")
-    from model.caption_files import CaptionFileError
-    from model.coco_metrics import CocoMetricsError
-    from model import jsonl
-    from model.references import MissingIdsError, load_image_ids, load_references
-    from model.scoring import ScoringOptions, score
+    from captionbeam.model.caption_files import CaptionFileError
+    from captionbeam.model.coco_metrics import CocoMetricsError
+    from captionbeam.model import jsonl
+    from captionbeam.model.references import MissingIdsError, load_image_ids, load_references
+    from captionbeam.model.scoring import ScoringOptions, score
 
     try:
-        from model.data import open_data, split_files
+        from captionbeam.model.data import open_data, split_files
         info = open_data(config.data)
         files = split_files(config.data, config.split)
         if not files:
@@ -231,7 +231,7 @@ def main(args, pipeline_args) -> int:
     if args.json:
         print(json.dumps(report.to_dict()))
     else:
-        from model.scoring import format_report
+        from captionbeam.model.scoring import format_report
         d = report.extra["decoding"]
         print(f"{d['arch']} model {d['model_version']} ({d['encoder']}), split {d['split']}, beam {d['beam_size']}: "
               f"{d['images']} images in {d['seconds']:.1f}s ({d['images_per_second']} images/s, after "

@@ -5,9 +5,9 @@ import argparse
 import json
 import sys
 
-from launch.commands.evaluate import check_decoding_arguments
+from captionbeam.launch.commands.evaluate import check_decoding_arguments
 
-from launch.arg_types import output_dir
+from captionbeam.launch.arg_types import output_dir
 
 HELP = "export a trained model as one servable SavedModel: image bytes in, captions out"
 
@@ -34,7 +34,7 @@ def main(args, pipeline_args) -> int:
                   file=sys.stderr)
             return 2
         tf.io.gfile.rmtree(args.output)
-    from model.export import export
+    from captionbeam.model.export import export
     try:
         meta = export(args.model_dir, args.output, beam_size=args.beam_size, max_length=args.max_length,
                       alpha=args.length_penalty, which=args.weights)

@@ -5,8 +5,8 @@ import argparse
 import sys
 from typing import List, Sequence
 
-from launch.arg_types import non_negative_int, positive_int, output_dir
-from launch.command_args import CommandError
+from captionbeam.launch.arg_types import non_negative_int, positive_int, output_dir
+from captionbeam.launch.command_args import CommandError
 
 HELP = "encode images with a CNN into feature TFRecords (Beam job)"
 BEAM = True
@@ -18,10 +18,10 @@ _ENCODERS_HELP = ("vgg16 (default; fc2, 4096-d, the classic tutorial), vgg16-con
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from pipelines.image_items import DEFAULT_MAX_BYTES
-    from pipelines.images import DEFAULT_MAX_PIXELS, RESIZE_METHODS
-    from launch.shard_flags import add_tfrecord_field_arguments
-    from pipelines.sources import INPUT_FORMATS
+    from captionbeam.pipelines.image_items import DEFAULT_MAX_BYTES
+    from captionbeam.pipelines.images import DEFAULT_MAX_PIXELS, RESIZE_METHODS
+    from captionbeam.launch.shard_flags import add_tfrecord_field_arguments
+    from captionbeam.pipelines.sources import INPUT_FORMATS
     parser.add_argument("--images", nargs="+", required=True, metavar="GLOB",
                         help="one or more globs of image files, local or gs:// (quote them so the shell does not "
                              "expand them); with --input-format tar|tfrecord, globs of image shards")
@@ -89,9 +89,9 @@ def _check_images_match(patterns, input_format: str):
 
 def config_from_args(args: argparse.Namespace):
     """``pipelines.features.FeaturesConfig`` of these flags (``--overwrite`` is :func:`run`'s)."""
-    from launch.shard_flags import tfrecord_fields
-    from model.encoders import EncoderConfig
-    from pipelines.features import FeaturesConfig
+    from captionbeam.launch.shard_flags import tfrecord_fields
+    from captionbeam.model.encoders import EncoderConfig
+    from captionbeam.pipelines.features import FeaturesConfig
     encoder = EncoderConfig(name=args.encoder, weights=args.weights, image_size=args.image_size,
                             preprocessing=args.preprocessing)
     return FeaturesConfig(images=tuple(args.images), output=args.output, encoder=encoder,
@@ -104,9 +104,9 @@ def config_from_args(args: argparse.Namespace):
 def run(config, pipeline_args: Sequence[str] = (), overwrite: bool = False):
     """Check the encoder, the inputs and the output directory, then run the job ->
     ``pipelines.features.FeaturesResult``; :class:`CommandError` names what is wrong."""
-    import pipelines.io as pio
-    from model.encoders import EncoderError, describe_config
-    from pipelines.features import existing_outputs, run as run_job
+    import captionbeam.pipelines.io as pio
+    from captionbeam.model.encoders import EncoderError, describe_config
+    from captionbeam.pipelines.features import existing_outputs, run as run_job
     try:
         description = describe_config(config.encoder)
     except EncoderError as e:
@@ -129,8 +129,8 @@ def run(config, pipeline_args: Sequence[str] = (), overwrite: bool = False):
 
 def summary(config, result) -> List[str]:
     """What ``captionbeam features`` prints when the job finished (warnings go to stderr)."""
-    import pipelines.io as pio
-    from pipelines.sources import split_by_format
+    import captionbeam.pipelines.io as pio
+    from captionbeam.pipelines.sources import split_by_format
     spec = result.spec
     encoder = spec.encoder if spec else config.encoder.name
     shape = "x".join(str(s) for s in spec.feature_shape) if spec else "?"

@@ -11,15 +11,15 @@ import argparse
 import json
 import sys
 
-from launch.arg_types import output_dir, positive_int
-from launch.command_args import CommandError
+from captionbeam.launch.arg_types import output_dir, positive_int
+from captionbeam.launch.command_args import CommandError
 
 HELP = "pack loose images into tar or TFRecord shards, with a manifest (Beam job)"
 BEAM = True
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from model.caption_files import FORMATS as CAPTION_FORMATS
+    from captionbeam.model.caption_files import FORMATS as CAPTION_FORMATS
     parser.epilog = (
         "Output under --output: <prefix>-SSSSS-of-NNNNN.tar|.tfrecord[.gz] (tar: WebDataset layout, "
         "<id>.<ext> + <id>.txt captions + <id>.json metadata; TFRecord: tf.train.Example with image/encoded, "
@@ -55,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _check_inputs(fail, patterns, captions: str) -> None:
     """Fail fast when a glob matches nothing or the caption file is missing (limit-1 match: cheap)."""
-    import pipelines.io as pio
+    import captionbeam.pipelines.io as pio
     from apache_beam.io.filesystems import FileSystems
     try:
         results = FileSystems.match(list(patterns), limits=[1] * len(patterns))
@@ -71,7 +71,7 @@ def _check_inputs(fail, patterns, captions: str) -> None:
 def config_from_args(args: argparse.Namespace):
     """``pipelines.pack.PackConfig`` of these flags (``--overwrite`` and ``--json`` are main's);
     :class:`CommandError` for a bad combination."""
-    from pipelines.pack import PackConfig
+    from captionbeam.pipelines.pack import PackConfig
     try:
         return PackConfig(images=tuple(args.images), output=args.output, format=args.format,
                           shard_size=args.shard_size, captions=args.captions, captions_format=args.captions_format,
@@ -81,8 +81,8 @@ def config_from_args(args: argparse.Namespace):
 
 
 def main(args: argparse.Namespace, pipeline_args) -> int:
-    import pipelines.io as pio
-    from pipelines.pack import existing_outputs, run
+    import captionbeam.pipelines.io as pio
+    from captionbeam.pipelines.pack import existing_outputs, run
 
     def fail(message: str) -> None:
         print(f"captionbeam pack: error: {message}", file=sys.stderr)

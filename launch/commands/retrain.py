@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from launch.arg_types import name_equals_file, non_negative_float, positive_int
+from captionbeam.launch.arg_types import name_equals_file, non_negative_float, positive_int
 
 HELP = "featurise newly landed images, warm-start training, promote if metrics hold"
 BEAM = True
@@ -73,8 +73,8 @@ def _watch_globs(prefix: str):
 
 def config_from_args(args: argparse.Namespace, pipeline_args=()):
     """The ``RetrainConfig`` of an attempt (or a watch) from these flags (not ``--init``'s)."""
-    from launch.beam_options import merge_flags
-    from launch.retrain.attempt import RetrainConfig
+    from captionbeam.launch.beam_options import merge_flags
+    from captionbeam.launch.retrain.attempt import RetrainConfig
     images = list(args.images or [])
     if args.watch:
         images += _watch_globs(args.watch)
@@ -86,13 +86,13 @@ def config_from_args(args: argparse.Namespace, pipeline_args=()):
 
 
 def main(args: argparse.Namespace, pipeline_args) -> int:
-    import pipelines.io as pio
-    from launch.command_args import CommandError, invocation
-    from launch.commands import train as train_cmd
-    from launch.retrain.attempt import describe, retrain_once
-    from launch.retrain.bootstrap import init_root
-    from launch.retrain.root import RetrainError, VersionError
-    from launch.retrain.watch import watch
+    import captionbeam.pipelines.io as pio
+    from captionbeam.launch.command_args import CommandError, invocation
+    from captionbeam.launch.commands import train as train_cmd
+    from captionbeam.launch.retrain.attempt import describe, retrain_once
+    from captionbeam.launch.retrain.bootstrap import init_root
+    from captionbeam.launch.retrain.root import RetrainError, VersionError
+    from captionbeam.launch.retrain.watch import watch
 
     def emit(result):
         if args.json:

@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from launch.arg_types import name_equals_file, output_dir
+from captionbeam.launch.arg_types import name_equals_file, output_dir
 
-from launch.config import (DEFAULT_WORKDIR, CaptionsSection, ConfigError, EvaluateSection, FeaturesSection,
+from captionbeam.launch.config import (DEFAULT_WORKDIR, CaptionsSection, ConfigError, EvaluateSection, FeaturesSection,
                            RunConfig, SampleSection, TrainSection)
 
 HELP = "the whole chain end to end (default: on the embedded sample dataset)"
@@ -75,7 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    from launch import config as cfg
+    from captionbeam.launch import config as cfg
     config = cfg.load(args.config) if args.config else RunConfig()
     cfg.apply_overrides(config, {
         "workdir": args.workdir, "report": args.report,
@@ -99,9 +99,9 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 def _pipeline(args: argparse.Namespace, pipeline_args, console=None):
     """The RunPipeline for these arguments, with per-stage Beam flags (profile section of each stage)."""
-    from launch.beam_options import merge_flags
-    from launch.profiles import load_profiles, profile_args, profile_train_args, profiles_file
-    from launch.run import RunPipeline
+    from captionbeam.launch.beam_options import merge_flags
+    from captionbeam.launch.profiles import load_profiles, profile_args, profile_train_args, profiles_file
+    from captionbeam.launch.run import RunPipeline
 
     config = config_from_args(args)
     explicit = list(pipeline_args)
@@ -135,7 +135,7 @@ def dry_run_plan(args: argparse.Namespace, pipeline_args):
 
 
 def main(args: argparse.Namespace, pipeline_args) -> int:
-    from launch.run import StageError
+    from captionbeam.launch.run import StageError
     try:
         pipe = _pipeline(args, pipeline_args)
         pipe.invocations()   # every stage's flags (--train-arg, --eval-arg, ...) checked before anything runs

@@ -6,8 +6,8 @@ import sys
 import time
 from typing import List
 
-from launch.arg_types import fractions, positive_int, output_dir
-from launch.command_args import CommandError
+from captionbeam.launch.arg_types import fractions, positive_int, output_dir
+from captionbeam.launch.command_args import CommandError
 
 HELP = "write the small, deterministic sample captioning dataset (images, captions, splits)"
 
@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
-    from pipelines.sample import SampleConfig
+    from captionbeam.pipelines.sample import SampleConfig
     if not 1 <= args.jpeg_quality <= 95:
         raise CommandError(f"--jpeg-quality must be between 1 and 95, got {args.jpeg_quality}")
     try:
@@ -44,7 +44,7 @@ def config_from_args(args: argparse.Namespace):
 
 def run(config, progress=None):
     """Write the sample dataset -> ``pipelines.sample.SampleSummary``."""
-    from pipelines.sample import write_sample
+    from captionbeam.pipelines.sample import write_sample
     return write_sample(config, progress=progress)
 
 

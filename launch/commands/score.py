@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from model.caption_files import FORMATS
+from captionbeam.model.caption_files import FORMATS
 
 HELP = "score predicted captions against references (BLEU-1..4, COCO metrics)"
 COCO_CHOICES = ("bleu", "meteor", "rouge", "cider")
@@ -61,17 +61,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def scoring_options(args):
     """``model.scoring.ScoringOptions`` from the metric flags (shared with ``evaluate``)."""
-    from model.scoring import ScoringOptions
+    from captionbeam.model.scoring import ScoringOptions
     return ScoringOptions(bleu_variant=args.bleu_variant, bleu_tokenizer=args.bleu_tokenizer,
                           coco_metrics=() if args.no_coco else tuple(args.coco_metrics),
                           allow_missing=args.allow_missing, per_image=bool(getattr(args, "per_image", None)))
 
 
 def main(args, pipeline_args) -> int:
-    from model.caption_files import CaptionFileError
-    from model.coco_metrics import CocoMetricsError
-    from model.references import MissingIdsError, load_image_ids, load_predictions, load_references
-    from model.scoring import format_report, score
+    from captionbeam.model.caption_files import CaptionFileError
+    from captionbeam.model.coco_metrics import CocoMetricsError
+    from captionbeam.model.references import MissingIdsError, load_image_ids, load_predictions, load_references
+    from captionbeam.model.scoring import format_report, score
     try:
         predictions = load_predictions(args.predictions)
         refs = load_references(args.references, args.references_format)

@@ -9,14 +9,14 @@ import sys
 from dataclasses import dataclass
 from typing import Dict
 
-from launch.arg_types import non_negative_float, non_negative_int, positive_float, positive_int, rate, output_dir
-from launch.command_args import CommandError
+from captionbeam.launch.arg_types import non_negative_float, non_negative_int, positive_float, positive_int, rate, output_dir
+from captionbeam.launch.command_args import CommandError
 
 HELP = "train a merge / inject / attention / transformer captioner with tf.distribute, streaming TFRecords"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from model.config import ARCHITECTURES, BASELINES, LR_SCHEDULES, OBJECTIVES, POSITIONS, SELECT_BY, STRATEGIES
+    from captionbeam.model.config import ARCHITECTURES, BASELINES, LR_SCHEDULES, OBJECTIVES, POSITIONS, SELECT_BY, STRATEGIES
     io = parser.add_argument_group("input and output")
     io.add_argument("--data", required=True,
                     help="training data directory from `captionbeam captions --features` (local or gs://): "
@@ -132,7 +132,7 @@ class TrainJob:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainJob:
-    from model.config import SCST_LEARNING_RATE, ModelConfig, TrainConfig
+    from captionbeam.model.config import SCST_LEARNING_RATE, ModelConfig, TrainConfig
     cfg = TrainConfig(
         data=args.data, model_dir=args.model_dir, train_split=args.train_split, val_split=args.val_split,
         epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
@@ -162,9 +162,9 @@ def run(job: TrainJob) -> Dict[str, object]:
     try:
         job.train.validate()
         if job.train.objective == "scst":
-            from model.scst import train_scst
+            from captionbeam.model.scst import train_scst
             return train_scst(job.train)
-        from model.train import train
+        from captionbeam.model.train import train
         return train(job.train, job.model)
     except (FileNotFoundError, ValueError) as e:
         raise CommandError(str(e)) from None

@@ -11,12 +11,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import pipelines.io as pio
-from launch.retrain import data, manifest, stages
-from launch.retrain.gate import promotion_decision
-from launch.retrain.root import (CURRENT_FILE, ModelRoot, RetrainError, RootSettings, VersionInfo, next_batch, now,
+import captionbeam.pipelines.io as pio
+from captionbeam.launch.retrain import data, manifest, stages
+from captionbeam.launch.retrain.gate import promotion_decision
+from captionbeam.launch.retrain.root import (CURRENT_FILE, ModelRoot, RetrainError, RootSettings, VersionInfo, next_batch, now,
                                  read_settings, write_atomic, write_consumed)
-from launch.staging import local_dir
+from captionbeam.launch.staging import local_dir
 
 
 @dataclass
@@ -111,7 +111,7 @@ def build_records(r: ModelRoot, config: RetrainConfig, settings: RootSettings, r
                   new_ids: Sequence[str], new_caps: Dict[str, List[str]], current: str) -> Records:
     """All captions so far + the new ones, the new images in the training split, the vocabulary (frozen
     or extended), and the training records over every feature of the root."""
-    from model.vocab import Vocabulary, extended_vocabulary
+    from captionbeam.model.vocab import Vocabulary, extended_vocabulary
     attempt = r.path("attempts", result.batch)
     merged = dict(data.read_captions([r.path("data", "captions.txt")], "flickr8k"))
     for i in new_ids:
@@ -142,7 +142,7 @@ def train_and_evaluate(r: ModelRoot, config: RetrainConfig, result: AttemptResul
                        current: str, version: str) -> None:
     """Warm-start ``version`` from ``current``, train, and score both on the fixed split (the old one's
     stored scores when the records are unchanged for it)."""
-    from model.warm_start import WarmStartError, write_warm_start
+    from captionbeam.model.warm_start import WarmStartError, write_warm_start
     old_dir = r.version_dir(current)
     with local_dir(records.data_dir) as local_data, local_dir(old_dir) as local_old, \
             local_dir(r.version_dir(version), download=False, upload=True) as local_new:

@@ -8,12 +8,12 @@ import tempfile
 import time
 from typing import Mapping, Optional
 
-import pipelines.io as pio
-from launch.retrain import data, manifest, stages
-from launch.retrain.attempt import AttemptResult
-from launch.retrain.root import (CURRENT_FILE, ModelRoot, RetrainError, RootSettings, VersionInfo, now,
+import captionbeam.pipelines.io as pio
+from captionbeam.launch.retrain import data, manifest, stages
+from captionbeam.launch.retrain.attempt import AttemptResult
+from captionbeam.launch.retrain.root import (CURRENT_FILE, ModelRoot, RetrainError, RootSettings, VersionInfo, now,
                                  write_consumed, write_settings)
-from launch.staging import copy_tree, local_dir
+from captionbeam.launch.staging import copy_tree, local_dir
 
 FIRST_BATCH = "b0000"
 FIRST_VERSION = "v001"
@@ -24,7 +24,7 @@ def init_root(root: str, model_dir: str, features: str, captions: str, splits: M
               data_dir: Optional[str] = None) -> AttemptResult:
     """Make ``root`` serve ``model_dir`` as v001: copy the model, its features, captions and split
     files in, evaluate it on the fixed ``eval_split`` and point CURRENT at it."""
-    from model.config import ModelConfig
+    from captionbeam.model.config import ModelConfig
     r = ModelRoot(root)
     if r.current() is not None:
         raise RetrainError(f"{r.path(CURRENT_FILE)} exists: {root} is already initialised")

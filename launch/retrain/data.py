@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Dict, Iterable, List, Sequence, Set, Tuple
 
-import pipelines.io as pio
+import captionbeam.pipelines.io as pio
 
 
 def flickr8k_lines(pairs: Iterable[Tuple[str, str]]) -> str:
@@ -29,7 +29,7 @@ def split_text(ids: Sequence[str]) -> str:
 
 def read_captions(files: Sequence[str], fmt: str = "auto") -> Dict[str, List[str]]:
     """image id -> captions, from caption files in any supported format."""
-    from model.caption_files import group, parse
+    from captionbeam.model.caption_files import group, parse
     pairs: List[Tuple[str, str]] = []
     for f in files:
         pairs += parse(pio.read_text(f), fmt, source=f)
@@ -37,7 +37,7 @@ def read_captions(files: Sequence[str], fmt: str = "auto") -> Dict[str, List[str
 
 
 def read_split(path: str) -> List[str]:
-    from model.caption_files import parse_split_file
+    from captionbeam.model.caption_files import parse_split_file
     return parse_split_file(pio.read_text(path))
 
 

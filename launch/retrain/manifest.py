@@ -6,15 +6,15 @@ from __future__ import annotations
 import os
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-import pipelines.io as pio
-from launch.retrain.root import ModelRoot, RetrainError, read_consumed
+import captionbeam.pipelines.io as pio
+from captionbeam.launch.retrain.root import ModelRoot, RetrainError, read_consumed
 
 FEATURES_DIR = "features"
 
 
 def feature_ids(features_dir: str) -> List[Dict[str, str]]:
     """The sidecar rows of a ``captionbeam features`` output (or of the root's features)."""
-    from pipelines.features import ids_pattern, read_feature_ids
+    from captionbeam.pipelines.features import ids_pattern, read_feature_ids
     if not pio.match([ids_pattern(features_dir)]) and pio.match([pio.join(features_dir, "features-*.tfrecord*")]):
         raise RetrainError(f"{features_dir}: feature records but no ids/ids-*.jsonl sidecar (written by an older "
                            f"`captionbeam features`): run the features job again for these images, or initialise "
@@ -30,7 +30,7 @@ def feature_hashes(feature_dirs: Sequence[str]) -> Dict[str, str]:
 def add_features(root: ModelRoot, src: str, batch: str) -> List[Tuple[str, str]]:
     """Copy a features output's records and sidecar into the root, named by ``batch``; returns the
     (path, sha256) of every image they hold."""
-    from pipelines.features import IDS_DIR, ids_pattern
+    from captionbeam.pipelines.features import IDS_DIR, ids_pattern
     rows = feature_ids(src)
     for s in pio.match([pio.join(src, "features-*-of-*.tfrecord*")]):
         pio.write_bytes(root.path(FEATURES_DIR, pio.basename(s).replace("features-", f"features-{batch}-", 1)),

@@ -23,8 +23,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Dict, Iterable, List, Optional, Tuple
 
-import pipelines.io as pio
-from model import jsonl
+import captionbeam.pipelines.io as pio
+from captionbeam.model import jsonl
 
 CURRENT_FILE = "CURRENT"
 VERSIONS_DIR = "versions"

@@ -6,14 +6,14 @@ import os
 import sys
 from typing import Dict, List, Mapping, Sequence, Tuple
 
-import pipelines.io as pio
-from launch.command_args import CommandError, Invocation, invocation
-from launch.commands import captions as captions_cmd
-from launch.commands import evaluate as evaluate_cmd
-from launch.commands import features as features_cmd
-from launch.commands import train as train_cmd
-from launch.retrain.manifest import FEATURES_DIR, encoder_argument
-from launch.retrain.root import ModelRoot, RetrainError, RootSettings
+import captionbeam.pipelines.io as pio
+from captionbeam.launch.command_args import CommandError, Invocation, invocation
+from captionbeam.launch.commands import captions as captions_cmd
+from captionbeam.launch.commands import evaluate as evaluate_cmd
+from captionbeam.launch.commands import features as features_cmd
+from captionbeam.launch.commands import train as train_cmd
+from captionbeam.launch.retrain.manifest import FEATURES_DIR, encoder_argument
+from captionbeam.launch.retrain.root import ModelRoot, RetrainError, RootSettings
 
 
 def _call(run, inv: Invocation, *args, **kwargs):
@@ -62,7 +62,7 @@ def train(data_dir: str, model_dir: str, like_model_dir: str, epochs: int, batch
           extra: Sequence[str] = ()) -> Dict[str, object]:
     """``captionbeam train`` into ``model_dir`` (local, warm-started), with the architecture of the
     model in ``like_model_dir``."""
-    from model.config import ModelConfig
+    from captionbeam.model.config import ModelConfig
     inv = invocation(train_cmd, {"data": data_dir, "model_dir": model_dir,
                                  **train_cmd.architecture_values(ModelConfig.load(like_model_dir)),
                                  "epochs": epochs, "batch_size": batch_size}, extra=extra)
@@ -71,7 +71,7 @@ def train(data_dir: str, model_dir: str, like_model_dir: str, epochs: int, batch
 
 def evaluate(model_dir: str, data_dir: str, split: str, beam_size: int, out_dir: str) -> Dict[str, float]:
     """``captionbeam evaluate`` (BLEU and CIDEr-D only) on local dirs -> flat metrics (CIDEr, Bleu_4, bleu1..)."""
-    from launch.report import flatten_metrics
+    from captionbeam.launch.report import flatten_metrics
     os.makedirs(out_dir, exist_ok=True)
     inv = invocation(evaluate_cmd, {"model_dir": model_dir, "data": data_dir, "split": split, "beam_size": beam_size,
                                     "output": os.path.join(out_dir, "predictions.jsonl"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 from typing import Callable, List, Optional
 
-from launch.retrain.attempt import AttemptResult, RetrainConfig, retrain_once
+from captionbeam.launch.retrain.attempt import AttemptResult, RetrainConfig, retrain_once
 
 
 def watch(config: RetrainConfig, interval: float, max_polls: Optional[int] = None,

@@ -6,11 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator, List, Optional, Sequence, Tuple
 
-from pipelines.image_items import (BAD_CRC, BAD_RECORD, CORRUPT_RECORD, CORRUPT_STREAM_ERRORS, DEFAULT_MAX_BYTES,
+from captionbeam.pipelines.image_items import (BAD_CRC, BAD_RECORD, CORRUPT_RECORD, CORRUPT_STREAM_ERRORS, DEFAULT_MAX_BYTES,
                                    MISSING_ID, MISSING_IMAGE, TOO_LARGE, TRUNCATED, ShardError, ShardItem,
                                    ShardRecord)
-from pipelines.io import image_id_from_path
-from pipelines.shards.tfrecord import RecordLengthPastEnd, TfrecordCorrupt, iter_tfrecord_frames
+from captionbeam.pipelines.io import image_id_from_path
+from captionbeam.pipelines.shards.tfrecord import RecordLengthPastEnd, TfrecordCorrupt, iter_tfrecord_frames
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,10 @@ import gzip
 import io
 from typing import BinaryIO, Iterator, List, Optional
 
-from pipelines.formats import is_gzip_name
-from pipelines.image_items import DEFAULT_MAX_BYTES, UNKNOWN_FORMAT, UNREADABLE, ShardError, ShardItem
-from pipelines.shards.image_examples import TfrecordFields, iter_tfrecord
-from pipelines.shards.tar import iter_tar
+from captionbeam.pipelines.formats import is_gzip_name
+from captionbeam.pipelines.image_items import DEFAULT_MAX_BYTES, UNKNOWN_FORMAT, UNREADABLE, ShardError, ShardItem
+from captionbeam.pipelines.shards.image_examples import TfrecordFields, iter_tfrecord
+from captionbeam.pipelines.shards.tar import iter_tar
 
 
 def open_shard(path: str) -> BinaryIO:

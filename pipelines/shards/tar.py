@@ -7,11 +7,11 @@ import posixpath
 import tarfile
 from typing import BinaryIO, Dict, Iterator, List, Optional, Tuple
 
-from pipelines.formats import IMAGE_EXTENSIONS
-from pipelines.image_items import (BAD_RECORD, CORRUPT_STREAM_ERRORS, DEFAULT_MAX_BYTES, EMPTY_ID, MISSING_IMAGE,
+from captionbeam.pipelines.formats import IMAGE_EXTENSIONS
+from captionbeam.pipelines.image_items import (BAD_RECORD, CORRUPT_STREAM_ERRORS, DEFAULT_MAX_BYTES, EMPTY_ID, MISSING_IMAGE,
                                    NOT_AN_IMAGE, NOT_REGULAR, TOO_LARGE, TRUNCATED, UNREADABLE, ShardError,
                                    ShardItem, ShardRecord)
-from pipelines.io import image_id_from_path
+from captionbeam.pipelines.io import image_id_from_path
 
 TEXT_EXTENSIONS = (".txt",)
 META_EXTENSIONS = (".json",)

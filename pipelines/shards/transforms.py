@@ -18,13 +18,13 @@ from typing import Iterator, Optional, Sequence
 
 import apache_beam as beam
 
-from pipelines.counters import NAMESPACE
-from pipelines.deadletter import DeadLetter
-from pipelines.formats import TAR_SUFFIXES, TFRECORD_SUFFIXES, resolve_format
-from pipelines.image_items import DEFAULT_MAX_BYTES, DUPLICATE_ID, STAGE, UNKNOWN_FORMAT, ShardError
-from pipelines.matching import MatchPaths, file_problem
-from pipelines.shards.image_examples import TfrecordFields
-from pipelines.shards.read import iter_shard
+from captionbeam.pipelines.counters import NAMESPACE
+from captionbeam.pipelines.deadletter import DeadLetter
+from captionbeam.pipelines.formats import TAR_SUFFIXES, TFRECORD_SUFFIXES, resolve_format
+from captionbeam.pipelines.image_items import DEFAULT_MAX_BYTES, DUPLICATE_ID, STAGE, UNKNOWN_FORMAT, ShardError
+from captionbeam.pipelines.matching import MatchPaths, file_problem
+from captionbeam.pipelines.shards.image_examples import TfrecordFields
+from captionbeam.pipelines.shards.read import iter_shard
 
 LOG = logging.getLogger(__name__)
 DUPLICATE_POLICIES = ("drop", "keep")

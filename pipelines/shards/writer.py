@@ -7,9 +7,9 @@ import json
 import tarfile
 from typing import BinaryIO, Optional, Sequence
 
-from pipelines.formats import SHARD_FORMATS
-from pipelines.shards.image_examples import image_example
-from pipelines.shards.tfrecord import frame_record
+from captionbeam.pipelines.formats import SHARD_FORMATS
+from captionbeam.pipelines.shards.image_examples import image_example
+from captionbeam.pipelines.shards.tfrecord import frame_record
 
 
 class ShardWriter:

@@ -35,7 +35,7 @@ RECORDS_MIN_COUNT = 2
 @pytest.fixture(scope="session")
 def sample_dir(tmp_path_factory) -> str:
     """Path (str) of a sample dataset written once per test session. Read-only for tests."""
-    from pipelines.sample import SampleConfig, write_sample
+    from captionbeam.pipelines.sample import SampleConfig, write_sample
     out = str(tmp_path_factory.mktemp("sample"))
     write_sample(SampleConfig(output=out, images=SAMPLE_IMAGES, seed=SAMPLE_SEED, size=SAMPLE_SIZE))
     return out
@@ -79,7 +79,7 @@ class SampleRecords:
 
 def make_sample_records(sample_dir: str, workdir: str, encoder: str, image_size: int) -> SampleRecords:
     """Run the real CLI: features, then captions joined with them."""
-    from launch.cli import main as cli
+    from captionbeam.launch.cli import main as cli
     features_dir = os.path.join(workdir, "features")
     data_dir = os.path.join(workdir, "data")
     rc = cli(["features", "--images", os.path.join(sample_dir, "images", "*.jpg"), "--output", features_dir,

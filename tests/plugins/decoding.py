@@ -15,7 +15,7 @@ import os
 import numpy as np
 import pytest
 
-from model.vocab import RESERVED, Vocabulary
+from captionbeam.model.vocab import RESERVED, Vocabulary
 
 WORDS = ("a", "red", "green", "blue", "dog", "cat", "runs", "on", "grass", "the")
 # class k -> caption (different lengths, shared words)
@@ -76,7 +76,7 @@ def fit(model, features, classes, vocab, steps=150, lr=0.03):
 
 
 def tiny_config(arch, feature_shape, vocab, **kw):
-    from model.config import ModelConfig
+    from captionbeam.model.config import ModelConfig
     sizes = {"units": 24, "embedding_dim": 16, "attention_units": 12, "dropout": 0.0}
     sizes.update(kw)
     return ModelConfig(arch=arch, vocab_size=len(vocab), max_length=10, feature_shape=list(feature_shape), **sizes)
@@ -85,7 +85,7 @@ def tiny_config(arch, feature_shape, vocab, **kw):
 @pytest.fixture(scope="session")
 def fitted_models():
     import keras
-    from model.architectures import build_model
+    from captionbeam.model.architectures import build_model
     vocab = decoding_vocab()
     out = {}
     for arch, shape in (("merge", (8,)), ("inject", (8,)), ("attention", (2, 2, 8)), ("transformer", (2, 2, 8))):
@@ -129,9 +129,9 @@ def image_model_dir(tmp_path_factory):
     """dict arch -> model dir with encoder mobilenet (32 px, seeded weights none); merge decoder fitted on
     drawn images, attention and transformer decoders (mobilenet-conv at 64 px: 2x2x1024) with random weights."""
     import keras
-    from model import records
-    from model.architectures import build_model
-    from model.encoders import build_encoder
+    from captionbeam.model import records
+    from captionbeam.model.architectures import build_model
+    from captionbeam.model.encoders import build_encoder
     vocab = decoding_vocab()
     root = tmp_path_factory.mktemp("image_models")
     out = {}
@@ -146,7 +146,7 @@ def image_model_dir(tmp_path_factory):
                                         image_size=[size, size], preprocessing=enc.preprocessing))
         if arch == "merge":
             images, classes = draw_images(24, size=48)
-            from model.captioner import resize_square
+            from captionbeam.model.captioner import resize_square
             batch = np.stack([resize_square(im, size) for im in images])
             feats = enc(enc.preprocess(batch))
             fit(model, feats, classes, vocab, steps=150)
@@ -158,7 +158,7 @@ def image_model_dir(tmp_path_factory):
 def exported_model(image_model_dir, tmp_path_factory):
     """``captionbeam export`` of ``image_model_dir["merge"]`` with beam size 2: a SavedModel directory
     (shared by the export and bulk tests; exporting costs tens of seconds)."""
-    from launch.cli import main as cli
+    from captionbeam.launch.cli import main as cli
     out = tmp_path_factory.mktemp("export") / "saved"
     rc = cli(["export", "--model-dir", image_model_dir["merge"], "--output", str(out), "--beam-size", "2"])
     assert rc == 0
@@ -169,7 +169,7 @@ def write_decoding_data(directory, feature_shape, split="test", n=12, shards=2, 
     """A ``--data`` dir for the decoding task: vocab.txt, features_spec.json, stats.json, <split> shards.
     Each image has its class caption and a second reference ("<caption> today")."""
     import tensorflow as tf
-    from model import records
+    from captionbeam.model import records
     vocab = decoding_vocab()
     os.makedirs(directory, exist_ok=True)
     vocab.save(os.path.join(directory, "vocab.txt"))
@@ -194,7 +194,7 @@ def write_decoding_data(directory, feature_shape, split="test", n=12, shards=2, 
 @pytest.fixture(scope="session")
 def decoding_model_dirs(fitted_models, tmp_path_factory):
     """dict arch -> (model dir of the fitted tiny model, data dir with its test split, image id -> class)."""
-    from model import records
+    from captionbeam.model import records
     vocab = decoding_vocab()
     root = tmp_path_factory.mktemp("decoding_dirs")
     out = {}

@@ -54,7 +54,7 @@ class JobServer:
 
 def need_engine(engine: str) -> str:
     """The cached artifact of ``engine``; skip (fail in CI) when ``make engines`` has not fetched it."""
-    from launch.engines import artifact_path, missing_message
+    from captionbeam.launch.engines import artifact_path, missing_message
     path = artifact_path(engine)
     if not os.path.exists(path):
         if os.environ.get("CI"):
@@ -65,7 +65,7 @@ def need_engine(engine: str) -> str:
 
 def start_job_server(engine: str, workdir: str, master: str = None) -> JobServer:
     """Start ``engine``'s job server on 127.0.0.1 and wait until it listens."""
-    from launch.engines import free_port, job_server_command, wait_for_port
+    from captionbeam.launch.engines import free_port, job_server_command, wait_for_port
     path = need_engine(engine)
     port = free_port()
     log_path = os.path.join(workdir, f"{engine}-job-server.log")

@@ -55,8 +55,8 @@ def gcs_server():
     server.start()
     old = os.environ.get("STORAGE_EMULATOR_HOST")
     os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{port}"
-    import pipelines.io
-    pipelines.io.use_anonymous_gcs_if_emulated()
+    import captionbeam.pipelines.io
+    captionbeam.pipelines.io.use_anonymous_gcs_if_emulated()
     from google.cloud import storage
     client = storage.Client.create_anonymous_client()
     yield client

@@ -60,13 +60,13 @@ def _add(tar, name, data=b"", kind=tarfile.REGTYPE, linkname=""):
 
 
 def _frame(data: bytes, length: int = None) -> bytes:
-    from pipelines.shards.tfrecord import masked_crc32c
+    from captionbeam.pipelines.shards.tfrecord import masked_crc32c
     head = struct.pack("<Q", len(data) if length is None else length)
     return head + struct.pack("<I", masked_crc32c(head)) + data + struct.pack("<I", masked_crc32c(data))
 
 
 def write_hostile(root: str, huge_member_bytes: int = 64 << 20, clean_only: bool = False) -> Hostile:
-    from pipelines.shards.image_examples import image_example
+    from captionbeam.pipelines.shards.image_examples import image_example
     loose, shards = os.path.join(root, "loose"), os.path.join(root, "shards")
     os.makedirs(loose), os.makedirs(shards)
     h = Hostile(globs=[os.path.join(loose, "*.jpg"), os.path.join(shards, "*.tar"), os.path.join(shards, "*.tar.gz"),

@@ -29,7 +29,7 @@ class SmallRun:
 
 @pytest.fixture(scope="session")
 def small_run(tmp_path_factory) -> SmallRun:
-    from launch.cli import main
+    from captionbeam.launch.cli import main
     workdir = str(tmp_path_factory.mktemp("run") / "work")
     out = io.StringIO()
     with contextlib.redirect_stdout(out):

@@ -26,7 +26,7 @@ class Packed:
 
 @pytest.fixture(scope="session")
 def gcs_packed(gcs_server, sample_dir) -> Packed:
-    from launch.cli import main
+    from captionbeam.launch.cli import main
     from tests.plugins.gcs import Bucket
     name = f"shards-{os.getpid()}"
     gcs_server.create_bucket(name)

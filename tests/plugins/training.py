@@ -25,7 +25,7 @@ VERBS = ["runs", "sits", "jumps"]
 
 
 def synthetic_vocabulary():
-    from model.vocab import RESERVED, Vocabulary
+    from captionbeam.model.vocab import RESERVED, Vocabulary
     return Vocabulary(RESERVED + ("a", "the", "is", "on", "grass") + tuple(COLOURS) + tuple(ANIMALS) + tuple(VERBS))
 
 
@@ -37,7 +37,7 @@ def write_synthetic_data(directory, feature_shape=(16,), images=(("train", 96, 3
     channel k (at location k mod L for a map); captions "a <colour k> <animal k> <verb> [on the grass]".
     """
     import tensorflow as tf
-    from model import records
+    from captionbeam.model import records
     os.makedirs(directory, exist_ok=True)
     vocab = synthetic_vocabulary()
     vocab.save(os.path.join(directory, "vocab.txt"))
@@ -88,7 +88,7 @@ def train_env(**extra):
 
 def train_command(data, model_dir, *flags):
     """``captionbeam train`` as a subprocess argv (same interpreter)."""
-    return [sys.executable, "-m", "launch.cli", "train", "--data", str(data), "--model-dir", str(model_dir),
+    return [sys.executable, "-m", "captionbeam.launch.cli", "train", "--data", str(data), "--model-dir", str(model_dir),
             *[str(f) for f in flags]]
 
 
@@ -106,8 +106,8 @@ def synthetic_map_data(tmp_path_factory):
 
 
 def _train_tiny(data, model_dir, arch, epochs=3, steps=18):
-    from model.config import ModelConfig, TrainConfig
-    from model.train import train
+    from captionbeam.model.config import ModelConfig, TrainConfig
+    from captionbeam.model.train import train
     train(TrainConfig(data=str(data), model_dir=str(model_dir), epochs=epochs, steps_per_epoch=steps, batch_size=32,
                       learning_rate=0.003 if arch == "transformer" else 0.01, log_every=10, checkpoint_every=50,
                       shuffle_buffer=500, early_stopping_patience=0, strategy="one_device", seed=1),
