@@ -204,3 +204,25 @@ def test_retrain_promotes_good_batch_and_rejects_shuffled_captions(small_run, gc
     assert any("fell" in reason for reason in bad["reasons"])
     assert r.current() == "v002" and not r.info(bad["version"]).promoted
     assert gcs_bucket.read("models/CURRENT") == b"v002\n"
+
+
+@pytest.mark.parametrize("encoder,size", [("mobilenet", "32"), ("mobilenet-conv", "64")])
+def test_new_features_are_made_like_the_roots_registered_encoder(tmp_path, encoder, size):
+    """A root whose features came from a registered encoder: retrain's features stage rebuilds the same
+    encoder from features_spec.json (it used to pass the spec's display name of the preprocessing,
+    'keras.applications.mobilenet.preprocess_input (mode tf)', back as --preprocessing and fail)."""
+    from captionbeam.launch import cli
+    from captionbeam.launch.retrain.stages import featurise
+    from captionbeam.model.records import FeaturesSpec
+    from captionbeam.pipelines.sample import SampleConfig, write_sample
+    write_sample(SampleConfig(output=str(tmp_path / "s"), images=6, seed=0, size=32))
+    images = sorted((tmp_path / "s" / "images").glob("*.jpg"))
+    root = ModelRoot(str(tmp_path / "root"))
+    assert cli.main(["--log-level", "WARNING", "features", "--images", *map(str, images[:3]),
+                     "--output", root.path("features"), "--encoder", encoder, "--weights", "none",
+                     "--image-size", size]) == 0
+    out = featurise(root, [str(p) for p in images[3:]], str(tmp_path / "new"), ["--runner=DirectRunner"])
+    old, new = FeaturesSpec.load(root.path("features")), FeaturesSpec.load(out)
+    assert (new.count, new.dead_letters) == (3, 0)
+    assert new.encoder_spec == old.encoder_spec and new.encoder_spec.name == encoder
+    assert new.feature_shape == old.feature_shape and new.preprocessing == old.preprocessing
