@@ -59,22 +59,6 @@ def model_version_of(model_dir: str, weights_file: str) -> str:
     return hash_files([(name, f"{base}/{name}") for name in names] + [("weights", weights_file)])
 
 
-def encoder_arguments(spec) -> Tuple[str, str, int, Optional[str]]:
-    """(name, weights, image size, preprocessing override) for ``model.encoders.build_encoder`` from a
-    ``FeaturesSpec``: the override is the recorded preprocessing mode when it is not the family's own."""
-    from captionbeam.model.encoders import REGISTRY
-    enc = dict((spec.extra or {}).get("encoder_spec") or {})
-    size = int(spec.image_size[0]) if spec.image_size else None
-    mode = enc.get("preprocessing_mode")
-    override = None
-    if spec.encoder in REGISTRY:
-        if mode and mode != REGISTRY[spec.encoder].mode:
-            override = mode
-    elif mode:
-        override = mode
-    return spec.encoder, spec.weights or "imagenet", size, override
-
-
 def local_copy(path: str) -> str:
     """A local path for a file a loader can only read locally (a gs:// file is copied to a temp dir)."""
     if "://" not in path:
@@ -119,7 +103,8 @@ class Captioner:
         self.encoder_name = spec.encoder or config.encoder
         size = spec.image_size or config.image_size or [0, 0]
         self.image_size: Tuple[int, int] = (int(size[0]), int(size[-1]))
-        self.resize_method = str((spec.extra or {}).get("resize_method") or DEFAULT_RESIZE)
+        self.resize_method = spec.resize_method or DEFAULT_RESIZE
+        self.encoder_description = spec.encoder_description()
         self.has_attention = bool(model.has_attention)
         self.encoder_file = encoder_file   # a model-file encoder's path (features_spec.json names its base name)
         self._encoder = None
@@ -143,15 +128,15 @@ class Captioner:
         """The image encoder of ``features_spec.json``, built on first use."""
         with self._lock:
             if self._encoder is None:
-                from captionbeam.model.encoders import build_encoder
+                from captionbeam.model.encoders import build_described
                 from captionbeam.model.integrity import check_given_encoder, encoder_file
-                name, weights, size, pre = encoder_arguments(self.spec)
+                name = self.encoder_description.name
                 # the model dir's checked copy; an explicit --encoder-file must have the recorded hash too
                 bundled = (check_given_encoder(self.spec, self.encoder_file) if self.encoder_file
                            else encoder_file(self.spec, self.model_dir))
                 try:
-                    self._encoder = build_encoder(local_copy(bundled) if bundled else name, weights=weights,
-                                                  image_size=size, preprocessing=pre)
+                    self._encoder = build_described(self.encoder_description,
+                                                    local_copy(bundled) if bundled else None)
                 except ValueError as e:
                     raise ValueError(f"{self.model_dir}: cannot build the image encoder {name!r} named in "
                                      f"features_spec.json: {e}") from e

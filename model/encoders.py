@@ -24,21 +24,25 @@ Usage::
 
     enc = build_encoder("mobilenet", weights="imagenet", image_size=224)
     feats = enc(enc.preprocess(uint8_batch))      # (n, 1024) float32
-    enc.spec_dict()                               # what features_spec.json records
+    enc.description                               # what features_spec.json records (EncoderDescription)
+    build_described(spec.encoder_description())   # the same encoder again, from a features_spec.json
 """
 from __future__ import annotations
 
 import importlib
 import os
+import re
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from captionbeam.model.encoder_description import (KERAS_FILE, MODEL_FILE_SUFFIXES, REGISTERED, TFLITE, TFLITE_SUFFIXES,
+                                                   EncoderDescription)
+
 WEIGHTS_CHOICES = ("imagenet", "none")
-USER_MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
-TFLITE_SUFFIXES = (".tflite",)
+USER_MODEL_SUFFIXES = MODEL_FILE_SUFFIXES
 PREPROCESSING_MODES = ("caffe", "tf", "torch", "none")
 
 
@@ -204,7 +208,7 @@ def validate_config(config: EncoderConfig) -> None:
         raise EncoderError(f"--preprocessing: unknown {config.preprocessing!r}; choose a mode "
                            f"({', '.join(PREPROCESSING_MODES)}) or an encoder name")
     weights = config.weights
-    if weights not in WEIGHTS_CHOICES and not _exists(weights):
+    if name in REGISTRY and weights not in WEIGHTS_CHOICES and not _exists(weights):
         raise EncoderError(f"--weights: must be imagenet, none or an existing weights file; not found: {weights}")
     if name in REGISTRY:
         spec = REGISTRY[name]
@@ -243,16 +247,17 @@ class Encoder:
                                f"got {images.shape}")
         return self(self.preprocess(images))
 
-    def spec_dict(self) -> Dict[str, object]:
-        return {
-            "encoder": self.name,
-            "kind": self.kind,
-            "feature_shape": list(self.feature_shape),
-            "image_size": [self.image_size, self.image_size],
-            "preprocessing": self.preprocessing,
-            "weights": self.weights,
-            "input_dtype": self.input_dtype,
-        }
+    def _described(self) -> Dict[str, object]:
+        """Fields of :attr:`description` beyond the common ones (family, output, source, ...)."""
+        return {}
+
+    @property
+    def description(self) -> EncoderDescription:
+        """The typed description features_spec.json records (:func:`build_described` rebuilds from it)."""
+        fields = {"preprocessing_mode": _mode_of(self.preprocessing), **self._described()}
+        return EncoderDescription(name=self.name, kind=self.kind, weights=self.weights, image_size=self.image_size,
+                                  preprocessing=self.preprocessing, feature_shape=tuple(self.feature_shape),
+                                  input_dtype=self.input_dtype, **fields)
 
 
 class KerasEncoder(Encoder):
@@ -279,10 +284,8 @@ class KerasEncoder(Encoder):
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return np.asarray(self._fn(np.asarray(batch, np.float32)), dtype=np.float32)
 
-    def spec_dict(self) -> Dict[str, object]:
-        d = super().spec_dict()
-        d.update(self.extra)
-        return d
+    def _described(self) -> Dict[str, object]:
+        return dict(self.extra)
 
 
 class TFLiteEncoder(Encoder):
@@ -290,7 +293,7 @@ class TFLiteEncoder(Encoder):
     float input models get the chosen preprocessing. Quantized outputs are dequantized to float32.
     The interpreter is not thread-safe, so calls are serialised with a lock."""
 
-    kind = "tflite"
+    kind = TFLITE
 
     def __init__(self, path: str, image_size: Optional[int] = None, preprocessing: Optional[str] = None):
         import tensorflow as tf
@@ -353,10 +356,8 @@ class TFLiteEncoder(Encoder):
             out = (out.astype(np.float32) - zero) * scale
         return out.astype(np.float32).reshape((batch.shape[0],) + self.feature_shape)
 
-    def spec_dict(self) -> Dict[str, object]:
-        d = super().spec_dict()
-        d["source"] = self.path
-        return d
+    def _described(self) -> Dict[str, object]:
+        return {"source": self.path}
 
 
 def seeded_init(model, seed: int = 0) -> None:
@@ -396,10 +397,7 @@ def _build_registered(spec: EncoderSpec, weights: str, size: int, preprocessing:
         base = builder(**kwargs)
     except Exception as e:  # noqa: BLE001 - most often: ImageNet weights not downloadable offline
         if weights == "imagenet":
-            raise EncoderError(
-                f"--weights imagenet: could not build {spec.name} with ImageNet weights ({type(e).__name__}: {e}). "
-                f"Offline, put Keras's weight files into $KERAS_HOME/models/ (default ~/.keras/models/), "
-                f"or use --weights none / --weights PATH") from e
+            raise EncoderError(missing_weights_message(spec.name, e)) from e
         raise
     if weights == "none":
         seeded_init(base)
@@ -414,7 +412,7 @@ def _build_registered(spec: EncoderSpec, weights: str, size: int, preprocessing:
         pre_fn = preprocess_function(preprocessing)
     extra = {"family": spec.module, "output": spec.output, "layer": spec.layer,
              "preprocessing_mode": _mode_of(preprocessing or spec.name)}
-    return KerasEncoder(model, spec.name, size, pre_name, pre_fn, weights, kind="keras.applications", extra=extra)
+    return KerasEncoder(model, spec.name, size, pre_name, pre_fn, weights, kind=REGISTERED, extra=extra)
 
 
 def _build_user_keras(path: str, size: Optional[int], preprocessing: Optional[str]) -> KerasEncoder:
@@ -439,7 +437,7 @@ def _build_user_keras(path: str, size: Optional[int], preprocessing: Optional[st
     pre = preprocessing or "none"
     pre_fn = preprocess_function(pre)
     pre_name = REGISTRY[pre].preprocessing_name if pre in REGISTRY else pre
-    return KerasEncoder(model, os.path.basename(path), size, pre_name, pre_fn, weights=path, kind="keras-file",
+    return KerasEncoder(model, os.path.basename(path), size, pre_name, pre_fn, weights=path, kind=KERAS_FILE,
                         extra={"source": path, "preprocessing_mode": _mode_of(pre)})
 
 
@@ -470,17 +468,45 @@ def encoder_table() -> List[Dict[str, object]]:
     return rows
 
 
-def describe_config(config: EncoderConfig) -> Dict[str, object]:
-    """What ``spec_dict()`` would say, without building a registered encoder (no weights loaded; its
-    ``feature_shape`` is None: the job takes it from the features). Model files are loaded (cheap, and
-    it validates them up front)."""
+def encoders_help() -> str:
+    """The ``--encoder`` help: every registered encoder (from :data:`REGISTRY`), then model files."""
+    names = []
+    for i, spec in enumerate(REGISTRY.values()):
+        names.append(f"{spec.name} ({'default; ' if i == 0 else ''}{spec.description})")
+    return "; ".join(names) + f"; or a path to a {'/'.join(USER_MODEL_SUFFIXES)} model or a .tflite file"
+
+
+_WEIGHTS_FILE = re.compile(r"([\w.+-]+\.(?:h5|keras|weights\.h5))\b")
+
+
+def missing_weights_message(name: str, error: BaseException) -> str:
+    """The error of ``--weights imagenet`` when Keras could not fetch the file: which file, and where to
+    put it offline (Keras looks in ``$KERAS_HOME/models/`` before downloading)."""
+    text = f"{type(error).__name__}: {error}"
+    found = _WEIGHTS_FILE.findall(str(error))
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    where = os.path.join(home, "models")
+    if found:
+        file_name = found[-1]
+        how = (f"offline, download {file_name} elsewhere and put it at $KERAS_HOME/models/{file_name} "
+               f"(here: {os.path.join(where, file_name)})")
+    else:
+        how = f"offline, put Keras's weight file for {name} into $KERAS_HOME/models/ (here: {where}/)"
+    return (f"--weights imagenet: could not get the ImageNet weights of {name} ({text}); {how}, "
+            f"or use --weights none / --weights PATH")
+
+
+def describe(config: EncoderConfig) -> EncoderDescription:
+    """The description ``features_spec.json`` will record, without building a registered encoder (no
+    weights loaded; its ``feature_shape`` is empty: the job takes it from the features). Model files are
+    loaded (cheap, and it validates them up front) and hashed."""
     validate_config(config)
     if is_model_file(config.name):
         # the file's absolute path and hash: `captionbeam train` copies it into the model dir from there
         # and refuses another file (model.integrity); nothing later looks it up in the working directory
         from captionbeam.model.hashing import sha256_file
         source = config.name if "://" in config.name else os.path.abspath(config.name)
-        return {**build_from_config(config).spec_dict(), "source": source, "file_sha256": sha256_file(source)}
+        return replace(build_from_config(config).description, source=source, file_sha256=sha256_file(source))
     spec = REGISTRY[config.name]
     size = config.resolved_size()
     pre = config.preprocessing
@@ -488,9 +514,34 @@ def describe_config(config: EncoderConfig) -> Dict[str, object]:
         pre_name = spec.preprocessing_name
     else:
         pre_name = REGISTRY[pre].preprocessing_name if pre in REGISTRY else pre
-    return {
-        "encoder": spec.name, "kind": "keras.applications", "feature_shape": None, "image_size": [size, size],
-        "preprocessing": pre_name, "weights": config.weights, "input_dtype": "float32",
-        "family": spec.module, "output": spec.output, "layer": spec.layer,
-        "preprocessing_mode": _mode_of(pre or spec.name),
-    }
+    return EncoderDescription(name=spec.name, kind=REGISTERED, weights=config.weights, image_size=size,
+                              preprocessing=pre_name, preprocessing_mode=_mode_of(pre or spec.name),
+                              family=spec.module, output=spec.output, layer=spec.layer)
+
+
+def config_of(description: EncoderDescription, model_file: Optional[str] = None) -> EncoderConfig:
+    """The :class:`EncoderConfig` (``--encoder``, ``--weights``, ``--image-size``, ``--preprocessing``) that
+    builds the described encoder again. A model file is read from ``model_file`` (e.g. a model dir's
+    checked copy), else from where the features job read it."""
+    d = description
+    size = d.image_size or None
+    if d.is_file:
+        path = model_file or d.source or d.name
+        return EncoderConfig(name=path, weights="none", image_size=size, preprocessing=d.preprocessing_mode or None)
+    if d.name not in REGISTRY:
+        raise EncoderError(f"encoder {d.name!r} of features_spec.json is not registered here; "
+                           f"known: {', '.join(REGISTRY)}")
+    own = REGISTRY[d.name].mode
+    override = d.preprocessing_mode if d.preprocessing_mode and d.preprocessing_mode != own else None
+    return EncoderConfig(name=d.name, weights=d.weights or "imagenet", image_size=size, preprocessing=override)
+
+
+def build_described(description: EncoderDescription, model_file: Optional[str] = None) -> Encoder:
+    """The one way to rebuild an encoder from its description (features workers, captioner, export,
+    bulk, retrain); refuses an encoder whose features do not have the recorded shape."""
+    encoder = build_from_config(config_of(description, model_file))
+    want = tuple(description.feature_shape)
+    if want and tuple(encoder.feature_shape) != want:
+        raise EncoderError(f"encoder {description.name!r} gives features {tuple(encoder.feature_shape)}, "
+                           f"the description records {want}")
+    return encoder

@@ -57,10 +57,7 @@ class CaptionServer:
         enc = captioner.encoder
         if not hasattr(enc, "model"):
             raise ValueError(f"export needs a Keras encoder; {captioner.encoder_name!r} is {type(enc).__name__}")
-        from captionbeam.model.captioner import encoder_arguments
-        from captionbeam.model.encoders import REGISTRY
-        name, _, _, override = encoder_arguments(captioner.spec)
-        mode = override or (REGISTRY[name].mode if name in REGISTRY else "none")
+        mode = captioner.encoder_description.preprocessing_mode or "none"
         self.encoder_model = enc.model
         self.caption_model = captioner.model
         self.size = int(captioner.image_size[0])

@@ -2,9 +2,9 @@
 
 - ``vocab.txt``: ``config.json`` records ``vocab_sha256``; :func:`check_file` refuses another file.
 - A user encoder file (``.keras`` / ``.h5`` / ``.tflite``) is recorded by the features job in
-  ``features_spec.json`` with its absolute source path and SHA-256 (``extra.encoder_spec.source`` /
-  ``file_sha256``). ``captionbeam train`` copies it into ``<model_dir>/encoder/<name>`` and records
-  ``extra.encoder_file = {"path": "encoder/<name>", "sha256": ...}``; caption, bulk and export build the
+  ``features_spec.json`` with its absolute source path and SHA-256 (``encoder_spec.source`` /
+  ``file_sha256``, the typed ``EncoderDescription``). ``captionbeam train`` copies it into
+  ``<model_dir>/encoder/<name>`` and records ``encoder_file = {"path": "encoder/<name>", "sha256": ...}``; caption, bulk and export build the
   encoder from that copy only (never from the working directory) and refuse a copy whose hash differs.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from captionbeam.model.encoders import REGISTRY, is_model_file
+from captionbeam.model.encoder_description import BundledFile
 from captionbeam.model.hashing import sha256_file
 
 ENCODER_DIR = "encoder"
@@ -35,28 +35,26 @@ def check_file(path: str, expected: str, what: str) -> None:
 
 def is_file_encoder(spec) -> bool:
     """Does this ``FeaturesSpec`` name a model-file encoder (not a registered name)?"""
-    kind = str(((spec.extra or {}).get("encoder_spec") or {}).get("kind", ""))
-    return kind in ("keras-file", "tflite") or (spec.encoder not in REGISTRY and is_model_file(spec.encoder))
+    return spec.encoder_description().is_file
 
 
 def bundle_encoder(spec, model_dir: str):
     """Copy a model-file encoder of ``spec`` (a ``FeaturesSpec`` from the data dir) into
-    ``<model_dir>/encoder/`` and return the spec with ``extra.encoder_file`` set; registered encoders
+    ``<model_dir>/encoder/`` and return the spec with ``encoder_file`` set; registered encoders
     are returned unchanged. The copy must have the hash the features job recorded."""
     import tensorflow as tf
     from dataclasses import replace
     if not is_file_encoder(spec):
         return spec
-    extra = dict(spec.extra or {})
-    enc = dict(extra.get("encoder_spec") or {})
-    name = os.path.basename(spec.encoder)
+    enc = spec.encoder_description()
+    name = os.path.basename(enc.name)
     rel = f"{ENCODER_DIR}/{name}"
     dest = f"{model_dir.rstrip('/')}/{rel}"
-    recorded = str(enc.get("file_sha256") or "")
-    have = (extra.get("encoder_file") or {}).get("sha256")
+    recorded = enc.file_sha256
+    have = spec.encoder_file.sha256 if spec.encoder_file else ""
     if have and tf.io.gfile.exists(dest) and sha256_file(dest) == have:
         return spec                     # already bundled (resume)
-    source = str(enc.get("source") or spec.weights or spec.encoder)
+    source = enc.source or spec.weights or spec.encoder
     if not tf.io.gfile.exists(source):
         raise FileNotFoundError(f"encoder file {source} (recorded by the features job in features_spec.json) "
                                 f"not found: the model dir must hold a copy of the encoder; put the file back "
@@ -68,8 +66,7 @@ def bundle_encoder(spec, model_dir: str):
         tf.io.gfile.remove(dest)
         raise IntegrityError(f"{source}: encoder file has SHA-256 {got[:16]}…, but the features were computed "
                              f"with {recorded[:16]}… (the file changed since captionbeam features ran)")
-    extra["encoder_file"] = {"path": rel, "sha256": got}
-    return replace(spec, extra=extra)
+    return replace(spec, encoder_file=BundledFile(path=rel, sha256=got))
 
 
 def encoder_file(spec, model_dir: str) -> Optional[str]:
@@ -77,24 +74,22 @@ def encoder_file(spec, model_dir: str) -> Optional[str]:
     import tensorflow as tf
     if not is_file_encoder(spec):
         return None
-    bundled = (spec.extra or {}).get("encoder_file") or {}
-    if not bundled.get("path"):
+    bundled = spec.encoder_file
+    if not bundled or not bundled.path:
         raise IntegrityError(f"{model_dir}: features_spec.json names the encoder file {spec.encoder!r} but the "
                              f"model dir holds no copy of it (trained before encoders were bundled): retrain, "
                              f"or copy the file to {model_dir.rstrip('/')}/{ENCODER_DIR}/ and record it")
-    path = f"{model_dir.rstrip('/')}/{bundled['path']}"
+    path = f"{model_dir.rstrip('/')}/{bundled.path}"
     if not tf.io.gfile.exists(path):
         raise FileNotFoundError(f"{path}: the model's encoder file is missing from the model dir")
-    check_file(path, str(bundled.get("sha256") or ""), "encoder file")
+    check_file(path, bundled.sha256, "encoder file")
     return path
 
 
 def check_given_encoder(spec, path: str) -> str:
     """An encoder file given explicitly (``caption --encoder-file``): it must be the one the model was
     trained with (the hash recorded at training, else the one the features job recorded)."""
-    extra = spec.extra or {}
-    recorded = str((extra.get("encoder_file") or {}).get("sha256")
-                   or (extra.get("encoder_spec") or {}).get("file_sha256") or "")
+    recorded = (spec.encoder_file.sha256 if spec.encoder_file else "") or spec.encoder_description().file_sha256
     check_file(path, recorded, "encoder file")
     return path
 
@@ -105,6 +100,6 @@ def copy_bundled_encoder(spec, from_dir: str, to_dir: str) -> None:
     path = encoder_file(spec, from_dir)
     if path is None:
         return
-    dest = f"{to_dir.rstrip('/')}/{spec.extra['encoder_file']['path']}"
+    dest = f"{to_dir.rstrip('/')}/{spec.encoder_file.path}"
     tf.io.gfile.makedirs(dest.rsplit("/", 1)[0])
     tf.io.gfile.copy(path, dest, overwrite=True)

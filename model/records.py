@@ -23,6 +23,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from captionbeam.model import gfile
+from captionbeam.model.encoder_description import BundledFile, EncoderDescription
 
 FEATURES_PREFIX = "features"
 FEATURES_SPEC_FILE = "features_spec.json"
@@ -178,7 +179,13 @@ def captions_prefix(split: str) -> str:
 # ----------------------------------------------------------------------------- features spec
 @dataclass
 class FeaturesSpec:
-    """``features_spec.json``: what produced a directory of feature records."""
+    """``features_spec.json``: what produced a directory of feature records.
+
+    ``encoder_spec`` is the one typed description of the encoder (read it with
+    :meth:`encoder_description`, which also reads files written before it existed); ``encoder_file`` is set
+    by ``captionbeam train`` when a model-file encoder is bundled into the model dir. The other fields
+    are the features job's settings and counts. Older files kept these under an untyped ``extra``
+    object: :meth:`from_json` still reads them."""
     encoder: str
     feature_shape: List[int]
     image_size: List[int]
@@ -186,16 +193,50 @@ class FeaturesSpec:
     weights: str = "imagenet"
     count: int = 0
     dead_letters: int = 0
-    extra: Dict[str, object] = field(default_factory=dict)
+    encoder_spec: Optional[EncoderDescription] = None
+    encoder_file: Optional[BundledFile] = None
+    compression: str = ""                     # NONE | GZIP (the records' compression; "": not recorded)
+    resize_method: str = ""                   # the filter images were squashed with ("": bilinear)
+    files_matched: int = 0
+    duplicate_image_ids: List[str] = field(default_factory=list)   # ids of several records (first 100)
+    duplicate_image_id_count: int = 0
+    record_pattern: str = ""
+    images: List[str] = field(default_factory=list)
+    input_format: str = ""
+    max_pixels: int = 0
+    batch_size: int = 0
+
+    def encoder_description(self) -> EncoderDescription:
+        """The encoder these features came from: the recorded description, else (older files) one made
+        from the top-level fields."""
+        if self.encoder_spec is not None:
+            return self.encoder_spec
+        return EncoderDescription.from_spec_fields(self.encoder, self.weights, self.image_size, self.preprocessing,
+                                                   self.feature_shape)
+
+    def to_dict(self) -> Dict[str, object]:
+        d = {f: getattr(self, f) for f in self.__dataclass_fields__}
+        d["encoder_spec"] = self.encoder_spec.to_dict() if self.encoder_spec else None
+        d["encoder_file"] = asdict(self.encoder_file) if self.encoder_file else None
+        return d
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, object]) -> "FeaturesSpec":
+        old = d.get("extra") or {}           # files written before the typed fields
+        merged = {**{k: v for k, v in old.items() if k in cls.__dataclass_fields__}, **d}
+        known = {k: merged[k] for k in cls.__dataclass_fields__ if k in merged and merged[k] is not None}
+        if "encoder_spec" in known:
+            known["encoder_spec"] = EncoderDescription.from_dict(known["encoder_spec"])
+        if "encoder_file" in known:
+            known["encoder_file"] = BundledFile.from_dict(known["encoder_file"])
+        return cls(**known)
 
     @classmethod
     def from_json(cls, text: str) -> "FeaturesSpec":
-        d = json.loads(text)
-        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
-        return cls(**known)
+        return cls.from_dict(json.loads(text))
 
     def save(self, directory: str) -> None:
         gfile.write_text(gfile.join(directory, FEATURES_SPEC_FILE), self.to_json())

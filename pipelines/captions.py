@@ -91,7 +91,7 @@ class Plan:
     feature_files: List[str] = field(default_factory=list)
     features_spec: Optional[records.FeaturesSpec] = None
     features_spec_text: Optional[str] = None
-    features_compression: str = "auto"          # from features_spec.json's extra.compression
+    features_compression: str = "auto"          # from features_spec.json's compression
     vocabulary: Optional[Vocabulary] = None
     shards: Dict[str, int] = field(default_factory=dict)
 
@@ -182,7 +182,7 @@ def plan(config: CaptionsConfig) -> Plan:
             p.features_spec = records.FeaturesSpec.from_json(p.features_spec_text)
         except (ValueError, TypeError, KeyError) as e:
             raise CaptionsConfigError(f"--features: bad {spec_path}: {e}") from None
-        compression = str((p.features_spec.extra or {}).get("compression", "")).upper()
+        compression = (p.features_spec.compression or "").upper()
         p.features_compression = {"GZIP": "gzip", "NONE": "uncompressed"}.get(compression, "auto")
         p.feature_files = pio.match([pio.join(config.features, f"{records.FEATURES_PREFIX}-*-of-*{records.RECORD_SUFFIX}*")])
         if not p.feature_files:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
@@ -29,7 +29,8 @@ from apache_beam.ml.inference.base import RunInference
 
 import captionbeam.pipelines.io as pio
 from captionbeam.model import jsonl, records
-from captionbeam.model.encoders import EncoderConfig, build_encoder, describe_config
+from captionbeam.model.encoder_description import EncoderDescription
+from captionbeam.model.encoders import EncoderConfig, build_described, describe
 from captionbeam.pipelines.counters import NAMESPACE, query_counters
 from captionbeam.pipelines import decoding
 from captionbeam.pipelines.deadletter import WriteDeadLetters, dead_letters_dir, dead_letters_pattern, failed_batch_dead_letters
@@ -90,7 +91,7 @@ class EncodeImages(beam.PTransform):
     """``(key, uint8 image)`` -> ``(key, float32 features)`` with RunInference, batched; a batch whose
     inference raises becomes one dead letter per image (stage ``inference``)."""
 
-    def __init__(self, encoder: EncoderConfig, batch_size: int = 32, model_copies: Optional[int] = None):
+    def __init__(self, encoder: EncoderDescription, batch_size: int = 32, model_copies: Optional[int] = None):
         super().__init__()
         self.handler = keyed_encoder_handler(encoder, batch_size, model_copies)
 
@@ -135,54 +136,45 @@ class ToFeatureExamples(beam.PTransform):
 class ComputeFeatures(beam.PTransform):
     """Pipeline root -> ``{"features": (key, float32 array), "dead_letters": DeadLetter}``."""
 
-    def __init__(self, config: FeaturesConfig, image_size: int):
+    def __init__(self, config: FeaturesConfig, description: EncoderDescription):
         super().__init__()
         self.config = config
-        self.image_size = image_size
+        self.description = description
 
     def expand(self, pbegin):
         c = self.config
         read = pbegin | "ReadImages" >> ReadImages(c.images, c.input_format, c.max_bytes,
                                                              shard_fields=c.tfrecord_fields)
-        decoded = read["images"] | "DecodeImages" >> DecodeImages(self.image_size, c.max_pixels, c.resize_method)
-        encoded = decoded["images"] | "EncodeImages" >> EncodeImages(c.encoder, c.batch_size, c.model_copies)
+        decoded = read["images"] | "DecodeImages" >> DecodeImages(self.description.image_size, c.max_pixels, c.resize_method)
+        encoded = decoded["images"] | "EncodeImages" >> EncodeImages(self.description, c.batch_size, c.model_copies)
         dead = ((read["dead_letters"], decoded["dead_letters"], encoded["dead_letters"])
                 | "AllDeadLetters" >> beam.Flatten())
         return {"features": encoded["features"], "dead_letters": dead}
 
 
 class _WriteSpecFn(beam.DoFn):
-    def __init__(self, output: str, description: Dict[str, object], config: FeaturesConfig):
+    def __init__(self, output: str, description: EncoderDescription, config: FeaturesConfig):
         self.output = output
         self.description = description
         self.config = config
 
     def process(self, _, count, dead, shapes, duplicates):
-        d = dict(self.description)
-        shape = list(shapes[0]) if shapes else d.get("feature_shape")
-        if shape is None:  # nothing encoded: ask the architecture (random weights, same shapes)
-            e = self.config.encoder
-            shape = list(build_encoder(e.name, "none", e.image_size, e.preprocessing).feature_shape)
+        d = self.description
+        shape = list(shapes[0]) if shapes else list(d.feature_shape)
+        if not shape:  # nothing encoded: ask the architecture (random weights, same shapes)
+            shape = list(build_described(replace(d, weights="none") if not d.is_file else d).feature_shape)
+        d = d.with_feature_shape(shape)
         c = self.config
         spec = records.FeaturesSpec(
-            encoder=str(d["encoder"]), feature_shape=[int(s) for s in shape], image_size=list(d["image_size"]),
-            preprocessing=str(d["preprocessing"]), weights=str(d["weights"]), count=int(count),
-            dead_letters=int(dead),
-            extra={
-                "files_matched": int(count) + int(dead),
-                # image ids carried by more than one record (same file name in several directories): the
-                # records are all kept; a join by image id (captions) will see each of them
-                "duplicate_image_ids": sorted(duplicates)[:100],
-                "duplicate_image_id_count": len(duplicates),
-                "encoder_spec": {**d, "feature_shape": [int(s) for s in shape]},
-                "compression": "GZIP" if c.compress else "NONE",
-                "record_pattern": "features-*-of-*.tfrecord",
-                "images": list(c.images),
-                "input_format": c.input_format,
-                "max_pixels": c.max_pixels,
-                "resize_method": c.resize_method,
-                "batch_size": c.batch_size,
-            })
+            encoder=d.name, feature_shape=list(d.feature_shape), image_size=[d.image_size, d.image_size],
+            preprocessing=d.preprocessing, weights=d.weights, count=int(count), dead_letters=int(dead),
+            encoder_spec=d, compression="GZIP" if c.compress else "NONE", resize_method=c.resize_method,
+            files_matched=int(count) + int(dead),
+            # image ids carried by more than one record (same file name in several directories): the
+            # records are all kept; a join by image id (captions) will see each of them
+            duplicate_image_ids=sorted(duplicates)[:100], duplicate_image_id_count=len(duplicates),
+            record_pattern="features-*-of-*.tfrecord", images=list(c.images), input_format=c.input_format,
+            max_pixels=c.max_pixels, batch_size=c.batch_size)
         path = pio.join(self.output, records.FEATURES_SPEC_FILE)
         pio.write_text(path, spec.to_json() + "\n")
         yield path
@@ -192,7 +184,7 @@ class WriteFeaturesSpec(beam.PTransform):
     """Write ``features_spec.json`` once both outputs are counted (waits on the record and dead-letter
     writes, so the spec only appears when the directory is complete)."""
 
-    def __init__(self, output: str, description: Dict[str, object], config: FeaturesConfig):
+    def __init__(self, output: str, description: EncoderDescription, config: FeaturesConfig):
         super().__init__()
         self.output, self.description, self.config = output, description, config
 
@@ -252,10 +244,9 @@ def read_feature_ids(output: str) -> List[Dict[str, str]]:
     return rows
 
 
-def build_pipeline(p: beam.Pipeline, config: FeaturesConfig, description: Dict[str, object]) -> None:
-    image_size = int(description["image_size"][0])
-    computed = p | "ComputeFeatures" >> ComputeFeatures(config, image_size)
-    serialized = computed["features"] | "ToExamples" >> ToFeatureExamples(str(description["encoder"]))
+def build_pipeline(p: beam.Pipeline, config: FeaturesConfig, description: EncoderDescription) -> None:
+    computed = p | "ComputeFeatures" >> ComputeFeatures(config, description)
+    serialized = computed["features"] | "ToExamples" >> ToFeatureExamples(description.name)
     written = serialized | "WriteFeatures" >> beam.io.WriteToTFRecord(
         pio.join(config.output, records.FEATURES_PREFIX), file_name_suffix=records.RECORD_SUFFIX,
         num_shards=config.num_shards, shard_name_template="-SSSSS-of-NNNNN",
@@ -287,11 +278,11 @@ class FeaturesResult:
         return self.images_encoded / self.seconds if self.seconds > 0 else 0.0
 
 
-def run(config: FeaturesConfig, pipeline_args: Sequence[str] = (), description: Optional[Dict[str, object]] = None
+def run(config: FeaturesConfig, pipeline_args: Sequence[str] = (), description: Optional[EncoderDescription] = None
         ) -> FeaturesResult:
     """Run the job and wait for it; returns counts (from the written spec, else from Beam counters)."""
     from captionbeam.pipelines.options import new_pipeline
-    description = description or describe_config(config.encoder)
+    description = description or describe(config.encoder)
     start = time.time()
     pio.remove_stale_beam_temp([config.output, dead_letters_dir(config.output)])
     p = new_pipeline(pipeline_args)

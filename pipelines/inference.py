@@ -28,7 +28,8 @@ from typing import Any, Dict, Iterable, Optional, Sequence
 import numpy as np
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler
 
-from captionbeam.model.encoders import Encoder, EncoderConfig, build_from_config
+from captionbeam.model.encoder_description import EncoderDescription
+from captionbeam.model.encoders import Encoder, build_described
 from captionbeam.pipelines.counters import NAMESPACE
 
 log = logging.getLogger(__name__)
@@ -37,19 +38,19 @@ log = logging.getLogger(__name__)
 class EncoderModelHandler(ModelHandler[np.ndarray, np.ndarray, Encoder]):
     """uint8 image ``(size, size, 3)`` -> float32 features ``feature_shape``."""
 
-    def __init__(self, config: EncoderConfig, batch_size: int = 32, model_copies: Optional[int] = None,
+    def __init__(self, description: EncoderDescription, batch_size: int = 32, model_copies: Optional[int] = None,
                  namespace: str = NAMESPACE):
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         super().__init__(min_batch_size=batch_size, max_batch_size=batch_size, model_copies=model_copies)
-        self.config = config
+        self.description = description
         self.batch_size = batch_size
         self.namespace = namespace
 
     def load_model(self) -> Encoder:
         start = time.time()
-        encoder = build_from_config(self.config)
-        log.info("loaded encoder %s (%s weights, %dpx, features %s) in %.1f s", encoder.name, self.config.weights,
+        encoder = build_described(self.description)
+        log.info("loaded encoder %s (%s weights, %dpx, features %s) in %.1f s", encoder.name, self.description.weights,
                  encoder.image_size, encoder.feature_shape, time.time() - start)
         return encoder
 
@@ -66,10 +67,11 @@ class EncoderModelHandler(ModelHandler[np.ndarray, np.ndarray, Encoder]):
         return self.namespace
 
     def __repr__(self) -> str:
-        return f"EncoderModelHandler({self.config}, batch_size={self.batch_size})"
+        return f"EncoderModelHandler({self.description}, batch_size={self.batch_size})"
 
 
-def keyed_encoder_handler(config: EncoderConfig, batch_size: int = 32, model_copies: Optional[int] = None
+def keyed_encoder_handler(description: EncoderDescription, batch_size: int = 32, model_copies: Optional[int] = None
                           ) -> KeyedModelHandler:
-    """``(key, uint8 image)`` -> ``(key, float32 features)``."""
-    return KeyedModelHandler(EncoderModelHandler(config, batch_size, model_copies))
+    """``(key, uint8 image)`` -> ``(key, float32 features)``; workers build the encoder from its
+    description (``model.encoders.build_described``), as everything later does."""
+    return KeyedModelHandler(EncoderModelHandler(description, batch_size, model_copies))

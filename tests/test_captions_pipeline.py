@@ -95,7 +95,7 @@ def write_inputs(root: str, shuffle_seed=None, compress: bool = False) -> dict:
                 w.write(records.feature_example("t1", "/other/t1.jpg", "f" * 64, "handmade", feature_of("t1") - 100))
     spec = records.FeaturesSpec(encoder="handmade", feature_shape=list(FEATURE_SHAPE), image_size=[8, 8],
                                 preprocessing="none", weights="none", count=len(FEATURE_IDS) + 1,
-                                extra={"compression": "GZIP" if compress else "NONE"})
+                                compression="GZIP" if compress else "NONE")
     with open(os.path.join(root, "features", "features_spec.json"), "w") as f:
         f.write(spec.to_json())
     return paths

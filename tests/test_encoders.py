@@ -5,7 +5,7 @@ import importlib
 import numpy as np
 import pytest
 
-from captionbeam.model.encoders import (REGISTRY, EncoderConfig, EncoderError, TFLiteEncoder, build_encoder, describe_config,
+from captionbeam.model.encoders import (REGISTRY, EncoderConfig, EncoderError, TFLiteEncoder, build_encoder, describe,
                             preprocess_function, preprocess_numpy, preprocess_tf, validate_config)
 
 
@@ -66,9 +66,9 @@ def test_feature_shapes(name, size, shape):
     feats = enc.encode(images)
     assert enc.feature_shape == shape and feats.shape == (2,) + shape and feats.dtype == np.float32
     assert np.isfinite(feats).all() and np.abs(feats).max() > 0
-    spec = enc.spec_dict()
-    assert spec["feature_shape"] == list(shape) and spec["image_size"] == [size, size]
-    assert spec["preprocessing"] == REGISTRY[name].preprocessing_name
+    d = enc.description
+    assert d.feature_shape == shape and d.image_size == size and d.name == name and d.kind == "keras.applications"
+    assert d.preprocessing == REGISTRY[name].preprocessing_name and d.preprocessing_mode == REGISTRY[name].mode
 
 
 def test_weights_none_is_seeded_and_encoder_preprocess_is_keras(batch):
@@ -82,11 +82,11 @@ def test_weights_none_is_seeded_and_encoder_preprocess_is_keras(batch):
         a.encode(batch[:, :16, :16])
 
 
-def test_describe_config_needs_no_model():
-    d = describe_config(EncoderConfig("vgg16"))
-    assert d["encoder"] == "vgg16" and d["image_size"] == [224, 224] and d["layer"] == "fc2"
-    assert d["preprocessing"] == "keras.applications.vgg16.preprocess_input (mode caffe)"
-    assert describe_config(EncoderConfig("inception_v3", "none"))["image_size"] == [299, 299]
+def test_describe_needs_no_model():
+    d = describe(EncoderConfig("vgg16"))
+    assert d.name == "vgg16" and d.image_size == 224 and d.layer == "fc2" and d.feature_shape == ()
+    assert d.preprocessing == "keras.applications.vgg16.preprocess_input (mode caffe)" and d.preprocessing_mode == "caffe"
+    assert describe(EncoderConfig("inception_v3", "none")).image_size == 299
 
 
 @pytest.mark.parametrize("config,flag", [
@@ -149,7 +149,7 @@ def test_tflite_float_and_uint8(tiny_keras_model, tmp_path):
     assert out.dtype == np.float32 and out.shape == (5, 4)
     # dequantized outputs track the float model within the quantization error
     assert np.abs(out - expected).max() <= 0.1 * np.abs(expected).max() + 1e-3
-    assert q.spec_dict()["source"] == str(qpath)
+    assert q.description.source == str(qpath) and q.description.kind == "tflite"
 
 
 @pytest.mark.parametrize("copies", [None, 2])
@@ -158,11 +158,11 @@ def test_encoder_model_handler_batches_and_shares_through_beams_own_api(copies):
     public getters report them (exact batches of batch_size; model_copies per machine when asked)."""
     from apache_beam.ml.inference.base import KeyedModelHandler
     from captionbeam.pipelines.inference import EncoderModelHandler, keyed_encoder_handler
-    handler = EncoderModelHandler(EncoderConfig("mobilenet", "none", 32), batch_size=8, model_copies=copies)
+    handler = EncoderModelHandler(describe(EncoderConfig("mobilenet", "none", 32)), batch_size=8, model_copies=copies)
     assert handler.batch_elements_kwargs() == {"min_batch_size": 8, "max_batch_size": 8}
     assert handler.share_model_across_processes() is (copies is not None)
     assert handler.model_copies() == (copies or 1)
-    keyed = keyed_encoder_handler(EncoderConfig("mobilenet", "none", 32), batch_size=8, model_copies=copies)
+    keyed = keyed_encoder_handler(describe(EncoderConfig("mobilenet", "none", 32)), batch_size=8, model_copies=copies)
     assert isinstance(keyed, KeyedModelHandler) and keyed.batch_elements_kwargs() == handler.batch_elements_kwargs()
     with pytest.raises(ValueError, match="batch_size"):
-        EncoderModelHandler(EncoderConfig("mobilenet", "none", 32), batch_size=0)
+        EncoderModelHandler(describe(EncoderConfig("mobilenet", "none", 32)), batch_size=0)

@@ -97,7 +97,7 @@ def test_clean_run_records(inputs, clean_run, capsys):
     spec = records.FeaturesSpec.from_json((clean_run / "features_spec.json").read_text())
     assert (spec.encoder, spec.feature_shape, spec.image_size, spec.weights) == ("mobilenet", [1024], [32, 32], "none")
     assert spec.preprocessing == "keras.applications.mobilenet.preprocess_input (mode tf)"
-    assert (spec.count, spec.dead_letters, spec.extra["files_matched"]) == (5, 0, 5)
+    assert (spec.count, spec.dead_letters, spec.files_matched) == (5, 0, 5)
     assert read_dead_letters(str(clean_run)) == []
     assert list((clean_run / "dead_letters").glob("dead_letters-*.jsonl"))  # written, empty
 
@@ -144,8 +144,8 @@ def test_bad_files_become_dead_letters_and_counts_add_up(inputs, mixed_run):
     spec = records.FeaturesSpec.from_json((mixed_run / "features_spec.json").read_text())
     # files matched by two globs (mixed/* and mixed/img_*.jpg) are read once
     matched = {str(p) for p in (inputs / "mixed").iterdir()} | {str(inputs / "dup" / "img_0.jpg")}
-    assert (spec.count, spec.dead_letters, spec.extra["files_matched"]) == (len(good) + 1, len(BAD), len(matched))
-    assert spec.extra["duplicate_image_ids"] == ["img_0"] and spec.extra["duplicate_image_id_count"] == 1
+    assert (spec.count, spec.dead_letters, spec.files_matched) == (len(good) + 1, len(BAD), len(matched))
+    assert spec.duplicate_image_ids == ["img_0"] and spec.duplicate_image_id_count == 1
     # every matched file is in exactly one of the two outputs
     import tensorflow as tf
     paths = [records.parse_feature_example(r.numpy()).path for r in tf.data.TFRecordDataset(files)]
@@ -204,7 +204,7 @@ def test_gcs_input_and_output(inputs, gcs_bucket, tmp_path):
     shards = [k for k in keys if k.startswith("features/features-") and k.endswith(".tfrecord")]
     assert shards and "features/features_spec.json" in keys
     spec = records.FeaturesSpec.from_json(gcs_bucket.read("features/features_spec.json").decode())
-    assert (spec.count, spec.dead_letters, spec.extra["compression"]) == (6, 1, "GZIP")
+    assert (spec.count, spec.dead_letters, spec.compression) == (6, 1, "GZIP")
     import gzip
 
     import tensorflow as tf

@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from captionbeam.launch.cli import main as cli
+from captionbeam.model.encoder_description import BundledFile
 
 SIZE = 16
 
@@ -78,7 +79,8 @@ def test_encoder_is_copied_into_the_model_dir_with_its_hash(bundled):
     from captionbeam.model.hashing import sha256_file
     model_dir, _, original, _ = bundled
     spec = records.FeaturesSpec.load(str(model_dir))
-    assert spec.extra["encoder_file"] == {"path": "encoder/enc.keras", "sha256": sha256_file(str(original))}
+    assert spec.encoder_file == BundledFile(path="encoder/enc.keras", sha256=sha256_file(str(original)))
+    assert spec.encoder_spec.kind == "keras-file" and spec.encoder_spec.file_sha256 == spec.encoder_file.sha256
     assert sha256_file(str(model_dir / "encoder" / "enc.keras")) == sha256_file(str(original))
 
 

@@ -94,14 +94,15 @@ def test_compressed_root_features_are_read_and_extended_compressed(tmp_path):
     from captionbeam.launch.commands import features as features_cmd
     from captionbeam.launch.retrain.manifest import feature_hashes
     from captionbeam.launch.retrain.stages import features_invocation
+    from captionbeam.model.records import FeaturesSpec
     from captionbeam.pipelines.sample import SampleConfig, write_sample
     write_sample(SampleConfig(output=str(tmp_path / "s"), images=20, seed=0, size=32))
     out = tmp_path / "f"
     assert cli.main(["--log-level", "WARNING", "features", "--images", str(tmp_path / "s" / "images" / "*.jpg"),
                      "--output", str(out), "--encoder", "mobilenet", "--weights", "none", "--image-size", "32",
                      "--compress"]) == 0
-    spec = json.loads((out / "features_spec.json").read_text())
-    assert spec["extra"]["compression"] == "GZIP"
+    spec = FeaturesSpec.load(str(out))
+    assert spec.compression == "GZIP"
     expected = {hashlib.sha256(p.read_bytes()).hexdigest(): p.stem for p in (tmp_path / "s" / "images").glob("*.jpg")}
     assert len(expected) == 20 and feature_hashes([str(out)]) == expected
     inv = features_invocation(ModelRoot(str(tmp_path / "root")), spec, ["new/*.jpg"], str(tmp_path / "new"))

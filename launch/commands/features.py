@@ -11,13 +11,9 @@ from captionbeam.launch.command_args import CommandError
 HELP = "encode images with a CNN into feature TFRecords (Beam job)"
 BEAM = True
 
-_ENCODERS_HELP = ("vgg16 (default; fc2, 4096-d, the classic tutorial), vgg16-conv (block5_conv3, 14x14x512), "
-                  "mobilenet (1024-d), mobilenet-conv (7x7x1024), mobilenet-0.25 (256-d), mobilenet_v2 (1280-d), "
-                  "mobilenet_v2-conv (7x7x1280), resnet50 (2048-d), inception_v3 (2048-d, 299px), "
-                  "efficientnet_b0 (1280-d); or a path to a .keras/.h5 model or a .tflite file")
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from captionbeam.model.encoders import encoders_help
     from captionbeam.pipelines.image_items import DEFAULT_MAX_BYTES
     from captionbeam.pipelines.images import DEFAULT_MAX_PIXELS, RESIZE_METHODS
     from captionbeam.launch.shard_flags import add_tfrecord_field_arguments
@@ -28,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", required=True, type=output_dir,
                         help="output directory, local or gs://: features-NNNNN-of-NNNNN.tfrecord, "
                              "features_spec.json, dead_letters/*.jsonl")
-    parser.add_argument("--encoder", default="vgg16", help=f"encoder: {_ENCODERS_HELP}")
+    parser.add_argument("--encoder", default="vgg16", help=f"encoder: {encoders_help()}")
     parser.add_argument("--weights", default="imagenet",
                         help="imagenet (Keras's weights; offline they must be in $KERAS_HOME/models), none (seeded "
                              "random init, identical in every process and run: same shapes and compute, for tests and "
@@ -105,10 +101,10 @@ def run(config, pipeline_args: Sequence[str] = (), overwrite: bool = False):
     """Check the encoder, the inputs and the output directory, then run the job ->
     ``pipelines.features.FeaturesResult``; :class:`CommandError` names what is wrong."""
     import captionbeam.pipelines.io as pio
-    from captionbeam.model.encoders import EncoderError, describe_config
+    from captionbeam.model.encoders import EncoderError, describe
     from captionbeam.pipelines.features import existing_outputs, run as run_job
     try:
-        description = describe_config(config.encoder)
+        description = describe(config.encoder)
     except EncoderError as e:
         raise CommandError(str(e)) from None
     error = _check_images_match(config.images, config.input_format)
@@ -121,8 +117,8 @@ def run(config, pipeline_args: Sequence[str] = (), overwrite: bool = False):
                                f"files from an earlier run; pass --overwrite to replace them, or choose another "
                                f"directory")
         pio.delete(existing)
-    print(f"features: encoder {description['encoder']} ({description['weights']} weights, "
-          f"{description['image_size'][0]}px, {description['preprocessing']}), batch {config.batch_size}",
+    print(f"features: encoder {description.name} ({description.weights} weights, "
+          f"{description.image_size}px, {description.preprocessing}), batch {config.batch_size}",
           file=sys.stderr)
     return run_job(config, pipeline_args or [], description)
 
@@ -138,9 +134,9 @@ def summary(config, result) -> List[str]:
              f"{result.dead_letters} dead letters, {result.images_encoded + result.dead_letters} files in all"]
     if result.dead_letters_by_stage:
         lines.append("  dead letters by stage: " + ", ".join(f"{k} {v}" for k, v in result.dead_letters_by_stage.items()))
-    if spec and spec.extra.get("duplicate_image_id_count"):
-        dups = spec.extra["duplicate_image_ids"]
-        print(f"features: warning: {spec.extra['duplicate_image_id_count']} image ids belong to several files "
+    if spec and spec.duplicate_image_id_count:
+        dups = spec.duplicate_image_ids
+        print(f"features: warning: {spec.duplicate_image_id_count} image ids belong to several files "
               f"(same name in different directories), e.g. {', '.join(dups[:5])}; all their records were kept",
               file=sys.stderr)
     lines += [f"  {result.seconds:.1f}s wall, {result.images_per_second:.1f} images/s (including pipeline start-up)",

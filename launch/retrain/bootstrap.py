@@ -14,6 +14,7 @@ from captionbeam.launch.retrain.attempt import AttemptResult
 from captionbeam.launch.retrain.root import (CURRENT_FILE, ModelRoot, RetrainError, RootSettings, VersionInfo, now,
                                  write_consumed, write_settings)
 from captionbeam.launch.staging import copy_tree, local_dir
+from captionbeam.model.records import FeaturesSpec
 
 FIRST_BATCH = "b0000"
 FIRST_VERSION = "v001"
@@ -41,7 +42,7 @@ def init_root(root: str, model_dir: str, features: str, captions: str, splits: M
     consumed = manifest.add_features(r, features, FIRST_BATCH)
     spec_file = pio.join(features, "features_spec.json")
     pio.write_bytes(r.path(manifest.FEATURES_DIR, "features_spec.json"), pio.read_bytes(spec_file))
-    encoder_file = manifest.encoder_file(pio.read_json(spec_file))
+    encoder_file = manifest.encoder_file(FeaturesSpec.from_json(pio.read_text(spec_file)))
     if encoder_file:   # a model-file encoder travels with the root
         pio.write_bytes(r.path("encoder", pio.basename(encoder_file)), pio.read_bytes(encoder_file))
     # settings the later attempts repeat

@@ -4,10 +4,11 @@ the features job), which answers "is this content featurised already?" without r
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import captionbeam.pipelines.io as pio
 from captionbeam.launch.retrain.root import ModelRoot, RetrainError, read_consumed
+from captionbeam.model.records import FeaturesSpec
 
 FEATURES_DIR = "features"
 
@@ -41,22 +42,19 @@ def add_features(root: ModelRoot, src: str, batch: str) -> List[Tuple[str, str]]
     return [(row["path"], row["sha256"]) for row in rows]
 
 
-def encoder_file(spec: Mapping[str, object]) -> Optional[str]:
-    """The model file of a ``.keras`` / ``.h5`` / ``.tflite`` encoder (features_spec.json names it by
-    its base name; ``extra.encoder_spec.source`` has the path)."""
-    enc = dict((spec.get("extra") or {}).get("encoder_spec") or {})
-    if enc.get("kind") in ("keras-file", "tflite") or str(spec.get("encoder", "")).endswith(
-            (".keras", ".h5", ".hdf5", ".tflite")):
-        return str(enc.get("source") or spec.get("encoder"))
-    return None
+def encoder_file(spec: FeaturesSpec) -> Optional[str]:
+    """The model file of a ``.keras`` / ``.h5`` / ``.tflite`` encoder (where the features job read it:
+    ``encoder_spec.source``), None for a registered encoder."""
+    enc = spec.encoder_description()
+    return (enc.source or enc.name) if enc.is_file else None
 
 
-def encoder_argument(root: ModelRoot, spec: Mapping[str, object]) -> str:
-    """``--encoder`` for new features: the registered name, or the root's copy of the model file
-    (the original path when the root is on gs:// and the original is still on this machine)."""
+def root_encoder_file(root: ModelRoot, spec: FeaturesSpec) -> Optional[str]:
+    """The model file new features are made with: the root's copy (the original path when the root is
+    on gs:// and the original is still on this machine); None for a registered encoder."""
     source = encoder_file(spec)
     if source is None:
-        return str(spec["encoder"])
+        return None
     copy = root.path("encoder", pio.basename(source))
     if pio.is_gcs(copy) and os.path.exists(source):
         return source

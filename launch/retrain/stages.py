@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Dict, List, Mapping, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import captionbeam.pipelines.io as pio
 from captionbeam.launch.command_args import CommandError, Invocation, invocation
@@ -12,8 +12,9 @@ from captionbeam.launch.commands import captions as captions_cmd
 from captionbeam.launch.commands import evaluate as evaluate_cmd
 from captionbeam.launch.commands import features as features_cmd
 from captionbeam.launch.commands import train as train_cmd
-from captionbeam.launch.retrain.manifest import FEATURES_DIR, encoder_argument
+from captionbeam.launch.retrain.manifest import FEATURES_DIR, root_encoder_file
 from captionbeam.launch.retrain.root import ModelRoot, RetrainError, RootSettings
+from captionbeam.model.records import FeaturesSpec
 
 
 def _call(run, inv: Invocation, *args, **kwargs):
@@ -25,23 +26,31 @@ def _call(run, inv: Invocation, *args, **kwargs):
         raise RetrainError(f"`captionbeam {inv.command}` failed: {e}") from None
 
 
-def features_invocation(root: ModelRoot, spec: Mapping[str, object], images: Sequence[str], out: str,
+def features_invocation(root: ModelRoot, spec: FeaturesSpec, images: Sequence[str], out: str,
                         pipeline_args: Sequence[str] = ()) -> Invocation:
-    """``captionbeam features`` for new images exactly as the root's features were made: same encoder,
-    weights, input size, preprocessing and compression (one spec describes every batch's records)."""
-    compression = str((spec.get("extra") or {}).get("compression") or "NONE").upper()
-    values = {"images": list(images), "output": out, "encoder": encoder_argument(root, spec),
-              "weights": spec.get("weights", "imagenet"), "image_size": int(spec["image_size"][0]),
-              "compress": compression == "GZIP", "overwrite": True}
-    if spec.get("preprocessing"):
-        values["preprocessing"] = spec["preprocessing"]
+    """``captionbeam features`` for new images exactly as the root's features were made: the encoder
+    of the spec's description (``model.encoders.config_of``: name or model file, weights, input size,
+    preprocessing) and the same compression (one spec describes every batch's records)."""
+    from captionbeam.model.encoders import config_of
+    enc = config_of(spec.encoder_description(), root_encoder_file(root, spec))
+    values = {"images": list(images), "output": out, "encoder": enc.name, "weights": enc.weights,
+              "compress": spec.compression.upper() == "GZIP", "overwrite": True}
+    values.update({k: v for k, v in (("image_size", enc.image_size), ("preprocessing", enc.preprocessing))
+                   if v is not None})
     return invocation(features_cmd, values, pipeline_args=pipeline_args)
 
 
 def featurise(root: ModelRoot, images: Sequence[str], out: str, pipeline_args: Sequence[str]) -> str:
-    spec = pio.read_json(root.path(FEATURES_DIR, "features_spec.json"))
+    """Features of new images with the root's encoder; refuses features that another encoder made."""
+    spec = FeaturesSpec.load(root.path(FEATURES_DIR))
     inv = features_invocation(root, spec, images, out, pipeline_args)
-    _call(features_cmd.run, inv, features_cmd.config_from_args(inv.args), inv.pipeline_args, overwrite=True)
+    result = _call(features_cmd.run, inv, features_cmd.config_from_args(inv.args), inv.pipeline_args,
+                   overwrite=True)
+    made = result.spec.encoder_description() if result.spec else None
+    want = spec.encoder_description()
+    if made is not None and result.images_encoded and made.identity() != want.identity():
+        raise RetrainError(f"`captionbeam {inv.command}` made features with encoder {made} but the root's "
+                           f"features_spec.json describes {want}")
     return out
 
 

@@ -140,7 +140,7 @@ def image_model_dir(tmp_path_factory):
         enc = build_encoder(name, weights="none", image_size=size)
         spec = records.FeaturesSpec(encoder=name, feature_shape=list(enc.feature_shape), image_size=[size, size],
                                     preprocessing=enc.preprocessing, weights="none",
-                                    extra={"encoder_spec": enc.spec_dict(), "resize_method": "bilinear"})
+                                    encoder_spec=enc.description, resize_method="bilinear")
         keras.utils.set_random_seed(0)
         model = build_model(tiny_config(arch, enc.feature_shape, vocab, encoder=name, encoder_weights="none",
                                         image_size=[size, size], preprocessing=enc.preprocessing))
