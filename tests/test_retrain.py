@@ -227,3 +227,30 @@ def test_new_features_are_made_like_the_roots_registered_encoder(tmp_path, encod
     assert (new.count, new.dead_letters) == (3, 0)
     assert new.encoder_spec == old.encoder_spec and new.encoder_spec.name == encoder
     assert new.feature_shape == old.feature_shape and new.preprocessing == old.preprocessing
+
+
+def test_a_failed_attempt_leaves_its_record_and_consumes_nothing(tmp_path):
+    """An attempt that fails (here: the root's features_spec.json names an encoder this install does not
+    have) still writes state/attempts/<batch>.json with status failed and the error; the landed images
+    are not consumed, so the next attempt tries them again."""
+    from captionbeam.launch.retrain.attempt import RetrainConfig, retrain_once
+    from captionbeam.launch.retrain.root import RetrainError, RootSettings, write_settings
+    from captionbeam.model.encoder_description import EncoderDescription
+    from captionbeam.model.records import FeaturesSpec
+    r = ModelRoot(str(tmp_path / "root"))
+    write_settings(r, RootSettings())
+    r.write_info(VersionInfo(name="v001"))
+    r.set_current("v001")
+    os.makedirs(r.path("features"))
+    enc = EncoderDescription(name="gone-net", weights="none", image_size=32, preprocessing_mode="tf")
+    FeaturesSpec(encoder="gone-net", feature_shape=[4], image_size=[32, 32], preprocessing="tf", weights="none",
+                 encoder_spec=enc).save(r.path("features"))
+    landing, caps = _landing(tmp_path, "land", 0, 2)
+    config = RetrainConfig(root=r.root, images=[str(landing / "*.jpg")], captions=[str(caps)])
+    for attempt in (1, 2):
+        with pytest.raises(RetrainError, match="gone-net"):
+            retrain_once(config)
+        record = json.loads((tmp_path / "root" / "state" / "attempts" / "b0001.json").read_text())
+        assert record["status"] == "failed" and record["new_images"] == 2, record
+        assert any("gone-net" in reason for reason in record["reasons"]), record
+        assert read_consumed(r) == {} and r.current() == "v001"

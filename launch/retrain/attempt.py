@@ -39,7 +39,7 @@ class RetrainConfig:
 @dataclass
 class AttemptResult:
     batch: str
-    status: str                     # waiting | promoted | rejected | nothing-new
+    status: str                     # waiting | promoted | rejected | nothing-new | failed
     new_images: int = 0
     featurised: int = 0
     reused_features: int = 0
@@ -184,7 +184,9 @@ def decide(r: ModelRoot, config: RetrainConfig, result: AttemptResult, records: 
 
 # ----------------------------------------------------------------------------- the attempt
 def retrain_once(config: RetrainConfig) -> AttemptResult:
-    """Featurise what is new, rebuild the records, warm-start, evaluate, promote or keep the old."""
+    """Featurise what is new, rebuild the records, warm-start, evaluate, promote or keep the old. Every
+    attempt that finds new images leaves ``state/attempts/<batch>.json``, a failed one too (status
+    ``failed``, the error in its reasons; the batch is not consumed, so the next attempt redoes it)."""
     start = time.time()
     r = ModelRoot(config.root)
     settings = read_settings(r)
@@ -197,21 +199,37 @@ def retrain_once(config: RetrainConfig) -> AttemptResult:
     if with_caps is None:
         result.seconds = time.time() - start
         return result
+    try:
+        _attempt(r, config, settings, result, with_caps, new_caps, current)
+    except BaseException as e:
+        result.status = "failed"
+        result.reasons.append(f"failed: {type(e).__name__}: {e}")
+        result.seconds = time.time() - start
+        _write_record(r, result)
+        raise
+    _write_record(r, result)
+    write_consumed(r, result.batch, with_caps)
+    result.seconds = time.time() - start
+    return result
+
+
+def _write_record(r: ModelRoot, result: AttemptResult) -> None:
+    write_atomic(r.path("state", "attempts", f"{result.batch}.json"), result.to_json() + "\n")
+
+
+def _attempt(r: ModelRoot, config: RetrainConfig, settings: RootSettings, result: AttemptResult,
+             with_caps: Sequence[Tuple[str, str]], new_caps: Dict[str, List[str]], current: str) -> None:
     featurise_new_content(r, config, result, with_caps)
     # images already in a split (e.g. landed again) keep their split and captions: no test image leaks into train
     new_ids = sorted({pio.image_id_from_path(p) for p, _ in with_caps} - data.ids_in_splits(r))
     if not new_ids:
         result.reasons.append(f"all {len(with_caps)} landed image(s) are already in the root's splits")
-    else:
-        result.reasons.append(f"{len(new_ids)} image(s) join the training split")
-        records = build_records(r, config, settings, result, new_ids, new_caps, current)
-        version = result.version = r.next_version()
-        train_and_evaluate(r, config, result, records, current, version)
-        decide(r, config, result, records, current, version)
-        write_atomic(r.path("state", "attempts", f"{result.batch}.json"), result.to_json() + "\n")
-    write_consumed(r, result.batch, with_caps)
-    result.seconds = time.time() - start
-    return result
+        return
+    result.reasons.append(f"{len(new_ids)} image(s) join the training split")
+    records = build_records(r, config, settings, result, new_ids, new_caps, current)
+    version = result.version = r.next_version()
+    train_and_evaluate(r, config, result, records, current, version)
+    decide(r, config, result, records, current, version)
 
 
 def describe(result: AttemptResult) -> List[str]:

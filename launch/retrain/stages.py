@@ -31,8 +31,11 @@ def features_invocation(root: ModelRoot, spec: FeaturesSpec, images: Sequence[st
     """``captionbeam features`` for new images exactly as the root's features were made: the encoder
     of the spec's description (``model.encoders.config_of``: name or model file, weights, input size,
     preprocessing) and the same compression (one spec describes every batch's records)."""
-    from captionbeam.model.encoders import config_of
-    enc = config_of(spec.encoder_description(), root_encoder_file(root, spec))
+    from captionbeam.model.encoders import EncoderError, config_of
+    try:
+        enc = config_of(spec.encoder_description(), root_encoder_file(root, spec))
+    except EncoderError as e:
+        raise RetrainError(f"{root.path(FEATURES_DIR, 'features_spec.json')}: {e}") from None
     values = {"images": list(images), "output": out, "encoder": enc.name, "weights": enc.weights,
               "compress": spec.compression.upper() == "GZIP", "overwrite": True}
     values.update({k: v for k, v in (("image_size", enc.image_size), ("preprocessing", enc.preprocessing))
