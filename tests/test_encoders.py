@@ -1,6 +1,7 @@
 """model.encoders: preprocessing identical to keras.applications', shapes, validation, user Keras models and
 TFLite files. Small sizes and --weights none throughout (no download, no ../shared)."""
 import importlib
+import os
 
 import numpy as np
 import pytest
@@ -166,3 +167,20 @@ def test_encoder_model_handler_batches_and_shares_through_beams_own_api(copies):
     assert isinstance(keyed, KeyedModelHandler) and keyed.batch_elements_kwargs() == handler.batch_elements_kwargs()
     with pytest.raises(ValueError, match="batch_size"):
         EncoderModelHandler(describe(EncoderConfig("mobilenet", "none", 32)), batch_size=0)
+
+
+def test_missing_imagenet_weights_say_which_file_to_put_where(tmp_path):
+    """Offline (no reachable proxy, an empty $KERAS_HOME), --weights imagenet names the weights file and
+    where Keras looks for it ($KERAS_HOME/models/<file>), instead of a bare download error."""
+    import subprocess
+    import sys
+    env = {**os.environ, "KERAS_HOME": str(tmp_path / "kh"), "https_proxy": "http://127.0.0.1:9",
+           "http_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9",
+           "no_proxy": "", "NO_PROXY": "", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    code = ("from captionbeam.model.encoders import build_encoder, EncoderError\n"
+            "try:\n    build_encoder('mobilenet-0.25', 'imagenet', 128)\n"
+            "except EncoderError as e:\n    print('ERROR', e)\n")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300).stdout
+    assert "ERROR --weights imagenet: could not get the ImageNet weights of mobilenet-0.25" in out, out
+    assert "$KERAS_HOME/models/mobilenet_2_5_128_tf_no_top.h5" in out, out
+    assert str(tmp_path / "kh" / "models" / "mobilenet_2_5_128_tf_no_top.h5") in out, out
