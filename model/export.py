@@ -54,6 +54,11 @@ class CaptionServer:
     ``keras.export.ExportArchive``, which tracks Keras 3 variables for ``tf.saved_model``)."""
 
     def __init__(self, captioner):
+        if captioner.encoder_description.kind == "tflite":
+            raise ValueError(f"the model's encoder {captioner.encoder_name!r} is a TFLite file, and a .tflite encoder "
+                             f"cannot be part of a SavedModel (it runs in its own interpreter): caption and bulk "
+                             f"take this model dir as it is (--model-dir), or train on features of the Keras model "
+                             f"the .tflite file was converted from to export")
         enc = captioner.encoder
         if not hasattr(enc, "model"):
             raise ValueError(f"export needs a Keras encoder; {captioner.encoder_name!r} is {type(enc).__name__}")
