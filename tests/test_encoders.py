@@ -170,17 +170,23 @@ def test_encoder_model_handler_batches_and_shares_through_beams_own_api(copies):
 
 
 def test_missing_imagenet_weights_say_which_file_to_put_where(tmp_path):
-    """Offline (no reachable proxy, an empty $KERAS_HOME), --weights imagenet names the weights file and
-    where Keras looks for it ($KERAS_HOME/models/<file>), instead of a bare download error."""
+    """Offline (no reachable proxy, an empty $KERAS_HOME), ``features --weights imagenet``: the workers cannot
+    build the encoder, and the job exits 2 naming the weights file and where Keras looks for it
+    ($KERAS_HOME/models/<file>), instead of exit 1 with a bare download error."""
     import subprocess
     import sys
+    from captionbeam.pipelines.sample import SampleConfig, write_sample
     env = {**os.environ, "KERAS_HOME": str(tmp_path / "kh"), "https_proxy": "http://127.0.0.1:9",
            "http_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9",
            "no_proxy": "", "NO_PROXY": "", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    code = ("from captionbeam.model.encoders import build_encoder, EncoderError\n"
-            "try:\n    build_encoder('mobilenet-0.25', 'imagenet', 128)\n"
-            "except EncoderError as e:\n    print('ERROR', e)\n")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300).stdout
-    assert "ERROR --weights imagenet: could not get the ImageNet weights of mobilenet-0.25" in out, out
-    assert "$KERAS_HOME/models/mobilenet_2_5_128_tf_no_top.h5" in out, out
-    assert str(tmp_path / "kh" / "models" / "mobilenet_2_5_128_tf_no_top.h5") in out, out
+    write_sample(SampleConfig(output=str(tmp_path / "s"), images=2, seed=0, size=32))
+    job = subprocess.run([sys.executable, "-m", "captionbeam.launch", "features", "--images",
+                          str(tmp_path / "s" / "images" / "*.jpg"), "--output", str(tmp_path / "f"),
+                          "--encoder", "mobilenet-0.25", "--image-size", "128"],
+                         env=env, capture_output=True, text=True, timeout=600)
+    last = job.stderr.strip().splitlines()[-1]
+    assert job.returncode == 2 and last.startswith(
+        "captionbeam features: error: --weights imagenet: could not get the ImageNet weights of mobilenet-0.25"), \
+        job.stderr[-3000:]
+    assert "put it at $KERAS_HOME/models/mobilenet_2_5_128_tf_no_top.h5" in last, last
+    assert str(tmp_path / "kh" / "models" / "mobilenet_2_5_128_tf_no_top.h5") in last and "[while running" not in last

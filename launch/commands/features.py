@@ -120,7 +120,10 @@ def run(config, pipeline_args: Sequence[str] = (), overwrite: bool = False):
     print(f"features: encoder {description.name} ({description.weights} weights, "
           f"{description.image_size}px, {description.preprocessing}), batch {config.batch_size}",
           file=sys.stderr)
-    return run_job(config, pipeline_args or [], description)
+    try:
+        return run_job(config, pipeline_args or [], description)
+    except EncoderError as e:   # the workers could not build the encoder (e.g. ImageNet weights offline)
+        raise CommandError(str(e).split(" [while running ")[0]) from None
 
 
 def summary(config, result) -> List[str]:
