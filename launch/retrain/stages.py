@@ -45,7 +45,7 @@ def features_invocation(root: ModelRoot, spec: FeaturesSpec, images: Sequence[st
 
 def featurise(root: ModelRoot, images: Sequence[str], out: str, pipeline_args: Sequence[str]) -> str:
     """Features of new images with the root's encoder; refuses features that another encoder made."""
-    spec = FeaturesSpec.load(root.path(FEATURES_DIR))
+    spec = FeaturesSpec.from_json(pio.read_text(root.path(FEATURES_DIR, "features_spec.json")))  # Beam's FileSystems
     inv = features_invocation(root, spec, images, out, pipeline_args)
     result = _call(features_cmd.run, inv, features_cmd.config_from_args(inv.args), inv.pipeline_args,
                    overwrite=True)
