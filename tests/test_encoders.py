@@ -190,3 +190,14 @@ def test_missing_imagenet_weights_say_which_file_to_put_where(tmp_path):
         job.stderr[-3000:]
     assert "put it at $KERAS_HOME/models/mobilenet_2_5_128_tf_no_top.h5" in last, last
     assert str(tmp_path / "kh" / "models" / "mobilenet_2_5_128_tf_no_top.h5") in last and "[while running" not in last
+
+
+def test_features_encoder_help_is_the_registry():
+    """One source for the list: `captionbeam features --encoder`'s help names every registered encoder, in
+    the registry's order, with its description."""
+    from captionbeam.launch.command_args import command_parser
+    from captionbeam.launch.commands import features
+    [text] = [a.help for a in command_parser(features)._actions if a.dest == "encoder"]
+    positions = [text.index(f"{name} (") for name in REGISTRY]
+    assert positions == sorted(positions) and all(spec.description in text for spec in REGISTRY.values())
+    assert text.endswith("or a path to a .keras/.h5/.hdf5 model or a .tflite file")
