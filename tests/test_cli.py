@@ -77,3 +77,25 @@ def test_debug_brings_the_frameworks_back():
         assert logging.getLogger("tensorflow").level == logging.getLogger("apache_beam").level == logging.DEBUG
         assert not any(isinstance(f, FrameworkRecords) for h in logging.getLogger().handlers for f in h.filters)
     configure_logging("INFO", {})
+
+
+def _exit_code(argv) -> int:
+    try:
+        return cli.main(argv)
+    except SystemExit as e:          # argparse's own usage errors
+        return e.code
+
+
+def test_bad_flags_exit_2_in_every_command(tmp_path, capsys):
+    """One policy: bad usage or input is exit 2 naming the flag, whichever command (before: evaluate and
+    caption left with exit 1 on --beam-size 0, bulk through SystemExit)."""
+    model = str(tmp_path / "no-model")
+    for argv, flag in ((["caption", "--model-dir", model, "x.jpg", "--beam-size", "0"], "--beam-size"),
+                       (["evaluate", "--model-dir", model, "--data", "d", "--length-penalty", "-1"], "--length-penalty"),
+                       (["export", "--model-dir", model, "--output", str(tmp_path / "e"), "--max-length", "0"],
+                        "--max-length"),
+                       (["score", "--predictions", str(tmp_path / "none.jsonl"), "--references", "r"], "none.jsonl"),
+                       (["bulk", "--images", str(tmp_path / "*.jpg"), "--model-dir", model, "--output",
+                         str(tmp_path / "o")], "--images")):
+        assert _exit_code(argv) == exit_codes.USAGE, argv
+        assert flag in capsys.readouterr().err, argv

@@ -163,7 +163,6 @@ def run(config: CaptionConfig, on_row: Optional[Callable[[dict], None]] = None,
 
 def main(args, pipeline_args) -> int:
     from captionbeam.launch.exit_codes import OK, USAGE
-    check_decoding_arguments(args)
 
     def on_row(row: dict) -> None:
         if args.json:
@@ -177,6 +176,7 @@ def main(args, pipeline_args) -> int:
             print(json.dumps(row), flush=True)
 
     try:
+        check_decoding_arguments(args)
         result = run(config_from_args(args), on_row=on_row, on_error=on_error)
     except CommandError as e:
         print(f"captionbeam caption: error: {e}", file=sys.stderr)
