@@ -1,5 +1,8 @@
 """``captionbeam``: one console script, one subcommand per job. Subcommands only parse and call.
 
+Conventions (docs/launch.md): logging set up once by ``quiet.configure_logging`` before a command module
+is imported (``--log-level`` anywhere on the line), ``--version``, exit codes from ``exit_codes``.
+
 Each subcommand lives in ``launch/commands/<name>.py`` and is imported only when chosen, so
 ``captionbeam --help`` answers without loading TensorFlow or Beam.
 """
@@ -71,6 +74,7 @@ def _chosen_command(argv: Sequence[str]) -> Optional[str]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from captionbeam.launch.exit_codes import FAULT, OK, USAGE
     from captionbeam.launch.quiet import LEVELS, configure_logging, split_log_level
     level, argv = split_log_level(list(sys.argv[1:] if argv is None else argv),
                                   os.environ.get(LOG_LEVEL_DEFAULT_ENV, "INFO"))
@@ -96,14 +100,17 @@ def main(argv: Optional[List[str]] = None) -> int:
             plan = report.get("plan")
             if isinstance(plan, dict) and plan.get("error"):    # the plan itself is invalid: say so by exit code
                 print(f"captionbeam {name}: error: {plan['error']}", file=sys.stderr)
-                return 2
-            return 0
+                return USAGE
+            return OK
     else:
         args = parser.parse_args(argv)
         pipeline_args = []
     args.log_level = level
     try:
-        return int(module.main(args, pipeline_args) or 0)
+        return int(module.main(args, pipeline_args) or OK)
+    except BrokenPipeError:   # `captionbeam ... | head`: the reader is gone; no traceback (Python's advice)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return FAULT
     except Exception as e:  # noqa: BLE001 - only a job on a portable engine is translated, the rest re-raised
         from captionbeam.launch.engines import explain_failure
         # one Beam job (run translates its own Beam stages: launch/run.py run_stage)
@@ -111,7 +118,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if message is None:
             raise
         print(f"captionbeam {name}: {message}", file=sys.stderr)
-        return 1
+        return FAULT
 
 
 if __name__ == "__main__":
