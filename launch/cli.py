@@ -1,5 +1,8 @@
 """``captionbeam``: one console script, one subcommand per job. Subcommands only parse and call.
 
+Conventions (docs/launch.md): logging set up once by ``quiet.configure_logging`` before a command module
+is imported (``--log-level`` anywhere on the line), ``--version``, exit codes from ``exit_codes``.
+
 Each subcommand lives in ``launch/commands/<name>.py`` and is imported only when chosen, so
 ``captionbeam --help`` answers without loading TensorFlow or Beam.
 """
@@ -7,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import os
 import sys
 from typing import List, Optional, Sequence, Tuple
@@ -26,7 +28,9 @@ COMMANDS: Tuple[Tuple[str, str], ...] = (
     ("bulk", "caption an archive of images at scale, resumably (Beam job)"),
     ("retrain", "featurise newly landed images, warm-start training, promote if metrics hold"),
     ("run", "the whole chain end to end (default: on the embedded sample dataset)"),
+    ("profiles", "list runner profiles, or show the flags and environment one resolves to"),
 )
+LOG_LEVEL_DEFAULT_ENV = "CAPTIONBEAM_LOG"
 
 
 def _module_for(name: str):
@@ -40,25 +44,29 @@ def build_parser() -> Tuple[argparse.ArgumentParser, dict]:
         epilog="Run `captionbeam COMMAND --help` for a command's options. Beam jobs also take any Beam "
                "pipeline option (--runner, --direct_num_workers, --project, --region, ...) and --profile NAME.",
     )
-    parser.add_argument("--log-level", default=os.environ.get("CAPTIONBEAM_LOG", "INFO"),
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="logging level (default: INFO)")
+    from captionbeam import __version__
+    parser.add_argument("--version", action="version", version=f"captionbeam {__version__}")
+    add_log_level(parser, os.environ.get(LOG_LEVEL_DEFAULT_ENV, "INFO").upper())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     subparsers = {}
     for name, help_text in COMMANDS:
         subparsers[name] = sub.add_parser(name, help=help_text, description=help_text)
+        add_log_level(subparsers[name], argparse.SUPPRESS)   # accepted after the command too
     return parser, subparsers
+
+
+def add_log_level(parser: argparse.ArgumentParser, default) -> None:
+    from captionbeam.launch.quiet import LEVELS
+    parser.add_argument("--log-level", default=default, type=str.upper, choices=LEVELS,
+                        help="logging level; below DEBUG, TensorFlow / absl / Beam messages and library "
+                             f"warnings are off (default: INFO, or ${LOG_LEVEL_DEFAULT_ENV})")
 
 
 def _chosen_command(argv: Sequence[str]) -> Optional[str]:
     names = {n for n, _ in COMMANDS}
-    skip_next = False
-    for arg in argv:
-        if skip_next:
-            skip_next = False
-            continue
-        if arg == "--log-level":
-            skip_next = True
-            continue
+    for arg in argv:      # --log-level is out of argv already (quiet.split_log_level)
+        if arg == "--":
+            return None
         if arg.startswith("-"):
             continue
         return arg if arg in names else None
@@ -66,8 +74,14 @@ def _chosen_command(argv: Sequence[str]) -> Optional[str]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    from captionbeam.launch.exit_codes import FAULT, OK, USAGE
+    from captionbeam.launch.quiet import LEVELS, configure_logging, split_log_level
+    level, argv = split_log_level(list(sys.argv[1:] if argv is None else argv),
+                                  os.environ.get(LOG_LEVEL_DEFAULT_ENV, "INFO"))
     parser, subparsers = build_parser()
+    if level not in LEVELS:
+        parser.error(f"argument --log-level: invalid choice: {level!r} (choose from {', '.join(LEVELS)})")
+    configure_logging(level)  # once, before any command module (TensorFlow, Beam) is imported
     name = _chosen_command(argv)
     module = None
     if name is not None:
@@ -86,20 +100,17 @@ def main(argv: Optional[List[str]] = None) -> int:
             plan = report.get("plan")
             if isinstance(plan, dict) and plan.get("error"):    # the plan itself is invalid: say so by exit code
                 print(f"captionbeam {name}: error: {plan['error']}", file=sys.stderr)
-                return 2
-            return 0
+                return USAGE
+            return OK
     else:
         args = parser.parse_args(argv)
         pipeline_args = []
-    logging.basicConfig(level=getattr(logging, args.log_level), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("absl", "apache_beam.runners.portability", "apache_beam.io.filebasedsink", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    if args.log_level != "DEBUG":  # job servers' own output, relayed line by line at INFO
-        for relay in ("FlinkJarJobServer", "SparkJarJobServer", "PrismRunner", "apache_beam.utils.subprocess_server",
-                      "apache_beam.runners.worker"):  # and the LOOPBACK SDK worker's per-bundle chatter
-            logging.getLogger(relay).setLevel(logging.WARNING)
+    args.log_level = level
     try:
-        return int(module.main(args, pipeline_args) or 0)
+        return int(module.main(args, pipeline_args) or OK)
+    except BrokenPipeError:   # `captionbeam ... | head`: the reader is gone; no traceback (Python's advice)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return FAULT
     except Exception as e:  # noqa: BLE001 - only a job on a portable engine is translated, the rest re-raised
         from captionbeam.launch.engines import explain_failure
         # one Beam job (run translates its own Beam stages: launch/run.py run_stage)
@@ -107,7 +118,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if message is None:
             raise
         print(f"captionbeam {name}: {message}", file=sys.stderr)
-        return 1
+        return FAULT
 
 
 if __name__ == "__main__":

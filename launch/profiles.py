@@ -118,19 +118,23 @@ def placeholders(flags: Iterable[str]) -> List[str]:
     return [f for f in flags if PLACEHOLDER.search(f)]
 
 
-def _main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m captionbeam.launch.profiles``: list profiles, show one, or print a worker's TF_CONFIG."""
+def add_tool_arguments(parser: argparse.ArgumentParser) -> None:
+    """``list``, ``show NAME`` and ``tf-config`` (shared by ``captionbeam profiles`` and ``python -m``)."""
     from captionbeam.launch import tf_config
-    parser = argparse.ArgumentParser(prog="python -m captionbeam.launch.profiles", description=_main.__doc__)
     parser.add_argument("--profiles-file", default=profiles_file(),
                         help="YAML file of profiles (default: $CAPTIONBEAM_PROFILES or the packaged one)")
-    sub = parser.add_subparsers(dest="what", required=True)
+    sub = parser.add_subparsers(dest="what", required=True, metavar="list|show|tf-config")
     sub.add_parser("list", help="profile names and descriptions")
     show = sub.add_parser("show", help="one profile's flags per job, training flags and environment")
     show.add_argument("name")
-    show.add_argument("--command", default="features", help="job whose flags to show (default: features)")
+    show.add_argument("--command", dest="job", default="features",
+                      help="job whose flags to show (default: features)")
     tf_config.add_arguments(sub.add_parser("tf-config", help="TF_CONFIG for one training worker"))
-    a = parser.parse_args(argv)
+
+
+def run_tool(a: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """What ``add_tool_arguments`` parsed -> printed output; an unknown profile is ``parser.error`` (exit 2)."""
+    from captionbeam.launch import tf_config
     if a.what == "tf-config":
         return tf_config.main(a, parser)
     profiles = load_profiles(a.profiles_file)
@@ -139,13 +143,20 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"{name:14s} {(profiles[name] or {}).get('description', '')}")
         return 0
     try:
-        flags = profile_args(profiles, a.name, a.command)
+        flags = profile_args(profiles, a.name, a.job)
     except KeyError as e:
-        parser.error(str(e))
-    print(json.dumps({"profile": a.name, "command": a.command, "beam_flags": flags,
+        parser.error(str(e).strip("'\""))
+    print(json.dumps({"profile": a.name, "command": a.job, "beam_flags": flags,
                       "train_flags": profile_train_args(profiles, a.name),
                       "env": profile_env(profiles, a.name)}, indent=2))
     return 0
+
+
+def _main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m captionbeam.launch.profiles`` (the same as ``captionbeam profiles``)."""
+    parser = argparse.ArgumentParser(prog="python -m captionbeam.launch.profiles", description=_main.__doc__)
+    add_tool_arguments(parser)
+    return run_tool(parser.parse_args(argv), parser)
 
 
 if __name__ == "__main__":

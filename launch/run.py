@@ -257,6 +257,7 @@ class RunPipeline:
         result = StageResult(name=inv.command, argv=inv.argv, seconds=time.time() - start)
         if inv.command == "evaluate":
             self.metrics = value.to_dict()
+        result.summary = self._summary(inv.command, value, result.seconds)
         return result
 
     @staticmethod
@@ -277,24 +278,23 @@ class RunPipeline:
         return result
 
     # ------------------------------------------------------------------ summaries
-    def _summary(self, name: str, result: StageResult) -> str:
-        L = self.layout
+    def _summary(self, name: str, value, seconds: float) -> str:
+        """One line from a stage's typed result (the job's own result object; never its files read back,
+        except training's history, which the training loop writes)."""
         try:
             if name == "sample":
-                n = len(pio.match([pio.join(L.sample, "images", "*.jpg")]))
-                return f"{n} images with 5 captions each"
+                return f"{value.images} images with {value.captions // max(value.images, 1)} captions each"
             if name == "features":
-                spec = pio.read_json(pio.join(L.features, "features_spec.json"))
-                rate = spec.get("count", 0) / max(result.seconds, 1e-9)
-                return (f"{spec.get('count')} feature records {tuple(spec.get('feature_shape', []))} "
-                        f"({spec.get('encoder')}), {spec.get('dead_letters', 0)} dead letters, {rate:.1f} images/s")
+                spec = value.spec
+                shape = tuple(spec.feature_shape) if spec else ()
+                return (f"{value.images_encoded} feature records {shape} ({spec.encoder if spec else '?'}), "
+                        f"{value.dead_letters} dead letters, {value.images_encoded / max(seconds, 1e-9):.1f} images/s")
             if name == "captions":
-                stats = pio.read_json(pio.join(L.data, "stats.json"))
-                splits = ", ".join(f"{k} {v['images']}" for k, v in stats["splits"].items())
-                return f"vocabulary {stats['vocab_size']} tokens; images per split: {splits}"
+                splits = ", ".join(f"{k} {value.stats.split_images(k)}" for k in value.stats.ordered_splits())
+                return f"vocabulary {value.stats.vocab_size} tokens; images per split: {splits}"
             if name == "train":
                 from captionbeam.launch.report import load_history
-                h = load_history(L.model) or {}
+                h = load_history(self.layout.model) or {}
                 loss = [x for x in h.get("loss", h.get("train_loss", [])) if x is not None]
                 val = [x for x in h.get("val_loss", []) if x is not None]
                 if loss:
@@ -302,13 +302,12 @@ class RunPipeline:
                             + (f", val_loss {val[0]:.3f} -> {min(val):.3f} (best)" if val else ""))
             if name == "evaluate":
                 from captionbeam.launch.report import flatten_metrics
-                m = flatten_metrics(self.metrics)
+                m = flatten_metrics(value.to_dict())
                 keys = [("bleu1", "BLEU-1"), ("bleu4", "BLEU-4"), ("METEOR", "METEOR"), ("CIDEr", "CIDEr-D")]
                 return ", ".join(f"{label} {m[k]:.3f}" for k, label in keys if k in m)
-        except (OSError, KeyError, ValueError) as e:
+        except (AttributeError, OSError, KeyError, ValueError) as e:
             return f"(no summary: {type(e).__name__}: {e})"
         return ""
-
 
     # ------------------------------------------------------------------ held-out captions
     def _references(self) -> Dict[str, List[str]]:
@@ -411,8 +410,6 @@ class RunPipeline:
                     preds = {row["image_id"]: row["caption"]
                              for row in jsonl.loads(pio.read_text(self.predictions_file), self.predictions_file)}
                     self.metrics["grounding"] = grounding(pio.join(self.layout.sample, "scenes.jsonl"), preds)
-            if not result.summary:
-                result.summary = self._summary(inv.command, result)
             self._finish(result)
         self.caption_held_out(len(plan) + 1, total)
         report = self.write_report(total, total) if self.config.report else None

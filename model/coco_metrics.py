@@ -25,6 +25,9 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 COCO_KEYS: Tuple[str, ...] = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
+# how the product prints each key (the keys stay pycocoevalcap's in JSON): CIDEr is CIDEr-D everywhere
+COCO_LABELS: Dict[str, str] = {"Bleu_1": "Bleu_1", "Bleu_2": "Bleu_2", "Bleu_3": "Bleu_3", "Bleu_4": "Bleu_4",
+                               "METEOR": "METEOR", "ROUGE_L": "ROUGE_L", "CIDEr": "CIDEr-D"}
 METRICS: Tuple[str, ...] = ("bleu", "meteor", "rouge", "cider")
 
 # Everything str.splitlines() splits on except "\n" (replaced too, as pycocoevalcap does).

@@ -79,5 +79,6 @@ def format_report(report: ScoreReport) -> str:
     lines.append("  " + "  ".join(f"BLEU-{n} {m[f'bleu{n}']:.4f}" for n in range(1, 5)))
     if "coco" in m:
         lines.append("COCO (pycocoevalcap, PTB tokens)")
-        lines.append("  " + "  ".join(f"{k} {v:.4f}" for k, v in m["coco"].items()))
+        from captionbeam.model.coco_metrics import COCO_LABELS
+        lines.append("  " + "  ".join(f"{COCO_LABELS.get(k, k)} {v:.4f}" for k, v in m["coco"].items()))
     return "\n".join(lines)

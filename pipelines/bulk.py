@@ -4,12 +4,13 @@ Pipeline (each step a composite PTransform)::
 
     ReadImages (pipelines.sources: loose files, tar / TFRecord shards)
       -> Hash (path, sha256)
-      -> [--skip-existing] SplitAlreadyCaptioned: CoGroupByKey by path with ReadManifest(model version)
+      -> SplitAlreadyCaptioned: CoGroupByKey by path with ReadManifest(model version) (not with --redo)
       -> DecodeForCaptioner (pipelines.decoding.DecodeImages at the encoder's input size)
          [exported SavedModel as --model-dir: PassImageBytes instead, the export decodes in its graph]
       -> CaptionBatches: RunInference(CaptionerModelHandler | SavedModelHandler) -- encoder + decoder, batched
       -> WriteBulkOutputs: captions-<run>-*.jsonl|parquet, then manifest/<version>/manifest-<run>-*,
-         dead_letters/dead_letters-<run>-*.jsonl
+         dead_letters/dead_letters-<run>-*.jsonl (failures an earlier run filed are not filed again,
+         DropFiledDeadLetters; not with --redo)
 
 Output layout under ``--output`` (local or gs://); ``<run>`` is unique per run, so a retried or
 repeated run never overwrites or duplicates an earlier run's files::
@@ -21,6 +22,10 @@ repeated run never overwrites or duplicates an earlier run's files::
 
 Accounting (Beam counters, namespace ``captionbeam.bulk``): every matched image is counted in
 ``matched`` and in exactly one of ``captioned``, ``skipped``, ``failed``.
+
+Re-runs are safe by default: the same command twice captions nothing twice (``skipped``) and files no
+dead letter twice (``already_filed``, still counted in ``failed``); ``BulkConfig(skip_existing=False)``
+(``captionbeam bulk --redo``) captions and files everything again, as new rows of a new run.
 """
 from __future__ import annotations
 
@@ -44,7 +49,8 @@ from captionbeam.pipelines.deadletter import (DEAD_LETTERS_PREFIX, DEAD_LETTERS_
 from captionbeam.pipelines.decoding import DecodeImages
 from captionbeam.pipelines.image_items import DEFAULT_MAX_BYTES
 from captionbeam.pipelines.images import DEFAULT_MAX_PIXELS
-from captionbeam.pipelines.manifest import ManifestEntry, ReadManifest, SplitAlreadyCaptioned, manifest_prefix
+from captionbeam.pipelines.manifest import (DropFiledDeadLetters, ManifestEntry, ReadFiledDeadLetters, ReadManifest,
+                                            SplitAlreadyCaptioned, manifest_prefix)
 from captionbeam.pipelines.shards.image_examples import TfrecordFields
 
 log = logging.getLogger(__name__)
@@ -67,7 +73,7 @@ class BulkConfig:
     batch_size: int = 32
     max_length: Optional[int] = None
     format: str = "jsonl"
-    skip_existing: bool = False
+    skip_existing: bool = True  # False (--redo): caption everything again and re-file known failures
     input_format: str = "auto"
     num_shards: int = 0  # 0: let the runner choose
     model_copies: Optional[int] = None
@@ -328,6 +334,11 @@ class BulkResult:
         return c["matched"] == c["captioned"] + c["skipped"] + c["failed"]
 
     @property
+    def already_filed(self) -> int:
+        """Failed images whose dead letter an earlier run had filed (not written again)."""
+        return int(self.counters.get(DropFiledDeadLetters.COUNTER, 0))
+
+    @property
     def images_per_s(self) -> float:
         return self.counters["captioned"] / self.seconds if self.seconds > 0 else 0.0
 
@@ -348,7 +359,7 @@ def reconcile_with_files(res: "BulkResult") -> None:
         with FileSystems.open(path, compression_type="uncompressed") as fh:
             return sum(1 for line in fh if line.strip())
     captioned = sum(1 for f in res.files.get("captions", []) for _ in _caption_file_rows(f))
-    failed = sum(lines(f) for f in res.files.get("dead_letters", []))
+    failed = sum(lines(f) for f in res.files.get("dead_letters", [])) + res.counters.get(DropFiledDeadLetters.COUNTER, 0)
     c = res.counters
     if c["matched"] == captioned + c["skipped"] + failed:
         log.warning("bulk run %s: the runner's counters do not add up (captioned %d, failed %d); the run's files "
@@ -441,6 +452,9 @@ def recover_unfinished_runs(output: str) -> List[str]:
 def build_pipeline(pipeline, config: BulkConfig, model: ModelInfo, run: str):
     """Apply the whole job to ``pipeline``; returns the written-file PCollections."""
     outputs = pipeline | "BulkCaption" >> BulkCaption(config, model)
+    if config.skip_existing:
+        filed = pipeline | "ReadFiledDeadLetters" >> ReadFiledDeadLetters(config.output)
+        outputs = {**outputs, "dead_letters": outputs["dead_letters"] | "DropFiledDeadLetters" >> DropFiledDeadLetters(filed)}
     return outputs | "WriteBulkOutputs" >> WriteBulkOutputs(config.output, run, model.model_version,
                                                             config.format, config.num_shards)
 

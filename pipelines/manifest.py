@@ -148,3 +148,68 @@ class SplitAlreadyCaptioned(beam.PTransform):
         return ({"new": keyed_items, "seen": self.seen}
                 | "CoGroupByPath" >> beam.CoGroupByKey()
                 | "SplitSeen" >> beam.FlatMap(_split_group, self.SKIPPED).with_outputs(self.SKIPPED, main="todo"))
+
+
+# ----------------------------------------------------------------------------- dead letters already filed
+def dead_letter_key(letter) -> Tuple[str, str]:
+    """What makes two dead letters the same failure: the input's path, the error class and the stage
+    (the message may differ in detail between runs)."""
+    return letter.path, f"{letter.error}|{letter.stage}"
+
+
+class _ParseFiledDeadLetter(beam.DoFn):
+    """A malformed line is dropped (its failure is filed again, which is the safe direction)."""
+
+    def process(self, line: str) -> Iterable[Tuple[str, str]]:
+        from captionbeam.pipelines.deadletter import DeadLetter
+        if not line.strip():
+            return
+        try:
+            yield dead_letter_key(DeadLetter.from_json(line))
+        except (ValueError, KeyError, TypeError):
+            return
+
+
+class ReadFiledDeadLetters(beam.PTransform):
+    """(path, error|stage) of every dead letter earlier runs filed under a bulk ``output`` (any model
+    version: a file that cannot be read or decoded fails the same way for every model)."""
+
+    def __init__(self, output: str):
+        super().__init__()
+        from captionbeam.pipelines.deadletter import DEAD_LETTERS_PREFIX, DEAD_LETTERS_SUFFIX, dead_letters_dir
+        self.pattern = pio.join(dead_letters_dir(output), f"{DEAD_LETTERS_PREFIX}-*{DEAD_LETTERS_SUFFIX}")
+
+    def expand(self, pbegin):
+        return (pbegin
+                | "DeadLettersGlob" >> beam.Create([self.pattern])
+                | "ReadDeadLetterFiles" >> beam.io.ReadAllFromText()
+                | "ParseDeadLetters" >> beam.ParDo(_ParseFiledDeadLetter()))
+
+
+def _new_failures(element, counter_name: str):
+    _key, grouped = element
+    letters = list(grouped["new"])
+    if grouped["filed"]:
+        beam.metrics.Metrics.counter(BULK_NAMESPACE, counter_name).inc(len(letters))
+        return
+    yield from letters
+
+
+class DropFiledDeadLetters(beam.PTransform):
+    """Dead letters -> those not already filed by an earlier run under the output (keyed by
+    :func:`dead_letter_key`, a CoGroupByKey like :class:`SplitAlreadyCaptioned`). The dropped ones are
+    counted in ``already_filed``: they still count as ``failed`` in this run's accounting."""
+
+    COUNTER = "already_filed"
+
+    def __init__(self, filed):
+        super().__init__()
+        self.filed = filed
+
+    def expand(self, letters):
+        keyed = letters | "KeyByFailure" >> beam.Map(lambda d: (dead_letter_key(d), d))
+        filed = self.filed | "KeyFiled" >> beam.Map(lambda k: (k, True))
+        return ({"new": keyed, "filed": filed}
+                | "CoGroupByFailure" >> beam.CoGroupByKey()
+                | "KeepNewFailures" >> beam.FlatMap(_new_failures, self.COUNTER))
+

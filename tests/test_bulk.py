@@ -95,13 +95,11 @@ def test_config_and_flags_fail_fast(tmp_path, capsys, sample_dir):
     with pytest.raises(SystemExit):
         cli_main(["bulk", "--images", "x", "--model-dir", "m", "--output", "o", "--beam-size", "0"])
     assert "--beam-size" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        cli_main(["bulk", "--images", str(tmp_path / "nothing" / "*.jpg"), "--model-dir", "m",
-                  "--output", str(tmp_path / "o")])
+    assert cli_main(["bulk", "--images", str(tmp_path / "nothing" / "*.jpg"), "--model-dir", "m",
+                     "--output", str(tmp_path / "o")]) == 2        # bad input: exit 2, never SystemExit
     assert "--images: no file matches" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        cli_main(["bulk", "--images", os.path.join(sample_dir, "images", "*.jpg"), "--model-dir",
-                  str(tmp_path / "no-model"), "--output", str(tmp_path / "o")])
+    assert cli_main(["bulk", "--images", os.path.join(sample_dir, "images", "*.jpg"), "--model-dir",
+                     str(tmp_path / "no-model"), "--output", str(tmp_path / "o")]) == 2
     assert "--model-dir" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli_main(["bulk", "--images", "x", "--model-dir", "m", "--output", "o", "--no_such_beam_flag=1"])
@@ -179,6 +177,36 @@ def test_bucket_run_skip_existing_and_new_images(gcs_bucket, sample_dir, model_d
     assert len(set(read_manifest_keys(out, captioner.model_version))) == 10
 
 
+def test_the_same_command_twice_adds_no_rows_and_no_dead_letters(tmp_path, sample_dir, model_dir, capsys):
+    """Issue 19 item 3: re-running the same bulk command is safe by default (before: every row and dead
+    letter written again); --redo captions and files everything again on purpose."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for p in _images(sample_dir, 3, start=30):
+        shutil.copy(p, images)
+    (images / "text.jpg").write_bytes(CORRUPT["text.jpg"])
+    out = tmp_path / "out"
+    argv = ["--images", str(images / "*.jpg"), "--model-dir", model_dir, "--output", str(out), "--batch-size", "4"]
+
+    rc, first = _bulk(capsys, *argv)
+    assert rc == 0 and first["counters"] == {"matched": 4, "captioned": 3, "skipped": 0, "failed": 1}
+    assert len(_all_rows(str(out))) == 3 and len(read_dead_letters(str(out))) == 1
+
+    rc, again = _bulk(capsys, *argv)                                # the very same command line
+    assert rc == 0 and again["counters"] == {"matched": 4, "captioned": 0, "skipped": 3, "failed": 1}
+    assert again["balanced"] and again["already_filed"] == 1
+    assert again["files"] == {"captions": [], "manifest": [], "dead_letters": []}
+    assert len(_all_rows(str(out))) == 3 and len(read_dead_letters(str(out))) == 1
+    capsys.readouterr()
+    assert cli_main(["bulk", *argv]) == 0                          # the text summary says why nothing was filed
+    assert "1 of the failed already have a dead letter from an earlier run" in capsys.readouterr().out
+
+    rc, redo = _bulk(capsys, *argv, "--redo")
+    assert rc == 0 and redo["counters"] == {"matched": 4, "captioned": 3, "skipped": 0, "failed": 1}
+    assert redo["already_filed"] == 0 and len(redo["files"]["dead_letters"]) == 1
+    assert len(_all_rows(str(out))) == 6 and len(read_dead_letters(str(out))) == 2
+
+
 # ----------------------------------------------------------------------------- runners and formats
 def test_multiprocess_jsonl_equals_single_process_parquet(tmp_path, sample_dir, model_dir, capsys):
     """Multi-process DirectRunner (2 workers, JSON lines) and in-process (Parquet) give the same rows."""
@@ -239,8 +267,7 @@ def test_exported_savedmodel_as_model_dir(tmp_path, sample_dir, exported_model, 
     # decoding is baked into the export: a different --beam-size (or --max-length, --resize-method) fails fast
     for flag, value in (("--beam-size", "3"), ("--max-length", str(meta["max_length"] + 1)),
                         ("--resize-method", "bicubic")):
-        with pytest.raises(SystemExit):
-            cli_main(["bulk", *argv, flag, value])
+        assert cli_main(["bulk", *argv, flag, value]) == 2
         err = capsys.readouterr().err
         assert f"{flag} {value}" in err and "export" in err, err
     assert "beam size is 2" in _bad_beam_size_message(argv, capsys)
@@ -288,8 +315,7 @@ def test_exported_savedmodel_as_model_dir(tmp_path, sample_dir, exported_model, 
 
 
 def _bad_beam_size_message(argv, capsys):
-    with pytest.raises(SystemExit):
-        cli_main(["bulk", *argv, "--beam-size", "5"])
+    assert cli_main(["bulk", *argv, "--beam-size", "5"]) == 2
     return capsys.readouterr().err
 
 

@@ -35,7 +35,7 @@ def test_captions_files_and_reports_bad_ones(image_model_dir, image_files, capsy
     d, paths, classes, big = image_files
     rc, out, err = _run(capsys, "--model-dir", image_model_dir["merge"], *paths, d / "broken.jpg", big,
                         d / "empty.png", d / "missing.jpg", "--json", "--batch-size", 3)
-    assert rc == 1                                      # some failed, the rest captioned
+    assert rc == 0 and "5 captioned, 3 failed" in err  # finished: the failed are reported, not fatal
     rows = [json.loads(line) for line in out.splitlines()]
     ok = {r["path"]: r for r in rows if "caption" in r}
     bad = {r["path"]: r for r in rows if "error" in r}

@@ -56,5 +56,5 @@ def test_evaluate_errors_name_the_flag(decoding_model_dirs, capsys, tmp_path):
     assert rc == 2 and "holds features of shape (2, 2, 8)" in err
     rc, _, err = _run(capsys, "--model-dir", tmp_path, "--data", data_dir, "--no-coco")
     assert rc == 2 and "config.json" in err
-    with pytest.raises(SystemExit):
-        cli(["evaluate", "--model-dir", model_dir, "--data", data_dir, "--beam-size", "0"])
+    rc, _, err = _run(capsys, "--model-dir", model_dir, "--data", data_dir, "--beam-size", "0")
+    assert rc == 2 and "--beam-size must be >= 1, got 0" in err     # exit 2 like every bad flag (was exit 1)

@@ -178,7 +178,8 @@ def test_the_root_package_imports_nothing_heavy():
     """``import captionbeam`` is cheap: no TensorFlow, no Beam (the API loads them when called)."""
     import subprocess
     import sys
-    code = "import sys, captionbeam; print(captionbeam.__version__, 'tensorflow' in sys.modules, 'apache_beam' in sys.modules)"
+    code = ("import sys, captionbeam; captionbeam.Captioner, captionbeam.run_job, captionbeam.job_config; "
+            "print(captionbeam.__version__, 'tensorflow' in sys.modules, 'apache_beam' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd="/")
     assert out.returncode == 0, out.stderr[-2000:]
     version, tf_loaded, beam_loaded = out.stdout.split()

@@ -2,6 +2,7 @@
 rendered in headless Chromium, --resume, --config files and --dry-run."""
 import json
 import os
+import re
 import shlex
 import shutil
 
@@ -19,6 +20,11 @@ def test_run_end_to_end(small_run):
         assert f"[{n}/7] {stage}" in out
         assert f"-> {stage} done in" in out
         assert os.path.exists(small_run.path("stages", f"{stage}.json"))
+    # each stage's one-line summary comes from its typed result (not from its files read back)
+    assert "-> sample done in" in out and ": 48 images with 5 captions each" in out
+    assert re.search(r"-> features done in [^\n]*: 48 feature records \(\d+,\) \(thumbnail", out), out
+    assert re.search(r"-> captions done in [^\n]*: vocabulary \d+ tokens; images per split: [^\n]*train \d+", out)
+    assert re.search(r"-> evaluate done in [^\n]*: BLEU-1 [\d.]+, BLEU-4 [\d.]+, CIDEr-D [\d.]+", out)
     assert "$ captionbeam features --images" in out and "--encoder " + small_run.path("encoder", "thumbnail.keras") in out
     # the directory contracts of each stage were produced by the real commands
     assert json.load(open(small_run.path("features", "features_spec.json")))["count"] == 48

@@ -4,6 +4,7 @@ import csv
 import io
 import json
 import random
+import re
 import warnings
 
 import pytest
@@ -146,6 +147,13 @@ def test_json_equals_nltk_and_pycocoevalcap(corpus, coco_both_ways, capsys, tmp_
     assert report["counts"]["images"] == len(preds) and report["counts"]["reference_captions"] == 5 * len(preds)
     rows = [json.loads(line) for line in per_image.read_text().splitlines()]
     assert [r["image_id"] for r in rows] == list(preds) and all("CIDEr" in r and "ROUGE_L" in r for r in rows)
+
+
+def test_the_table_names_cider_d(corpus, capsys):
+    """The product prints CIDEr-D (what pycocoevalcap's "CIDEr" computes); the JSON keeps the key."""
+    _, _, paths, pred_path = corpus
+    rc, out, _ = _run(capsys, "--predictions", pred_path, "--references", paths["jsonl"], "--coco-metrics", "cider")
+    assert rc == 0 and re.search(r"CIDEr-D \d\.\d{4}", out) and not re.search(r"CIDEr \d", out), out
 
 
 @pytest.mark.parametrize("fmt", ["kaggle", "coco", "jsonl"])

@@ -3,7 +3,11 @@
 Example::
 
     captionbeam bulk --images 'gs://archive/photos/**.jpg' --model-dir models/merge \\
-        --output gs://archive/captions --skip-existing --profile dataflow-gpu
+        --output gs://archive/captions --profile dataflow-gpu
+
+The command's face: ``config_from_args(args) -> BulkCommandConfig``, ``plan(config) -> BulkPlan`` (every
+check before any work: globs match, the model loads, export flags agree), ``run(config, pipeline_args)
+-> BulkCommandResult`` with ``summary_lines()``; ``main`` only prints. Bad input raises ``CommandError``.
 """
 from __future__ import annotations
 
@@ -11,14 +15,17 @@ import argparse
 import json
 import logging
 import sys
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from captionbeam.launch.arg_types import non_negative_int, positive_int, output_dir
+from captionbeam.launch.command_args import CommandError
+from captionbeam.launch.exit_codes import FAULT, OK, OUTPUT_IN_USE, USAGE
 
 HELP = "caption an archive of images at scale, resumably (Beam job)"
 BEAM = True
 
 log = logging.getLogger(__name__)
-OUTPUT_IN_USE = 75   # EX_TEMPFAIL: another run holds the --output's lease; retry later
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,9 +57,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="caption rows as JSON lines or Parquet (default: jsonl)")
     g.add_argument("--num-shards", type=non_negative_int, default=0,
                    help="caption / manifest shards per run; 0 lets the runner choose (default: 0)")
+    g.add_argument("--redo", action="store_true",
+                   help="caption every matched image again (new rows, a new run) and file its failures again; by "
+                        "default a re-run captions only images whose (path, SHA-256) is not yet in this model "
+                        "version's manifest under --output and files no dead letter an earlier run filed")
     g.add_argument("--skip-existing", action="store_true",
-                   help="caption only images whose (path, SHA-256) is not yet in this model version's manifest "
-                        "under --output; a finished archive then writes no new rows")
+                   help="the default (kept for old command lines): skip what this model version captioned")
     g.add_argument("--force", action="store_true",
                    help="take the --output's lease even when another run holds it (only when that run is dead; "
                         "a dead run's lease expires 15 minutes after its last heartbeat anyway)")
@@ -80,7 +90,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the run summary as one JSON object")
 
 
-def _check_images(parser_error, patterns) -> None:
+def _check_images(patterns) -> None:
     """Fail fast when a glob matches nothing (a limit-1 match per pattern: cheap even on a huge bucket)."""
     from apache_beam.io.filesystems import FileSystems
     from captionbeam.pipelines.io import use_anonymous_gcs_if_emulated
@@ -88,10 +98,10 @@ def _check_images(parser_error, patterns) -> None:
     try:
         results = FileSystems.match(list(patterns), limits=[1] * len(patterns))
     except Exception as e:  # noqa: BLE001 - e.g. a bucket that does not exist
-        parser_error(f"--images: cannot list: {e}")
+        raise CommandError(f"--images: cannot list: {e}") from None
     empty = [p for p, r in zip(patterns, results) if not r.metadata_list]
     if empty:
-        parser_error(f"--images: no file matches {', '.join(empty)}")
+        raise CommandError(f"--images: no file matches {', '.join(empty)}")
 
 
 def model_info(model_dir: str, beam_size, max_length, batch_size: int):
@@ -136,78 +146,147 @@ def check_export_flags(meta: dict, model_dir: str, beam_size, max_length, resize
                          f"in its graph (bilinear, antialiased); drop --resize-method")
 
 
-def load_model_info(args):
+def load_model_info(config: "BulkCommandConfig"):
     """(ModelInfo, resize method of the model or None, the export's metadata or None) for --model-dir:
     an export when it holds saved_model.pb (local or gs://), else a training model directory."""
     import captionbeam.pipelines.io as pio
-    if pio.exists(pio.join(args.model_dir, "saved_model.pb")):
-        info, meta = export_info(args.model_dir)
+    if pio.exists(pio.join(config.model_dir, "saved_model.pb")):
+        info, meta = export_info(config.model_dir)
         return info, None, meta
-    info, resize = model_info(args.model_dir, args.beam_size, args.max_length, args.batch_size)
+    info, resize = model_info(config.model_dir, config.beam_size, config.max_length, config.batch_size)
     return info, resize, None
 
 
-def main(args: argparse.Namespace, pipeline_args) -> int:
+@dataclass(frozen=True)
+class BulkCommandConfig:
+    """The command's flags, typed; ``None`` where the model decides (beam size, max length, resize)."""
+    images: Tuple[str, ...]
+    output: str
+    model_dir: str
+    beam_size: Optional[int] = None
+    max_length: Optional[int] = None
+    batch_size: int = 32
+    format: str = "jsonl"
+    redo: bool = False
+    input_format: str = "auto"
+    num_shards: int = 0
+    model_copies: Optional[int] = None
+    max_bytes: Optional[int] = None
+    max_pixels: Optional[int] = None
+    resize_method: Optional[str] = None
+    tfrecord_fields: object = None
+    force: bool = False
+
+
+def config_from_args(args: argparse.Namespace) -> BulkCommandConfig:
     from captionbeam.launch.shard_flags import tfrecord_fields
-    from captionbeam.pipelines.bulk import BulkConfig, run
-    # an empty optional output (no dead letters, nothing new) is normal here, not worth a warning
-    logging.getLogger("apache_beam.io.filebasedsink").setLevel(logging.ERROR)
+    return BulkCommandConfig(
+        images=tuple(args.images), output=args.output, model_dir=args.model_dir, beam_size=args.beam_size,
+        max_length=args.max_length, batch_size=args.batch_size, format=args.format, redo=args.redo,
+        input_format=args.input_format, num_shards=args.num_shards, model_copies=args.model_copies,
+        max_bytes=args.max_bytes, max_pixels=args.max_pixels, resize_method=args.resize_method,
+        tfrecord_fields=tfrecord_fields(args), force=args.force)
 
-    def fail(message: str) -> None:
-        print(f"captionbeam bulk: error: {message}", file=sys.stderr)
-        raise SystemExit(2)
 
-    _check_images(fail, args.images)
+@dataclass(frozen=True)
+class BulkPlan:
+    """What ``run`` will do: the job's resolved config and the model it captions with."""
+    job: object        # pipelines.bulk.BulkConfig
+    model: object      # pipelines.bulk.ModelInfo
+
+
+def plan(config: BulkCommandConfig) -> BulkPlan:
+    """Every check before any work; ``CommandError`` naming the flag otherwise."""
+    from captionbeam.pipelines.bulk import BulkConfig
+    from captionbeam.pipelines.image_items import DEFAULT_MAX_BYTES
+    from captionbeam.pipelines.images import DEFAULT_MAX_PIXELS
+    _check_images(config.images)
     try:
-        info, model_resize, export_meta = load_model_info(args)
+        info, model_resize, export_meta = load_model_info(config)
     except ImportError:
         raise
     except Exception as e:  # noqa: BLE001 - any failure to load the model names the flag
-        fail(f"--model-dir {args.model_dir}: cannot load the model: {type(e).__name__}: {e}")
-    beam_size, max_length = args.beam_size or 1, args.max_length
-    if export_meta is not None:
-        try:
-            check_export_flags(export_meta, args.model_dir, args.beam_size, args.max_length, args.resize_method)
-        except ValueError as e:
-            fail(str(e))
-        beam_size, max_length = int(export_meta["beam_size"]), int(export_meta["max_length"])
+        raise CommandError(f"--model-dir {config.model_dir}: cannot load the model: {type(e).__name__}: {e}") from None
+    beam_size, max_length = config.beam_size or 1, config.max_length
     try:
-        config = BulkConfig(
-            images=tuple(args.images), output=args.output, model_dir=args.model_dir, beam_size=beam_size,
-            batch_size=args.batch_size, max_length=max_length, format=args.format,
-            skip_existing=args.skip_existing, input_format=args.input_format, num_shards=args.num_shards,
-            model_copies=args.model_copies, max_bytes=args.max_bytes, max_pixels=args.max_pixels,
-            resize_method=args.resize_method or model_resize or "bilinear", tfrecord_fields=tfrecord_fields(args),
-            force=args.force)
+        if export_meta is not None:
+            check_export_flags(export_meta, config.model_dir, config.beam_size, config.max_length,
+                               config.resize_method)
+            beam_size, max_length = int(export_meta["beam_size"]), int(export_meta["max_length"])
+        job = BulkConfig(
+            images=tuple(config.images), output=config.output, model_dir=config.model_dir, beam_size=beam_size,
+            batch_size=config.batch_size, max_length=max_length, format=config.format,
+            skip_existing=not config.redo, input_format=config.input_format, num_shards=config.num_shards,
+            model_copies=config.model_copies, max_bytes=config.max_bytes or DEFAULT_MAX_BYTES,
+            max_pixels=config.max_pixels or DEFAULT_MAX_PIXELS,
+            resize_method=config.resize_method or model_resize or "bilinear",
+            tfrecord_fields=config.tfrecord_fields, force=config.force)
     except ValueError as e:
-        fail(str(e))
+        raise CommandError(str(e)) from None
+    return BulkPlan(job=job, model=info)
+
+
+@dataclass
+class BulkCommandResult:
+    """The finished job (``pipelines.bulk.BulkResult``) and the model it captioned with."""
+    job: object        # pipelines.bulk.BulkResult
+    model: object      # pipelines.bulk.ModelInfo
+
+    @property
+    def exit_code(self) -> int:
+        """OK, or FAULT when the counters do not add up (launch/exit_codes.py)."""
+        return OK if self.job.balanced else FAULT
+
+    def to_dict(self) -> Dict[str, object]:
+        r, c = self.job, self.job.counters
+        return {
+            "run": r.run, "model_version": r.model_version, "encoder": r.encoder,
+            "counters": {k: c.get(k, 0) for k in ("matched", "captioned", "skipped", "failed")},
+            "already_filed": r.already_filed,
+            "balanced": r.balanced, "seconds": round(r.seconds, 2),
+            "images_per_s": round(r.images_per_s, 2), "files": r.files, "run_record": r.record_path,
+            "exported": self.model.exported, "source_model_version": self.model.source_model_version,
+        }
+
+    def summary_lines(self) -> List[str]:
+        r, c, info = self.job, self.job.counters, self.model
+        kind = f", export of model {info.source_model_version}" if info.exported else ""
+        lines = [f"run {r.run}: model {r.model_version} ({r.encoder}{kind})",
+                 f"  matched {c['matched']}  captioned {c['captioned']}  skipped {c['skipped']}  failed {c['failed']}"
+                 f"  ({'balanced' if r.balanced else 'NOT BALANCED'})"]
+        if r.already_filed:
+            lines.append(f"  {r.already_filed} of the failed already have a dead letter from an earlier run "
+                         f"(not filed again; --redo files them again)")
+        matched_per_s = c["matched"] / r.seconds if r.seconds else 0.0
+        lines.append(f"  {r.seconds:.1f}s: {r.images_per_s:.1f} images/s captioned, {matched_per_s:.1f} images/s matched")
+        for what, files in r.files.items():
+            lines.append(f"  {what}: {len(files)} file(s)" + (f", e.g. {files[0]}" if files else ""))
+        lines.append(f"  run record: {r.record_path}")
+        return lines
+
+
+def run(config: BulkCommandConfig, pipeline_args: Sequence[str] = (), planned: Optional[BulkPlan] = None
+        ) -> BulkCommandResult:
+    """Plan (unless given), then run the job to completion. ``CommandError`` for bad input;
+    ``pipelines.lease.LeaseHeld`` when another run writes to the --output."""
+    from captionbeam.pipelines.bulk import run as run_job
+    p = planned or plan(config)
+    return BulkCommandResult(job=run_job(p.job, p.model, list(pipeline_args)), model=p.model)
+
+
+def main(args: argparse.Namespace, pipeline_args) -> int:
     from captionbeam.pipelines.lease import LeaseHeld
+    # an empty optional output (no dead letters, nothing new) is normal here, not worth a warning
+    logging.getLogger("apache_beam.io.filebasedsink").setLevel(logging.ERROR)
     try:
-        result = run(config, info, pipeline_args)
+        result = run(config_from_args(args), pipeline_args)
+    except CommandError as e:
+        print(f"captionbeam bulk: error: {e}", file=sys.stderr)
+        return USAGE
     except LeaseHeld as e:
         print(f"captionbeam bulk: error: {e}", file=sys.stderr)
         return OUTPUT_IN_USE
-    c = result.counters
-    summary = {
-        "run": result.run, "model_version": result.model_version, "encoder": result.encoder,
-        "counters": {k: c.get(k, 0) for k in ("matched", "captioned", "skipped", "failed")},
-        "balanced": result.balanced, "seconds": round(result.seconds, 2),
-        "images_per_s": round(result.images_per_s, 2), "files": result.files, "run_record": result.record_path,
-        "exported": info.exported, "source_model_version": info.source_model_version,
-    }
-    if args.json:
-        print(json.dumps(summary, indent=2, sort_keys=True))
-    else:
-        kind = f", export of model {info.source_model_version}" if info.exported else ""
-        print(f"run {result.run}: model {result.model_version} ({result.encoder}{kind})")
-        print(f"  matched {c['matched']}  captioned {c['captioned']}  skipped {c['skipped']}  failed {c['failed']}"
-              f"  ({'balanced' if result.balanced else 'NOT BALANCED'})")
-        matched_per_s = c["matched"] / result.seconds if result.seconds else 0.0
-        print(f"  {result.seconds:.1f}s: {result.images_per_s:.1f} images/s captioned, {matched_per_s:.1f} images/s matched")
-        for kind, files in result.files.items():
-            print(f"  {kind}: {len(files)} file(s)" + (f", e.g. {files[0]}" if files else ""))
-        print(f"  run record: {result.record_path}")
-    if not result.balanced:
-        log.error("bulk: counters do not add up: %s", c)
-        return 1
-    return 0
+    print(json.dumps(result.to_dict(), indent=2, sort_keys=True) if args.json else "\n".join(result.summary_lines()))
+    if result.exit_code != OK:
+        log.error("bulk: counters do not add up: %s", result.job.counters)
+    return result.exit_code

@@ -6,7 +6,8 @@ decoded (greedy or beam search). Output: ``PATH<TAB>CAPTION`` per image, or JSON
 ``--json``. A file that cannot be read or decoded is reported on its own (stderr; with ``--json`` also
 a ``{"path", "error", "message"}`` line) and the others are still captioned.
 
-Exit status: 0 all captioned; 1 some files failed, the rest captioned; 2 nothing captioned (or bad flags).
+Exit status (launch/exit_codes.py): 0 finished (files that failed are reported on stderr, and as ``error``
+rows with --json); 2 nothing captioned (or bad flags).
 """
 from __future__ import annotations
 
@@ -161,7 +162,7 @@ def run(config: CaptionConfig, on_row: Optional[Callable[[dict], None]] = None,
 
 
 def main(args, pipeline_args) -> int:
-    check_decoding_arguments(args)
+    from captionbeam.launch.exit_codes import OK, USAGE
 
     def on_row(row: dict) -> None:
         if args.json:
@@ -175,10 +176,13 @@ def main(args, pipeline_args) -> int:
             print(json.dumps(row), flush=True)
 
     try:
+        check_decoding_arguments(args)
         result = run(config_from_args(args), on_row=on_row, on_error=on_error)
     except CommandError as e:
         print(f"captionbeam caption: error: {e}", file=sys.stderr)
         return 2
     if not result.rows:
-        return 2
-    return 1 if result.failed else 0
+        return USAGE
+    if result.failed:
+        print(f"captionbeam caption: {len(result.rows)} captioned, {len(result.failed)} failed", file=sys.stderr)
+    return OK

@@ -57,14 +57,11 @@ class Decoding:
 
 
 def check_decoding_arguments(args) -> None:
-    if args.beam_size < 1:
-        raise SystemExit(f"captionbeam: error: --beam-size must be >= 1, got {args.beam_size}")
-    if args.max_length is not None and args.max_length < 1:
-        raise SystemExit(f"captionbeam: error: --max-length must be >= 1, got {args.max_length}")
-    if args.batch_size < 1:
-        raise SystemExit(f"captionbeam: error: --batch-size must be >= 1, got {args.batch_size}")
-    if args.length_penalty < 0:
-        raise SystemExit(f"captionbeam: error: --length-penalty must be >= 0, got {args.length_penalty}")
+    """``CommandError`` naming the first decoding flag out of range (the CLI exits 2)."""
+    for flag, value, least in (("--beam-size", args.beam_size, 1), ("--max-length", args.max_length, 1),
+                               ("--batch-size", args.batch_size, 1), ("--length-penalty", args.length_penalty, 0)):
+        if value is not None and value < least:
+            raise CommandError(f"{flag} must be >= {least}, got {value}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -222,8 +219,8 @@ def metrics_path(predictions: str) -> str:
 
 
 def main(args, pipeline_args) -> int:
-    check_decoding_arguments(args)
     try:
+        check_decoding_arguments(args)
         report = run(config_from_args(args))
     except CommandError as e:
         print(f"captionbeam evaluate: error: {e}", file=sys.stderr)

@@ -1,13 +1,19 @@
-"""``captionbeam export``: one servable SavedModel (image bytes in, captions out, encoder included)."""
+"""``captionbeam export``: one servable SavedModel (image bytes in, captions out, encoder included).
+
+The command's face: ``config_from_args(args) -> ExportConfig``, ``plan(config) -> ExportPlan`` (flags and
+the --output checked before anything is written), ``run(config) -> ExportResult`` with ``summary_lines()``
+(the export's metadata as JSON); ``CommandError`` for bad input.
+"""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-
-from captionbeam.launch.commands.evaluate import check_decoding_arguments
+from dataclasses import dataclass
+from typing import Dict, List, Optional
 
 from captionbeam.launch.arg_types import output_dir
+from captionbeam.launch.command_args import CommandError
 
 HELP = "export a trained model as one servable SavedModel: image bytes in, captions out"
 
@@ -24,22 +30,74 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output directory")
 
 
-def main(args, pipeline_args) -> int:
-    args.batch_size = 1
-    check_decoding_arguments(args)
+@dataclass(frozen=True)
+class ExportConfig:
+    model_dir: str
+    output: str
+    beam_size: int = 1
+    length_penalty: float = 0.0
+    max_length: Optional[int] = None
+    weights: str = "best"
+    overwrite: bool = False
+
+
+def config_from_args(args: argparse.Namespace) -> ExportConfig:
+    return ExportConfig(model_dir=args.model_dir, output=args.output, beam_size=args.beam_size,
+                        length_penalty=args.length_penalty, max_length=args.max_length, weights=args.weights,
+                        overwrite=args.overwrite)
+
+
+@dataclass(frozen=True)
+class ExportPlan:
+    replace_output: bool      # --output exists, is not empty, and --overwrite was given
+
+
+def plan(config: ExportConfig) -> ExportPlan:
+    """Every check before anything is written; ``CommandError`` naming the flag."""
+    if config.beam_size < 1:
+        raise CommandError(f"--beam-size must be >= 1, got {config.beam_size}")
+    if config.max_length is not None and config.max_length < 1:
+        raise CommandError(f"--max-length must be >= 1, got {config.max_length}")
+    if config.length_penalty < 0:
+        raise CommandError(f"--length-penalty must be >= 0, got {config.length_penalty}")
     import tensorflow as tf
-    if tf.io.gfile.exists(args.output) and tf.io.gfile.listdir(args.output):
-        if not args.overwrite:
-            print(f"captionbeam export: error: --output {args.output} exists and is not empty (pass --overwrite)",
-                  file=sys.stderr)
-            return 2
-        tf.io.gfile.rmtree(args.output)
+    full = tf.io.gfile.exists(config.output) and bool(tf.io.gfile.listdir(config.output))
+    if full and not config.overwrite:
+        raise CommandError(f"--output {config.output} exists and is not empty (pass --overwrite)")
+    return ExportPlan(replace_output=full)
+
+
+@dataclass
+class ExportResult:
+    output: str
+    metadata: Dict[str, object]
+
+    def to_dict(self) -> Dict[str, object]:
+        return {"output": self.output, **self.metadata}
+
+    def summary_lines(self) -> List[str]:
+        return json.dumps(self.to_dict(), indent=2).splitlines()
+
+
+def run(config: ExportConfig, planned: Optional[ExportPlan] = None) -> ExportResult:
+    import tensorflow as tf
     from captionbeam.model.export import export
+    p = planned or plan(config)
+    if p.replace_output:
+        tf.io.gfile.rmtree(config.output)
     try:
-        meta = export(args.model_dir, args.output, beam_size=args.beam_size, max_length=args.max_length,
-                      alpha=args.length_penalty, which=args.weights)
+        meta = export(config.model_dir, config.output, beam_size=config.beam_size, max_length=config.max_length,
+                      alpha=config.length_penalty, which=config.weights)
     except (OSError, ValueError) as e:
-        print(f"captionbeam export: error: --model-dir {args.model_dir}: {e}", file=sys.stderr)
+        raise CommandError(f"--model-dir {config.model_dir}: {e}") from None
+    return ExportResult(output=config.output, metadata=meta)
+
+
+def main(args, pipeline_args) -> int:
+    try:
+        result = run(config_from_args(args))
+    except CommandError as e:
+        print(f"captionbeam export: error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps({"output": args.output, **meta}, indent=2))
+    print("\n".join(result.summary_lines()))
     return 0

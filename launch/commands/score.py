@@ -4,7 +4,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
+from typing import Dict, List, Optional
 
+from captionbeam.launch.command_args import CommandError
 from captionbeam.model.caption_files import FORMATS
 
 HELP = "score predicted captions against references (BLEU-1..4, COCO metrics)"
@@ -67,25 +70,75 @@ def scoring_options(args):
                           allow_missing=args.allow_missing, per_image=bool(getattr(args, "per_image", None)))
 
 
-def main(args, pipeline_args) -> int:
+@dataclass(frozen=True)
+class ScoreConfig:
+    predictions: str
+    references: str
+    references_format: str = "auto"
+    options: object = None            # model.scoring.ScoringOptions (None: the defaults)
+    image_ids: Optional[str] = None
+    per_image: Optional[str] = None
+
+
+def config_from_args(args: argparse.Namespace) -> ScoreConfig:
+    return ScoreConfig(predictions=args.predictions, references=args.references,
+                       references_format=args.references_format, options=scoring_options(args),
+                       image_ids=args.image_ids, per_image=args.per_image)
+
+
+@dataclass(frozen=True)
+class ScorePlan:
+    """Every input read and checked: the predictions, the references and the image-id restriction."""
+    predictions: Dict[str, str]
+    references: object               # model.references.References
+    image_ids: Optional[object]
+
+
+def plan(config: ScoreConfig) -> ScorePlan:
     from captionbeam.model.caption_files import CaptionFileError
-    from captionbeam.model.coco_metrics import CocoMetricsError
-    from captionbeam.model.references import MissingIdsError, load_image_ids, load_predictions, load_references
-    from captionbeam.model.scoring import format_report, score
+    from captionbeam.model.references import load_image_ids, load_predictions, load_references
     try:
-        predictions = load_predictions(args.predictions)
-        refs = load_references(args.references, args.references_format)
-        image_ids = load_image_ids(args.image_ids) if args.image_ids else None
-        report = score(predictions, refs.captions, scoring_options(args), image_ids)
-    except (OSError, CaptionFileError, MissingIdsError, CocoMetricsError, ValueError) as e:
+        return ScorePlan(predictions=load_predictions(config.predictions),
+                         references=load_references(config.references, config.references_format),
+                         image_ids=load_image_ids(config.image_ids) if config.image_ids else None)
+    except (OSError, CaptionFileError, ValueError) as e:
+        raise CommandError(str(e)) from None
+
+
+@dataclass
+class ScoreResult:
+    report: object                   # model.scoring.ScoreReport
+
+    def to_dict(self) -> Dict[str, object]:
+        return self.report.to_dict()
+
+    def summary_lines(self) -> List[str]:
+        from captionbeam.model.scoring import format_report
+        return format_report(self.report).splitlines()
+
+
+def run(config: ScoreConfig, planned: Optional[ScorePlan] = None) -> ScoreResult:
+    """Score; ``CommandError`` naming the file or flag on bad input. Writes ``config.per_image``."""
+    from captionbeam.model.coco_metrics import CocoMetricsError
+    from captionbeam.model.references import MissingIdsError
+    from captionbeam.model.scoring import ScoringOptions, score
+    p = planned or plan(config)
+    try:
+        report = score(p.predictions, p.references.captions, config.options or ScoringOptions(), p.image_ids)
+    except (MissingIdsError, CocoMetricsError, ValueError) as e:
+        raise CommandError(str(e)) from None
+    report.counts["dropped_empty_references"] = p.references.dropped_empty
+    if config.per_image:
+        with open(config.per_image, "w", encoding="utf-8") as f:
+            f.write(report.per_image_jsonl())
+    return ScoreResult(report)
+
+
+def main(args, pipeline_args) -> int:
+    try:
+        result = run(config_from_args(args))
+    except CommandError as e:
         print(f"captionbeam score: error: {e}", file=sys.stderr)
         return 2
-    report.counts["dropped_empty_references"] = refs.dropped_empty
-    if args.per_image:
-        with open(args.per_image, "w", encoding="utf-8") as f:
-            f.write(report.per_image_jsonl())
-    if args.json:
-        print(json.dumps(report.to_dict()))
-    else:
-        print(format_report(report))
+    print(json.dumps(result.to_dict()) if args.json else "\n".join(result.summary_lines()))
     return 0

@@ -4,7 +4,6 @@ model dir's last checkpoint."""
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from dataclasses import dataclass
 from typing import Dict
@@ -157,8 +156,6 @@ def architecture_values(model_config) -> Dict[str, object]:
 
 def run(job: TrainJob) -> Dict[str, object]:
     """Train (or resume) -> the summary of ``model.train.train``; :class:`CommandError` on bad inputs."""
-    for noisy in ("absl", "tensorflow"):   # per-step "Reduce to ..." INFO lines from tf.distribute
-        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         job.train.validate()
         if job.train.objective == "scst":

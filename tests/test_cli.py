@@ -1,0 +1,101 @@
+"""``captionbeam`` as a conventional command line (issue 19 item 7): quiet by default, ``--log-level``
+before or after the command, ``--version``, ``captionbeam profiles``, one exit-code policy."""
+import glob
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from captionbeam import __version__
+from captionbeam.launch import cli, exit_codes
+from captionbeam.launch.quiet import FrameworkRecords, configure_logging, split_log_level
+
+# what TensorFlow's C++ logging, absl, Keras and Beam print when nobody silences them
+FRAMEWORK_LINE = re.compile(r"^[IWE]\d{4} |cpu_feature_guard|oneDNN|tensorflow|absl|apache_beam|\bWARNING root\b|"
+                            r"Warning:|Resource module", re.MULTILINE)
+ENCODER = ["--encoder", "mobilenet", "--weights", "none", "--image-size", "32", "--batch-size", "4"]
+
+
+def test_split_log_level_reads_the_flag_anywhere():
+    assert split_log_level(["--log-level", "debug", "features", "--x"], "INFO") == ("DEBUG", ["features", "--x"])
+    assert split_log_level(["features", "--x", "--log-level=WARNING"], "INFO") == ("WARNING", ["features", "--x"])
+    assert split_log_level(["features"], "error") == ("ERROR", ["features"])
+    assert split_log_level(["x", "--", "--log-level", "DEBUG"], "INFO") == ("INFO", ["x", "--", "--log-level", "DEBUG"])
+
+
+def test_version_profiles_and_log_level_after_the_command(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"captionbeam {__version__}"
+    assert cli.main(["profiles", "list", "--log-level", "WARNING"]) == exit_codes.OK
+    names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert {"local", "dataflow", "flink", "spark", "prism"} <= set(names)
+    assert cli.main(["--log-level", "ERROR", "profiles", "show", "local", "--command", "bulk"]) == exit_codes.OK
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["profile"] == "local" and shown["command"] == "bulk" and "--runner=DirectRunner" in shown["beam_flags"]
+    with pytest.raises(SystemExit) as e:                       # an unknown profile is bad input: exit 2
+        cli.main(["profiles", "show", "no-such-profile"])
+    assert e.value.code == exit_codes.USAGE and "unknown profile 'no-such-profile'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        cli.main(["sample", "--output", "x", "--log-level", "LOUD"])
+    assert e.value.code == exit_codes.USAGE and "--log-level: invalid choice: 'LOUD'" in capsys.readouterr().err
+
+
+def _features(sample_dir, out, *extra):
+    images = sorted(glob.glob(os.path.join(sample_dir, "images", "*.jpg")))[:2]
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "CAPTIONBEAM_LOG")}
+    return subprocess.run([sys.executable, "-m", "captionbeam.launch", "features", "--images", *images,
+                           "--output", str(out), *ENCODER, "--runner=DirectRunner", *extra],
+                          capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_a_beam_and_tensorflow_command_is_quiet(sample_dir, tmp_path):
+    """A real ``features`` run (TensorFlow + Beam) in a subprocess: no framework line on stderr by default
+    (before: Beam's ``WARNING root: Resource module ...`` twice, TensorFlow's C++ lines)."""
+    quiet = _features(sample_dir, tmp_path / "quiet")
+    assert quiet.returncode == 0, quiet.stderr[-3000:]
+    assert "2 images encoded" in quiet.stdout
+    assert not FRAMEWORK_LINE.findall(quiet.stderr), quiet.stderr
+
+
+def test_debug_brings_the_frameworks_back():
+    import logging
+    import warnings
+    env = {}
+    with warnings.catch_warnings():
+        configure_logging("INFO", env)
+        assert env["TF_CPP_MIN_LOG_LEVEL"] == "2"
+        assert logging.getLogger("tensorflow").level == logging.ERROR
+        assert logging.getLogger("apache_beam").level == logging.WARNING
+        assert not FrameworkRecords().filter(logging.makeLogRecord(
+            {"levelno": logging.WARNING, "pathname": "/x/site-packages/apache_beam/ml/inference/base.py"}))
+        configure_logging("DEBUG", env)
+        assert env["TF_CPP_MIN_LOG_LEVEL"] == "0"
+        assert logging.getLogger("tensorflow").level == logging.getLogger("apache_beam").level == logging.DEBUG
+        assert not any(isinstance(f, FrameworkRecords) for h in logging.getLogger().handlers for f in h.filters)
+    configure_logging("INFO", {})
+
+
+def _exit_code(argv) -> int:
+    try:
+        return cli.main(argv)
+    except SystemExit as e:          # argparse's own usage errors
+        return e.code
+
+
+def test_bad_flags_exit_2_in_every_command(tmp_path, capsys):
+    """One policy: bad usage or input is exit 2 naming the flag, whichever command (before: evaluate and
+    caption left with exit 1 on --beam-size 0, bulk through SystemExit)."""
+    model = str(tmp_path / "no-model")
+    for argv, flag in ((["caption", "--model-dir", model, "x.jpg", "--beam-size", "0"], "--beam-size"),
+                       (["evaluate", "--model-dir", model, "--data", "d", "--length-penalty", "-1"], "--length-penalty"),
+                       (["export", "--model-dir", model, "--output", str(tmp_path / "e"), "--max-length", "0"],
+                        "--max-length"),
+                       (["score", "--predictions", str(tmp_path / "none.jsonl"), "--references", "r"], "none.jsonl"),
+                       (["bulk", "--images", str(tmp_path / "*.jpg"), "--model-dir", model, "--output",
+                         str(tmp_path / "o")], "--images")):
+        assert _exit_code(argv) == exit_codes.USAGE, argv
+        assert flag in capsys.readouterr().err, argv
