@@ -5,7 +5,7 @@
 #
 #   bash benchmarks/flickr8k.sh [WORKDIR]        # default work/flickr8k; each stage skips when done
 #
-# Environment: EPOCHS (default 12; early stopping on dev loss usually ends sooner), EPOCHS_inject (default 24:
+# Environment: ENCODERS (default "mobilenet mobilenet-conv": the feature sets to build), EPOCHS (default 12; early stopping on dev loss usually ends sooner), EPOCHS_inject (default 24:
 # inject's dev loss still fell at epoch 12), BATCH (default 64), BEAM (default 3),
 # ARCHS ("merge inject attention transformer"), FLAGS_transformer (its sizes), SCST_ARCHS ("attention transformer":
 # self-critical fine-tuning of those cross-entropy models, rows "<arch>-scst"), SCST_EPOCHS x SCST_STEPS steps
@@ -50,7 +50,7 @@ stage() {  # stage NAME COMMAND...: run unless $W/stages/NAME.done exists; log t
   echo "== $name: $((SECONDS - t0)) s"
 }
 
-for enc in mobilenet mobilenet-conv; do
+for enc in ${ENCODERS:-mobilenet mobilenet-conv}; do
   stage "features-$enc" \
     $CB features --images "$F8K/images/*.jpg" --output "$W/features-$enc" --encoder "$enc" \
       --weights imagenet --batch-size 64
