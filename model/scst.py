@@ -91,6 +91,26 @@ def reward_function(scorer, samples: int, baseline: str):
     return rewards
 
 
+def sample_and_reward(model, batch, step, cfg, max_length: int, rewards):
+    """In a replica: ``--samples`` K captions per image of ``batch`` (multinomial at ``--temperature``,
+    seeded by (seed, step, replica)), their CIDEr-D rewards and baselines (``reward_function``)
+    -> (features [B*K, ...], tokens [B*K, T], lengths [B*K], rewards [B*K], baselines [B*K])."""
+    import tensorflow as tf
+    from captionbeam.model.decode import greedy_search, sample_search
+    ctx = tf.distribute.get_replica_context()
+    features = tf.repeat(batch["feature"], int(cfg.samples), axis=0)
+    seed = tf.stack([tf.cast(cfg.seed, tf.int64), step * 4096 + tf.cast(ctx.replica_id_in_sync_group, tf.int64)])
+    sampled = sample_search(model, features, max_length, seed, float(cfg.temperature))
+    tokens, lengths = sampled["tokens"], sampled["length"]
+    g = greedy_search(model, batch["feature"], max_length) if cfg.baseline == "greedy" else \
+        {"tokens": tf.zeros([1, 1], tf.int32), "length": tf.zeros([1], tf.int32)}
+    reward, base = tf.numpy_function(rewards, [tokens, lengths, batch["refs"], g["tokens"], g["length"]],
+                                     [tf.float32, tf.float32], stateful=False)
+    reward.set_shape([None])
+    base.set_shape([None])
+    return features, tokens, lengths, reward, base
+
+
 class SelfCritical(Objective):
     name, log_prefix, batch_unit, history_head, mixed_precision = "scst", "scst ", "images", 1, False
 
@@ -143,20 +163,10 @@ class SelfCritical(Objective):
 
     def replica_step(self, batch, step):
         import tensorflow as tf
-        from captionbeam.model.decode import greedy_search, sample_search
         from captionbeam.model.vocab import START_ID
         cfg, model, K = self.run.cfg, self.run.model, int(self.run.cfg.samples)
-        ctx = tf.distribute.get_replica_context()
-        features = tf.repeat(batch["feature"], K, axis=0)                            # [B*K, ...]
-        seed = tf.stack([tf.cast(cfg.seed, tf.int64), step * 4096 + tf.cast(ctx.replica_id_in_sync_group, tf.int64)])
-        sampled = sample_search(model, features, self.max_length, seed, float(cfg.temperature))
-        tokens, lengths = sampled["tokens"], sampled["length"]
-        g = greedy_search(model, batch["feature"], self.max_length) if cfg.baseline == "greedy" else \
-            {"tokens": tf.zeros([1, 1], tf.int32), "length": tf.zeros([1], tf.int32)}
-        reward, base = tf.numpy_function(self.rewards, [tokens, lengths, batch["refs"], g["tokens"], g["length"]],
-                                         [tf.float32, tf.float32], stateful=False)
-        reward.set_shape([None])
-        base.set_shape([None])
+        features, tokens, lengths, reward, base = sample_and_reward(model, batch, step, cfg, self.max_length,
+                                                                    self.rewards)
         advantage = tf.stop_gradient(reward - base)
         inputs = tf.concat([tf.fill([tf.shape(tokens)[0], 1], START_ID), tokens[:, :-1]], axis=1)
         mask = tf.sequence_mask(lengths, tf.shape(tokens)[1], tf.float32)
