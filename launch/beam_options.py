@@ -1,4 +1,5 @@
-"""Beam flags on captionbeam's command line: the runner arguments every Beam job takes (``--profile``,
+"""Beam flags on captionbeam's command line, parsed once (:func:`parse_runner_flags` -> the frozen
+:class:`RunnerFlags` that cli passes down): the runner arguments every Beam job takes (``--profile``,
 ``--profiles-file``, ``--dry-run``), validation (a bad flag fails fast, naming it) and merging.
 
 Merge rules (:func:`merge_flags`): profile flags first, then the command line's; a single-valued
@@ -10,7 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from captionbeam.launch.profiles import PROFILES_ENV, load_profiles, placeholders, profile_args, profiles_file
 
@@ -29,38 +30,39 @@ def add_profile_argument(parser: argparse.ArgumentParser) -> None:
                        help="print the resolved pipeline options and the equivalent command line; submit nothing")
 
 
-def _beam_parser() -> argparse.ArgumentParser:
-    from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+class BeamParser:
+    """Beam's own argument parser (every ``PipelineOptions`` subclass's flags), built once per command
+    line: it finds unknown flags and tells single-valued options from repeatable ones when merging."""
 
-    parser = _BeamArgumentParser(allow_abbrev=False, add_help=False)
+    def __init__(self):
+        from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+        self.parser = _BeamArgumentParser(allow_abbrev=False, add_help=False)
 
-    def subclasses(cls):
-        for sub in cls.__subclasses__():
-            yield sub
-            yield from subclasses(sub)
+        def subclasses(cls):
+            for sub in cls.__subclasses__():
+                yield sub
+                yield from subclasses(sub)
 
-    for cls in subclasses(PipelineOptions):
-        try:
-            cls._add_argparse_args(parser)
-        except argparse.ArgumentError:
-            pass  # options defined by several subclasses
-    return parser
+        for cls in subclasses(PipelineOptions):
+            try:
+                cls._add_argparse_args(self.parser)
+            except argparse.ArgumentError:
+                pass  # options defined by several subclasses
+        self.actions = {s: action for action in self.parser._actions for s in action.option_strings}
 
-
-def unknown_beam_flags(args: Sequence[str]) -> List[str]:
-    """Flags in ``args`` that no Beam PipelineOptions class defines."""
-    _, unknown = _beam_parser().parse_known_args(list(args))
-    return [a for a in unknown if a.startswith("-")] or ([a for a in unknown] if unknown else [])
+    def unknown(self, args: Sequence[str]) -> List[str]:
+        """Flags in ``args`` that no Beam PipelineOptions class defines."""
+        _, unknown = self.parser.parse_known_args(list(args))
+        return [a for a in unknown if a.startswith("-")] or list(unknown)
 
 
 _NON_NEGATIVE = ("direct_num_workers", "num_workers", "max_num_workers", "disk_size_gb")
 
 
-def bad_beam_values(args: Sequence[str]) -> Optional[str]:
-    """A message naming the flag when a Beam option has a value no runner takes (an unknown ``--runner``, a
-    negative worker count), found here instead of as a traceback once the pipeline starts; else None."""
-    from apache_beam.options.pipeline_options import PipelineOptions
-    opts = PipelineOptions(list(args)).get_all_options(drop_default=True)
+def bad_beam_values(opts: Mapping[str, object]) -> Optional[str]:
+    """A message naming the flag when a Beam option (``RunnerFlags.options``) has a value no runner takes
+    (an unknown ``--runner``, a negative worker count), found here instead of as a traceback once the
+    pipeline starts; else None."""
     for name in _NON_NEGATIVE:
         value = opts.get(name)
         if value is not None and int(value) < 0:
@@ -77,11 +79,33 @@ def bad_beam_values(args: Sequence[str]) -> Optional[str]:
     return None
 
 
-def validate_pipeline_args(parser: argparse.ArgumentParser, rest: Sequence[str], profile: Optional[str] = None,
-                           command: str = "", profiles_path: Optional[str] = None) -> List[str]:
-    """Beam flags left after the command's own: fail (via ``parser.error``) on any Beam does not know;
-    put the profile's flags first so explicit flags win, and merge them without duplicates."""
-    bad = unknown_beam_flags(rest)
+@dataclass(frozen=True)
+class RunnerFlags:
+    """A Beam command's runner flags, parsed once at the command line and passed down: the merged flags
+    (the profile's first, the command line's win, ``{engines}`` resolved), the options Beam resolves
+    from them as the job's pipeline will see them, and warnings for the user."""
+    profile: Optional[str]
+    args: Tuple[str, ...]
+    options: Mapping[str, object]
+    warnings: Tuple[str, ...] = ()
+
+
+def resolved_options(args: Sequence[str], all_options: bool = False) -> Dict[str, object]:
+    """The options Beam resolves from these flags as a job's pipeline sees them
+    (``pipelines.options.pipeline_options``): those set (default) or every option."""
+    from captionbeam.pipelines.options import pipeline_options
+    opts = pipeline_options(args).get_all_options(drop_default=not all_options)
+    return {k: v for k, v in sorted(opts.items()) if v is not None or all_options}
+
+
+def parse_runner_flags(parser: argparse.ArgumentParser, rest: Sequence[str], profile: Optional[str] = None,
+                       command: str = "", profiles_path: Optional[str] = None,
+                       dry_run: bool = False) -> RunnerFlags:
+    """Beam flags left after the command's own -> :class:`RunnerFlags`. Fails (via ``parser.error``) on a
+    flag Beam does not know, a bad profile, a bad value, or an engine that is not fetched (on a dry run
+    that last one is a warning: nothing runs)."""
+    beam = BeamParser()
+    bad = beam.unknown(rest)
     if bad:
         parser.error(f"unrecognized arguments: {' '.join(bad)} (neither a {command} option nor a Beam pipeline option)")
     from_profile: List[str] = []
@@ -91,23 +115,29 @@ def validate_pipeline_args(parser: argparse.ArgumentParser, rest: Sequence[str],
             from_profile = profile_args(load_profiles(path), profile, command)
         except (KeyError, ValueError, FileNotFoundError) as e:
             parser.error(f"--profile: {e}")
-        bad = unknown_beam_flags(from_profile)
+        bad = beam.unknown(from_profile)
         if bad:
             parser.error(f"--profile {profile}: {path} sets options Beam does not know: {' '.join(bad)}")
-    merged = merge_flags(from_profile, rest)
-    from captionbeam.launch.engines import EngineError, resolve_engine_flags
-    try:
-        merged = resolve_engine_flags(merged)   # {engines} -> the engines cache; a missing jar/binary fails here
-    except EngineError as e:
-        parser.error(str(e))
-    problem = bad_beam_values(merged)
+    merged = merge_flags(from_profile, rest, beam=beam)
+    warnings: List[str] = []
+    from captionbeam.launch.engines import missing_engines, resolve_engine_flags
+    merged = resolve_engine_flags(merged)   # {engines} -> the engines cache
+    for problem in missing_engines(merged):
+        if not dry_run:
+            parser.error(problem)
+        warnings.append(f"{problem} (a dry run only reports; running it for real fails until then)")
+    options = resolved_options(merged)
+    problem = bad_beam_values(options)
     if problem:
         parser.error(problem)
+    for w in warnings:
+        log.warning("%s", w)
     todo = placeholders(merged)
     if todo:
         log.warning("pipeline options still hold placeholders from the example profiles file (edit it, point "
                     "--profiles-file at your copy, or pass the flags): %s", " ".join(todo))
-    return merged
+        warnings += [f"placeholder value, edit the profiles file or pass the flag: {f}" for f in todo]
+    return RunnerFlags(profile=profile, args=tuple(merged), options=options, warnings=tuple(warnings))
 
 
 @dataclass(frozen=True)
@@ -117,18 +147,9 @@ class Flag:
     repeatable: bool
 
 
-def _beam_actions() -> Dict[str, argparse.Action]:
-    actions = {}
-    for action in _beam_parser()._actions:
-        for s in action.option_strings:
-            actions[s] = action
-    return actions
-
-
-def parse_flags(args: Sequence[str], actions: Optional[Dict[str, argparse.Action]] = None) -> List[Flag]:
-    """Beam flags -> normalised :class:`Flag`s (``--k v`` and ``--k=v`` both become ``--k=v``).
-    Tokens Beam does not know are kept as they are (single-valued)."""
-    actions = _beam_actions() if actions is None else actions
+def parse_flags(args: Sequence[str], actions: Dict[str, argparse.Action]) -> List[Flag]:
+    """Beam flags -> normalised :class:`Flag`s (``--k v`` and ``--k=v`` both become ``--k=v``);
+    ``actions``: :attr:`BeamParser.actions`. Tokens Beam does not know are kept as they are (single-valued)."""
     out: List[Flag] = []
     i = 0
     args = list(args)
@@ -154,10 +175,10 @@ def parse_flags(args: Sequence[str], actions: Optional[Dict[str, argparse.Action
     return out
 
 
-def merge_flags(*groups: Sequence[str]) -> List[str]:
+def merge_flags(*groups: Sequence[str], beam: Optional[BeamParser] = None) -> List[str]:
     """Concatenate groups of Beam flags (earlier groups are overridden by later ones) without duplicates:
     a single-valued option keeps its last value, a repeatable one every distinct value once."""
-    actions = _beam_actions()
+    actions = (beam or BeamParser()).actions
     flags: List[Flag] = []
     for g in groups:
         flags.extend(parse_flags(g, actions))

@@ -87,21 +87,23 @@ def main(argv: Optional[List[str]] = None) -> int:
     if name is not None:
         module = _module_for(name)
         module.add_arguments(subparsers[name])
+    flags = None
     if module is not None and getattr(module, "BEAM", False):
-        from captionbeam.launch.beam_options import add_profile_argument, validate_pipeline_args
+        from captionbeam.launch.beam_options import add_profile_argument, parse_runner_flags
         add_profile_argument(subparsers[name])
         args, rest = parser.parse_known_args(argv)
-        pipeline_args = validate_pipeline_args(subparsers[name], rest, profile=args.profile, command=name,
-                                               profiles_path=args.profiles_file)
+        flags = parse_runner_flags(subparsers[name], rest, profile=args.profile, command=name,
+                                   profiles_path=args.profiles_file, dry_run=args.dry_run)
         if args.dry_run:
             from captionbeam.launch.dry_run import dry_run_report, print_dry_run
-            report = dry_run_report(name, module, args, argv, rest, pipeline_args)
+            report = dry_run_report(name, module, args, argv, rest, flags)
             print_dry_run(report)
             plan = report.get("plan")
             if isinstance(plan, dict) and plan.get("error"):    # the plan itself is invalid: say so by exit code
                 print(f"captionbeam {name}: error: {plan['error']}", file=sys.stderr)
                 return USAGE
             return OK
+        pipeline_args = list(flags.args)
     else:
         args = parser.parse_args(argv)
         pipeline_args = []
@@ -112,9 +114,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return FAULT
     except Exception as e:  # noqa: BLE001 - only a job on a portable engine is translated, the rest re-raised
-        from captionbeam.launch.engines import explain_failure
+        from captionbeam.launch.engine_failures import explain_failure
         # one Beam job (run translates its own Beam stages: launch/run.py run_stage)
-        message = explain_failure(e, pipeline_args) if name not in ("run", "retrain") else None
+        message = explain_failure(e, flags.options) if flags is not None and name not in ("run", "retrain") else None
         if message is None:
             raise
         print(f"captionbeam {name}: {message}", file=sys.stderr)

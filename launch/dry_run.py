@@ -1,29 +1,18 @@
 """``--dry-run`` of a Beam command: the command's options (defaults resolved), the pipeline options
-Beam resolves, the equivalent command line, and the command's own plan (``dry_run_plan``). It reports
-on what :mod:`launch.cli` already parsed; it parses nothing itself."""
+Beam resolves, the equivalent command line, warnings (an engine not fetched yet, placeholders), and the
+command's own plan (``dry_run_plan``). It reports on what :mod:`launch.cli` already parsed (the
+command's namespace and its :class:`~launch.beam_options.RunnerFlags`); it parses nothing itself."""
 from __future__ import annotations
 
 import argparse
 import json
 import shlex
 import sys
-from typing import Dict, List, Sequence
+from typing import List, Sequence
 
-from captionbeam.launch.beam_options import RUNNER_FLAGS, merge_flags
-from captionbeam.launch.profiles import placeholders
+from captionbeam.launch.beam_options import RUNNER_FLAGS, RunnerFlags
 
 _NOT_COMMAND_OPTIONS = ("command", "log_level", "profile", "profiles_file", "dry_run")
-
-
-def resolved_options(pipeline_args: Sequence[str], all_options: bool = False) -> Dict[str, object]:
-    """The options Beam resolves from these flags: those set (default) or every option."""
-    from captionbeam.pipelines.options import pipeline_options
-    opts = pipeline_options(pipeline_args).get_all_options(drop_default=not all_options)
-    if not all_options:
-        opts.setdefault("runner", None)
-        if opts["runner"] is None:
-            opts["runner"] = "DirectRunner (Beam's default)"
-    return {k: v for k, v in sorted(opts.items()) if v is not None or all_options}
 
 
 def _strip_subsequence(argv: Sequence[str], sub: Sequence[str]) -> List[str]:
@@ -53,25 +42,26 @@ def _strip_runner_flags(argv: Sequence[str]) -> List[str]:
 
 
 def dry_run_report(command: str, module, args: argparse.Namespace, argv: Sequence[str], rest: Sequence[str],
-                   pipeline_args: Sequence[str]) -> dict:
+                   flags: RunnerFlags) -> dict:
     """The report for ``captionbeam COMMAND ... --dry-run``: ``args`` and ``rest`` are what the parser
-    made of ``argv`` (the command's options, and the tokens left for Beam)."""
+    made of ``argv`` (the command's options, and the tokens left for Beam), ``flags`` the Beam flags."""
     own = _strip_runner_flags(_strip_subsequence(argv, rest))
-    merged = merge_flags(pipeline_args)
     command_options = {k: v for k, v in sorted(vars(args).items()) if k not in _NOT_COMMAND_OPTIONS}
+    options = dict(flags.options)
+    if options.get("runner") is None:
+        options["runner"] = "DirectRunner (Beam's default)"
     report = {
         "command": command,
-        "profile": getattr(args, "profile", None),
+        "profile": flags.profile,
         "command_options": command_options,
-        "pipeline_options": resolved_options(merged),
-        "equivalent_command_line": shlex.join(["captionbeam", *own, *merged]),
+        "pipeline_options": dict(sorted(options.items())),
+        "equivalent_command_line": shlex.join(["captionbeam", *own, *flags.args]),
     }
-    todo = placeholders(merged)
-    if todo:
-        report["warnings"] = [f"placeholder value, edit the profiles file or pass the flag: {f}" for f in todo]
+    if flags.warnings:
+        report["warnings"] = list(flags.warnings)
     plan = getattr(module, "dry_run_plan", None)
     if plan is not None:
-        report["plan"] = plan(args, merged)
+        report["plan"] = plan(args, list(flags.args))
     return report
 
 

@@ -1,5 +1,6 @@
 """The real Beam engines on this machine: fetch and cache Flink's and Spark's job servers and the Prism
-binary, and resolve the ``{engines}`` placeholder of the engine profiles to that cache.
+binary, resolve the ``{engines}`` placeholder of the engine profiles to that cache, and name what is
+not fetched yet. A job that failed on an engine is explained by :mod:`launch.engine_failures`.
 
 ``make engines`` (``python -m captionbeam.launch.engines fetch``) fills ``.engines/`` (or ``$CAPTIONBEAM_ENGINES``)::
 
@@ -29,7 +30,7 @@ import sys
 import tempfile
 import time
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 ENGINES_ENV = "CAPTIONBEAM_ENGINES"
@@ -119,19 +120,20 @@ def missing_message(engine: str, path: str) -> str:
 
 # ----------------------------------------------------------------------------- profile values
 def resolve_engine_flags(flags: Sequence[str], cache: Optional[str] = None) -> List[str]:
-    """Beam flags with ``{engines}`` replaced by the engines cache; a flag naming an engine's jar or binary
-    (``--flink_job_server_jar``, ``--spark_job_server_jar``, ``--prism_location``) that is a local path
-    must exist, else :class:`EngineError` naming the engine and ``make engines``."""
+    """Beam flags with ``{engines}`` replaced by the engines cache."""
     cache = cache or default_cache()
+    return [flag.replace(PLACEHOLDER, cache) if PLACEHOLDER in flag else flag for flag in flags]
+
+
+def missing_engines(flags: Sequence[str]) -> List[str]:
+    """One message (naming the engine and ``make engines``) per flag naming an engine's jar or binary
+    (``--flink_job_server_jar``, ``--spark_job_server_jar``, ``--prism_location``) whose local path is missing."""
     out = []
     for flag in flags:
-        if PLACEHOLDER in flag:
-            flag = flag.replace(PLACEHOLDER, cache)
         key, eq, value = flag.partition("=")
         engine = ENGINE_OPTIONS.get(key.lstrip("-"))
         if engine and eq and "://" not in value and not os.path.exists(value):
-            raise EngineError(missing_message(engine, value))
-        out.append(flag)
+            out.append(missing_message(engine, value))
     return out
 
 
@@ -351,61 +353,6 @@ def fetch(engines: Sequence[str] = ENGINES, cache: Optional[str] = None, force: 
         print(f"engines: {engine:6s} {what}{extra}: {artifact_path(engine, cache)} ({info.get('source')})", file=out)
         out.flush()
     return results
-
-
-# ----------------------------------------------------------------------------- failures
-@dataclass(frozen=True)
-class EngineTarget:
-    """Which engine a job's Beam flags send it to, as far as a failure message needs to know."""
-    engine: str            # flink, spark, prism, portable, or "" (DirectRunner, Dataflow, ...)
-    master: str = ""       # --flink_master / --spark_master_url / --job_endpoint
-
-
-def engine_of(pipeline_args: Sequence[str]) -> EngineTarget:
-    opts: Dict[str, str] = {}
-    for flag in pipeline_args:
-        key, _, value = flag.partition("=")
-        opts[key.lstrip("-")] = value
-    runner = opts.get("runner", "").lower().replace("runner", "")
-    if runner == "flink":
-        return EngineTarget("flink", opts.get("flink_master", "[auto]"))
-    if runner == "spark":
-        return EngineTarget("spark", opts.get("spark_master_url", "local[4]"))
-    if runner == "prism":
-        return EngineTarget("prism", opts.get("job_endpoint", ""))
-    if runner == "portable":
-        return EngineTarget("portable", opts.get("job_endpoint", ""))
-    return EngineTarget("")
-
-
-_CONNECTION_WORDS = ("unavailable", "connection refused", "socket closed", "failed to connect", "cancelled",
-                     "connection reset", "deadline exceeded", "broken pipe", "rst_stream", "goaway")
-
-
-def explain_failure(exc: BaseException, pipeline_args: Sequence[str]) -> Optional[str]:
-    """A short message naming the engine and what to do for a job that failed on a portable engine, or
-    None where the job did not run on one (the caller re-raises)."""
-    target = engine_of(pipeline_args)
-    if not target.engine or isinstance(exc, (KeyboardInterrupt, SystemExit)):
-        return None
-    text = f"{type(exc).__name__}: {exc}"
-    lower = text.lower()
-    first = next((l.strip() for l in str(exc).splitlines() if l.strip()), type(exc).__name__)[:400]
-    name = target.engine if target.engine != "portable" else f"the job server at {target.master}"
-    remote = target.master not in ("", "[local]", "[auto]") and not target.master.startswith("local")
-    if target.engine == "flink" and remote and ("flink" in lower or "connect" in lower or "refused" in lower
-                                                or "jobsubmission" in lower or "rest" in lower):
-        hint = (f"check that --flink_master={target.master} is the REST address (host:port, usually 8081) of a "
-                "running Flink JobManager reachable from here, or use --profile flink-local for an embedded Flink")
-    elif any(w in lower for w in _CONNECTION_WORDS):
-        hint = (f"the {name} job server stopped answering during the job (killed, out of memory, or the "
-                "machine went away); look at its log, then rerun the job: its output folder holds no "
-                "completion marker from this run (features_spec.json, stats.json, runs/<run>.json), so "
-                "nothing it left there counts as done")
-    else:
-        hint = (f"the job failed on {name}; the engine's own reason is above. Rerun with --log-level DEBUG "
-                "for the job server's log")
-    return f"{name}: the Beam job failed: {first}\n{name}: {hint}"
 
 
 def _main(argv: Optional[Sequence[str]] = None) -> int:

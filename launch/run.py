@@ -249,8 +249,9 @@ class RunPipeline:
         except CommandError as e:
             raise StageError(inv.command, str(e)) from None
         except Exception as e:  # noqa: BLE001 - a Beam stage that failed on a portable engine: name the engine
-            from captionbeam.launch.engines import explain_failure
-            message = explain_failure(e, inv.pipeline_args) if inv.pipeline_args else None
+            from captionbeam.launch.beam_options import resolved_options
+            from captionbeam.launch.engine_failures import explain_failure
+            message = explain_failure(e, resolved_options(inv.pipeline_args)) if inv.pipeline_args else None
             if message is None:
                 raise
             raise StageError(inv.command, message) from None

@@ -198,3 +198,14 @@ def epoch_to_resume(state, epochs: int, patience: int, model_dir: str, what: str
            f"--early-stopping-patience (or 0) continues it") if early and epoch < epochs else f"--epochs {epochs} reached"
     log.info("%s already finished in %s (%d epochs, %s); nothing to do", what, model_dir, epoch, why)
     return epochs
+
+
+def load_weights(model, path: str) -> None:
+    """``model.load_weights`` from any tf.io.gfile path (Keras reads local files: go through a temp file)."""
+    if "://" not in path:
+        model.load_weights(path)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        local = os.path.join(tmp, os.path.basename(path))
+        tf.io.gfile.copy(path, local)
+        model.load_weights(local)

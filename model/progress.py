@@ -1,9 +1,9 @@
-"""Training progress: log lines (loss, tokens/s, ETA), ``history.json`` and the training-curve PNG."""
+"""Training progress helpers (the loop in ``model.loop`` writes the lines): durations, TensorBoard scalars,
+``history.json`` and the training-curve PNG."""
 from __future__ import annotations
 
 import io
 import logging
-import time
 from typing import Dict, List, Optional
 
 import tensorflow as tf
@@ -20,37 +20,6 @@ def format_duration(seconds: float) -> str:
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
     return f"{h}:{m:02d}:{s:02d}"
-
-
-class ProgressMeter:
-    """Accumulates loss and tokens between log lines; knows the total steps for the ETA."""
-
-    def __init__(self, total_steps: int, start_step: int, every: int):
-        self.total_steps, self.every = total_steps, every
-        self.start_step = start_step
-        self.t0 = self.window_t0 = time.perf_counter()
-        self.window_loss = self.window_tokens = 0.0
-        self.window_steps = 0
-
-    def update(self, step: int, loss_sum: float, tokens: float) -> Optional[Dict[str, float]]:
-        """Add one step; every ``every`` steps returns the window's stats (and resets it)."""
-        self.window_loss += loss_sum
-        self.window_tokens += tokens
-        self.window_steps += 1
-        if step % self.every and step != self.total_steps:
-            return None
-        now = time.perf_counter()
-        elapsed = now - self.window_t0
-        done = step - self.start_step
-        rate_steps = done / max(now - self.t0, 1e-9)
-        stats = {
-            "step": step,
-            "loss": self.window_loss / max(self.window_tokens, 1.0),
-            "tokens_per_s": self.window_tokens / max(elapsed, 1e-9),
-            "eta_s": (self.total_steps - step) / max(rate_steps, 1e-9),
-        }
-        self.window_t0, self.window_loss, self.window_tokens, self.window_steps = now, 0.0, 0.0, 0
-        return stats
 
 
 def scalar_summary(name: str, value: float, step: int) -> None:

@@ -24,12 +24,13 @@ training images unless ``--steps-per-epoch`` says otherwise.
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Dict, List
 
 import numpy as np
+
+from captionbeam.model.loop import EpochResult, Objective, run_training
 
 log = logging.getLogger("captionbeam.train")
 
@@ -53,20 +54,6 @@ def load_init(init_from: str, info):
         raise ValueError(f"--init-from {init_from}: the model reads features {tuple(config.feature_shape)}, --data "
                          f"{info.directory} holds {tuple(info.feature_shape)}")
     return config, weights_path(init_from, "best")
-
-
-def load_weights(model, path: str) -> None:
-    """``model.load_weights`` from any tf.io.gfile path (Keras reads local files: go through a temp file)."""
-    if "://" not in path:
-        model.load_weights(path)
-        return
-    import os
-    import tempfile
-    import tensorflow as tf
-    with tempfile.TemporaryDirectory() as tmp:
-        local = os.path.join(tmp, os.path.basename(path))
-        tf.io.gfile.copy(path, local)
-        model.load_weights(local)
 
 
 def training_scorer(files, feature_shape, vocab_size):
@@ -104,234 +91,125 @@ def reward_function(scorer, samples: int, baseline: str):
     return rewards
 
 
-def train_scst(cfg) -> Dict[str, object]:
-    """SCST fine-tuning of ``cfg.init_from`` into ``cfg.model_dir`` (or resume it). Returns a summary."""
-    cfg.validate()
-    from captionbeam.model.distribute import make_strategy
-    dist = make_strategy(cfg.strategy, cfg.cpu_replicas)     # first: logical CPUs before TF initialises devices
-
-    import keras
+def sample_and_reward(model, batch, step, cfg, max_length: int, rewards):
+    """In a replica: ``--samples`` K captions per image of ``batch`` (multinomial at ``--temperature``,
+    seeded by (seed, step, replica)), their CIDEr-D rewards and baselines (``reward_function``)
+    -> (features [B*K, ...], tokens [B*K, T], lengths [B*K], rewards [B*K], baselines [B*K])."""
     import tensorflow as tf
-    from captionbeam.model import data as data_lib
-    from captionbeam.model.architectures import build_model
-    from captionbeam.model.checkpoints import (Checkpointer, TrainingState, end_of_epoch_stop, epoch_to_resume,
-                                   export_epoch_weights, export_weights)
-    from captionbeam.model.config import TRAIN_CONFIG_FILE
-    from captionbeam.model.decode import _token_mask, default_max_length, greedy_search, sample_search
-    from captionbeam.model.model_dir import BEST_WEIGHTS
-    from captionbeam.model.progress import format_duration, load_history, save_history, scalar_summary
-    from captionbeam.model.selection import SplitCider
-    from captionbeam.model.train import _check_resumable, _lr_schedule, weights_digest
-    from captionbeam.model.vocab import START_ID
+    from captionbeam.model.decode import greedy_search, sample_search
+    ctx = tf.distribute.get_replica_context()
+    features = tf.repeat(batch["feature"], int(cfg.samples), axis=0)
+    seed = tf.stack([tf.cast(cfg.seed, tf.int64), step * 4096 + tf.cast(ctx.replica_id_in_sync_group, tf.int64)])
+    sampled = sample_search(model, features, max_length, seed, float(cfg.temperature))
+    tokens, lengths = sampled["tokens"], sampled["length"]
+    g = greedy_search(model, batch["feature"], max_length) if cfg.baseline == "greedy" else \
+        {"tokens": tf.zeros([1, 1], tf.int32), "length": tf.zeros([1], tf.int32)}
+    reward, base = tf.numpy_function(rewards, [tokens, lengths, batch["refs"], g["tokens"], g["length"]],
+                                     [tf.float32, tf.float32], stateful=False)
+    reward.set_shape([None])
+    base.set_shape([None])
+    return features, tokens, lengths, reward, base
 
-    if cfg.mixed_precision:
-        raise ValueError("--mixed-precision: not supported with --objective scst")
-    keras.utils.set_random_seed(cfg.seed)
-    log.info(dist.describe())
-    info = data_lib.open_data(cfg.data)
-    train_split = data_lib.describe_split(info, cfg.train_split, "--train-split")
-    val_split = data_lib.describe_split(info, cfg.val_split, "--val-split")
-    config, init_weights = load_init(cfg.init_from, info)
-    model_dir = cfg.model_dir.rstrip("/")
-    if model_dir == cfg.init_from.rstrip("/"):
-        raise ValueError("--model-dir must differ from --init-from (SCST writes a new model dir)")
-    _check_resumable(model_dir, config, dist.is_chief)
 
-    K = int(cfg.samples)
-    global_images = cfg.batch_size * dist.replicas
-    global_samples = global_images * K
-    steps_per_epoch = cfg.steps_per_epoch or max(1, train_split.images // global_images)
-    total_steps = steps_per_epoch * cfg.epochs
-    max_length = default_max_length(config)
-    scorer, ref_images = training_scorer(train_split.files, info.feature_shape, config.vocab_size)
-    log.info("scst: %s model from %s; data %s: %d train images (%d reference sets for CIDEr-D document "
-             "frequencies), %d %s images; %d samples per image at temperature %g, baseline %s; global batch %d "
-             "images = %d per replica x %d (%d samples); %d steps/epoch", config.arch, cfg.init_from, cfg.data,
-             train_split.images, ref_images, val_split.images, cfg.val_split, K, cfg.temperature, cfg.baseline,
-             global_images, cfg.batch_size, dist.replicas, global_samples, steps_per_epoch)
+class SelfCritical(Objective):
+    name, log_prefix, batch_unit, history_head, mixed_precision = "scst", "scst ", "images", 1, False
 
-    schedule = _lr_schedule(cfg, steps_per_epoch)
-    with dist.strategy.scope():
-        model = build_model(config)
-        optimizer = keras.optimizers.Adam(schedule)
-        optimizer.build(model.trainable_variables)
-    state = TrainingState.create()
-    ckpt = Checkpointer(model_dir, model, optimizer, state, dist.is_chief, dist.worker_index, cfg.keep_checkpoints)
-    restored = ckpt.restore()
-    if restored:
-        log.info("resumed from %s: step %d, %d epoch(s) done, best dev CIDEr-D %.4f",
-                 restored, int(state.step), int(state.epoch), -float(state.best_val))
-    else:
-        load_weights(model, init_weights)
-        log.info("starting from %s (no checkpoint in %s)", init_weights, ckpt.directory)
-    if dist.is_chief:
-        tf.io.gfile.makedirs(model_dir)
-        config.save(model_dir)
-        with tf.io.gfile.GFile(f"{model_dir}/{TRAIN_CONFIG_FILE}", "w") as f:
-            f.write(cfg.to_json())
-        info.vocab.save(f"{model_dir}/vocab.txt")
-        info.features_spec.save(model_dir)
-    history = load_history(model_dir)[: int(state.epoch) + 1] if dist.is_chief else []
-    writers = ({k: tf.summary.create_file_writer(f"{model_dir}/logs/{k}") for k in ("train", "validation")}
-               if dist.is_chief else None)
-    dev = SplitCider(model, val_split.files, info.feature_shape, batch_size=max(global_images, 64),
-                     max_images=cfg.max_val_batches * max(global_images, 64) if cfg.max_val_batches else None)
+    def model_config(self, cfg, info, train_split, val_split):
+        if val_split is None:
+            raise ValueError("--val-split none: self-critical training selects by dev CIDEr-D on a validation split")
+        config, self.init_weights = load_init(cfg.init_from, info)
+        if cfg.model_dir.rstrip("/") == cfg.init_from.rstrip("/"):
+            raise ValueError("--model-dir must differ from --init-from (SCST writes a new model dir)")
+        return config
 
-    # ------------------------------------------------------------------ step
-    replicas, clip = dist.replicas, cfg.clip_norm
-    variables = model.trainable_variables
-    rewards_np = reward_function(scorer, K, cfg.baseline)
-    token_mask = _token_mask(config.vocab_size)
-    temperature = float(cfg.temperature)
+    def prepare(self, run):
+        from captionbeam.model.decode import _token_mask, default_max_length
+        self.run, cfg, split, val = run, run.cfg, run.train_split, run.val_split
+        scorer, ref_images = training_scorer(split.files, run.info.feature_shape, run.config.vocab_size)
+        self.rewards = reward_function(scorer, cfg.samples, cfg.baseline)
+        self.token_mask, self.max_length = _token_mask(run.config.vocab_size), default_max_length(run.config)
+        return (f"scst: {run.config.arch} model from {cfg.init_from}; data {cfg.data}: {split.images} train images "
+                f"({ref_images} reference sets for CIDEr-D document frequencies), {val.images} {cfg.val_split} images;"
+                f" {cfg.samples} samples per image at temperature {cfg.temperature:g}, baseline {cfg.baseline}; "
+                f"global batch {run.global_batch} images = {cfg.batch_size} per replica x {run.dist.replicas} "
+                f"({run.global_batch * cfg.samples} samples); {run.steps_per_epoch} steps/epoch")
 
-    def replica_step(batch, step):
-        ctx = tf.distribute.get_replica_context()
-        features = tf.repeat(batch["feature"], K, axis=0)                            # [B*K, ...]
-        seed = tf.stack([tf.cast(cfg.seed, tf.int64), step * 4096 + tf.cast(ctx.replica_id_in_sync_group, tf.int64)])
-        sampled = sample_search(model, features, max_length, seed, temperature)
-        tokens, lengths = sampled["tokens"], sampled["length"]
-        if cfg.baseline == "greedy":
-            g = greedy_search(model, batch["feature"], max_length)
-            g_tokens, g_lengths = g["tokens"], g["length"]
-        else:
-            g_tokens, g_lengths = tf.zeros([1, 1], tf.int32), tf.zeros([1], tf.int32)
-        reward, base = tf.numpy_function(rewards_np, [tokens, lengths, batch["refs"], g_tokens, g_lengths],
-                                         [tf.float32, tf.float32], stateful=False)
-        reward.set_shape([None])
-        base.set_shape([None])
+    def fresh_start(self, run):
+        from captionbeam.model.checkpoints import load_weights
+        load_weights(run.model, self.init_weights)
+        return f"from {self.init_weights}"
+
+    def start(self, run, restored):
+        """A fresh run measures the init model first: epoch 0 in history.json, the first best weights."""
+        if restored:
+            return
+        from captionbeam.model.checkpoints import export_weights
+        from captionbeam.model.model_dir import BEST_WEIGHTS
+        score, mean_len, secs = self.validate()
+        run.state.best_val.assign(-score)
+        log.info("init model %s: %s CIDEr-D %.4f (greedy, %d images, mean length %.1f, %.1fs)", run.cfg.init_from,
+                 run.cfg.val_split, score, run.dev_cider.images, mean_len, secs)
+        if run.dist.is_chief:
+            run.history = [{"epoch": 0, "step": 0, "val_cider": score, "val_length": mean_len}]
+            export_weights(run.model, f"{run.model_dir}/{BEST_WEIGHTS}")
+            run.save_history()
+        run.save_checkpoint("initial weights")
+
+    def dataset(self, run, epoch, batch_size, num_pipelines, pipeline_index, skip_batches):
+        from captionbeam.model.data import image_dataset
+        return image_dataset(run.train_split.files, run.info.feature_shape, batch_size,
+                             seed=run.cfg.seed * 100003 + epoch, shuffle_buffer=min(run.cfg.shuffle_buffer, 2000),
+                             num_pipelines=num_pipelines, pipeline_index=pipeline_index, skip_batches=skip_batches)
+
+    def replica_step(self, batch, step):
+        import tensorflow as tf
+        from captionbeam.model.vocab import START_ID
+        cfg, model, K = self.run.cfg, self.run.model, int(self.run.cfg.samples)
+        features, tokens, lengths, reward, base = sample_and_reward(model, batch, step, cfg, self.max_length,
+                                                                    self.rewards)
         advantage = tf.stop_gradient(reward - base)
         inputs = tf.concat([tf.fill([tf.shape(tokens)[0], 1], START_ID), tokens[:, :-1]], axis=1)
         mask = tf.sequence_mask(lengths, tf.shape(tokens)[1], tf.float32)
         with tf.GradientTape() as tape:
             logits, _ = model.forward(features, inputs, training=False)
-            logp = tf.nn.log_softmax(tf.cast(logits, tf.float32) / temperature + token_mask, axis=-1)
+            logp = tf.nn.log_softmax(tf.cast(logits, tf.float32) / float(cfg.temperature) + self.token_mask, axis=-1)
             token_lp = tf.gather(logp, tokens, batch_dims=2) * mask                    # [B*K, T]
-            objective = -tf.reduce_sum(advantage * tf.reduce_sum(token_lp, 1)) / float(global_samples)
-        grads = [tf.convert_to_tensor(g) for g in tape.gradient(objective, variables)]
-        if clip > 0:
-            grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
-            grads, _ = tf.clip_by_global_norm(grads, clip)
-            grads = [g / replicas for g in grads]
-        optimizer.apply_gradients(zip(grads, variables))
+            objective = -tf.reduce_sum(advantage * tf.reduce_sum(token_lp, 1)) / float(self.run.global_batch * K)
+        self.run.apply_gradients(tape, objective)
         n = tf.cast(tf.size(reward), tf.float32)
         return tf.reduce_sum(reward), tf.reduce_sum(base), tf.reduce_sum(tf.cast(lengths, tf.float32)), n
 
-    @tf.function
-    def train_step(iterator, step):
-        out = dist.strategy.run(replica_step, args=(next(iterator), step))
-        return [dist.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for v in out]
+    def progress(self, sums, seconds):
+        n, rate = max(sums[3], 1.0), sums[3] / max(seconds, 1e-9)
+        text = (f"reward {sums[0] / n:.4f} baseline {sums[1] / n:.4f} sampled length {sums[2] / n:.2f} "
+                f"samples/s {rate:.1f} images/s {rate / self.run.cfg.samples:.1f}")
+        return text, {"reward": sums[0] / n, "baseline": sums[1] / n, "sampled_length": sums[2] / n,
+                      "samples_per_s": rate}
 
-    def dataset_for_epoch(epoch: int, skip_steps: int):
-        def fn(input_context: tf.distribute.InputContext):
-            per_pipeline = dist.replicas // input_context.num_input_pipelines
-            return data_lib.image_dataset(
-                train_split.files, info.feature_shape, input_context.get_per_replica_batch_size(global_images),
-                seed=cfg.seed * 100003 + epoch, shuffle_buffer=min(cfg.shuffle_buffer, 2000),
-                num_pipelines=input_context.num_input_pipelines, pipeline_index=input_context.input_pipeline_id,
-                skip_batches=skip_steps * per_pipeline)
-        return dist.strategy.distribute_datasets_from_function(fn)
-
-    def save_checkpoint(reason: str):
-        path = ckpt.save(int(state.step))
-        if dist.is_chief:
-            log.info("checkpoint %s (%s)", path, reason)
-
-    def validate():
+    def validate(self):
         t0 = time.perf_counter()
-        score, hyps = dev()
-        mean_len = float(np.mean([len(h) for h in hyps])) if hyps else 0.0
-        return score, mean_len, time.perf_counter() - t0
+        score, hyps = self.run.dev_cider()
+        return score, float(np.mean([len(h) for h in hyps])) if hyps else 0.0, time.perf_counter() - t0
 
-    # ------------------------------------------------------------------ initial model
-    start_step = int(state.step)
-    if not restored:
-        score, mean_len, secs = validate()
-        state.best_val.assign(-score)
-        log.info("init model %s: %s CIDEr-D %.4f (greedy, %d images, mean length %.1f, %.1fs)", cfg.init_from,
-                 cfg.val_split, score, dev.images, mean_len, secs)
-        if dist.is_chief:
-            history = [{"epoch": 0, "step": 0, "val_cider": score, "val_length": mean_len}]
-            export_weights(model, f"{model_dir}/{BEST_WEIGHTS}")
-            save_history(model_dir, history, {"objective": "scst", "arch": config.arch, "init_from": cfg.init_from})
-        save_checkpoint("initial weights")
+    def end_epoch(self, run, epoch, sums, seconds):
+        sums = sums if sums is not None else np.zeros(4)
+        n = max(sums[3], 1.0)
+        score, mean_len, val_secs = self.validate()
+        record = {"reward": sums[0] / n, "baseline": sums[1] / n, "sampled_length": sums[2] / n, "val_cider": score,
+                  "val_length": mean_len, "samples_per_s": sums[3] / max(seconds, 1e-9), "seconds": seconds}
+        text = (f"reward {record['reward']:.4f}, {run.cfg.val_split} CIDEr-D {score:.4f} (greedy, mean length "
+                f"{mean_len:.1f}, {val_secs:.1f}s)")
+        return EpochResult(record, -score, text, {("validation", "cider"): score})
 
-    t_start = time.perf_counter()
-    stopped_by = None
-    epoch = epoch_to_resume(state, cfg.epochs, cfg.early_stopping_patience, model_dir, what="scst")
-    window = np.zeros(4)
-    window_t0 = time.perf_counter()
-    while epoch < cfg.epochs:
-        done_in_epoch = max(0, int(state.step) - epoch * steps_per_epoch)
-        iterator = iter(dataset_for_epoch(epoch, done_in_epoch))
-        epoch_t0, epoch_sums = time.perf_counter(), np.zeros(4)
-        for _ in range(done_in_epoch, steps_per_epoch):
-            sums = np.array([float(v) for v in train_step(iterator, tf.constant(int(state.step), tf.int64))])
-            step = int(state.step.assign_add(1))
-            window += sums
-            epoch_sums += sums
-            if step % cfg.log_every == 0 or step == total_steps:
-                now = time.perf_counter()
-                rate = window[3] / max(now - window_t0, 1e-9)
-                done = step - start_step
-                eta = (total_steps - step) * (now - t_start) / max(done, 1)
-                n = max(window[3], 1.0)
-                log.info("scst epoch %d/%d step %d/%d (global %d/%d) reward %.4f baseline %.4f sampled length %.2f "
-                         "samples/s %.1f images/s %.1f lr %.2e ETA %s", epoch + 1, cfg.epochs,
-                         step - epoch * steps_per_epoch, steps_per_epoch, step, total_steps, window[0] / n,
-                         window[1] / n, window[2] / n, rate, rate / K, float(schedule(step - 1)) if callable(schedule)
-                         else float(schedule), format_duration(eta))
-                if writers:
-                    with writers["train"].as_default():
-                        scalar_summary("reward", window[0] / n, step)
-                        scalar_summary("baseline", window[1] / n, step)
-                        scalar_summary("sampled_length", window[2] / n, step)
-                        scalar_summary("samples_per_s", rate, step)
-                window, window_t0 = np.zeros(4), now
-            if step % cfg.checkpoint_every == 0:
-                save_checkpoint(f"every {cfg.checkpoint_every} steps")
-            if cfg.stop_after_steps and step >= cfg.stop_after_steps:
-                save_checkpoint("--stop-after-steps")
-                log.info("stopping at step %d (--stop-after-steps)", step)
-                return {"stopped_at_step": step, "resumed_from": start_step}
-        seconds = time.perf_counter() - epoch_t0
-        n = max(epoch_sums[3], 1.0)
-        score, mean_len, val_secs = validate()
-        improved = -score < float(state.best_val) - cfg.min_delta
-        if improved:
-            state.best_val.assign(-score)
-            state.bad_epochs.assign(0)
-        else:
-            state.bad_epochs.assign_add(1)
-        state.epoch.assign(epoch + 1)
-        record = {"epoch": epoch + 1, "step": int(state.step), "reward": epoch_sums[0] / n,
-                  "baseline": epoch_sums[1] / n, "sampled_length": epoch_sums[2] / n, "val_cider": score,
-                  "val_length": mean_len, "samples_per_s": epoch_sums[3] / max(seconds, 1e-9), "seconds": seconds}
-        log.info("scst epoch %d/%d done in %s: reward %.4f, %s CIDEr-D %.4f (greedy, mean length %.1f, %.1fs)%s",
-                 epoch + 1, cfg.epochs, format_duration(seconds), record["reward"], cfg.val_split, score, mean_len,
-                 val_secs, " (best: exported)" if improved else
-                 f" (no improvement for {int(state.bad_epochs)} epoch(s))")
-        if dist.is_chief:
-            history.append(record)
-            export_epoch_weights(model, model_dir, improved)
-            if writers:
-                with writers["validation"].as_default():
-                    scalar_summary("cider", score, int(state.step))
-        epoch += 1
-        stopped_by = end_of_epoch_stop(state, cfg.epochs, cfg.early_stopping_patience, epoch)
-        save_checkpoint(f"end of epoch {epoch}")
-        if dist.is_chief:
-            save_history(model_dir, history, {"objective": "scst", "arch": config.arch, "init_from": cfg.init_from,
-                                              "samples": K, "baseline": cfg.baseline, "global_images": global_images,
-                                              "replicas": dist.replicas, "workers": dist.workers,
-                                              "steps_per_epoch": steps_per_epoch, "stopped_by": stopped_by})
-        if stopped_by:
-            break
-    if writers:
-        for w in writers.values():
-            w.flush()
-    summary = {"model_dir": model_dir, "objective": "scst", "arch": config.arch, "step": int(state.step),
-               "epochs": int(state.epoch), "best_val_cider": -float(state.best_val), "resumed_from": start_step,
-               "worker": dist.worker_index, "weights_sha256": weights_digest(model),
-               "seconds": round(time.perf_counter() - t_start, 1), "stopped_by": stopped_by}
-    log.info("training finished: %s", json.dumps(summary, sort_keys=True))
-    return summary
+    def history_meta(self, run):
+        return {"objective": "scst", "init_from": run.cfg.init_from, "samples": run.cfg.samples,
+                "baseline": run.cfg.baseline, "global_images": run.global_batch}
+
+    def summary(self, run):
+        return {"objective": "scst"}
+
+
+def train_scst(cfg) -> Dict[str, object]:
+    """SCST fine-tuning of ``cfg.init_from`` into ``cfg.model_dir`` (or resume it). Returns a summary."""
+    cfg.validate()
+    return run_training(cfg, SelfCritical())

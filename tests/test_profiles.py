@@ -12,7 +12,7 @@ import pytest
 
 from captionbeam.launch import cli
 from captionbeam.launch.beam_options import merge_flags
-from captionbeam.launch.dry_run import resolved_options
+from captionbeam.launch.beam_options import resolved_options
 from captionbeam.launch.profiles import DEFAULT_PROFILES_FILE, load_profiles, profile_args, profile_env, profile_train_args
 from captionbeam.launch.tf_config import tf_config
 
