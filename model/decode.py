@@ -13,7 +13,11 @@ states, sequences and attention maps are reordered with ``tf.gather``.
 
 Conventions:
 - generated tokens exclude ``<start>``, include ``<end>`` when it was produced, then ``<pad>``;
-- ``<pad>`` and ``<start>`` are never generated (their log-probabilities are masked); ``<unk>`` can be;
+- ``<pad>``, ``<start>`` and ``<unk>`` are never generated: :func:`_token_mask` (the one mask every decoder,
+  the export and SCST's sampling and log-probabilities use) sets their log-probabilities to ``NEG``;
+- a model may define ``step_log_probs(tokens, states, context) -> (log_probs, states, attention)`` (an
+  ``model.ensemble.Ensemble``: the members' mean log-probabilities); otherwise the log-probabilities are
+  ``log_softmax`` of ``step``'s logits (:func:`_step_log_probs`);
 - ``log_prob`` is the sum of the chosen tokens' log-probabilities, ``<end>`` included;
 - beam search ranks candidates by ``log_prob / length ** alpha`` (``alpha`` = 0: raw log-probability,
   1: mean per token; length counts ``<end>``). A finished beam stays in the beam with a constant score;
@@ -27,15 +31,18 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from captionbeam.model.vocab import END_ID, PAD_ID, START_ID, Vocabulary
+from captionbeam.model.vocab import END_ID, PAD_ID, START_ID, UNK_ID, Vocabulary
 
 NEG = -1e9   # "impossible" log-probability: stays finite (no inf - inf NaNs)
 
 
+NEVER_GENERATED = (PAD_ID, START_ID, UNK_ID)   # tokens no caption ever contains
+
+
 def _token_mask(vocab_size: int) -> tf.Tensor:
+    """[V] added to every step's log-probabilities (or logits): ``NEG`` for :data:`NEVER_GENERATED`, else 0."""
     m = np.zeros([vocab_size], np.float32)
-    m[PAD_ID] = NEG
-    m[START_ID] = NEG
+    m[list(NEVER_GENERATED)] = NEG
     return tf.constant(m)
 
 
@@ -43,8 +50,15 @@ def _batch_size(context: Dict[str, tf.Tensor]) -> tf.Tensor:
     return tf.shape(next(iter(context.values())))[0]
 
 
-def _log_probs(logits, mask):
-    return tf.nn.log_softmax(tf.cast(logits, tf.float32), axis=-1) + mask
+def _step_log_probs(model, tokens, states, context, mask):
+    """One step of ``model`` -> (masked log-probabilities [B, V] float32, new states, attention or None)."""
+    own = getattr(model, "step_log_probs", None)
+    if own is not None:
+        lp, new_states, attention = own(tokens, list(states), context)
+    else:
+        logits, new_states, attention = model.step(tokens, list(states), context)
+        lp = tf.nn.log_softmax(tf.cast(logits, tf.float32), axis=-1)
+    return lp + mask, new_states, attention
 
 
 def greedy_search(model, features, max_length: int) -> Dict[str, tf.Tensor]:
@@ -63,8 +77,7 @@ def greedy_search(model, features, max_length: int) -> Dict[str, tf.Tensor]:
         return tf.logical_and(t < max_length, tf.logical_not(tf.reduce_all(finished)))
 
     def body(t, tokens, states, finished, log_prob, length, ta_tokens, ta_att):
-        logits, new_states, attention = model.step(tokens, list(states), context)
-        lp = _log_probs(logits, mask)
+        lp, new_states, attention = _step_log_probs(model, tokens, states, context, mask)
         nxt = tf.argmax(lp, axis=-1, output_type=tf.int32)
         step_lp = tf.gather(lp, nxt, batch_dims=1)
         nxt = tf.where(finished, PAD_ID, nxt)
@@ -162,8 +175,8 @@ def beam_search(model, features, beam_size: int, max_length: int, alpha: float =
         return tf.logical_and(t < T, tf.logical_not(tf.reduce_all(finished)))
 
     def body(t, tokens, states, beam_lp, finished, lengths, seqs, atts):
-        logits, new_states, attention = model.step(tokens, list(states), tiled)
-        lp = tf.reshape(_log_probs(logits, mask), [B, K, V])
+        lp, new_states, attention = _step_log_probs(model, tokens, states, tiled, mask)
+        lp = tf.reshape(lp, [B, K, V])
         lp = tf.where(finished[:, :, None], finished_row[None, None, :], lp)
         cand_lp = beam_lp[:, :, None] + lp                                        # [B, K, V]
         cand_len = lengths + tf.cast(tf.logical_not(finished), tf.int32)          # [B, K]

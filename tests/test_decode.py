@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from captionbeam.model.decode import Decoder, beam_search, greedy_search, tokens_to_strings
-from captionbeam.model.vocab import END_ID, PAD_ID, START_ID
-from tests.plugins.decoding import CAPTIONS, decoding_vocab, synthetic_batch
+from captionbeam.model.decode import NEVER_GENERATED, Decoder, beam_search, greedy_search, sample_search, tokens_to_strings
+from captionbeam.model.vocab import END_ID, PAD_ID, START_ID, UNK, UNK_ID
+from tests.plugins.decoding import CAPTIONS, decoding_vocab, prefer_unk, synthetic_batch
 
 ARCHS = ("merge", "inject", "attention", "transformer")
 
@@ -50,7 +50,7 @@ def test_greedy_equals_refeeding_the_whole_prefix(fitted_models, arch):
         for _ in range(out.length[i]):
             logits = model((feats[i:i + 1], np.array([prefix], np.int32)), training=False)[0, -1].numpy()
             lp = logits - np.logaddexp.reduce(logits)       # the model's own distribution
-            nxt = int(np.argmax(np.where(np.isin(np.arange(len(lp)), [PAD_ID, START_ID]), -np.inf, lp)))
+            nxt = int(np.argmax(np.where(np.isin(np.arange(len(lp)), NEVER_GENERATED), -np.inf, lp)))
             total += lp[nxt]
             prefix.append(nxt)
             if nxt == END_ID:
@@ -134,3 +134,23 @@ def test_bad_arguments_fail_fast(fitted_models):
         Decoder(fitted_models["merge"], beam_size=0)
     with pytest.raises(ValueError, match="--max-length"):
         Decoder(fitted_models["merge"], max_length=0)
+
+
+# ----------------------------------------------------------------------------- <unk> is never generated
+@pytest.mark.parametrize("arch", ARCHS)
+def test_a_model_that_prefers_unk_never_emits_it(fitted_models, arch):
+    """Greedy, beam search and SCST's sampling, on a model whose output bias puts <unk> first everywhere."""
+    model = prefer_unk(fitted_models[arch])
+    feats, _ = _features(model, n=8, seed=6)
+    # the control: unmasked, <unk> is this model's first word for every image (so the test can fail)
+    context = model.encode(tf.constant(feats))
+    logits, _, _ = model.step(tf.fill([len(feats)], START_ID), list(model.initial_state(context)), context)
+    assert (np.argmax(logits.numpy(), -1) == UNK_ID).all()
+    for beam in (1, 3):
+        out = Decoder(model, max_length=8, beam_size=beam, alpha=0.5 * (beam > 1))(feats)
+        assert UNK_ID not in out.tokens and UNK not in " ".join(out.captions(decoding_vocab()))
+        assert (out.length >= 1).all()
+    sampled = tf.function(lambda f: sample_search(model, f, 8, tf.constant([1, 2])))(feats)
+    assert UNK_ID not in sampled["tokens"].numpy()
+    raw = tf.function(lambda f: beam_search(model, f, 3, 8))(feats)
+    assert UNK_ID not in raw["beam_tokens"].numpy()[:, 0]
