@@ -107,6 +107,8 @@ class Captioner:
         self.encoder_description = spec.encoder_description()
         self.has_attention = bool(model.has_attention)
         self.encoder_file = encoder_file   # a model-file encoder's path (features_spec.json names its base name)
+        self.members: List[str] = [model_dir]   # the model dirs decoded together (several: an ensemble)
+        self.source = model_dir                 # what was loaded: the model dir, or the ensemble's directory
         self._encoder = None
         self._lock = threading.Lock()
 
@@ -114,13 +116,48 @@ class Captioner:
     def load(cls, model_dir: str, beam_size: int = 1, max_length: Optional[int] = None, batch_size: int = 32,
              alpha: float = 0.0, which: str = "best", encoder_file: Optional[str] = None) -> "Captioner":
         from captionbeam.model.config import ModelConfig
+        from captionbeam.model.ensemble import ensemble_members
         from captionbeam.model.model_dir import load_trained, weights_path
+        members = ensemble_members(model_dir)
+        if members is not None:                      # a directory with ensemble.json (model.ensemble)
+            return cls.load_ensemble(members, beam_size=beam_size, max_length=max_length, batch_size=batch_size,
+                                     alpha=alpha, which=which, encoder_file=encoder_file, source=model_dir)
         ModelConfig.load(model_dir)                  # a dir without config.json says so before naming weights
         weights = weights_path(model_dir, which)     # once: a best -> last fallback warns once
         model, config, vocab, spec = load_trained(model_dir, which=which, weights_file=weights)
         version = model_version_of(model_dir, weights)
         return cls(model, config, vocab, spec, model_dir, version, beam_size=beam_size, max_length=max_length,
                    batch_size=batch_size, alpha=alpha, encoder_file=encoder_file)
+
+    @classmethod
+    def load_ensemble(cls, model_dirs: Sequence[str], beam_size: int = 1, max_length: Optional[int] = None,
+                      batch_size: int = 32, alpha: float = 0.0, which: str = "best",
+                      encoder_file: Optional[str] = None, source: Optional[str] = None) -> "Captioner":
+        """One Captioner over the members' averaged log-probabilities (``model.ensemble``); ValueError when
+        their vocabularies or encoders differ. The encoder (and its bundled file) is the first member's."""
+        from captionbeam.model.config import ModelConfig
+        from captionbeam.model.ensemble import Ensemble, check_compatible, ensemble_version
+        from captionbeam.model.model_dir import load_trained, weights_path
+        loaded = []
+        for member in model_dirs:
+            ModelConfig.load(member)
+            weights = weights_path(member, which)
+            model, config, vocab, spec = load_trained(member, which=which, weights_file=weights)
+            loaded.append((member, model, vocab, spec, model_version_of(member, weights)))
+        check_compatible([(d, vocab, spec) for d, _, vocab, spec, _ in loaded])
+        ensemble = Ensemble([m for _, m, _, _, _ in loaded])
+        first_dir, _, vocab, spec, _ = loaded[0]
+        captioner = cls(ensemble, ensemble.config, vocab, spec, first_dir, ensemble_version([v for *_, v in loaded]),
+                        beam_size=beam_size, max_length=max_length, batch_size=batch_size, alpha=alpha,
+                        encoder_file=encoder_file)
+        captioner.members = [d for d, *_ in loaded]
+        captioner.source = source or first_dir
+        return captioner
+
+    @property
+    def arch(self) -> str:
+        """The architecture, or the members' joined by ``+`` for an ensemble (``merge+attention``)."""
+        return "+".join(getattr(self.model, "archs", [self.config.arch]))
 
     # ------------------------------------------------------------------ encoder
     @property

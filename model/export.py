@@ -71,9 +71,11 @@ class CaptionServer:
         self.vocab_tokens = list(captioner.vocab.tokens)
         self.feature_shape = [int(d) for d in captioner.config.feature_shape]
         self.metadata = {"model_version": captioner.model_version, "encoder": captioner.encoder_name,
-                         "arch": captioner.config.arch, "image_size": [self.size, self.size],
+                         "arch": captioner.arch, "image_size": [self.size, self.size],
                          "preprocessing_mode": mode, "beam_size": self.beam_size, "max_length": self.max_length,
                          "length_penalty": self.alpha, "export_format": EXPORT_FORMAT}
+        if len(captioner.members) > 1:   # an ensemble: one SavedModel holding every member (model.ensemble)
+            self.metadata["members"] = list(captioner.members)
         self.image_signature = [tf.TensorSpec([None], tf.string, name="images")]
         self.features_signature = [tf.TensorSpec([None] + self.feature_shape, tf.float32, name="features")]
 

@@ -199,7 +199,7 @@ def run(config: EvaluateConfig):
         raise CommandError(f"{e} (predictions written to {output})") from None
     report.extra["decoding"] = {
         "model_dir": config.model_dir, "model_version": captioner.model_version, "encoder": captioner.encoder_name,
-        "arch": captioner.config.arch, "split": config.split, "beam_size": captioner.beam_size,
+        "arch": captioner.arch, "members": captioner.members, "split": config.split, "beam_size": captioner.beam_size,
         "length_penalty": captioner.alpha, "max_length": captioner.max_length, "images": len(rows),
         "unfinished": sum(1 for r in rows.values() if not r["finished"]), "seconds": round(seconds, 3),
         "trace_seconds": round(trace_seconds, 3),

@@ -206,3 +206,55 @@ def decoding_model_dirs(fitted_models, tmp_path_factory):
         data_dir, truth = write_decoding_data(str(root / f"{arch}_data"), shape)
         out[arch] = (model_dir, data_dir, truth)
     return out
+
+
+def prefer_unk(model, boost=100.0):
+    """A copy of ``model`` whose output bias makes ``<unk>`` its most likely token at every step (the
+    small-vocabulary failure of issue 19): decoding must still never emit it."""
+    from captionbeam.model.architectures import build_model
+    from captionbeam.model.vocab import UNK_ID
+    clone = build_model(model.config)
+    clone.set_weights(model.get_weights())
+    kernel, bias = clone.logits_layer.get_weights()
+    bias = bias.copy()
+    bias[UNK_ID] += boost
+    clone.logits_layer.set_weights([kernel, bias])
+    return clone
+
+
+def perturbed(model, scale=0.3, seed=0):
+    """A copy of ``model`` with noise added to every weight: another member for an ensemble."""
+    from captionbeam.model.architectures import build_model
+    rng = np.random.default_rng(seed)
+    clone = build_model(model.config)
+    clone.set_weights([w + rng.normal(0, scale * (float(np.std(w)) or 1.0), w.shape).astype(w.dtype)
+                       for w in model.get_weights()])
+    return clone
+
+
+def _rewrite_model_dir(source, directory, change):
+    """``source`` model dir loaded, ``change(model)`` applied, written to ``directory``."""
+    from captionbeam.model.model_dir import load_trained
+    model, _, vocab, spec = load_trained(source)
+    return write_model_dir(directory, change(model), vocab, spec)
+
+
+@pytest.fixture(scope="session")
+def unk_model_dirs(image_model_dir, decoding_model_dirs, tmp_path_factory):
+    """Model dirs whose decoders prefer ``<unk>`` above every word: ``"image"`` (the merge model with the
+    mobilenet encoder, for caption / export / bulk) and ``"features"`` (model dir, data dir) for evaluate."""
+    root = tmp_path_factory.mktemp("unk_models")
+    model_dir, data_dir, _ = decoding_model_dirs["merge"]
+    return {"image": _rewrite_model_dir(image_model_dir["merge"], str(root / "image"), prefer_unk),
+            "features": (_rewrite_model_dir(model_dir, str(root / "features"), prefer_unk), data_dir)}
+
+
+@pytest.fixture(scope="session")
+def image_ensemble_dir(image_model_dir, tmp_path_factory):
+    """An ensemble directory (``ensemble.json``) of the image merge model and a perturbed copy of it (same
+    vocabulary and mobilenet encoder), members given relative to the ensemble directory."""
+    from captionbeam.model.ensemble import write_ensemble
+    root = tmp_path_factory.mktemp("image_ensemble")
+    _rewrite_model_dir(image_model_dir["merge"], str(root / "merge_b"), lambda m: perturbed(m, seed=3))
+    write_ensemble(str(root / "ensemble"), [image_model_dir["merge"], "../merge_b"])
+    return str(root / "ensemble")
