@@ -70,6 +70,7 @@ class BulkConfig:
     output: str
     model_dir: str
     beam_size: int = 1
+    length_penalty: float = 0.0  # beam search ranks by log-prob / length**length_penalty
     batch_size: int = 32
     max_length: Optional[int] = None
     format: str = "jsonl"
@@ -94,6 +95,7 @@ class BulkConfig:
 
     def captioner_config(self) -> CaptionerConfig:
         return CaptionerConfig(model_dir=self.model_dir, beam_size=self.beam_size, max_length=self.max_length,
+                               length_penalty=self.length_penalty,
                                batch_size=self.batch_size, model_copies=self.model_copies)
 
 

@@ -56,6 +56,7 @@ class CaptionerConfig:
     beam_size: int = 1
     max_length: Optional[int] = None
     batch_size: int = 32
+    length_penalty: float = 0.0
     model_copies: Optional[int] = None  # None: one model per process; N: N per machine, shared
 
     def __post_init__(self):
@@ -63,6 +64,8 @@ class CaptionerConfig:
             raise ValueError(f"--beam-size must be >= 1, got {self.beam_size}")
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.length_penalty < 0:
+            raise ValueError(f"--length-penalty must be >= 0, got {self.length_penalty}")
         if self.max_length is not None and self.max_length < 1:
             raise ValueError(f"--max-length must be >= 1, got {self.max_length}")
         if self.model_copies is not None and self.model_copies < 1:
@@ -188,7 +191,8 @@ class CaptionerModelHandler(_IsolatingHandler):
         _enable_gpu_memory_growth()
         t0 = time.monotonic()
         captioner = Captioner.load(self.config.model_dir, beam_size=self.config.beam_size,
-                                   max_length=self.config.max_length, batch_size=self.config.batch_size)
+                                   max_length=self.config.max_length, batch_size=self.config.batch_size,
+                                   alpha=self.config.length_penalty)
         _ = captioner.encoder  # build the image encoder now (it is lazy): failures surface at load time
         log.info("bulk: loaded captioner %s (encoder %s, version %s) in %.1fs", self.config.model_dir,
                  captioner.encoder_name, captioner.model_version, time.monotonic() - t0)

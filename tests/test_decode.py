@@ -154,3 +154,65 @@ def test_a_model_that_prefers_unk_never_emits_it(fitted_models, arch):
     assert UNK_ID not in sampled["tokens"].numpy()
     raw = tf.function(lambda f: beam_search(model, f, 3, 8))(feats)
     assert UNK_ID not in raw["beam_tokens"].numpy()[:, 0]
+
+
+def test_no_unk_in_what_any_command_writes(unk_model_dirs, tmp_path, capsys):
+    """evaluate, caption, the export's serving function and bulk with a model that prefers <unk>."""
+    import json
+    from PIL import Image
+    from captionbeam.launch.cli import main as cli
+    from tests.plugins.decoding import draw_images
+    model_dir, data_dir = unk_model_dirs["features"]
+    preds = tmp_path / "preds.jsonl"
+    assert cli(["evaluate", "--model-dir", model_dir, "--data", data_dir, "--beam-size", "2", "--output",
+                str(preds), "--coco-metrics", "bleu", "--json"]) == 0
+    rows = [json.loads(line) for line in preds.read_text().splitlines()]
+    assert len(rows) == 12 and all(r["caption"] and UNK not in r["caption"] for r in rows)
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i, img in enumerate(draw_images(4, size=32, seed=4)[0]):
+        Image.fromarray(img).save(images / f"im{i}.png")
+    paths = sorted(str(p) for p in images.iterdir())
+    image_dir = unk_model_dirs["image"]
+    capsys.readouterr()
+    for beam in ("1", "3"):
+        assert cli(["caption", "--model-dir", image_dir, "--json", "--beam-size", beam, *paths]) == 0
+        rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert len(rows) == 4 and all(UNK not in r["tokens"] for r in rows)
+
+    out = tmp_path / "export"
+    assert cli(["export", "--model-dir", image_dir, "--output", str(out), "--beam-size", "2"]) == 0
+    served = tf.saved_model.load(str(out)).signatures["serving_default"](
+        images=tf.constant([open(p, "rb").read() for p in paths]))
+    assert served["valid"].numpy().all() and UNK_ID not in served["tokens"].numpy()
+
+    capsys.readouterr()
+    bulk_out = tmp_path / "bulk"
+    assert cli(["bulk", "--images", str(images / "*.png"), "--model-dir", image_dir, "--output", str(bulk_out),
+                "--batch-size", "3", "--json"]) == 0
+    rows = [json.loads(line) for f in (bulk_out / "captions").glob("captions-*") for line in f.read_text().splitlines()]
+    assert len(rows) == 4 and all(UNK not in r["caption"] for r in rows)
+
+
+def test_length_penalty_default_and_every_command(fitted_models, image_model_dir):
+    """Default 0 keeps the raw log-prob ranking; bulk's --length-penalty reaches its workers' decoder, and an
+    export's baked-in value is enforced like --beam-size."""
+    from captionbeam.launch.commands.bulk import check_export_flags
+    from captionbeam.pipelines.bulk import BulkConfig
+    from captionbeam.pipelines.bulk_handler import CaptionerModelHandler
+    model = fitted_models["inject"]
+    feats, _ = _features(model, n=8, seed=4)
+    feats = feats + np.random.default_rng(4).normal(0, 2.0, feats.shape).astype("float32")
+    default, raw = Decoder(model, max_length=8, beam_size=4)(feats), Decoder(model, max_length=8, beam_size=4, alpha=0.0)(feats)
+    np.testing.assert_array_equal(default.tokens, raw.tokens)
+    np.testing.assert_array_equal(default.score, default.log_prob)
+    config = BulkConfig(images=("x",), output="o", model_dir=image_model_dir["merge"], beam_size=3, length_penalty=0.6)
+    captioner = CaptionerModelHandler(config.captioner_config()).load_model()
+    assert captioner.alpha == 0.6 and captioner.decoder.alpha == 0.6 and captioner.decoder.beam_size == 3
+    with pytest.raises(ValueError, match="length_penalty must be >= 0|--length-penalty must be >= 0"):
+        BulkConfig(images=("x",), output="o", model_dir="m", length_penalty=-1.0)
+    meta = {"beam_size": 2, "max_length": 9, "length_penalty": 0.0}
+    check_export_flags(meta, "E", None, None, None, 0.0)
+    with pytest.raises(ValueError, match="--length-penalty 0.5: --model-dir E is an export whose length penalty is 0.0"):
+        check_export_flags(meta, "E", None, None, None, 0.5)

@@ -2,6 +2,7 @@
 independent step-by-step computation; ``ensemble.json`` directories through the Captioner, evaluate,
 caption and export; members that cannot be combined are refused."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -159,3 +160,72 @@ def test_mixed_encoders_are_refused_by_every_command(decoding_model_dirs, image_
         rc = cli(argv)
         err = capsys.readouterr().err
         assert rc == 2 and "one image encoder" in err and "mobilenet" in err, (argv, err)
+
+
+def _image_files(directory, n=4, seed=21):
+    """Drawn PNGs at the encoder's own size (32 px), so the export's in-graph resize is a no-op."""
+    from PIL import Image
+    directory.mkdir()
+    images, _ = draw_images(n, size=32, seed=seed)
+    paths = []
+    for i, img in enumerate(images):
+        Image.fromarray(img).save(directory / f"im{i}.png")
+        paths.append(str(directory / f"im{i}.png"))
+    return paths
+
+
+def _caption_rows(capsys, model_dir, paths, *flags):
+    from captionbeam.launch.cli import main as cli
+    capsys.readouterr()
+    rc = cli(["caption", "--model-dir", model_dir, "--json", *flags, *paths])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    return {r["path"]: r for r in map(json.loads, out.splitlines())}
+
+
+def _bulk_rows(capsys, model_dir, pattern, output, *flags):
+    import glob as globlib
+    from captionbeam.launch.cli import main as cli
+    capsys.readouterr()
+    rc = cli(["bulk", "--images", pattern, "--model-dir", model_dir, "--output", output, "--batch-size", "3",
+              "--json", *flags])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    rows = {}
+    for f in globlib.glob(f"{output}/captions/captions-*"):
+        for line in open(f).read().splitlines():
+            r = json.loads(line)
+            rows[r["path"]] = r
+    return rows
+
+
+def test_an_ensemble_through_caption_export_and_bulk(image_ensemble_dir, image_model_dir, tmp_path, capsys):
+    """caption, bulk and the exported SavedModel (one export holding both members) give the same captions
+    for the same images with the ensemble; the export's metadata names the members."""
+    import tensorflow as tf
+    from captionbeam.launch.cli import main as cli
+    from captionbeam.model.captioner import Captioner
+    paths = _image_files(tmp_path / "images")
+    captions = _caption_rows(capsys, image_ensemble_dir, paths, "--beam-size", "2", "--length-penalty", "0.7")
+    ens = Captioner.load(image_ensemble_dir, beam_size=2)
+    assert ens.members == [image_model_dir["merge"], os.path.join(os.path.dirname(image_ensemble_dir), "merge_b")]
+    # the ensemble is not its first member alone: its log-probs differ
+    alone = _caption_rows(capsys, image_model_dir["merge"], paths, "--beam-size", "2", "--length-penalty", "0.7")
+    assert any(abs(captions[p]["log_prob"] - alone[p]["log_prob"]) > 1e-3 for p in paths)
+
+    out = tmp_path / "export"
+    rc = cli(["export", "--model-dir", image_ensemble_dir, "--output", str(out), "--beam-size", "2",
+              "--length-penalty", "0.7"])
+    meta = json.loads(capsys.readouterr().out)
+    assert rc == 0 and meta["members"] == ens.members and meta["arch"] == "merge+merge"
+    assert meta["length_penalty"] == 0.7
+    assert meta["model_version"] == ens.model_version
+    served = tf.saved_model.load(str(out)).signatures["serving_default"](
+        images=tf.constant([open(p, "rb").read() for p in paths]))
+    assert [c.decode() for c in served["captions"].numpy()] == [captions[p]["caption"] for p in paths]
+    np.testing.assert_allclose(served["log_probs"].numpy(), [captions[p]["log_prob"] for p in paths], atol=1e-3)
+
+    rows = _bulk_rows(capsys, image_ensemble_dir, str(tmp_path / "images" / "*.png"), str(tmp_path / "bulk"),
+                      "--beam-size", "2", "--length-penalty", "0.7")
+    assert {p: r["caption"] for p, r in rows.items()} == {p: captions[p]["caption"] for p in paths}
+    assert {r["model_version"] for r in rows.values()} == {ens.model_version}

@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from captionbeam.launch.arg_types import non_negative_int, positive_int, output_dir
+from captionbeam.launch.arg_types import non_negative_float, non_negative_int, positive_int, output_dir
 from captionbeam.launch.command_args import CommandError
 from captionbeam.launch.exit_codes import FAULT, OK, OUTPUT_IN_USE, USAGE
 
@@ -70,6 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d.add_argument("--beam-size", type=positive_int, default=None,
                    help="beam width; 1 = greedy (default: 1; for an export, the one baked into it, which is the "
                         "only value it accepts)")
+    d.add_argument("--length-penalty", type=non_negative_float, default=None, metavar="ALPHA",
+                   help="beam search ranks captions by log-prob / length**ALPHA (default 0: raw log-prob; for an "
+                        "export, baked in like --beam-size)")
     d.add_argument("--max-length", type=positive_int, default=None,
                    help="longest caption in tokens (default: the model's; for an export, baked in like --beam-size)")
     d.add_argument("--batch-size", type=positive_int, default=32,
@@ -104,12 +107,13 @@ def _check_images(patterns) -> None:
         raise CommandError(f"--images: no file matches {', '.join(empty)}")
 
 
-def model_info(model_dir: str, beam_size, max_length, batch_size: int):
+def model_info(model_dir: str, beam_size, max_length, batch_size: int, length_penalty=None):
     """Load the captioner once here: it validates --model-dir before any worker starts and gives the
     model version the manifest is keyed by, the encoder name and its input size."""
     from captionbeam.model.captioner import Captioner
     from captionbeam.pipelines.bulk import ModelInfo
-    captioner = Captioner.load(model_dir, beam_size=beam_size or 1, max_length=max_length, batch_size=batch_size)
+    captioner = Captioner.load(model_dir, beam_size=beam_size or 1, max_length=max_length, batch_size=batch_size,
+                               alpha=length_penalty or 0.0)
     height, width = captioner.image_size
     if height != width:
         raise ValueError(f"--model-dir: encoder input size {height}x{width} is not square")
@@ -131,12 +135,13 @@ def export_info(model_dir: str):
     return info, meta
 
 
-def check_export_flags(meta: dict, model_dir: str, beam_size, max_length, resize_method) -> None:
+def check_export_flags(meta: dict, model_dir: str, beam_size, max_length, resize_method, length_penalty=None) -> None:
     """Decoding is baked into an export: a --beam-size / --max-length that differs from it, or any
     --resize-method, is an error (ValueError naming the flag), not something silently ignored."""
-    baked = {"--beam-size": (beam_size, meta["beam_size"]), "--max-length": (max_length, meta["max_length"])}
+    baked = {"--beam-size": (beam_size, meta["beam_size"]), "--max-length": (max_length, meta["max_length"]),
+             "--length-penalty": (length_penalty, meta.get("length_penalty", 0.0))}
     for flag, (given, exported) in baked.items():
-        if given is not None and int(given) != int(exported):
+        if given is not None and float(given) != float(exported):
             what = flag[2:].replace("-", " ")
             raise ValueError(f"{flag} {given}: --model-dir {model_dir} is an export whose {what} is "
                              f"{exported}, baked in at export time; drop {flag} (or pass {flag} {exported}), "
@@ -153,7 +158,8 @@ def load_model_info(config: "BulkCommandConfig"):
     if pio.exists(pio.join(config.model_dir, "saved_model.pb")):
         info, meta = export_info(config.model_dir)
         return info, None, meta
-    info, resize = model_info(config.model_dir, config.beam_size, config.max_length, config.batch_size)
+    info, resize = model_info(config.model_dir, config.beam_size, config.max_length, config.batch_size,
+                              config.length_penalty)
     return info, resize, None
 
 
@@ -165,6 +171,7 @@ class BulkCommandConfig:
     model_dir: str
     beam_size: Optional[int] = None
     max_length: Optional[int] = None
+    length_penalty: Optional[float] = None
     batch_size: int = 32
     format: str = "jsonl"
     redo: bool = False
@@ -182,6 +189,7 @@ def config_from_args(args: argparse.Namespace) -> BulkCommandConfig:
     from captionbeam.launch.shard_flags import tfrecord_fields
     return BulkCommandConfig(
         images=tuple(args.images), output=args.output, model_dir=args.model_dir, beam_size=args.beam_size,
+        length_penalty=args.length_penalty,
         max_length=args.max_length, batch_size=args.batch_size, format=args.format, redo=args.redo,
         input_format=args.input_format, num_shards=args.num_shards, model_copies=args.model_copies,
         max_bytes=args.max_bytes, max_pixels=args.max_pixels, resize_method=args.resize_method,
@@ -207,14 +215,16 @@ def plan(config: BulkCommandConfig) -> BulkPlan:
         raise
     except Exception as e:  # noqa: BLE001 - any failure to load the model names the flag
         raise CommandError(f"--model-dir {config.model_dir}: cannot load the model: {type(e).__name__}: {e}") from None
-    beam_size, max_length = config.beam_size or 1, config.max_length
+    beam_size, max_length, length_penalty = config.beam_size or 1, config.max_length, config.length_penalty or 0.0
     try:
         if export_meta is not None:
             check_export_flags(export_meta, config.model_dir, config.beam_size, config.max_length,
-                               config.resize_method)
+                               config.resize_method, config.length_penalty)
             beam_size, max_length = int(export_meta["beam_size"]), int(export_meta["max_length"])
+            length_penalty = float(export_meta.get("length_penalty", 0.0))
         job = BulkConfig(
             images=tuple(config.images), output=config.output, model_dir=config.model_dir, beam_size=beam_size,
+            length_penalty=length_penalty,
             batch_size=config.batch_size, max_length=max_length, format=config.format,
             skip_existing=not config.redo, input_format=config.input_format, num_shards=config.num_shards,
             model_copies=config.model_copies, max_bytes=config.max_bytes or DEFAULT_MAX_BYTES,
