@@ -25,6 +25,7 @@ COMMANDS: Tuple[Tuple[str, str], ...] = (
     ("caption", "caption image files with a trained model"),
     ("score", "score predicted captions against references (BLEU-1..4, COCO metrics)"),
     ("export", "export a trained model as one servable SavedModel: image bytes in, captions out"),
+    ("ensemble", "combine trained model dirs (same vocabulary and encoder) into an ensemble directory for --model-dir"),
     ("bulk", "caption an archive of images at scale, resumably (Beam job)"),
     ("retrain", "featurise newly landed images, warm-start training, promote if metrics hold"),
     ("run", "the whole chain end to end (default: on the embedded sample dataset)"),

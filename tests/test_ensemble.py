@@ -127,7 +127,10 @@ def test_evaluate_an_ensemble_directory(decoding_model_dirs, tmp_path, capsys):
     assert one == [merge_dir] and json.loads((tmp_path / "one" / ENSEMBLE_FILE).read_text()) == {"members": [merge_dir]}
     alone, _ = evaluate(merge_dir, "alone")
     assert evaluate(str(tmp_path / "one"), "one")[0] == alone
-    write_ensemble(str(tmp_path / "two"), [merge_dir, inject_dir])
+    assert cli(["ensemble", "--member", merge_dir, "--member", inject_dir, "--output", str(tmp_path / "two")]) == 0
+    assert f"use it as --model-dir {tmp_path / 'two'}" in capsys.readouterr().out
+    assert cli(["ensemble", "--member", merge_dir, "--output", str(tmp_path / "two")]) == 2
+    assert "already holds ensemble.json (pass --overwrite)" in capsys.readouterr().err
     two, report = evaluate(str(tmp_path / "two"), "two")
     assert {i: c for i, (c, _) in two.items()} == {i: CAPTIONS[k] for i, k in truth.items()}
     cap = Captioner.load(str(tmp_path / "two"), beam_size=2)
@@ -148,6 +151,10 @@ def test_mixed_encoders_are_refused_by_every_command(decoding_model_dirs, image_
     merge_dir, data_dir, _ = decoding_model_dirs["merge"]
     with pytest.raises(ValueError, match="one image encoder"):
         write_ensemble(str(tmp_path / "w"), [merge_dir, image_model_dir["merge"]])
+    assert cli(["ensemble", "--member", merge_dir, "--member", image_model_dir["merge"], "--output",
+                str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err
+    assert "--member: ensemble members must share one image encoder" in err and not (tmp_path / "w").exists()
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / ENSEMBLE_FILE).write_text(json.dumps({"members": [merge_dir, image_model_dir["merge"]]}))

@@ -1,0 +1,67 @@
+"""``captionbeam ensemble``: write an ensemble directory (``ensemble.json``) of trained model dirs that share a
+vocabulary and an image encoder; pass it as ``--model-dir`` to evaluate, caption, bulk or export, which then
+decode with the members' averaged log-probabilities (``model.ensemble``)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from typing import List, Tuple
+
+from captionbeam.launch.command_args import CommandError
+
+HELP = "combine trained model dirs (same vocabulary and encoder) into an ensemble directory for --model-dir"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--member", action="append", required=True, metavar="MODEL_DIR",
+                        help="a trained model directory (repeat for each member; relative paths are written "
+                             "relative to --output, as given)")
+    parser.add_argument("--output", required=True, help="the ensemble directory to write (ensemble.json)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing ensemble.json in --output")
+
+
+@dataclass(frozen=True)
+class EnsembleConfig:
+    members: Tuple[str, ...]
+    output: str
+    overwrite: bool = False
+
+
+@dataclass(frozen=True)
+class EnsembleResult:
+    output: str
+    members: List[str]
+
+    def summary_lines(self) -> List[str]:
+        return [f"ensemble of {len(self.members)} model(s) written to {self.output}/ensemble.json: "
+                + ", ".join(self.members),
+                f"use it as --model-dir {self.output} (evaluate, caption, bulk, export)"]
+
+
+def config_from_args(args: argparse.Namespace) -> EnsembleConfig:
+    return EnsembleConfig(members=tuple(args.member), output=args.output, overwrite=args.overwrite)
+
+
+def run(config: EnsembleConfig) -> EnsembleResult:
+    """Check the members (config, vocabulary, features spec) and write ``ensemble.json``; :class:`CommandError`
+    naming the member or the flag otherwise."""
+    from captionbeam.model import gfile
+    from captionbeam.model.ensemble import ENSEMBLE_FILE, write_ensemble
+    if gfile.read_text(gfile.join(config.output, ENSEMBLE_FILE)) is not None and not config.overwrite:
+        raise CommandError(f"--output {config.output} already holds {ENSEMBLE_FILE} (pass --overwrite)")
+    try:
+        members = write_ensemble(config.output, config.members)
+    except (OSError, ValueError) as e:
+        raise CommandError(f"--member: {e}") from None
+    return EnsembleResult(output=config.output, members=members)
+
+
+def main(args, pipeline_args) -> int:
+    try:
+        result = run(config_from_args(args))
+    except CommandError as e:
+        print(f"captionbeam ensemble: error: {e}", file=sys.stderr)
+        return 2
+    print("\n".join(result.summary_lines()))
+    return 0
