@@ -48,7 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "from its extension (default: auto)")
     add_tfrecord_field_arguments(g)
     g.add_argument("--model-dir", required=True,
-                   help="trained model directory (captionbeam train --model-dir), or an exported SavedModel "
+                   help="trained model directory (captionbeam train --model-dir), an ensemble directory (captionbeam "
+                        "ensemble), or an exported SavedModel "
                         "(captionbeam export --output: a directory with saved_model.pb; the raw image bytes go to "
                         "its serving_default signature, which decodes, resizes and captions them with the beam "
                         "size and max length baked in at export); local, or gs:// on GCP")

@@ -15,8 +15,8 @@ HELP = "combine trained model dirs (same vocabulary and encoder) into an ensembl
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--member", action="append", required=True, metavar="MODEL_DIR",
-                        help="a trained model directory (repeat for each member; relative paths are written "
-                             "relative to --output, as given)")
+                        help="a trained model directory (repeat for each member; a relative path is written to "
+                             "ensemble.json relative to --output)")
     parser.add_argument("--output", required=True, help="the ensemble directory to write (ensemble.json)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing ensemble.json in --output")
 
@@ -43,6 +43,15 @@ def config_from_args(args: argparse.Namespace) -> EnsembleConfig:
     return EnsembleConfig(members=tuple(args.member), output=args.output, overwrite=args.overwrite)
 
 
+def _relative_to(member: str, output: str) -> str:
+    """A local member (given relative to the working directory) as written in ensemble.json: relative to the
+    ensemble directory, so the two move together; gs:// and absolute paths as given."""
+    import os
+    if "://" in member or "://" in output or os.path.isabs(member):
+        return member.rstrip("/")
+    return os.path.relpath(os.path.abspath(member), os.path.abspath(output))
+
+
 def run(config: EnsembleConfig) -> EnsembleResult:
     """Check the members (config, vocabulary, features spec) and write ``ensemble.json``; :class:`CommandError`
     naming the member or the flag otherwise."""
@@ -51,7 +60,7 @@ def run(config: EnsembleConfig) -> EnsembleResult:
     if gfile.read_text(gfile.join(config.output, ENSEMBLE_FILE)) is not None and not config.overwrite:
         raise CommandError(f"--output {config.output} already holds {ENSEMBLE_FILE} (pass --overwrite)")
     try:
-        members = write_ensemble(config.output, config.members)
+        members = write_ensemble(config.output, [_relative_to(m, config.output) for m in config.members])
     except (OSError, ValueError) as e:
         raise CommandError(f"--member: {e}") from None
     return EnsembleResult(output=config.output, members=members)
