@@ -17,8 +17,8 @@ are kept side by side (context keys ``"<i>/<key>"``, states concatenated), so be
 like a single model's. An ensemble of one decodes exactly like its member alone.
 
 Members must have the same vocabulary (token for token) and the same image encoder (name, weights,
-input size, preprocessing, resize filter, feature shape, and the encoder file's hash for a model-file
-encoder): :func:`check_compatible` refuses anything else, naming the member and what differs.
+input size, preprocessing, feature shape, the encoder file's hash for a model-file encoder: the typed
+description's ``identity()``; and the resize filter): :func:`check_compatible` refuses anything else, naming the member and what differs.
 """
 from __future__ import annotations
 
@@ -67,13 +67,11 @@ def ensemble_members(model_dir: str) -> Optional[List[str]]:
 # ----------------------------------------------------------------------------- compatibility
 def encoder_identity(spec) -> Dict[str, object]:
     """What must agree between members for one image encoder to serve them all."""
-    extra = spec.extra or {}
-    return {"encoder": spec.encoder, "weights": spec.weights, "image size": [int(d) for d in spec.image_size or []],
-            "preprocessing": spec.preprocessing,
-            "preprocessing mode": (extra.get("encoder_spec") or {}).get("preprocessing_mode"),
-            "feature shape": [int(d) for d in spec.feature_shape],
-            "resize method": extra.get("resize_method"),
-            "encoder file sha256": (extra.get("encoder_file") or {}).get("sha256")}
+    names = ("encoder", "kind", "weights", "image size", "preprocessing mode", "feature shape", "input dtype",
+             "family", "output", "layer", "encoder file sha256")
+    identity = dict(zip(names, spec.encoder_description().identity()))
+    identity["resize method"] = spec.resize_method or "bilinear"     # "" in features_spec.json means bilinear
+    return identity
 
 
 def check_compatible(members: Sequence[Tuple[str, object, object]]) -> None:

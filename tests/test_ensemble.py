@@ -93,13 +93,13 @@ def test_beam_search_over_two_models_scores_by_their_mean_log_probs(fitted_model
 def test_members_must_share_vocabulary_and_encoder():
     vocab = decoding_vocab()
     spec = records.FeaturesSpec(encoder="mobilenet", feature_shape=[8], image_size=[32, 32], preprocessing="x",
-                                weights="none", extra={"resize_method": "bilinear"})
+                                weights="none", resize_method="bilinear")
     check_compatible([("a", vocab, spec), ("b", Vocabulary(tuple(vocab.tokens)), spec)])
     other_vocab = Vocabulary(RESERVED + tuple(reversed(vocab.tokens[len(RESERVED):])))
     with pytest.raises(ValueError, match="one vocabulary: b/vocab.txt .* at id 4"):
         check_compatible([("a", vocab, spec), ("b", other_vocab, spec)])
     for change in ({"encoder": "vgg16"}, {"image_size": [64, 64]}, {"weights": "imagenet"},
-                   {"extra": {"resize_method": "bicubic"}}):
+                   {"resize_method": "bicubic"}):
         other = records.FeaturesSpec(**{**spec.__dict__, **change})
         with pytest.raises(ValueError, match="one image encoder: b has"):
             check_compatible([("a", vocab, spec), ("b", vocab, other)])

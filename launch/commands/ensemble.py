@@ -6,9 +6,10 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import dataclass
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 from captionbeam.launch.command_args import CommandError
+from captionbeam.launch.exit_codes import OK, USAGE
 
 HELP = "combine trained model dirs (same vocabulary and encoder) into an ensemble directory for --model-dir"
 
@@ -52,13 +53,26 @@ def _relative_to(member: str, output: str) -> str:
     return os.path.relpath(os.path.abspath(member), os.path.abspath(output))
 
 
-def run(config: EnsembleConfig) -> EnsembleResult:
+@dataclass(frozen=True)
+class EnsemblePlan:
+    replace: bool      # --output already holds ensemble.json and --overwrite was given
+
+
+def plan(config: EnsembleConfig) -> EnsemblePlan:
+    """Checks before anything is written; :class:`CommandError` naming the flag."""
+    from captionbeam.model import gfile
+    from captionbeam.model.ensemble import ENSEMBLE_FILE
+    exists = gfile.read_text(gfile.join(config.output, ENSEMBLE_FILE)) is not None
+    if exists and not config.overwrite:
+        raise CommandError(f"--output {config.output} already holds {ENSEMBLE_FILE} (pass --overwrite)")
+    return EnsemblePlan(replace=exists)
+
+
+def run(config: EnsembleConfig, planned: Optional[EnsemblePlan] = None) -> EnsembleResult:
     """Check the members (config, vocabulary, features spec) and write ``ensemble.json``; :class:`CommandError`
     naming the member or the flag otherwise."""
-    from captionbeam.model import gfile
-    from captionbeam.model.ensemble import ENSEMBLE_FILE, write_ensemble
-    if gfile.read_text(gfile.join(config.output, ENSEMBLE_FILE)) is not None and not config.overwrite:
-        raise CommandError(f"--output {config.output} already holds {ENSEMBLE_FILE} (pass --overwrite)")
+    from captionbeam.model.ensemble import write_ensemble
+    planned or plan(config)
     try:
         members = write_ensemble(config.output, [_relative_to(m, config.output) for m in config.members])
     except (OSError, ValueError) as e:
@@ -71,6 +85,6 @@ def main(args, pipeline_args) -> int:
         result = run(config_from_args(args))
     except CommandError as e:
         print(f"captionbeam ensemble: error: {e}", file=sys.stderr)
-        return 2
+        return USAGE
     print("\n".join(result.summary_lines()))
-    return 0
+    return OK
