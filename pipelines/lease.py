@@ -213,11 +213,6 @@ class OutputLease:
             except OSError:
                 pass
 
-    def remove_dead_temporaries(self, directories) -> List[str]:
-        """Delete the ``beam-temp-*`` folders killed runs left in ``directories`` (only a lease holder
-        may: every other writer of this output is dead). Returns what was removed."""
-        return pio.remove_stale_beam_temp(directories)
-
     def __enter__(self) -> "OutputLease":
         return self.acquire()
 
