@@ -75,7 +75,7 @@ def _chosen_command(argv: Sequence[str]) -> Optional[str]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from captionbeam.launch.exit_codes import FAULT, OK, USAGE
+    from captionbeam.launch.exit_codes import FAULT, OK, OUTPUT_IN_USE, USAGE
     from captionbeam.launch.quiet import LEVELS, configure_logging, split_log_level
     level, argv = split_log_level(list(sys.argv[1:] if argv is None else argv),
                                   os.environ.get(LOG_LEVEL_DEFAULT_ENV, "INFO"))
@@ -109,17 +109,27 @@ def main(argv: Optional[List[str]] = None) -> int:
         args = parser.parse_args(argv)
         pipeline_args = []
     args.log_level = level
+    from captionbeam.pipelines.lease import LeaseHeld
     try:
         return int(module.main(args, pipeline_args) or OK)
     except BrokenPipeError:   # `captionbeam ... | head`: the reader is gone; no traceback (Python's advice)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return FAULT
-    except Exception as e:  # noqa: BLE001 - only a job on a portable engine is translated, the rest re-raised
+    except LeaseHeld as e:   # another live run writes this output (the one output protocol, pipelines/lease.py)
+        print(f"captionbeam {name}: error: {e}", file=sys.stderr)
+        return OUTPUT_IN_USE
+    except Exception as e:  # noqa: BLE001 - only a job on a portable engine or a storage fault is translated
         from captionbeam.launch.engine_failures import explain_failure
+        from captionbeam.pipelines.storage_faults import explain
         # one Beam job (run translates its own Beam stages: launch/run.py run_stage)
         message = explain_failure(e, flags.options) if flags is not None and name not in ("run", "retrain") else None
         if message is None:
-            raise
+            written = next((f"--{a.replace('_', '-')} {getattr(args, a)}" for a in ("output", "model_dir", "workdir", "root")
+                            if getattr(args, a, None)), None)
+            fault = explain(e, written)   # a full disk, a locked file, a dead endpoint: one line naming it
+            if fault is None:
+                raise
+            message = f"error: {fault}"
         print(f"captionbeam {name}: {message}", file=sys.stderr)
         return FAULT
 

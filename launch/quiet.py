@@ -30,6 +30,8 @@ FRAMEWORK_LOGGERS = {
     "apache_beam.utils.subprocess_server": logging.ERROR, "apache_beam.io.filebasedsink": logging.ERROR,
     "apache_beam.runners.direct": logging.ERROR, "FlinkJarJobServer": logging.ERROR,
     "SparkJarJobServer": logging.ERROR, "PrismRunner": logging.ERROR,
+    # a failing DoFn's traceback, logged before Beam re-raises it (the CLI then reports it once)
+    "apache_beam.runners.common": logging.CRITICAL,
 }
 NOISY_MODULES = r"(tensorflow|tf_keras|keras|absl|apache_beam|google|proto|pyarrow|h5py|jax|numpy)(\.|$)"
 _NOISY_PATH = re.compile(r"[\\/](tensorflow|tf_keras|keras|absl|apache_beam)[\\/]")

@@ -151,9 +151,13 @@ class Checkpointer:
 
 
 def export_weights(model, path: str) -> None:
-    """``model.save_weights`` to any tf.io.gfile path (Keras writes local files: go through a temp file)."""
+    """``model.save_weights`` to any tf.io.gfile path (Keras writes local files: go through a temp file),
+    committed atomically (:func:`model.gfile.commit_path`): written new then renamed, so a kill or a full
+    disk never leaves a truncated ``*.weights.h5`` and a reader holding the old one open does not block."""
+    from captionbeam.model.gfile import commit_path
     if "://" not in path:
-        model.save_weights(path)
+        with commit_path(path) as tmp:
+            model.save_weights(tmp)
         return
     with tempfile.TemporaryDirectory() as tmp:
         local = os.path.join(tmp, os.path.basename(path))

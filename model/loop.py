@@ -122,8 +122,8 @@ def write_model_files(model_dir: str, config, cfg, info) -> None:
     tf.io.gfile.makedirs(model_dir)
     spec = bundle_encoder(info.features_spec, model_dir)
     config.save(model_dir)
-    with tf.io.gfile.GFile(f"{model_dir}/{TRAIN_CONFIG_FILE}", "w") as f:
-        f.write(cfg.to_json())
+    from captionbeam.model import gfile
+    gfile.write_text(f"{model_dir}/{TRAIN_CONFIG_FILE}", cfg.to_json())   # committed atomically
     info.vocab.save(f"{model_dir}/vocab.txt")
     spec.save(model_dir)
 

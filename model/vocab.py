@@ -88,9 +88,8 @@ class Vocabulary:
         return cls(tuple(line for line in text.split("\n") if line != ""))
 
     def save(self, path: str) -> None:
-        import tensorflow as tf  # gs:// on real GCP; local paths alike
-        with tf.io.gfile.GFile(path, "w") as f:
-            f.write(self.to_text())
+        from captionbeam.model import gfile  # gs:// on real GCP; local paths alike; committed atomically
+        gfile.write_text(path, self.to_text())
 
     @classmethod
     def load(cls, path: str) -> "Vocabulary":

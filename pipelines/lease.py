@@ -1,8 +1,16 @@
-"""An exclusive lease on an output directory (local or ``gs://``), so that two bulk runs never write
-into one ``--output`` at the same time.
+"""The one output protocol: an exclusive lease on what a command writes (local or ``gs://``), so that
+two runs never write into one output at the same time. Every writing command (features, captions,
+pack, train and SCST, evaluate, export, bulk, retrain, run) enters :func:`output_lease` in its
+``run()`` before it looks at or touches its output; ``tests/faults/`` checks each one.
 
-Layout: ``<output>/lease/<run>.claim`` (written once: run, host, pid, start time) and
-``<output>/lease/<run>.alive`` (rewritten every ``heartbeat_s`` seconds while the run lives).
+Layout: ``<output>/lease/<run>.claim`` (written once: run, command, host, pid, start time) and
+``<output>/lease/<run>.alive`` (rewritten every ``heartbeat_s`` seconds while the run lives). An
+output that is a single file, or a directory replaced whole (``export``), keeps its lease beside it:
+``<output>.lease/``.
+
+Under the lease everything else in the output that a run leaves while writing (Beam's
+``beam-temp-*``, ``*.tmp-*`` files of an atomic write) is provably dead: no other live run writes
+there, so a run removes such leftovers only while it holds the lease.
 
 Protocol (only create, list and delete, through Beam's FileSystems: the same on a local disk, on
 ``gs://`` and on the GCS emulator, which has no conditional writes): a run writes its claim, then
@@ -12,8 +20,10 @@ fails with :class:`LeaseHeld` naming the holder. Two runs starting at the same m
 claims (listing is strongly consistent on GCS and local disks) and agree on the older one.
 
 A run killed without releasing leaves a claim whose heartbeat stops: after ``ttl_s`` (default 15
-minutes) it is stale and the next run deletes it and goes on; ``force=True`` (``captionbeam bulk
---force``) takes the lease at once (only when you know the other run is dead).
+minutes) it is stale and the next run deletes it and goes on. A claim made on this machine (same host
+and boot) by a process that no longer exists is provably dead and taken over at once (so a re-run
+after ``kill -9`` goes on without waiting). ``force=True`` (``--force`` of every writing command)
+takes the lease at once (only when you know the other run is dead).
 """
 from __future__ import annotations
 
@@ -23,10 +33,12 @@ import os
 import socket
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Iterator, List, Optional
 
 import captionbeam.pipelines.io as pio
+from captionbeam.pipelines.storage_faults import RELEASE_DEADLINE_S
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +51,10 @@ class LeaseHeld(RuntimeError):
     """Another live run holds the output's lease."""
 
 
+FORCE_HELP = ("take the output's lease even when another run holds it (only when that run is dead: a dead run's "
+              "lease expires 15 minutes after its last heartbeat, at once when it ran on this machine)")
+
+
 @dataclass(frozen=True)
 class Claim:
     run: str
@@ -47,9 +63,9 @@ class Claim:
     info: dict
 
 
-def _list(output: str) -> List[Claim]:
+def _list(directory: str) -> List[Claim]:
     from apache_beam.io.filesystems import FileSystems
-    pattern = pio.join(output, LEASE_DIR, "*")
+    pattern = pio.join(directory, "*")
     times = {}
     for result in FileSystems.match([pattern]):
         for m in result.metadata_list:
@@ -60,7 +76,7 @@ def _list(output: str) -> List[Claim]:
             continue
         run = name[: -len(".claim")]
         try:
-            info = pio.read_json(pio.join(output, LEASE_DIR, name))
+            info = pio.read_json(pio.join(directory, name))
         except Exception:  # noqa: BLE001 - deleted meanwhile, or half written: still a claim
             info = {}
         claims.append(Claim(run=run, created=created, alive=max(created, times.get(f"{run}.alive", 0.0)),
@@ -70,40 +86,73 @@ def _list(output: str) -> List[Claim]:
 
 def _describe(c: Claim, now: float) -> str:
     i = c.info
-    return (f"run {c.run} (host {i.get('host', '?')}, pid {i.get('pid', '?')}, started {i.get('started', '?')}, "
-            f"last heartbeat {max(0.0, now - c.alive):.0f}s ago)")
+    return (f"`captionbeam {i.get('command', '?')}` run {c.run} (host {i.get('host', '?')}, pid {i.get('pid', '?')}, "
+            f"since {i.get('started', '?')}, last heartbeat {max(0.0, now - c.alive):.0f}s ago)")
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _process_start(pid: int) -> Optional[str]:
+    """The start time (clock ticks since boot) of process ``pid``, or None when there is none."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _provably_dead(c: Claim) -> bool:
+    """A claim of this machine (same host and boot) whose process is gone (or its pid reused)."""
+    i = c.info
+    if not i or i.get("host") != socket.gethostname() or not i.get("boot_id") or i.get("boot_id") != _boot_id():
+        return False
+    try:
+        start = _process_start(int(i.get("pid")))
+    except (TypeError, ValueError):
+        return False
+    return start is None or (i.get("pid_start") is not None and start != i.get("pid_start"))
 
 
 class OutputLease:
     """``with OutputLease(output, run): ...`` holds the lease for the block (see the module doc)."""
 
     def __init__(self, output: str, run: str, ttl_s: float = DEFAULT_TTL_S,
-                 heartbeat_s: float = DEFAULT_HEARTBEAT_S, force: bool = False):
+                 heartbeat_s: float = DEFAULT_HEARTBEAT_S, force: bool = False, command: str = "bulk",
+                 flag: str = "--output", beside: bool = False):
         if ttl_s <= heartbeat_s:
             raise ValueError(f"lease ttl {ttl_s}s must be longer than the heartbeat {heartbeat_s}s")
         self.output, self.run, self.ttl_s, self.heartbeat_s, self.force = output, run, ttl_s, heartbeat_s, force
+        self.command, self.flag = command, flag
+        self.lease_dir = lease_dir(output, beside)
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
     def _path(self, run: str, kind: str) -> str:
-        return pio.join(self.output, LEASE_DIR, f"{run}.{kind}")
+        return pio.join(self.lease_dir, f"{run}.{kind}")
 
     def _now(self) -> float:
         """Current time on the store's clock (a fresh heartbeat's timestamp), so that skew between this
         machine and the bucket does not age claims."""
         pio.write_text(self._path(self.run, "alive"), str(time.time()))
-        return next(c.alive for c in _list(self.output) if c.run == self.run)
+        return next(c.alive for c in _list(self.lease_dir) if c.run == self.run)
 
     def acquire(self) -> "OutputLease":
-        pio.makedirs(pio.join(self.output, LEASE_DIR))
+        pio.makedirs(self.lease_dir)
         pio.write_json(self._path(self.run, "claim"), {
-            "run": self.run, "host": socket.gethostname(), "pid": os.getpid(),
+            "run": self.run, "command": self.command, "output": self.output, "host": socket.gethostname(),
+            "pid": os.getpid(), "pid_start": _process_start(os.getpid()), "boot_id": _boot_id(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "ttl_s": self.ttl_s})
         now = self._now()
-        claims = _list(self.output)
+        claims = _list(self.lease_dir)
         mine = next(c for c in claims if c.run == self.run)
         others = [c for c in claims if c.run != self.run]
-        live = [c for c in others if now - c.alive <= self.ttl_s]
+        live = [c for c in others if now - c.alive <= self.ttl_s and not _provably_dead(c)]
         stale = [c for c in others if c not in live]
         if self.force:
             if live:
@@ -115,11 +164,13 @@ class OutputLease:
             if holders:
                 self._delete([mine])
                 raise LeaseHeld(
-                    f"--output {self.output} is in use by {_describe(holders[0], now)}: two runs into one output "
-                    f"would duplicate rows. Wait for it to finish, or use another --output; if that run is dead, "
-                    f"its lease expires {self.ttl_s:.0f}s after its last heartbeat, or pass --force to take it now")
+                    f"{self.flag} {self.output} is in use by {_describe(holders[0], now)}: two runs writing one "
+                    f"output would mix or lose each other's files. Wait for it to finish, or use another {self.flag}; "
+                    f"if that run is dead, its lease expires {self.ttl_s:.0f}s after its last heartbeat (at once "
+                    f"when it ran on this machine), or pass --force to take it now")
             if stale:
-                log.warning("removing the stale lease of %s", "; ".join(_describe(c, now) for c in stale))
+                log.warning("removing the stale lease of %s (dead or silent for over %.0fs)",
+                            "; ".join(_describe(c, now) for c in stale), self.ttl_s)
                 self._delete(stale)
         self._thread = threading.Thread(target=self._beat, name=f"lease-{self.run}", daemon=True)
         self._thread.start()
@@ -138,8 +189,29 @@ class OutputLease:
     def release(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join()
-        self._delete([Claim(self.run, 0.0, 0.0, {})])
+            self._thread.join(RELEASE_DEADLINE_S)
+        if not pio.is_gcs(self.lease_dir):
+            self._delete([Claim(self.run, 0.0, 0.0, {})])
+        else:   # bounded: with the endpoint gone the run still ends; the claim then expires after ttl_s
+            done = threading.Event()
+
+            def delete() -> None:
+                try:
+                    self._delete([Claim(self.run, 0.0, 0.0, {})])
+                    done.set()
+                except Exception as e:  # noqa: BLE001 - reported below
+                    log.warning("could not remove the lease of %s: %s", self.output, e)
+            worker = threading.Thread(target=delete, name=f"lease-release-{self.run}", daemon=True)
+            worker.start()
+            worker.join(RELEASE_DEADLINE_S)
+            if not done.is_set():
+                log.warning("the lease of %s was not removed (storage unreachable?): it expires %.0fs after its "
+                            "last heartbeat", self.output, self.ttl_s)
+        if not pio.is_gcs(self.lease_dir):
+            try:                    # no empty lease/ folder left in a model dir or an export
+                os.rmdir(self.lease_dir)
+            except OSError:
+                pass
 
     def __enter__(self) -> "OutputLease":
         return self.acquire()
@@ -148,6 +220,22 @@ class OutputLease:
         self.release()
 
 
-def read_claims(output: str) -> List[dict]:
-    """The claims under ``output`` (for tools and tests): ``{"run", "created", "alive", **info}``."""
-    return [{"run": c.run, "created": c.created, "alive": c.alive, **c.info} for c in _list(output)]
+def lease_dir(output: str, beside: bool = False) -> str:
+    """Where ``output``'s lease lives: ``<output>/lease`` or, ``beside``, ``<output>.lease``."""
+    return f"{output.rstrip('/')}.lease" if beside else pio.join(output, LEASE_DIR)
+
+
+def read_claims(output: str, beside: bool = False) -> List[dict]:
+    """The claims of ``output`` (for tools and tests): ``{"run", "created", "alive", **info}``."""
+    return [{"run": c.run, "created": c.created, "alive": c.alive, **c.info} for c in _list(lease_dir(output, beside))]
+
+
+@contextmanager
+def output_lease(output: str, command: str, force: bool = False, flag: str = "--output", beside: bool = False,
+                 ttl_s: float = DEFAULT_TTL_S, heartbeat_s: float = DEFAULT_HEARTBEAT_S) -> Iterator[OutputLease]:
+    """``with output_lease(args.output, "features", force) as lease:`` -- every writing command's
+    ``run()`` holds this for its whole run; :class:`LeaseHeld` (the CLI exits 75) names the holder."""
+    lease = OutputLease(output, f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{pio.run_token()}", ttl_s=ttl_s,
+                        heartbeat_s=heartbeat_s, force=force, command=command, flag=flag, beside=beside)
+    with lease:
+        yield lease

@@ -44,7 +44,7 @@ def test_a_second_run_into_a_leased_bucket_output_fails_fast(gcs_bucket, sample_
     with OutputLease(out, "20260101T000000Z-0therrun"):          # a live run on another machine
         rc, summary, err = _bulk(capsys, *argv)
         assert rc == 75 and summary is None
-        assert f"--output {out} is in use by run 20260101T000000Z-0therrun" in err and "--force" in err
+        assert f"--output {out} is in use by `captionbeam bulk` run 20260101T000000Z-0therrun" in err and "--force" in err
         assert not gcs_bucket.keys("out/captions") and not gcs_bucket.keys("out/manifest")
         assert [c["run"] for c in read_claims(out)] == ["20260101T000000Z-0therrun"]   # the loser left no claim
     rc, summary, _ = _bulk(capsys, *argv)
@@ -84,12 +84,12 @@ def test_stale_lease_is_taken_over_and_force_takes_a_live_one(tmp_path, sample_d
     argv[1] = images[0]
     rc, summary, _ = _bulk(capsys, *argv)
     assert rc == 0 and summary["counters"]["captioned"] == 1
-    assert "removing the stale lease of run 20260101T000000Z-deadbeef" in caplog.text
+    assert "removing the stale lease of `captionbeam bulk` run 20260101T000000Z-deadbeef" in caplog.text
     live = OutputLease(str(out), "20260101T000000Z-a11ve000").acquire()
     try:
         argv[1] = images[1]
         rc, _, err = _bulk(capsys, *argv)
-        assert rc == 75 and "in use by run 20260101T000000Z-a11ve000" in err
+        assert rc == 75 and "in use by `captionbeam bulk` run 20260101T000000Z-a11ve000" in err
         rc, summary, _ = _bulk(capsys, *argv, "--force")
         assert rc == 0 and summary["counters"]["captioned"] == 1
         assert "--force: taking the lease" in caplog.text

@@ -97,3 +97,18 @@ def test_export_version_is_stable_across_reexports(image_model_dir, exported_mod
     meta["beam_size"] = 3
     (again / "captionbeam_export.json").write_text(json.dumps(meta))
     assert export_version(str(again)) != export_version(str(exported_model))
+
+
+def test_export_overwrite_swaps_the_new_export_in_and_leaves_nothing_beside(image_model_dir, tmp_path):
+    """``--overwrite`` writes the new export beside (``<output>.tmp-*``) and renames it in, under the
+    lease kept beside the output (``<output>.lease``): nothing of either is left afterwards, and the old
+    export is replaced whole (its extra file is gone)."""
+    from captionbeam.launch.cli import main as cli
+    out = tmp_path / "export"
+    assert cli(["export", "--model-dir", image_model_dir["merge"], "--output", str(out)]) == 0
+    (out / "from-the-old-export.txt").write_text("old")
+    assert cli(["export", "--model-dir", image_model_dir["merge"], "--output", str(out), "--overwrite",
+                "--beam-size", "2"]) == 0
+    assert sorted(os.listdir(tmp_path)) == ["export"]
+    assert not (out / "from-the-old-export.txt").exists()
+    assert json.loads((out / "captionbeam_export.json").read_text())["beam_size"] == 2

@@ -51,6 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--output", required=True, type=output_dir, metavar="DIR", help="output directory, local or gs://")
     g.add_argument("--overwrite", action="store_true",
                    help="replace the files of an earlier run in --output (by default the job refuses to mix runs)")
+    from captionbeam.pipelines.lease import FORCE_HELP
+    g.add_argument("--force", action="store_true", help=FORCE_HELP)
     g.add_argument("--num-shards", type=int_at_least(0), default=0, metavar="N",
                    help="TFRecord shards per split; 0 = auto, about 128 MiB per shard (default: 0)")
     t = parser.add_argument_group("text and vocabulary")
@@ -83,14 +85,17 @@ def config_from_args(args: argparse.Namespace):
         max_caption_tokens=args.max_caption_tokens)
 
 
-def run(config, pipeline_args: Sequence[str] = ()):
-    """The captions job -> ``pipelines.captions.RunResult``; :class:`CommandError` names a bad input."""
+def run(config, pipeline_args: Sequence[str] = (), force: bool = False):
+    """The captions job under the output's lease -> ``pipelines.captions.RunResult``; :class:`CommandError`
+    names a bad input."""
     from captionbeam.model.caption_files import CaptionFileError
     from captionbeam.pipelines.captions import CaptionsConfigError, CaptionsDataError, run as run_job
+    from captionbeam.pipelines.lease import output_lease
     # Beam logs every string type hint it meets at INFO; nothing a user can act on.
     logging.getLogger("apache_beam.typehints.native_type_compatibility").setLevel(logging.WARNING)
     try:
-        return run_job(config, list(pipeline_args))
+        with output_lease(config.output, "captions", force):
+            return run_job(config, list(pipeline_args))
     except (CaptionsConfigError, CaptionsDataError, CaptionFileError) as e:
         raise CommandError(str(e)) from None
 
@@ -104,7 +109,7 @@ def summary(config, result) -> List[str]:
 def main(args: argparse.Namespace, pipeline_args) -> int:
     config = config_from_args(args)
     try:
-        result = run(config, pipeline_args)
+        result = run(config, pipeline_args, force=args.force)
     except CommandError as e:
         print(f"captionbeam captions: error: {e}", file=sys.stderr)
         return 2

@@ -77,6 +77,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", metavar="FILE", type=output_file,
                         help="predictions JSON lines (default: MODEL_DIR/eval/<split>-beam<K>.predictions.jsonl); "
                              "the metrics go beside it as .metrics.json")
+    from captionbeam.pipelines.lease import FORCE_HELP
+    parser.add_argument("--force", action="store_true", help=FORCE_HELP)
     parser.add_argument("--limit", type=int, default=None, help="decode only the first N images (smoke runs)")
     add_coco_arguments(parser)
     parser.add_argument("--per-image", metavar="FILE", help="also write per-image scores as JSON lines")
@@ -132,6 +134,7 @@ class EvaluateConfig:
     scoring: "object" = None          # model.scoring.ScoringOptions (default: its defaults)
     image_ids: Optional[str] = None
     per_image: Optional[str] = None   # also write per-image scores to this JSON-lines file
+    force: bool = False               # take the predictions file's lease from a run that holds it
 
 
 def config_from_args(args: argparse.Namespace) -> EvaluateConfig:
@@ -140,7 +143,21 @@ def config_from_args(args: argparse.Namespace) -> EvaluateConfig:
                              if k not in ("decoding", "scoring")})
 
 
+def predictions_path(config: EvaluateConfig) -> str:
+    """Where ``evaluate`` writes its predictions: ``--output``, else under the model dir."""
+    return (config.output or
+            f"{config.model_dir.rstrip('/')}/eval/{config.split}-beam{config.decoding.beam_size}.predictions.jsonl")
+
+
 def run(config: EvaluateConfig):
+    """:func:`_run` under the lease of the predictions file (beside it: ``<file>.lease/``), so that the
+    predictions and metrics files always come from one run."""
+    from captionbeam.pipelines.lease import output_lease
+    with output_lease(predictions_path(config), "evaluate", config.force, flag="--output", beside=True):
+        return _run(config)
+
+
+def _run(config: EvaluateConfig):
     """Decode the split, write the predictions and ``<predictions>.metrics.json``, and return the
     ``model.scoring.ScoreReport`` (``extra``: ``decoding``, ``predictions``); :class:`CommandError` names
     what is wrong."""
@@ -186,9 +203,8 @@ def run(config: EvaluateConfig):
                                               config.decoding.batch_size, config.limit, total)
     if not rows:
         raise CommandError(f"--split {config.split}: no images in {len(files)} record file(s)")
-    output = (config.output
-              or f"{config.model_dir.rstrip('/')}/eval/{config.split}-beam{captioner.beam_size}.predictions.jsonl")
-    pio.write_text(output, jsonl.dumps(rows.values()))
+    output = predictions_path(config)
+    pio.write_text_atomic(output, jsonl.dumps(rows.values()))
 
     predictions = {i: r["caption"] for i, r in rows.items()}
     refs = references_file.captions if references_file is not None else record_refs
@@ -208,8 +224,8 @@ def run(config: EvaluateConfig):
     }
     report.extra["predictions"] = output
     if config.per_image:
-        pio.write_text(config.per_image, report.per_image_jsonl())
-    pio.write_text(metrics_path(output), json.dumps(report.to_dict(), indent=2) + "\n")
+        pio.write_text_atomic(config.per_image, report.per_image_jsonl())
+    pio.write_text_atomic(metrics_path(output), json.dumps(report.to_dict(), indent=2) + "\n")
     return report
 
 

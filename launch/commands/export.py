@@ -7,7 +7,10 @@ the --output checked before anything is written), ``run(config) -> ExportResult`
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
+import shutil
 import sys
 from dataclasses import dataclass
 from typing import Dict, List, Optional
@@ -27,7 +30,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-length", type=int, default=None,
                         help="most tokens generated (default: the longest training caption)")
     parser.add_argument("--weights", choices=("best", "last"), default="best", help="which weights (default best)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output directory")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --output directory (atomically on a local disk)")
+    from captionbeam.pipelines.lease import FORCE_HELP
+    parser.add_argument("--force", action="store_true", help=FORCE_HELP)
 
 
 @dataclass(frozen=True)
@@ -39,12 +45,13 @@ class ExportConfig:
     max_length: Optional[int] = None
     weights: str = "best"
     overwrite: bool = False
+    force: bool = False       # take the export's lease from a run that holds it
 
 
 def config_from_args(args: argparse.Namespace) -> ExportConfig:
     return ExportConfig(model_dir=args.model_dir, output=args.output, beam_size=args.beam_size,
                         length_penalty=args.length_penalty, max_length=args.max_length, weights=args.weights,
-                        overwrite=args.overwrite)
+                        overwrite=args.overwrite, force=bool(getattr(args, "force", False)))
 
 
 @dataclass(frozen=True)
@@ -80,16 +87,38 @@ class ExportResult:
 
 
 def run(config: ExportConfig, planned: Optional[ExportPlan] = None) -> ExportResult:
+    """Export under the lease beside ``--output`` (``<output>.lease/``: the export is replaced whole).
+    Locally the SavedModel is written to a run-private sibling and swapped in, so a kill or a full disk
+    never leaves a half export at ``--output``; on gs:// a folder cannot be renamed: the old one is
+    removed first."""
+    from captionbeam.pipelines.lease import output_lease
+    with output_lease(config.output, "export", config.force, beside=True):
+        return _run(config, planned or plan(config))
+
+
+def _run(config: ExportConfig, p: ExportPlan) -> ExportResult:
     import tensorflow as tf
+    import captionbeam.pipelines.io as pio
     from captionbeam.model.export import export
-    p = planned or plan(config)
-    if p.replace_output:
+    local = not pio.is_gcs(config.output)
+    out = config.output.rstrip("/")
+    target = f"{out}.tmp-{pio.run_token()}" if local else config.output
+    if local:
+        _remove_dead_siblings(out)
+    elif p.replace_output:
         tf.io.gfile.rmtree(config.output)
     try:
-        meta = export(config.model_dir, config.output, beam_size=config.beam_size, max_length=config.max_length,
+        meta = export(config.model_dir, target, beam_size=config.beam_size, max_length=config.max_length,
                       alpha=config.length_penalty, which=config.weights)
-    except (OSError, ValueError) as e:
-        raise CommandError(f"--model-dir {config.model_dir}: {e}") from None
+        if local:
+            _swap_in(target, out)
+    except BaseException as e:
+        if local and os.path.isdir(target):
+            shutil.rmtree(target, ignore_errors=True)
+        storage = isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+        if isinstance(e, (OSError, ValueError)) and not storage:   # a storage fault is the CLI's one line
+            raise CommandError(f"--model-dir {config.model_dir}: {e}") from None
+        raise
     return ExportResult(output=config.output, metadata=meta)
 
 
@@ -101,3 +130,28 @@ def main(args, pipeline_args) -> int:
         return 2
     print("\n".join(result.summary_lines()))
     return 0
+
+
+def _remove_dead_siblings(out: str) -> None:
+    """``<out>.tmp-*`` / ``<out>.old-*`` folders of killed exports (we hold the lease: their runs are dead)."""
+    parent, name = os.path.split(os.path.abspath(out))
+    if not os.path.isdir(parent):
+        return
+    for entry in os.listdir(parent):
+        if entry.startswith(f"{name}.tmp-") or entry.startswith(f"{name}.old-"):
+            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+
+
+def _swap_in(new: str, out: str) -> None:
+    """Make ``new`` the folder at ``out``: one rename when ``out`` is absent or empty, else move the old
+    one aside, rename, then delete the old (a kill between the renames leaves ``out.old-*``; a re-run
+    of the export replaces it)."""
+    if os.path.isdir(out) and not os.listdir(out):
+        os.rmdir(out)
+    if not os.path.exists(out):
+        os.rename(new, out)
+        return
+    old = f"{out}.old-{os.path.basename(new).rsplit('-', 1)[-1]}"
+    os.rename(out, old)
+    os.rename(new, out)
+    shutil.rmtree(old, ignore_errors=True)

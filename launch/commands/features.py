@@ -66,6 +66,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace feature records, dead letters and spec already in --output (otherwise the "
                              "job refuses to mix runs)")
+    from captionbeam.pipelines.lease import FORCE_HELP
+    parser.add_argument("--force", action="store_true", help=FORCE_HELP)
 
 
 def _check_images_match(patterns, input_format: str):
@@ -97,9 +99,15 @@ def config_from_args(args: argparse.Namespace):
                           tfrecord_fields=tfrecord_fields(args))
 
 
-def run(config, pipeline_args: Sequence[str] = (), overwrite: bool = False):
-    """Check the encoder, the inputs and the output directory, then run the job ->
-    ``pipelines.features.FeaturesResult``; :class:`CommandError` names what is wrong."""
+def run(config, pipeline_args: Sequence[str] = (), overwrite: bool = False, force: bool = False):
+    """Check the encoder, the inputs and the output directory, then run the job under the output's
+    lease -> ``pipelines.features.FeaturesResult``; :class:`CommandError` names what is wrong."""
+    from captionbeam.pipelines.lease import output_lease
+    with output_lease(config.output, "features", force):
+        return _run(config, pipeline_args, overwrite)
+
+
+def _run(config, pipeline_args: Sequence[str], overwrite: bool):
     import captionbeam.pipelines.io as pio
     from captionbeam.model.encoders import EncoderError, describe
     from captionbeam.pipelines.features import existing_outputs, run as run_job
@@ -156,7 +164,7 @@ def summary(config, result) -> List[str]:
 def main(args: argparse.Namespace, pipeline_args=None) -> int:
     try:
         config = config_from_args(args)
-        result = run(config, pipeline_args or [], overwrite=args.overwrite)
+        result = run(config, pipeline_args or [], overwrite=args.overwrite, force=args.force)
     except CommandError as e:
         print(f"captionbeam features: error: {e}", file=sys.stderr)
         return 2

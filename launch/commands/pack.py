@@ -51,6 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="delete shards, manifest and dead letters an earlier pack left in --output first "
                         "(without it, a non-empty --output is an error: stale shards would be read as duplicates)")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    from captionbeam.pipelines.lease import FORCE_HELP
+    parser.add_argument("--force", action="store_true", help=FORCE_HELP)
 
 
 def _check_inputs(fail, patterns, captions: str) -> None:
@@ -93,13 +95,15 @@ def main(args: argparse.Namespace, pipeline_args) -> int:
     except CommandError as e:
         fail(str(e))
     _check_inputs(fail, config.images, config.captions)
-    stale = existing_outputs(config)
-    if stale and not args.overwrite:
-        fail(f"--output {config.output} already holds {len(stale)} files of an earlier pack (e.g. "
-             f"{stale[0]}); choose an empty directory or pass --overwrite")
-    if stale:
-        pio.delete(stale)
-    summary = run(config, pipeline_args)
+    from captionbeam.pipelines.lease import output_lease
+    with output_lease(config.output, "pack", args.force):   # the one output protocol: no other run writes here
+        stale = existing_outputs(config)
+        if stale and not args.overwrite:
+            fail(f"--output {config.output} already holds {len(stale)} files of an earlier pack (e.g. "
+                 f"{stale[0]}); choose an empty directory or pass --overwrite")
+        if stale:
+            pio.delete(stale)
+        summary = run(config, pipeline_args)
     if args.json:
         print(json.dumps(summary.__dict__, sort_keys=True))
         return 0

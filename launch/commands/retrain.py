@@ -24,6 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "jobs.")
     g = parser.add_argument_group("model root")
     g.add_argument("--root", required=True, help="model root, local or gs://")
+    from captionbeam.pipelines.lease import FORCE_HELP
+    g.add_argument("--force", action="store_true", help=FORCE_HELP)
     g.add_argument("--init", action="store_true",
                    help="initialise --root from --model-dir, --features, --captions and --split files (or --from-run)")
     g.add_argument("--from-run", default=None, metavar="WORKDIR",
@@ -86,6 +88,13 @@ def config_from_args(args: argparse.Namespace, pipeline_args=()):
 
 
 def main(args: argparse.Namespace, pipeline_args) -> int:
+    """Everything (``--init``, one attempt, ``--watch``) under the root's lease: one retrain per root."""
+    from captionbeam.pipelines.lease import output_lease
+    with output_lease(args.root, "retrain", args.force, flag="--root"):
+        return _main(args, pipeline_args)
+
+
+def _main(args: argparse.Namespace, pipeline_args) -> int:
     import captionbeam.pipelines.io as pio
     from captionbeam.launch.command_args import CommandError, invocation
     from captionbeam.launch.commands import train as train_cmd

@@ -32,6 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help=f"output root, local or gs:// (default: {DEFAULT_WORKDIR})")
     g.add_argument("--resume", action="store_true",
                    help="skip stages that finished earlier with the same command line (stages/<stage>.json)")
+    from captionbeam.pipelines.lease import FORCE_HELP
+    g.add_argument("--force", action="store_true", help=FORCE_HELP)
     g.add_argument("--no-report", dest="report", action="store_false", default=None,
                    help="do not write the HTML report")
     d = parser.add_argument_group("data (default: the embedded sample dataset)")
@@ -142,8 +144,10 @@ def main(args: argparse.Namespace, pipeline_args) -> int:
     except (ConfigError, KeyError, ValueError, FileNotFoundError) as e:
         print(f"captionbeam run: error: {e}", file=sys.stderr)
         return 2
+    from captionbeam.pipelines.lease import output_lease
     try:
-        pipe.run()
+        with output_lease(pipe.layout.workdir, "run", args.force, flag="--workdir"):
+            pipe.run()
     except StageError as e:
         print(f"captionbeam run: error: {e} (fix it and re-run with --resume to skip the stages that finished)",
               file=sys.stderr)

@@ -114,6 +114,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="a progress line (loss, tokens/s, ETA) every N steps (default: 50)")
     c.add_argument("--stop-after-steps", type=positive_int, default=None,
                    help="debugging: checkpoint and exit once the global step reaches N (rerun to resume)")
+    from captionbeam.pipelines.lease import FORCE_HELP
+    c.add_argument("--force", action="store_true", help=FORCE_HELP)
 
 
 # ModelConfig field -> the dest of its flag
@@ -128,6 +130,7 @@ class TrainJob:
     shape and encoder are filled from the data)."""
     train: "object"     # model.config.TrainConfig
     model: "object"     # model.config.ModelConfig
+    force: bool = False  # take --model-dir's lease from a run that holds it (pipelines.lease)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainJob:
@@ -145,7 +148,7 @@ def config_from_args(args: argparse.Namespace) -> TrainJob:
         objective=args.objective, init_from=args.init_from, samples=args.samples, baseline=args.baseline,
         temperature=args.temperature, select_by=args.select_by)
     model = ModelConfig(**{field: getattr(args, dest) for field, dest in _MODEL_FLAGS.items()})
-    return TrainJob(train=cfg, model=model)
+    return TrainJob(train=cfg, model=model, force=bool(getattr(args, "force", False)))
 
 
 def architecture_values(model_config) -> Dict[str, object]:
@@ -154,8 +157,32 @@ def architecture_values(model_config) -> Dict[str, object]:
     return {dest: getattr(model_config, field) for field, dest in _MODEL_FLAGS.items()}
 
 
+def _is_chief() -> bool:
+    """This process writes the model dir (the only one, or TF_CONFIG's chief / worker 0 without a chief)."""
+    from captionbeam.model.distribute import tf_config_cluster
+    cluster, task = tf_config_cluster()
+    if not task:
+        return True
+    kind, index = task.get("type"), int(task.get("index", 0))
+    return kind == "chief" or (kind == "worker" and index == 0 and "chief" not in (cluster or {}))
+
+
 def run(job: TrainJob) -> Dict[str, object]:
-    """Train (or resume) -> the summary of ``model.train.train``; :class:`CommandError` on bad inputs."""
+    """Train (or resume) under --model-dir's lease (the chief holds it; two runs into one model dir would
+    leave the config of one and the weights of the other) -> the summary of ``model.train.train``;
+    :class:`CommandError` on bad inputs."""
+    from contextlib import nullcontext
+    from captionbeam.pipelines.lease import output_lease
+    try:
+        chief = _is_chief()
+    except ValueError as e:
+        raise CommandError(str(e)) from None
+    lease = output_lease(job.train.model_dir, "train", job.force, flag="--model-dir") if chief else nullcontext()
+    with lease:
+        return _run(job)
+
+
+def _run(job: TrainJob) -> Dict[str, object]:
     try:
         job.train.validate()
         if job.train.objective == "scst":

@@ -1,6 +1,15 @@
 """One retraining attempt: what landed -> features for new content only -> training records -> warm
-start, train, evaluate -> the gate decides; one function per phase. A batch counts as consumed only
-once its decision is written, so an attempt can be stopped at any time and redone."""
+start, train, evaluate -> the gate decides; one function per phase.
+
+An attempt is a transaction (the caller holds the root's lease, :mod:`pipelines.lease`): each batch
+moves through durable phases recorded in ``ROOT/state/attempts/<batch>.json`` (:data:`PHASES`). Before
+the decision nothing the root serves or reads as settled changes (its splits, captions, ``CURRENT``):
+a kill -9 before ``decided`` is redone from the start by the next run (this batch's features are
+replaced, the abandoned version folder is skipped). The decision is recorded first, with everything
+the commit needs; the commit (version.json, the root's captions and train split, ``CURRENT``, the
+consumed marker) is idempotent and :func:`recover` finishes it at the next start, so a kill at any
+point ends in exactly one outcome: the batch promoted (``CURRENT`` names its version) or rejected, and
+then consumed."""
 from __future__ import annotations
 
 import json
@@ -17,6 +26,10 @@ from captionbeam.launch.retrain.gate import promotion_decision
 from captionbeam.launch.retrain.root import (CURRENT_FILE, ModelRoot, RetrainError, RootSettings, VersionInfo, next_batch, now,
                                  read_settings, write_atomic, write_consumed)
 from captionbeam.launch.staging import local_dir
+from captionbeam.pipelines.crash_points import crash_point
+
+# the durable phases of a batch, in order (``AttemptResult.phase``)
+PHASES = ("landed", "featurised", "records", "trained", "decided", "consumed")
 
 
 @dataclass
@@ -50,9 +63,27 @@ class AttemptResult:
     new_metrics: Dict[str, float] = field(default_factory=dict)
     reasons: List[str] = field(default_factory=list)
     seconds: float = 0.0
+    phase: str = ""                                        # one of PHASES once recorded (state/attempts/<batch>.json)
+    commit: Dict[str, object] = field(default_factory=dict)  # from ``decided`` on: what the commit writes
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "AttemptResult":
+        d = json.loads(text)
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+def journal_path(r: ModelRoot, batch: str) -> str:
+    return r.path("state", "attempts", f"{batch}.json")
+
+
+def record_phase(r: ModelRoot, result: AttemptResult, phase: str) -> None:
+    """Make ``phase`` durable for this batch (an atomic replace of its journal)."""
+    result.phase = phase
+    write_atomic(journal_path(r, result.batch), result.to_json() + "\n")
+    crash_point(f"retrain:{phase}")
 
 
 @dataclass
@@ -97,6 +128,7 @@ def new_with_captions(r: ModelRoot, config: RetrainConfig, result: AttemptResult
 def featurise_new_content(r: ModelRoot, config: RetrainConfig, result: AttemptResult,
                           with_caps: Sequence[Tuple[str, str]]) -> None:
     """Features only for content the root's sidecar does not list; they join the root as this batch."""
+    manifest.remove_batch_features(r, result.batch)   # a killed attempt's copies of this batch, maybe partial
     known = manifest.feature_hashes([r.path(manifest.FEATURES_DIR)])
     todo = [p for p, s in with_caps if s not in known]
     result.featurised, result.reused_features = len(todo), len(with_caps) - len(todo)
@@ -165,61 +197,107 @@ def train_and_evaluate(r: ModelRoot, config: RetrainConfig, result: AttemptResul
 
 # ----------------------------------------------------------------------------- 5. the gate
 def decide(r: ModelRoot, config: RetrainConfig, result: AttemptResult, records: Records, current: str,
-           version: str) -> None:
-    """Record the new version and its decision; on promotion the root's captions and train split
-    become this attempt's and CURRENT moves."""
+           version: str, with_caps: Sequence[Tuple[str, str]]) -> None:
+    """Record the decision (phase ``decided``, with everything the commit writes), then commit it."""
     decision = promotion_decision(result.old_metrics, result.new_metrics, config.tolerance, config.min_drop)
     result.reasons += decision.reasons
-    r.write_info(VersionInfo(name=version, parent=current, created=now(), metrics=result.new_metrics,
-                             train_images=len(records.train_ids), vocab_size=records.vocab_size,
-                             batch=result.batch, promoted=decision.promote, decision=decision.reasons))
-    if decision.promote:
-        write_atomic(r.path("data", "captions.txt"), pio.read_text(records.captions_file))
-        write_atomic(r.path("data", "train.txt"), pio.read_text(records.train_file))
-        r.set_current(version)
-        result.status, result.current = "promoted", version
-    else:
-        result.status = "rejected"
+    info = VersionInfo(name=version, parent=current, created=now(), metrics=result.new_metrics,
+                       train_images=len(records.train_ids), vocab_size=records.vocab_size,
+                       batch=result.batch, promoted=decision.promote, decision=decision.reasons)
+    result.status = "promoted" if decision.promote else "rejected"
+    attempt = ("attempts", result.batch)     # the commit's inputs, named relative to the root
+    for path in (records.captions_file, records.train_file):
+        if path != r.path(*attempt, pio.basename(path)):
+            raise RetrainError(f"{path}: an attempt's records must be under {r.path(*attempt)}")
+    result.commit = {"version_info": json.loads(info.to_json()), "consumed": [list(x) for x in with_caps],
+                     "captions_file": "/".join(attempt + (pio.basename(records.captions_file),)),
+                     "train_file": "/".join(attempt + (pio.basename(records.train_file),))}
+    record_phase(r, result, "decided")
+    commit(r, result)
+
+
+def commit(r: ModelRoot, result: AttemptResult) -> None:
+    """The decided batch's commit, each step idempotent (a re-run after a kill repeats them all):
+    version.json; on promotion the root's captions and train split, then ``CURRENT``; the consumed
+    marker; phase ``consumed``."""
+    c = result.commit
+    info = VersionInfo(**c["version_info"])
+    result.status = "promoted" if info.promoted else "rejected"
+    r.write_info(info)
+    crash_point("retrain:version-written")
+    if info.promoted:
+        write_atomic(r.path("data", "captions.txt"), pio.read_text(r.path(*c["captions_file"].split("/"))))
+        write_atomic(r.path("data", "train.txt"), pio.read_text(r.path(*c["train_file"].split("/"))))
+        crash_point("retrain:splits-written")
+        r.set_current(info.name)
+        crash_point("retrain:current-moved")
+        result.current = info.name
+    write_consumed(r, result.batch, [tuple(x) for x in c["consumed"]])
+    record_phase(r, result, "consumed")
+
+
+def recover(r: ModelRoot) -> List[AttemptResult]:
+    """Finish every batch a killed run left ``decided`` but not ``consumed`` (its commit, repeated);
+    returns them. Batches killed before their decision are simply redone by the next attempt."""
+    finished = []
+    for p in pio.match([r.path("state", "attempts", "b*.json")]):
+        try:
+            result = AttemptResult.from_json(pio.read_text(p))
+        except (ValueError, TypeError):
+            continue   # an attempt record of an older layout: nothing to finish
+        if result.phase == "decided":
+            _log(result.batch, f"finishing the {result.status} decision a stopped run recorded")
+            commit(r, result)
+            finished.append(result)
+    return finished
 
 
 # ----------------------------------------------------------------------------- the attempt
 def retrain_once(config: RetrainConfig) -> AttemptResult:
-    """Featurise what is new, rebuild the records, warm-start, evaluate, promote or keep the old. Every
-    attempt that finds new images leaves ``state/attempts/<batch>.json``, a failed one too (status
-    ``failed``, the error in its reasons; the batch is not consumed, so the next attempt redoes it)."""
+    """Finish a decided batch a stopped run left, then featurise what is new, rebuild the records,
+    warm-start, evaluate, promote or keep the old. Every attempt that finds new images leaves
+    ``state/attempts/<batch>.json`` (its phase, see the module doc), a failed one too (status ``failed``,
+    the error in its reasons; a batch failed before its decision is not consumed: the next attempt redoes it)."""
     start = time.time()
     r = ModelRoot(config.root)
     settings = read_settings(r)
     current = r.current()
     if current is None:
         raise RetrainError(f"{r.path(CURRENT_FILE)} not found: initialise the root first")
+    if recover(r):
+        current = r.current()
     result = AttemptResult(batch=next_batch(r), status="nothing-new", current=current)
     new_caps = data.read_captions(config.captions) if config.captions else {}
     with_caps = new_with_captions(r, config, result, new_caps)
     if with_caps is None:
         result.seconds = time.time() - start
         return result
+    record_phase(r, result, "landed")
     try:
         _attempt(r, config, settings, result, with_caps, new_caps, current)
     except BaseException as e:
+        if result.phase == "decided":   # the decision stands; the next run finishes its commit (recover)
+            raise
         result.status = "failed"
         result.reasons.append(f"failed: {type(e).__name__}: {e}")
         result.seconds = time.time() - start
         _write_record(r, result)
         raise
-    _write_record(r, result)
-    write_consumed(r, result.batch, with_caps)
     result.seconds = time.time() - start
+    if result.phase != "consumed":      # nothing to train (all landed images already in a split)
+        write_consumed(r, result.batch, with_caps)
+        record_phase(r, result, "consumed")
     return result
 
 
 def _write_record(r: ModelRoot, result: AttemptResult) -> None:
-    write_atomic(r.path("state", "attempts", f"{result.batch}.json"), result.to_json() + "\n")
+    write_atomic(journal_path(r, result.batch), result.to_json() + "\n")
 
 
 def _attempt(r: ModelRoot, config: RetrainConfig, settings: RootSettings, result: AttemptResult,
              with_caps: Sequence[Tuple[str, str]], new_caps: Dict[str, List[str]], current: str) -> None:
     featurise_new_content(r, config, result, with_caps)
+    record_phase(r, result, "featurised")
     # images already in a split (e.g. landed again) keep their split and captions: no test image leaks into train
     new_ids = sorted({pio.image_id_from_path(p) for p, _ in with_caps} - data.ids_in_splits(r))
     if not new_ids:
@@ -228,8 +306,10 @@ def _attempt(r: ModelRoot, config: RetrainConfig, settings: RootSettings, result
     result.reasons.append(f"{len(new_ids)} image(s) join the training split")
     records = build_records(r, config, settings, result, new_ids, new_caps, current)
     version = result.version = r.next_version()
+    record_phase(r, result, "records")
     train_and_evaluate(r, config, result, records, current, version)
-    decide(r, config, result, records, current, version)
+    record_phase(r, result, "trained")
+    decide(r, config, result, records, current, version, with_caps)
 
 
 def describe(result: AttemptResult) -> List[str]:

@@ -42,6 +42,15 @@ def add_features(root: ModelRoot, src: str, batch: str) -> List[Tuple[str, str]]
     return [(row["path"], row["sha256"]) for row in rows]
 
 
+def remove_batch_features(root: ModelRoot, batch: str) -> List[str]:
+    """Delete ``batch``'s records and sidecar in the root (left by an attempt of it that was killed;
+    the caller holds the root's lease and the batch is not decided). Returns what was removed."""
+    from captionbeam.pipelines.features import IDS_DIR
+    found = pio.match([root.path(FEATURES_DIR, f"features-{batch}-*"), root.path(FEATURES_DIR, IDS_DIR, f"ids-{batch}-*")])
+    pio.delete(found)
+    return found
+
+
 def encoder_file(spec: FeaturesSpec) -> Optional[str]:
     """The model file of a ``.keras`` / ``.h5`` / ``.tflite`` encoder (where the features job read it:
     ``encoder_spec.source``), None for a registered encoder."""

@@ -66,18 +66,8 @@ class VersionInfo:
 
 
 def write_atomic(path: str, text: str) -> None:
-    """Replace ``path``'s content in one step: a rename locally; on GCS an object upload is atomic
-    (readers see the old or the new object, never a partial one)."""
-    if pio.is_gcs(path):
-        pio.write_text(path, text)
-        return
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{pio.run_token()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Replace ``path``'s content in one step (:func:`pipelines.io.write_text_atomic`)."""
+    pio.write_text_atomic(path, text)
 
 
 class ModelRoot:

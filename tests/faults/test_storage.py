@@ -1,0 +1,184 @@
+"""Fault matrix, storage: the bucket endpoint dies mid-job (a private emulator process, SIGKILLed once the
+job holds its lease and runs), a full disk (a 1 MiB tmpfs; root only), a file a reader holds locked.
+Each ends in one clear line naming the path or the endpoint (no traceback), within a bounded time, and
+nothing half-written is left as if it were good."""
+import glob
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TINY = ["--encoder", "mobilenet", "--weights", "none", "--image-size", "32"]
+
+
+def _env(**extra):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "", "TF_NUM_INTEROP_THREADS": "2",
+           "TF_NUM_INTRAOP_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env.update(extra)
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+EMULATOR = """
+import glob, os, sys, time
+from gcp_storage_emulator.server import create_server
+port, bucket, images = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+server = create_server("127.0.0.1", port, in_memory=True)
+server.start()
+os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{port}"
+from google.cloud import storage
+client = storage.Client.create_anonymous_client()
+client.create_bucket(bucket)
+for p in images:
+    client.bucket(bucket).blob("in/" + os.path.basename(p)).upload_from_filename(p)
+print("ready", flush=True)
+time.sleep(3600)
+"""
+
+
+@pytest.fixture
+def private_endpoint(sample_dir):
+    """A bucket on an emulator in its own process (the test kills it); yields (process, endpoint)."""
+    port = _free_port()
+    images = sorted(glob.glob(os.path.join(sample_dir, "images", "*.jpg")))[:12]
+    proc = subprocess.Popen([sys.executable, "-c", EMULATOR, str(port), "faults", *images], stdout=subprocess.PIPE,
+                            text=True, env=_env())
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        yield proc, f"http://127.0.0.1:{port}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+@pytest.mark.parametrize("command", ["features", "bulk"])
+def test_endpoint_down_mid_job_ends_with_a_clear_error(command, private_endpoint, tmp_path, request):
+    emulator, endpoint = private_endpoint
+    if command == "features":
+        argv = ["features", "--images", "gs://faults/in/*.jpg", "--output", "gs://faults/out", *TINY]
+    else:
+        model = request.getfixturevalue("image_model_dir")["merge"]
+        argv = ["bulk", "--images", "gs://faults/in/*.jpg", "--model-dir", model, "--output", "gs://faults/out"]
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+    client = storage.Client(project="faults", credentials=AnonymousCredentials(), client_options={"api_endpoint": endpoint})
+    log = tmp_path / "stderr.txt"
+    start = time.time()
+    with open(log, "w") as stderr:
+        job = subprocess.Popen([sys.executable, "-m", "captionbeam.launch.cli", *argv], stderr=stderr, text=True,
+                               env=_env(STORAGE_EMULATOR_HOST=endpoint), cwd=ROOT)
+    try:
+        # the job holds its lease on the bucket (it is past its checks and writing): the endpoint dies
+        while not list(client.list_blobs("faults", prefix="out/lease/")):
+            assert job.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.5)
+        emulator.send_signal(signal.SIGKILL)
+        killed = time.time()
+        rc = job.wait(timeout=600)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    err = log.read_text()
+    took = time.time() - killed
+    print(f"{command}: endpoint killed {killed - start:.0f}s after start; job ended {took:.0f}s later, rc {rc}")
+    assert rc == 1, err[-3000:]
+    assert f"storage endpoint {endpoint} unreachable" in err and "Traceback" not in err, err[-3000:]
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 64 KiB tmpfs (root only: skipped elsewhere, with the reason)."""
+    mnt = tmp_path / "full"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("a full disk needs a small tmpfs, which only root can mount")
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+    try:
+        yield str(mnt)
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_full_disk_atomic_commits_keep_the_old_file_and_no_temporary(full_disk):
+    import keras
+    import captionbeam.pipelines.io as pio
+    from captionbeam.model import gfile
+    from captionbeam.model.checkpoints import export_weights
+    config = os.path.join(full_disk, "config.json")
+    with open(config, "w") as f:
+        f.write('{"old": 1}')
+    with pytest.raises(OSError, match="No space left") as e:
+        gfile.write_text(config, "x" * 200_000)
+    assert e.value.filename == config
+    with pytest.raises(OSError, match="No space left") as e:
+        pio.write_text_atomic(os.path.join(full_disk, "CURRENT"), "v002\n" * 40_000)
+    assert e.value.filename == os.path.join(full_disk, "CURRENT")
+    model = keras.Sequential([keras.Input((256,)), keras.layers.Dense(256)])      # 257 KiB of weights
+    with pytest.raises(OSError, match="No space left"):
+        export_weights(model, os.path.join(full_disk, "last.weights.h5"))
+    # nothing truncated left as if it were good: the old config, no weights file, no temporary
+    assert sorted(os.listdir(full_disk)) == ["config.json"] and open(config).read() == '{"old": 1}'
+
+
+@pytest.mark.parametrize("command", ["features", "train"])
+def test_full_disk_ends_a_command_with_one_line_naming_the_path(command, full_disk, sample_dir, request):
+    if command == "features":
+        argv = ["features", "--images", os.path.join(sample_dir, "images", "*.jpg"), "--output", full_disk, *TINY]
+    else:
+        data = request.getfixturevalue("synthetic_data")
+        argv = ["train", "--data", str(data), "--model-dir", full_disk, "--epochs", "1", "--steps-per-epoch", "2",
+                "--units", "256", "--embedding-dim", "256", "--strategy", "one_device"]
+    proc = subprocess.run([sys.executable, "-m", "captionbeam.launch.cli", *argv], capture_output=True, text=True,
+                          env=_env(), cwd=ROOT, timeout=600)
+    err = proc.stderr
+    assert proc.returncode == 1, err[-3000:]
+    [line] = [l for l in err.splitlines() if l.startswith(f"captionbeam {command}: error:")]
+    assert "no space left on the device" in line and full_disk in line, line
+    assert "Traceback" not in err, err[-3000:]
+    # nothing half-written kept as if it were good: no spec (features), no weights file that does not load (train)
+    left = sorted(os.listdir(full_disk))
+    assert not any(f.startswith(".tmp-") for f in left), left
+    if command == "features":
+        assert "features_spec.json" not in left, left         # the spec is written last: no run looks finished
+    for weights in glob.glob(os.path.join(full_disk, "*.weights.h5")):
+        import h5py
+        h5py.File(weights, "r").close()
+
+
+def test_a_reader_holding_the_weights_open_does_not_block_the_writer(tmp_path):
+    """Issue 18: a reader with best.weights.h5 open crashed train with BlockingIOError (HDF5's file
+    lock): weights are written new and renamed over the old file, which the reader keeps reading."""
+    import keras
+    from captionbeam.model.checkpoints import export_weights
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    path = str(tmp_path / "best.weights.h5")
+    export_weights(model, path)
+    reader = subprocess.Popen([sys.executable, "-c", "import sys, time, h5py\nf = h5py.File(sys.argv[1], 'r')\n"
+                               "print('open', flush=True)\ntime.sleep(600)\n", path], stdout=subprocess.PIPE, text=True)
+    try:
+        assert reader.stdout.readline().strip() == "open"
+        import h5py
+        with pytest.raises((BlockingIOError, OSError)):      # what train used to do: open it for writing in place
+            h5py.File(path, "w").close()
+        model.layers[0].kernel.assign(model.layers[0].kernel + 1.0)
+        export_weights(model, path)                           # the protocol: no error, the new weights are there
+        fresh = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+        fresh.load_weights(path)
+        assert (fresh.layers[0].kernel.numpy() == model.layers[0].kernel.numpy()).all()
+    finally:
+        reader.kill()
+        reader.wait()
+    assert sorted(os.listdir(tmp_path)) == ["best.weights.h5"]
