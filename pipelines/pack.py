@@ -32,7 +32,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Dict, Iterable, List, Sequence, Tuple
 
 import apache_beam as beam
-from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 
 import captionbeam.pipelines.io as pio
@@ -40,7 +39,11 @@ from captionbeam.model import jsonl
 from captionbeam.pipelines.deadletter import DeadLetter, WriteDeadLetters
 from captionbeam.pipelines.counters import NAMESPACE
 from captionbeam.pipelines.formats import IMAGE_EXTENSIONS
+from captionbeam.pipelines.image_items import DEFAULT_MAX_BYTES
+from captionbeam.pipelines.images import DEFAULT_MAX_PIXELS, decode_image
+from captionbeam.pipelines.matching import MatchPaths
 from captionbeam.pipelines.shards.writer import ShardWriter
+from captionbeam.pipelines.user_files import UserFileError, check_max_bytes, read_user_file
 
 LOG = logging.getLogger(__name__)
 
@@ -61,8 +64,13 @@ class PackConfig:
     compress: bool = False
     prefix: str = "shard"
     verify_images: bool = False
+    max_bytes: int = DEFAULT_MAX_BYTES
+    max_pixels: int = DEFAULT_MAX_PIXELS       # with verify_images
 
     def __post_init__(self):
+        check_max_bytes(self.max_bytes)
+        if self.max_pixels < 1:
+            raise ValueError(f"--max-pixels must be positive, got {self.max_pixels}")
         if not self.images:
             raise ValueError("--images: give at least one glob")
         if self.format not in PACK_FORMATS:
@@ -183,12 +191,6 @@ class _WriteShardFn(beam.DoFn):
         self.shards = m.counter(NAMESPACE, "pack_shards")
         self.nbytes = m.counter(NAMESPACE, "pack_bytes")
 
-    def _verify(self, data: bytes) -> None:
-        import io
-        from PIL import Image
-        with Image.open(io.BytesIO(data)) as im:
-            im.verify()
-
     def process(self, item):
         from apache_beam.io.filesystems import FileSystems
         index, rows = item
@@ -204,9 +206,12 @@ class _WriteShardFn(beam.DoFn):
             writer = ShardWriter(f, cfg.format, compress=cfg.compress)
             for iid, src, captions, _ in rows:
                 try:
-                    data = pio.read_bytes(src)
+                    data = read_user_file(src, cfg.max_bytes)   # regular files only, never past --max-bytes
                     if cfg.verify_images:
-                        self._verify(data)
+                        decode_image(data, cfg.max_pixels)
+                except UserFileError as e:
+                    dead.append(DeadLetter(src, e.error, e.message, STAGE))
+                    continue
                 except Exception as e:  # noqa: BLE001 - unreadable / not an image: dead letter
                     dead.append(DeadLetter.from_exception(src, e, STAGE))
                     continue
@@ -240,11 +245,7 @@ class PackImages(beam.PTransform):
 
     def expand(self, pbegin):
         cfg = self.config
-        paths = (pbegin
-                 | "Patterns" >> beam.Create(list(cfg.images))
-                 | "Match" >> fileio.MatchAll(fileio.EmptyMatchTreatment.ALLOW)
-                 | "Path" >> beam.Map(lambda m: m.path)
-                 | "SkipDirectories" >> beam.Filter(lambda p: not p.endswith("/")))
+        paths = pbegin | "Match" >> MatchPaths(cfg.images)     # dangling / looping links included
         planned = (paths
                    | "AllPaths" >> beam.combiners.ToList()
                    | "Plan" >> beam.ParDo(_PlanFn(cfg.shard_size)).with_outputs(_PlanFn.DEAD, main="plan"))

@@ -20,15 +20,15 @@ import logging
 from typing import Sequence
 
 import apache_beam as beam
-from apache_beam.io.filesystem import CompressionTypes
 
 import captionbeam.pipelines.io as pio
 from captionbeam.pipelines.counters import NAMESPACE
 from captionbeam.pipelines.deadletter import DeadLetter
 from captionbeam.pipelines.formats import INPUT_FORMATS, split_by_format  # noqa: F401  (INPUT_FORMATS: for the flags)
-from captionbeam.pipelines.image_items import DEFAULT_MAX_BYTES, EMPTY_ID, TOO_LARGE, ImageBlob
-from captionbeam.pipelines.matching import MatchPaths, file_problem
+from captionbeam.pipelines.image_items import DEFAULT_MAX_BYTES, EMPTY_ID, ImageBlob
+from captionbeam.pipelines.matching import MatchPaths
 from captionbeam.pipelines.shards.transforms import ReadImageShards
+from captionbeam.pipelines.user_files import UserFileError, check_max_bytes, read_user_file
 
 log = logging.getLogger(__name__)
 
@@ -47,39 +47,23 @@ class _ReadFileFn(beam.DoFn):
         self.matched = beam.metrics.Metrics.counter(NAMESPACE, "files_matched")
 
     def process(self, path):
-        from apache_beam.io.filesystems import FileSystems
         self.matched.inc()
-        problem = file_problem(path, self.max_bytes)      # never open a FIFO, device or oversized file
-        if problem:
-            yield beam.pvalue.TaggedOutput(self.DEAD, DeadLetter(path=path, error=problem[0], message=problem[1],
-                                                                 stage="read"))
-            return
         try:
-            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-                data = f.read(self.max_bytes + 1)             # bounded: never more than the limit + 1
-            if len(data) > self.max_bytes:
-                yield beam.pvalue.TaggedOutput(self.DEAD, DeadLetter(
-                    path=path, error=TOO_LARGE, message=f"file is larger than --max-bytes {self.max_bytes}",
-                    stage="read"))
-                return
+            data = read_user_file(path, self.max_bytes)    # never a FIFO, device, link to nowhere or > the limit
             if not pio.image_id_from_path(path):
                 yield beam.pvalue.TaggedOutput(self.DEAD, DeadLetter(
                     path=path, error=EMPTY_ID, message="file name gives an empty image id", stage="read"))
                 return
+        except UserFileError as e:
+            yield beam.pvalue.TaggedOutput(self.DEAD, DeadLetter(path=path, error=e.error, message=e.message,
+                                                                 stage="read"))
+            return
         except Exception as e:  # noqa: BLE001 - any storage error becomes a dead letter
             yield beam.pvalue.TaggedOutput(self.DEAD, DeadLetter.from_exception(path, e, "read"))
             return
         self.read_ok.inc()
         self.bytes_read.inc(len(data))
         yield ImageBlob(source=path, image_id=pio.image_id_from_path(path), data=data)
-
-
-def check_max_bytes(max_bytes: int) -> int:
-    """The byte limit must be positive: there is no unbounded read (raise the limit for larger images)."""
-    if not isinstance(max_bytes, int) or max_bytes < 1:
-        raise ValueError(f"--max-bytes must be a positive number of bytes, got {max_bytes!r} "
-                         f"(default {DEFAULT_MAX_BYTES}: every read is bounded)")
-    return max_bytes
 
 
 class ReadImageFiles(beam.PTransform):

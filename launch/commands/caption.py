@@ -19,11 +19,11 @@ import sys
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Tuple
 
-import captionbeam.pipelines.io as pio
 from captionbeam.launch.command_args import CommandError
 from captionbeam.launch.commands.evaluate import Decoding, add_decoding_arguments, check_decoding_arguments
 
 from captionbeam.launch.arg_types import output_dir
+from captionbeam.launch.reader_flags import add_reader_arguments
 
 HELP = "caption image files with a trained model"
 log = logging.getLogger("captionbeam.caption")
@@ -36,8 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--attention-plot", metavar="DIR", type=output_dir,
                         help="write DIR/<image id>.attention.png: the attention map of every word over the image "
                              "(attention models only)")
-    parser.add_argument("--max-pixels", type=int, default=89_478_485,
-                        help="refuse images with more pixels than this (decompression-bomb guard; default Pillow's)")
+    add_reader_arguments(parser)
     parser.add_argument("--encoder-file", default=None, metavar="PATH",
                         help="the model file of a .keras/.h5/.tflite encoder (features_spec.json names it by its "
                              "base name, found in the working directory by default)")
@@ -84,6 +83,7 @@ class CaptionConfig:
     attention_plot: Optional[str] = None
     max_pixels: int = 89_478_485
     encoder_file: Optional[str] = None
+    max_bytes: int = 64 << 20
 
 
 @dataclass
@@ -95,7 +95,7 @@ class CaptionResult:
 def config_from_args(args: argparse.Namespace) -> CaptionConfig:
     return CaptionConfig(model_dir=args.model_dir, images=tuple(args.images), decoding=Decoding.from_args(args),
                          attention_plot=args.attention_plot, max_pixels=args.max_pixels,
-                         encoder_file=args.encoder_file)
+                         encoder_file=args.encoder_file, max_bytes=args.max_bytes)
 
 
 def run(config: CaptionConfig, on_row: Optional[Callable[[dict], None]] = None,
@@ -103,6 +103,7 @@ def run(config: CaptionConfig, on_row: Optional[Callable[[dict], None]] = None,
     """Caption ``config.images``; each row (and each failed file) is also passed to ``on_row``
     (``on_error``) as soon as it is known. :class:`CommandError` when the model dir is unusable."""
     from captionbeam.pipelines.images import ImageDecodeError, decode_image
+    from captionbeam.pipelines.user_files import read_user_file
     from captionbeam.model.caption_files import image_id as to_image_id
     try:
         captioner = config.decoding.load_captioner(config.model_dir, config.encoder_file)
@@ -117,7 +118,8 @@ def run(config: CaptionConfig, on_row: Optional[Callable[[dict], None]] = None,
     result = CaptionResult()
 
     def report_error(path: str, e: Exception) -> None:
-        row = {"path": path, "error": type(e).__name__, "message": str(e)}
+        error = getattr(e, "error", None) or type(e).__name__     # a UserFileError's dead-letter code
+        row = {"path": path, "error": error, "message": getattr(e, "message", None) or str(e)}
         result.failed.append(row)
         if on_error:
             on_error(row)
@@ -130,7 +132,7 @@ def run(config: CaptionConfig, on_row: Optional[Callable[[dict], None]] = None,
         images = []
         for path in paths[start:start + batch_size]:
             try:
-                images.append(decode_image(pio.read_bytes(path), max_pixels=config.max_pixels))
+                images.append(decode_image(read_user_file(path, config.max_bytes), max_pixels=config.max_pixels))
                 chunk.append(path)
             except (OSError, ImageDecodeError, ValueError) as e:
                 report_error(path, e)

@@ -13,6 +13,7 @@ import sys
 
 from captionbeam.launch.arg_types import output_dir, positive_int
 from captionbeam.launch.command_args import CommandError
+from captionbeam.launch.reader_flags import add_reader_arguments
 
 HELP = "pack loose images into tar or TFRecord shards, with a manifest (Beam job)"
 BEAM = True
@@ -47,6 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--verify-images", action="store_true",
                    help="open every image with Pillow before packing and dead-letter those that are not "
                         "images (slower; without it bytes are packed as they are and `features` dead-letters them)")
+    add_reader_arguments(g)
     g.add_argument("--overwrite", action="store_true",
                    help="delete shards, manifest and dead letters an earlier pack left in --output first "
                         "(without it, a non-empty --output is an error: stale shards would be read as duplicates)")
@@ -77,7 +79,8 @@ def config_from_args(args: argparse.Namespace):
     try:
         return PackConfig(images=tuple(args.images), output=args.output, format=args.format,
                           shard_size=args.shard_size, captions=args.captions, captions_format=args.captions_format,
-                          compress=args.compress, prefix=args.prefix, verify_images=args.verify_images)
+                          compress=args.compress, prefix=args.prefix, verify_images=args.verify_images,
+                          max_bytes=args.max_bytes, max_pixels=args.max_pixels)
     except ValueError as e:
         raise CommandError(str(e)) from None
 

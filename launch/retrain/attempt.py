@@ -121,7 +121,12 @@ def new_with_captions(r: ModelRoot, config: RetrainConfig, result: AttemptResult
         return None
     _log(result.batch, f"{len(with_caps)} new image(s) with captions under {', '.join(config.images)}"
          + (f"; {result.without_captions} still without captions" if result.without_captions else ""))
-    return manifest.content_hashes(with_caps)
+    hashed, refused = manifest.content_hashes(with_caps)
+    for e in refused:                  # a FIFO / huge file / dangling link: named, never opened or read whole
+        result.reasons.append(f"refused {e.path}: {e.error}: {e.message}")
+        _log(result.batch, f"refused {e.path}: {e.error}: {e.message}")
+    result.new_images = len(hashed)
+    return hashed or None
 
 
 # ----------------------------------------------------------------------------- 2. features

@@ -9,6 +9,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import captionbeam.pipelines.io as pio
 from captionbeam.launch.retrain.root import ModelRoot, RetrainError, read_consumed
 from captionbeam.model.records import FeaturesSpec
+from captionbeam.pipelines.image_items import DEFAULT_MAX_BYTES
+from captionbeam.pipelines.user_files import UserFileError
 
 FEATURES_DIR = "features"
 
@@ -72,15 +74,30 @@ def root_encoder_file(root: ModelRoot, spec: FeaturesSpec) -> Optional[str]:
 
 def landed(root: ModelRoot, images: Sequence[str]) -> List[str]:
     """Paths matched by ``images`` that no finished batch consumed (landed files are treated as
-    immutable: a consumed path is not read again)."""
+    immutable: a consumed path is not read again), dangling / looping links included (the hashing
+    refuses them by name instead of their vanishing uncounted)."""
+    from captionbeam.pipelines.matching import unlisted_local_matches
     consumed = read_consumed(root)
-    return [p for p in pio.match(list(images)) if p not in consumed]
+    matched = set(pio.match(list(images))) | {p for g in images for p in unlisted_local_matches(g)}
+    return [p for p in sorted(matched) if p not in consumed]
 
 
-def content_hashes(paths: Sequence[str], threads: int = 8) -> List[Tuple[str, str]]:
-    """(path, sha256) of each path. Only new paths get here: the sidecar knows the content of every
-    featurised image but not which new path holds which content, and object stores keep no sha256,
-    so a new path's bytes are read once (in threads: on gs:// that is I/O)."""
+def content_hashes(paths: Sequence[str], threads: int = 8, max_bytes: int = DEFAULT_MAX_BYTES
+                   ) -> Tuple[List[Tuple[str, str]], List[UserFileError]]:
+    """((path, sha256) of each readable path, the refused ones). Only new paths get here: the sidecar
+    knows the content of every featurised image but not which new path holds which content, and object
+    stores keep no sha256, so a new path's bytes are read once (in threads: on gs:// that is I/O),
+    through the one reader of users' files: a FIFO, device, dangling or looping link, or a file over
+    ``max_bytes`` is refused (never opened, never read past the limit)."""
     from concurrent.futures import ThreadPoolExecutor
+    from captionbeam.pipelines.user_files import sha256_user_file
+
+    def one(p):
+        try:
+            return sha256_user_file(p, max_bytes)
+        except UserFileError as e:
+            return e
+
     with ThreadPoolExecutor(max_workers=max(1, min(threads, len(paths)))) as pool:
-        return list(zip(paths, pool.map(lambda p: pio.sha256_hex(pio.read_bytes(p)), paths)))
+        got = list(zip(paths, pool.map(one, paths)))
+    return [(p, h) for p, h in got if isinstance(h, str)], [h for _, h in got if not isinstance(h, str)]

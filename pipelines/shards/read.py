@@ -10,12 +10,13 @@ from captionbeam.pipelines.formats import is_gzip_name
 from captionbeam.pipelines.image_items import DEFAULT_MAX_BYTES, UNKNOWN_FORMAT, UNREADABLE, ShardError, ShardItem
 from captionbeam.pipelines.shards.image_examples import TfrecordFields, iter_tfrecord
 from captionbeam.pipelines.shards.tar import iter_tar
+from captionbeam.pipelines.user_files import UserFileError, open_user_file
 
 
 def open_shard(path: str) -> BinaryIO:
-    """A streaming binary file object over a shard (local or gs://), compressed bytes as stored."""
-    from apache_beam.io.filesystems import FileSystems
-    return FileSystems.open(path, compression_type="uncompressed")
+    """A streaming binary file object over a shard (local or gs://), compressed bytes as stored, through
+    the one reader of users' files (a FIFO, device or dangling link is a ``UserFileError``)."""
+    return open_user_file(path)
 
 
 def iter_shard(path: str, fmt: str, fields: TfrecordFields = TfrecordFields(),
@@ -24,6 +25,9 @@ def iter_shard(path: str, fmt: str, fields: TfrecordFields = TfrecordFields(),
     ``max_bytes`` is read into memory (each is a ``too_large`` dead letter)."""
     try:
         f = fileobj if fileobj is not None else open_shard(path)
+    except UserFileError as e:
+        yield ShardError(path, "", e.error, e.message)
+        return
     except Exception as e:  # noqa: BLE001
         yield ShardError(path, "", UNREADABLE, f"cannot open shard: {type(e).__name__}: {e}")
         return

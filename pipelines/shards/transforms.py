@@ -22,9 +22,10 @@ from captionbeam.pipelines.counters import NAMESPACE
 from captionbeam.pipelines.deadletter import DeadLetter
 from captionbeam.pipelines.formats import TAR_SUFFIXES, TFRECORD_SUFFIXES, resolve_format
 from captionbeam.pipelines.image_items import DEFAULT_MAX_BYTES, DUPLICATE_ID, STAGE, UNKNOWN_FORMAT, ShardError
-from captionbeam.pipelines.matching import MatchPaths, file_problem
+from captionbeam.pipelines.matching import MatchPaths
 from captionbeam.pipelines.shards.image_examples import TfrecordFields
 from captionbeam.pipelines.shards.read import iter_shard
+from captionbeam.pipelines.user_files import file_problem
 
 LOG = logging.getLogger(__name__)
 DUPLICATE_POLICIES = ("drop", "keep")
