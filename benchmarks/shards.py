@@ -50,7 +50,7 @@ def beam_read_decode(patterns, input_format: str, size: int, beam_args) -> tuple
     import apache_beam as beam
     from apache_beam.metrics.metric import MetricsFilter
 
-    from captionbeam.pipelines.features import DecodeImages
+    from captionbeam.pipelines.decoding import DecodeImages
     from captionbeam.pipelines.options import pipeline_options
     from captionbeam.pipelines.sources import ReadImages
 

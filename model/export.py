@@ -13,9 +13,10 @@ squashed to the encoder's input with bilinear antialiased resizing (close to, no
 Pillow resize of the features job; identical when the image already has the input size), rounded to
 uint8 like Pillow's output, preprocessed with the encoder family's arithmetic
 (``model.encoders.preprocess_tf``), encoded, and decoded (greedy or beam search, fixed at export).
-Bytes that are not a JPEG/PNG/GIF/BMP by their magic number get ``valid`` False and an empty
-caption instead of failing the whole batch (a file with a valid header but corrupt data still fails
-the request: TensorFlow ops cannot catch). ``caption_features(features) -> the same outputs`` skips
+The decision is per image: bytes that are not a JPEG/PNG/GIF/BMP, truncated or corrupt data, and an
+image whose header declares more than ``max_pixels`` pixels (checked before decoding: a 445 KB PNG of
+12000x12000 is refused from its IHDR, never inflated) get ``valid`` False, an empty caption and
+log-prob 0, and the rest of the batch is captioned; an empty batch returns empty outputs. ``caption_features(features) -> the same outputs`` skips
 the image part. EXIF orientation is not applied (Pillow does it in ``captionbeam caption``).
 """
 from __future__ import annotations
@@ -28,37 +29,65 @@ import tensorflow as tf
 
 from captionbeam.model import gfile
 from captionbeam.model.decode import decode_graph, tokens_to_strings
+from captionbeam.model.limits import DEFAULT_MAX_PIXELS
 
 METADATA_FILE = "captionbeam_export.json"
 SAVED_MODEL_FILE = "saved_model.pb"
 # Bump when the serving graph changes what it computes (decode, resize, preprocessing, decoding): it is
 # part of every export's version, so bulk's --skip-existing re-captions with a changed graph.
-EXPORT_FORMAT = 1
+EXPORT_FORMAT = 2          # 2: per-image validity (a bad image no longer fails the batch), pixel limit
 SERVING_INPUT = "images"
 SERVING_OUTPUTS = ("captions", "log_probs", "valid")
 
 
-def _valid_image(data):
-    """True for JPEG / PNG / GIF / BMP magic numbers."""
-    head = tf.strings.substr(data, 0, 4)
-    return tf.reduce_any(tf.stack([
-        tf.equal(tf.strings.substr(data, 0, 3), b"\xff\xd8\xff"),
-        tf.equal(head, b"\x89PNG"),
-        tf.equal(head, b"GIF8"),
-        tf.equal(tf.strings.substr(data, 0, 2), b"BM"),
-    ]))
+def _u32_be(data, offset):
+    b = tf.cast(tf.io.decode_raw(tf.strings.substr(data, offset, 4), tf.uint8), tf.int64)
+    return ((b[0] * 256 + b[1]) * 256 + b[2]) * 256 + b[3]
+
+
+def _u16_le(data, offset):
+    b = tf.cast(tf.io.decode_raw(tf.strings.substr(data, offset, 2), tf.uint8), tf.int64)
+    return b[0] + b[1] * 256
+
+
+def _i32_le_abs(data, offset):   # BMP heights are negative for top-down rows
+    return tf.abs(tf.cast(tf.io.decode_raw(tf.strings.substr(data, offset, 4), tf.int32)[0], tf.int64))
+
+
+def header_pixels(data):
+    """Width x height an image's header declares, read before any pixel is decoded: JPEG's frame header
+    (``tf.image.extract_jpeg_shape``), PNG's IHDR, GIF's logical screen, BMP's info header; -1 for
+    bytes that are none of these by their magic number (or too short to hold the header)."""
+    n = tf.strings.length(data)
+
+    def jpeg():
+        shape = tf.cast(tf.image.extract_jpeg_shape(data), tf.int64)
+        return shape[0] * shape[1]
+
+    return tf.case([
+        (tf.equal(tf.strings.substr(data, 0, 3), b"\xff\xd8\xff"), jpeg),
+        (tf.logical_and(tf.equal(tf.strings.substr(data, 0, 4), b"\x89PNG"), n >= 24),
+         lambda: _u32_be(data, 16) * _u32_be(data, 20)),
+        (tf.logical_and(tf.equal(tf.strings.substr(data, 0, 4), b"GIF8"), n >= 10),
+         lambda: _u16_le(data, 6) * _u16_le(data, 8)),
+        (tf.logical_and(tf.equal(tf.strings.substr(data, 0, 2), b"BM"), n >= 26),
+         lambda: _i32_le_abs(data, 18) * _i32_le_abs(data, 22))],
+        default=lambda: tf.constant(-1, tf.int64))
 
 
 class CaptionServer:
     """The serving functions over a Captioner's Keras encoder and caption model (exported through
     ``keras.export.ExportArchive``, which tracks Keras 3 variables for ``tf.saved_model``)."""
 
-    def __init__(self, captioner):
+    def __init__(self, captioner, max_pixels: int = DEFAULT_MAX_PIXELS):
         if captioner.encoder_description.kind == "tflite":
             raise ValueError(f"the model's encoder {captioner.encoder_name!r} is a TFLite file, and a .tflite encoder "
                              f"cannot be part of a SavedModel (it runs in its own interpreter): caption and bulk "
                              f"take this model dir as it is (--model-dir), or train on features of the Keras model "
                              f"the .tflite file was converted from to export")
+        if max_pixels < 1:
+            raise ValueError(f"--max-pixels must be positive, got {max_pixels}")
+        self.max_pixels = int(max_pixels)
         enc = captioner.encoder
         if not hasattr(enc, "model"):
             raise ValueError(f"export needs a Keras encoder; {captioner.encoder_name!r} is {type(enc).__name__}")
@@ -73,22 +102,37 @@ class CaptionServer:
         self.metadata = {"model_version": captioner.model_version, "encoder": captioner.encoder_name,
                          "arch": captioner.arch, "image_size": [self.size, self.size],
                          "preprocessing_mode": mode, "beam_size": self.beam_size, "max_length": self.max_length,
-                         "length_penalty": self.alpha, "export_format": EXPORT_FORMAT}
+                         "length_penalty": self.alpha, "export_format": EXPORT_FORMAT,
+                         "max_pixels": self.max_pixels}
         if len(captioner.members) > 1:   # an ensemble: one SavedModel holding every member (model.ensemble)
             self.metadata["members"] = list(captioner.members)
         self.image_signature = [tf.TensorSpec([None], tf.string, name="images")]
         self.features_signature = [tf.TensorSpec([None] + self.feature_shape, tf.float32, name="features")]
 
-    def _decode_one(self, data):
-        ok = _valid_image(data)
-
-        def decode():
+    def _decode_one(self, index, data):
+        """One image -> (index, pixels); raises (in the graph) for bytes that are not an image, declare
+        more than ``max_pixels`` pixels (checked from the header, nothing decoded) or are corrupt."""
+        pixels = header_pixels(data)
+        ok = tf.logical_and(pixels > 0, pixels <= self.max_pixels)
+        with tf.control_dependencies([tf.debugging.Assert(ok, ["not an image or over max_pixels:", pixels])]):
             img = tf.io.decode_image(data, channels=3, expand_animations=False)
-            img = tf.image.resize(tf.cast(img, tf.float32), [self.size, self.size], method="bilinear",
-                                  antialias=True)
-            return tf.clip_by_value(tf.round(img), 0.0, 255.0)
+        img = tf.image.resize(tf.cast(img, tf.float32), [self.size, self.size], method="bilinear", antialias=True)
+        return index, tf.clip_by_value(tf.round(img), 0.0, 255.0)
 
-        return tf.cond(ok, decode, lambda: tf.zeros([self.size, self.size, 3], tf.float32)), ok
+    def _decode_batch(self, images):
+        """Per image: a failure (not an image, pixel bomb, truncated or corrupt data) drops only that image
+        (``tf.data``'s ``ignore_errors``: TensorFlow ops cannot catch, a dataset can). Returns the valid
+        images' indices (ascending), their pixels, and the ``valid`` mask."""
+        n = tf.shape(images)[0]
+        size = self.size
+        ds = tf.data.Dataset.from_tensor_slices((tf.range(n), images)).map(self._decode_one).ignore_errors()
+        index, pixels = ds.reduce(
+            (tf.zeros([0], tf.int32), tf.zeros([0, size, size, 3], tf.float32)),
+            lambda acc, x: (tf.concat([acc[0], [x[0]]], 0), tf.concat([acc[1], [x[1]]], 0)))
+        order = tf.argsort(index)
+        index, pixels = tf.gather(index, order), tf.gather(pixels, order)
+        valid = tf.scatter_nd(index[:, None], tf.ones_like(index, tf.bool), [n])
+        return index, tf.ensure_shape(pixels, [None, size, size, 3]), valid
 
     def _caption_features(self, features):
         out = decode_graph(self.caption_model, features, self.beam_size, self.max_length, self.alpha)
@@ -96,24 +140,38 @@ class CaptionServer:
                 "tokens": out["tokens"], "lengths": out["length"]}
 
     def _serve(self, images):
+        """Captions for the valid images only; an invalid one gets ``valid`` False, an empty caption,
+        log-prob 0 and no tokens; an empty batch (or one without a valid image) returns empty outputs."""
         from captionbeam.model.encoders import preprocess_tf
-        pixels, valid = tf.map_fn(self._decode_one, images,
-                                  fn_output_signature=(tf.TensorSpec([self.size, self.size, 3], tf.float32),
-                                                       tf.TensorSpec([], tf.bool)))
-        features = self.encoder_model(preprocess_tf(pixels, self.mode), training=False)
-        out = self._caption_features(tf.cast(features, tf.float32))
-        out["captions"] = tf.where(valid, out["captions"], "")
-        out["log_probs"] = tf.where(valid, out["log_probs"], 0.0)
-        out["valid"] = valid
-        return out
+        n = tf.shape(images)[0]
+        index, pixels, valid = self._decode_batch(images)
+        k = tf.shape(index)[0]
+
+        def caption():
+            features = self.encoder_model(preprocess_tf(pixels, self.mode), training=False)
+            out = self._caption_features(tf.cast(features, tf.float32))
+            return out["captions"], out["log_probs"], tf.cast(out["tokens"], tf.int32), tf.cast(out["lengths"], tf.int32)
+
+        def nothing():
+            return (tf.zeros([0], tf.string), tf.zeros([0], tf.float32), tf.zeros([0, 1], tf.int32),
+                    tf.zeros([0], tf.int32))
+
+        captions, log_probs, tokens, lengths = tf.cond(k > 0, caption, nothing)
+        # row j of the batch takes result row (its rank among the valid images), or the padding row k
+        rank = tf.cumsum(tf.cast(valid, tf.int32)) - 1
+        take = tf.where(valid, rank, k)
+        pad = lambda x, value: tf.concat([x, tf.fill(tf.concat([[1], tf.shape(x)[1:]], 0), value)], 0)  # noqa: E731
+        return {"captions": tf.gather(pad(captions, ""), take), "log_probs": tf.gather(pad(log_probs, 0.0), take),
+                "tokens": tf.gather(pad(tokens, 0), take), "lengths": tf.gather(pad(lengths, 0), take),
+                "valid": valid}
 
 
 def export(model_dir: str, output: str, beam_size: int = 1, max_length: Optional[int] = None,
-           alpha: float = 0.0, which: str = "best") -> dict:
+           alpha: float = 0.0, which: str = "best", max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
     """Write the SavedModel to ``output`` (plus ``output/captionbeam_export.json``); returns its metadata."""
     from captionbeam.model.captioner import Captioner
     captioner = Captioner.load(model_dir, beam_size=beam_size, max_length=max_length, alpha=alpha, which=which)
-    server = CaptionServer(captioner)
+    server = CaptionServer(captioner, max_pixels)
     root = tf.Module(name="captionbeam")
     # The graphs capture the models' variables; the module tracks the underlying tf.Variables (not the Keras
     # models: Keras 3 would add a default signature that feeds float tokens to the caption model).

@@ -183,13 +183,32 @@ def _split_inference_output(out):
 
 
 # ----------------------------------------------------------------------------- transforms
+def _image_bytes_within_limit(item, max_pixels: int):
+    """(ImageBlob, sha256) -> ImageBytes, or a dead letter when the header declares more than
+    ``max_pixels`` (bulk's --max-pixels holds for an export too; nothing is decoded here)."""
+    from captionbeam.pipelines.images import DecompressionBombError, check_header
+    try:
+        check_header(item[0].data, max_pixels)
+    except DecompressionBombError as e:
+        yield beam.pvalue.TaggedOutput("dead_letters", DeadLetter.from_exception(item[0].source, e, "decode"))
+        return
+    except Exception:  # noqa: BLE001 - not an image by Pillow's header: the export decides (valid=False)
+        pass
+    yield _to_image_bytes(item)
+
+
 class PassImageBytes(beam.PTransform):
-    """(ImageBlob, sha256) -> {"images": ImageBytes, "dead_letters": (none)}: for an exported SavedModel,
-    which decodes the bytes itself (bytes it rejects come back from the handler as dead letters)."""
+    """(ImageBlob, sha256) -> {"images": ImageBytes, "dead_letters": over --max-pixels}: for an exported
+    SavedModel, which decodes the bytes itself (bytes it rejects come back from the handler as dead letters)."""
+
+    def __init__(self, max_pixels: int = DEFAULT_MAX_PIXELS):
+        super().__init__()
+        self.max_pixels = max_pixels
 
     def expand(self, items):
-        images = items | "ToImageBytes" >> beam.Map(_to_image_bytes)
-        return {"images": images, "dead_letters": items.pipeline | "NoDecodeFailures" >> beam.Create([])}
+        out = items | "ToImageBytes" >> beam.FlatMap(_image_bytes_within_limit, self.max_pixels).with_outputs(
+            "dead_letters", main="images")
+        return {"images": out.images, "dead_letters": out.dead_letters}
 
 
 def make_handler(config: BulkConfig, model: ModelInfo):
@@ -202,7 +221,7 @@ def make_handler(config: BulkConfig, model: ModelInfo):
 def prepare_for_model(config: BulkConfig, model: ModelInfo) -> Tuple[str, beam.PTransform]:
     """(step name, transform) that turns (ImageBlob, sha256) into what the job's handler takes."""
     if model.exported:
-        return "PassImageBytes", PassImageBytes()
+        return "PassImageBytes", PassImageBytes(config.max_pixels)
     return "DecodeForCaptioner", DecodeImages(model.image_size, config.max_pixels, config.resize_method)
 
 

@@ -9,12 +9,13 @@ Two handlers, one per kind of ``--model-dir`` (a job uses one of them):
 - :class:`SavedModelHandler` (an export of ``captionbeam export``, a directory with ``saved_model.pb``):
   ``load_model()`` is ``tf.saved_model.load``; ``run_inference`` feeds the raw file bytes of a batch
   (:class:`ImageBytes`) to its ``serving_default(images=...)`` signature, which decodes, resizes,
-  encodes and decodes the captions in one graph. Rows whose ``valid`` output is False (bytes that are
-  not a JPEG/PNG/GIF/BMP by their header) become dead letters (stage ``decode``).
+  encodes and decodes the captions in one graph, deciding per image. Rows whose ``valid`` output is
+  False (not an image, truncated or corrupt, over the export's pixel limit) become dead letters (stage
+  ``decode``) with the Pillow reader's reason.
 
 Both return one output row (or one ``DeadLetter``) per image, and share the failure isolation of
-:class:`_IsolatingHandler`: a batch that raises is retried image by image so a bad image (e.g. a
-corrupt JPEG with a valid header, which fails the export's whole request) costs only itself.
+:class:`_IsolatingHandler`, the one policy of :mod:`pipelines.isolation` (``features`` uses it too): a
+batch that raises is retried image by image so a bad image costs only itself.
 
 How many models per worker
 --------------------------
@@ -45,6 +46,7 @@ from captionbeam.pipelines.bulk_rows import CaptionRow
 from captionbeam.pipelines.counters import BULK_INFERENCE_NAMESPACE
 from captionbeam.pipelines.deadletter import MAX_MESSAGE_CHARS, DeadLetter
 from captionbeam.pipelines.image_items import DecodedImage
+from captionbeam.pipelines.isolation import run_isolated
 
 log = logging.getLogger(__name__)
 
@@ -131,22 +133,9 @@ class _IsolatingHandler(ModelHandler):
         self._progress = None
 
     def run_inference(self, batch: Sequence[Any], model, inference_args=None) -> List[Any]:
-        """Rows for the batch. If the batched call fails, each image is retried alone so that one bad
-        image costs only itself: those that fail alone come back as ``DeadLetter`` (:meth:`_dead_letter`)."""
-        try:
-            out = self._caption(batch, model)
-        except Exception as batch_error:  # noqa: BLE001
-            if len(batch) == 1:
-                out = [self._dead_letter(batch[0], batch_error)]
-            else:
-                log.warning("bulk: a batch of %d failed (%s: %s); retrying its images one by one",
-                            len(batch), type(batch_error).__name__, tf_error_summary(batch_error))
-                out = []
-                for item in batch:
-                    try:
-                        out.extend(self._caption([item], model))
-                    except Exception as e:  # noqa: BLE001
-                        out.append(self._dead_letter(item, e))
+        """Rows for the batch, through the one failure policy (:func:`pipelines.isolation.run_isolated`):
+        an image that fails alone comes back as a ``DeadLetter`` (:meth:`_dead_letter`)."""
+        out = run_isolated(batch, lambda b: self._caption(b, model), self._dead_letter, "bulk")
         if self._progress is None:
             self._progress = _Progress()
         self._progress.add(len(batch))
@@ -209,11 +198,19 @@ class CaptionerModelHandler(_IsolatingHandler):
         return int(sum(item.pixels.nbytes for item in batch))
 
 
-def not_an_image(item: ImageBytes) -> DeadLetter:
-    """Dead letter of bytes the export rejected by their header (``valid`` False)."""
-    return DeadLetter(path=item.path, error="NotAnImageError", stage="decode",
-                      message=(f"not a JPEG/PNG/GIF/BMP image by its header: the export's serving_default "
-                               f"returned valid=False ({len(item.data)} bytes, starts with {item.data[:8]!r})"))
+def rejected_by_export(item: ImageBytes) -> DeadLetter:
+    """Dead letter of an image the export refused (``valid`` False): the export cannot say why, so the
+    bytes are checked here with the Pillow reader (only the rejected ones) for the same reasons as
+    everywhere else (``NotAnImageError``, ``TruncatedImageError``, ``DecompressionBombError`` ...);
+    ``UnsupportedByExportError`` when Pillow decodes what the export's decoder does not (e.g. WebP)."""
+    from captionbeam.pipelines.images import decode_image
+    try:
+        decode_image(item.data)
+        error, why = "UnsupportedByExportError", "Pillow decodes it, the export's JPEG/PNG/GIF/BMP decoder does not"
+    except Exception as e:  # noqa: BLE001 - the reason is the point
+        error, why = type(e).__name__, str(e)
+    return DeadLetter(path=item.path, error=error, stage="decode",
+                      message=(f"the export's serving_default returned valid=False: {why}")[:MAX_MESSAGE_CHARS])
 
 
 class SavedModelHandler(_IsolatingHandler):
@@ -245,7 +242,7 @@ class SavedModelHandler(_IsolatingHandler):
         if not len(captions) == len(log_probs) == len(valid) == len(batch):
             raise RuntimeError(f"serving_default returned {len(captions)} captions for {len(batch)} images")
         return [caption_row(item, c.decode("utf-8"), lp, self.model_version, self.encoder) if ok
-                else not_an_image(item)
+                else rejected_by_export(item)
                 for item, c, lp, ok in zip(batch, captions, log_probs, valid)]
 
     def _dead_letter(self, item: ImageBytes, exc: BaseException) -> DeadLetter:

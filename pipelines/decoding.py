@@ -7,6 +7,7 @@ import apache_beam as beam
 
 from captionbeam.pipelines.counters import NAMESPACE
 from captionbeam.pipelines.deadletter import DeadLetter
+from captionbeam.pipelines.io import sha256_hex
 from captionbeam.pipelines.image_items import DecodedImage
 from captionbeam.pipelines.images import DEFAULT_MAX_PIXELS, load_image
 
@@ -23,7 +24,7 @@ class _DecodeFn(beam.DoFn):
         self.decoded = beam.metrics.Metrics.counter(NAMESPACE, "images_decoded")
 
     def process(self, item):
-        blob, sha256 = item
+        blob, sha256 = item if isinstance(item, tuple) else (item, sha256_hex(item.data))
         try:
             pixels = load_image(blob.data, self.image_size, self.max_pixels, self.resize_method)
         except Exception as e:  # noqa: BLE001 - ImageDecodeError, or a decoder bug: the file is not lost either way
@@ -34,7 +35,7 @@ class _DecodeFn(beam.DoFn):
 
 
 class DecodeImages(beam.PTransform):
-    """``(ImageBlob, sha256)`` -> ``{"images": DecodedImage (uint8 (size, size, 3)), "dead_letters": DeadLetter}``."""
+    """``(ImageBlob, sha256)`` (or an ``ImageBlob``, hashed here) -> ``{"images": DecodedImage (uint8 (size, size, 3)), "dead_letters": DeadLetter}``."""
 
     def __init__(self, image_size: int, max_pixels: int = DEFAULT_MAX_PIXELS, resize_method: str = "bilinear"):
         super().__init__()

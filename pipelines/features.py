@@ -3,8 +3,9 @@
 Pipeline (each step a composite PTransform)::
 
     ReadImages (fileio.MatchAll -> read bytes)      -> ImageBlob          | dead letters (read)
-    DecodeImages (Pillow: validate, RGB, resize)    -> (key, uint8 image) | dead letters (decode)
-    EncodeImages (RunInference, KeyedModelHandler)  -> (key, features)    | dead letters (inference)
+    decoding.DecodeImages (hash; Pillow: validate, RGB, resize) -> (key, uint8 image) | dead letters (decode)
+    EncodeImages (RunInference, KeyedModelHandler; one bad image costs only itself: pipelines.isolation)
+                                                    -> (key, features)    | dead letters (inference)
     ToFeatureExamples (records.feature_example)     -> serialized tf.train.Example
     WriteToTFRecord                                 -> <output>/features-NNNNN-of-NNNNN.tfrecord
     WriteDeadLetters                                -> <output>/dead_letters/dead_letters-*.jsonl
@@ -33,10 +34,12 @@ from captionbeam.model.encoder_description import EncoderDescription
 from captionbeam.model.encoders import EncoderConfig, build_described, describe
 from captionbeam.pipelines.counters import NAMESPACE, query_counters
 from captionbeam.pipelines import decoding
-from captionbeam.pipelines.deadletter import WriteDeadLetters, dead_letters_dir, dead_letters_pattern, failed_batch_dead_letters
+from captionbeam.pipelines.deadletter import (MAX_MESSAGE_CHARS, DeadLetter, WriteDeadLetters, dead_letters_dir,
+                                             dead_letters_pattern, failed_batch_dead_letters)
 from captionbeam.pipelines.image_items import DEFAULT_MAX_BYTES, DecodedImage
 from captionbeam.pipelines.images import DEFAULT_MAX_PIXELS
 from captionbeam.pipelines.inference import keyed_encoder_handler
+from captionbeam.pipelines.isolation import InferenceFailure
 from captionbeam.pipelines.shards.image_examples import TfrecordFields
 from captionbeam.pipelines.sources import ReadImages
 
@@ -62,25 +65,18 @@ class FeaturesConfig:
 
 
 # ----------------------------------------------------------------------------- steps
-def _hashed(blob) -> Tuple[object, str]:
-    return blob, pio.sha256_hex(blob.data)
-
-
 def _keyed(image: DecodedImage) -> Tuple[ImageKey, np.ndarray]:
     return (image.image_id, image.path, image.sha256), image.pixels
 
 
-class DecodeImages(beam.PTransform):
-    """ImageBlob -> ``((image_id, path, sha256), uint8 (size, size, 3))``; undecodable -> dead letters
-    (:class:`pipelines.decoding.DecodeImages`, keyed for the encoder)."""
-
-    def __init__(self, image_size: int, max_pixels: int = DEFAULT_MAX_PIXELS, resize_method: str = "bilinear"):
-        super().__init__()
-        self.decode = decoding.DecodeImages(image_size, max_pixels, resize_method)
-
-    def expand(self, blobs):
-        out = blobs | "Hash" >> beam.Map(_hashed) | "Decode" >> self.decode
-        return {"images": out["images"] | "Key" >> beam.Map(_keyed), "dead_letters": out["dead_letters"]}
+def _split_failures(keyed):
+    """(key, features | InferenceFailure) -> features, or a dead letter naming the image (stage inference)."""
+    key, value = keyed
+    if isinstance(value, InferenceFailure):
+        yield beam.pvalue.TaggedOutput("dead_letters", DeadLetter(path=key[1], error=value.error,
+                                                                  message=value.message[:MAX_MESSAGE_CHARS], stage="inference"))
+    else:
+        yield keyed
 
 
 def _inference_path(keyed) -> str:
@@ -97,8 +93,10 @@ class EncodeImages(beam.PTransform):
 
     def expand(self, keyed_images):
         main, dlq = keyed_images | "RunInference" >> RunInference(self.handler).with_exception_handling()
+        split = main | "ImageFailures" >> beam.FlatMap(_split_failures).with_outputs("dead_letters", main="features")
         dead = dlq.failed_inferences | "FailedBatches" >> beam.FlatMap(failed_batch_dead_letters, _inference_path)
-        return {"features": main, "dead_letters": dead}
+        return {"features": split.features,
+                "dead_letters": (split.dead_letters, dead) | "InferenceDeadLetters" >> beam.Flatten()}
 
 
 class _ToExampleFn(beam.DoFn):
@@ -145,8 +143,10 @@ class ComputeFeatures(beam.PTransform):
         c = self.config
         read = pbegin | "ReadImages" >> ReadImages(c.images, c.input_format, c.max_bytes,
                                                              shard_fields=c.tfrecord_fields)
-        decoded = read["images"] | "DecodeImages" >> DecodeImages(self.description.image_size, c.max_pixels, c.resize_method)
-        encoded = decoded["images"] | "EncodeImages" >> EncodeImages(self.description, c.batch_size, c.model_copies)
+        decoded = read["images"] | "DecodeImages" >> decoding.DecodeImages(self.description.image_size, c.max_pixels,
+                                                                              c.resize_method)
+        keyed = decoded["images"] | "Key" >> beam.Map(_keyed)
+        encoded = keyed | "EncodeImages" >> EncodeImages(self.description, c.batch_size, c.model_copies)
         dead = ((read["dead_letters"], decoded["dead_letters"], encoded["dead_letters"])
                 | "AllDeadLetters" >> beam.Flatten())
         return {"features": encoded["features"], "dead_letters": dead}

@@ -31,8 +31,8 @@ from typing import Tuple
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-# Pillow's own default for its decompression-bomb warning (~89.5 Mpx; 1024 * 1024 * 1024 // 4 // 3).
-DEFAULT_MAX_PIXELS = 89_478_485
+from captionbeam.model.limits import DEFAULT_MAX_PIXELS  # noqa: F401  (re-exported for the jobs' flags)
+
 RESIZE_METHODS = {
     "nearest": Image.Resampling.NEAREST,
     "bilinear": Image.Resampling.BILINEAR,
@@ -155,6 +155,15 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarra
     if arr.ndim != 3 or arr.shape[2] != 3:
         raise CorruptImageError(f"unexpected decoded shape {arr.shape}")
     return arr
+
+
+def check_header(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Tuple[int, int]:
+    """(width, height) from the header only, no pixel decoded; the same errors as :func:`decode_image`
+    for empty bytes, an unknown format or more than ``max_pixels`` pixels."""
+    img = _open(data, max_pixels)
+    size = img.size
+    img.close()
+    return size
 
 
 def image_size(data: bytes) -> Tuple[int, int]:

@@ -31,12 +31,15 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler
 from captionbeam.model.encoder_description import EncoderDescription
 from captionbeam.model.encoders import Encoder, build_described
 from captionbeam.pipelines.counters import NAMESPACE
+from captionbeam.pipelines.isolation import InferenceFailure, run_isolated
 
 log = logging.getLogger(__name__)
 
 
 class EncoderModelHandler(ModelHandler[np.ndarray, np.ndarray, Encoder]):
-    """uint8 image ``(size, size, 3)`` -> float32 features ``feature_shape``."""
+    """uint8 image ``(size, size, 3)`` -> float32 features ``feature_shape``, or an
+    :class:`~pipelines.isolation.InferenceFailure` for an image the encoder fails on alone (the one
+    failure policy: a failing batch is retried image by image)."""
 
     def __init__(self, description: EncoderDescription, batch_size: int = 32, model_copies: Optional[int] = None,
                  namespace: str = NAMESPACE):
@@ -56,9 +59,9 @@ class EncoderModelHandler(ModelHandler[np.ndarray, np.ndarray, Encoder]):
 
     def run_inference(self, batch: Sequence[np.ndarray], model: Encoder,
                       inference_args: Optional[Dict[str, Any]] = None) -> Iterable[np.ndarray]:
-        images = np.stack([np.asarray(x, np.uint8) for x in batch])
-        features = model.encode(images)
-        return [np.asarray(f, np.float32) for f in features]
+        def encode(images):
+            return [np.asarray(f, np.float32) for f in model.encode(np.stack([np.asarray(x, np.uint8) for x in images]))]
+        return run_isolated(batch, encode, lambda _, e: InferenceFailure.from_exception(e), "features")
 
     def get_num_bytes(self, batch: Sequence[np.ndarray]) -> int:
         return int(sum(np.asarray(x).nbytes for x in batch))

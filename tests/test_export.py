@@ -112,3 +112,38 @@ def test_export_overwrite_swaps_the_new_export_in_and_leaves_nothing_beside(imag
     assert sorted(os.listdir(tmp_path)) == ["export"]
     assert not (out / "from-the-old-export.txt").exists()
     assert json.loads((out / "captionbeam_export.json").read_text())["beam_size"] == 2
+
+
+def test_export_decides_per_image_and_refuses_pixel_bombs_from_the_header(exported):
+    """A truncated JPEG, plain text and a 90 Mpx PNG (over the default --max-pixels, refused from its IHDR,
+    never inflated) get valid=False and an empty caption; the good images in the same batch are captioned
+    as they are alone; an empty batch gives empty outputs."""
+    import io
+    import tensorflow as tf
+    from tests.plugins.hostile import png_bomb
+    images, _ = draw_images(3, size=32, seed=5)
+    encoded = []
+    for img in images:
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, "JPEG", quality=95)
+        encoded.append(buf.getvalue())
+    bomb = png_bomb()
+    assert len(bomb) < 1 << 20
+    serve = tf.saved_model.load(str(exported)).signatures["serving_default"]
+    alone = serve(images=tf.constant(encoded))
+    batch = [encoded[0], encoded[1][: len(encoded[1]) // 2], b"plain text, not an image", encoded[1], bomb,
+             encoded[2]]
+    out = serve(images=tf.constant(batch))
+    assert out["valid"].numpy().tolist() == [True, False, False, True, False, True]
+    captions = [c.decode() for c in out["captions"].numpy()]
+    assert [captions[i] for i in (0, 3, 5)] == [c.decode() for c in alone["captions"].numpy()]
+    assert all(c for c in alone["captions"].numpy())
+    assert [captions[i] for i in (1, 2, 4)] == ["", "", ""]
+    np.testing.assert_allclose(out["log_probs"].numpy()[[0, 3, 5]], alone["log_probs"].numpy(), atol=1e-4)
+    assert out["log_probs"].numpy()[[1, 2, 4]].tolist() == [0.0, 0.0, 0.0]
+    none = serve(images=tf.constant(batch[1:3]))
+    assert none["valid"].numpy().tolist() == [False, False] and none["captions"].numpy().tolist() == [b"", b""]
+    empty = serve(images=tf.constant([], tf.string))
+    assert {k: v.shape[0] for k, v in empty.items()} == {k: 0 for k in empty}
+    meta = json.loads((exported / "captionbeam_export.json").read_text())
+    assert meta["max_pixels"] == 89_478_485 and meta["export_format"] == 2

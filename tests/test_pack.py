@@ -95,7 +95,7 @@ def test_pack_dead_letters_and_overwrite_guard(gcs_bucket, sample_dir):
         "out/shard-00000-of-00002.tar", "out/shard-00001-of-00002.tar"]
     dead = {("/".join(d.path.rsplit("/", 2)[-2:]), d.error, d.stage) for d in read_dead_letters(out)}
     assert dead == {("b/sample_00000.jpg", "duplicate_id", "pack"), ("a/readme.md", "not_an_image", "pack"),
-                    ("a/broken.png", "UnidentifiedImageError", "pack")}
+                    ("a/broken.png", "NotAnImageError", "pack")}
     rows = P.read_manifest(out)
     assert sorted(r["id"] for r in rows) == sorted(pio.image_id_from_path(p) for p in src)
     assert all(r["source"].startswith(f"{gcs_bucket.url}/in/a/") and r["captions"] == 0 for r in rows)

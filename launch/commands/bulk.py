@@ -21,6 +21,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from captionbeam.launch.arg_types import non_negative_float, non_negative_int, positive_int, output_dir
 from captionbeam.launch.command_args import CommandError
 from captionbeam.launch.exit_codes import FAULT, OK, OUTPUT_IN_USE, USAGE
+from captionbeam.launch.reader_flags import add_max_bytes, add_max_pixels
 
 HELP = "caption an archive of images at scale, resumably (Beam job)"
 BEAM = True
@@ -30,8 +31,7 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from captionbeam.pipelines.bulk import FORMATS
-    from captionbeam.pipelines.image_items import DEFAULT_MAX_BYTES
-    from captionbeam.pipelines.images import DEFAULT_MAX_PIXELS, RESIZE_METHODS
+    from captionbeam.pipelines.images import RESIZE_METHODS
     from captionbeam.launch.shard_flags import add_tfrecord_field_arguments
     from captionbeam.pipelines.sources import INPUT_FORMATS
     parser.epilog = (
@@ -81,13 +81,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d.add_argument("--model-copies", type=positive_int, default=None,
                    help="load exactly N models per worker machine, shared by all its SDK processes (Beam's "
                         "multi_process_shared); default: one model per worker process, shared by its threads")
-    d.add_argument("--max-bytes", type=positive_int, default=DEFAULT_MAX_BYTES, metavar="N",
-                   help="the one byte limit of every reader: a file, tar member or TFRecord record larger than N bytes is a "
-                        "dead letter (too_large) and is never read into memory; there is no unlimited mode, raise N "
-                        "for larger images (default: %(default)s = 64 MiB)")
-    d.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
-                   help=f"dead-letter images with more pixels than this (decompression bombs) "
-                        f"(default: {DEFAULT_MAX_PIXELS}; not checked for an export, which decodes in its graph)")
+    add_max_bytes(d)
+    add_max_pixels(d, extra="; for an export, checked from the header before its graph sees the bytes")
     d.add_argument("--resize-method", default=None, choices=sorted(RESIZE_METHODS),
                    help="resize filter to the encoder's input size (default: the model's preprocessing, "
                         "else bilinear; an export resizes in its graph and does not take this flag)")

@@ -24,6 +24,8 @@ from captionbeam.launch.commands.evaluate import Decoding, add_decoding_argument
 
 from captionbeam.launch.arg_types import output_dir
 from captionbeam.launch.reader_flags import add_reader_arguments
+from captionbeam.model.limits import DEFAULT_MAX_PIXELS
+from captionbeam.pipelines.image_items import DEFAULT_MAX_BYTES
 
 HELP = "caption image files with a trained model"
 log = logging.getLogger("captionbeam.caption")
@@ -81,9 +83,9 @@ class CaptionConfig:
     images: Tuple[str, ...]
     decoding: Decoding = Decoding()
     attention_plot: Optional[str] = None
-    max_pixels: int = 89_478_485
+    max_pixels: int = DEFAULT_MAX_PIXELS
     encoder_file: Optional[str] = None
-    max_bytes: int = 64 << 20
+    max_bytes: int = DEFAULT_MAX_BYTES
 
 
 @dataclass

@@ -17,6 +17,8 @@ from typing import Dict, List, Optional
 
 from captionbeam.launch.arg_types import output_dir
 from captionbeam.launch.command_args import CommandError
+from captionbeam.launch.reader_flags import add_max_pixels
+from captionbeam.model.limits import DEFAULT_MAX_PIXELS
 
 HELP = "export a trained model as one servable SavedModel: image bytes in, captions out"
 
@@ -30,6 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-length", type=int, default=None,
                         help="most tokens generated (default: the longest training caption)")
     parser.add_argument("--weights", choices=("best", "last"), default="best", help="which weights (default best)")
+    add_max_pixels(parser, extra="; baked into the export: its serving function returns valid=False for a bigger "
+                              "image, from the header, without decoding it")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing --output directory (atomically on a local disk)")
     from captionbeam.pipelines.lease import FORCE_HELP
@@ -46,12 +50,14 @@ class ExportConfig:
     weights: str = "best"
     overwrite: bool = False
     force: bool = False       # take the export's lease from a run that holds it
+    max_pixels: int = DEFAULT_MAX_PIXELS     # baked into the serving function
 
 
 def config_from_args(args: argparse.Namespace) -> ExportConfig:
     return ExportConfig(model_dir=args.model_dir, output=args.output, beam_size=args.beam_size,
                         length_penalty=args.length_penalty, max_length=args.max_length, weights=args.weights,
-                        overwrite=args.overwrite, force=bool(getattr(args, "force", False)))
+                        overwrite=args.overwrite, force=bool(getattr(args, "force", False)),
+                        max_pixels=args.max_pixels)
 
 
 @dataclass(frozen=True)
@@ -109,7 +115,7 @@ def _run(config: ExportConfig, p: ExportPlan) -> ExportResult:
         tf.io.gfile.rmtree(config.output)
     try:
         meta = export(config.model_dir, target, beam_size=config.beam_size, max_length=config.max_length,
-                      alpha=config.length_penalty, which=config.weights)
+                      alpha=config.length_penalty, which=config.weights, max_pixels=config.max_pixels)
         if local:
             _swap_in(target, out)
     except BaseException as e:

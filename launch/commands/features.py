@@ -7,6 +7,7 @@ from typing import List, Sequence
 
 from captionbeam.launch.arg_types import non_negative_int, positive_int, output_dir
 from captionbeam.launch.command_args import CommandError
+from captionbeam.launch.reader_flags import add_reader_arguments
 
 HELP = "encode images with a CNN into feature TFRecords (Beam job)"
 BEAM = True
@@ -14,8 +15,7 @@ BEAM = True
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from captionbeam.model.encoders import encoders_help
-    from captionbeam.pipelines.image_items import DEFAULT_MAX_BYTES
-    from captionbeam.pipelines.images import DEFAULT_MAX_PIXELS, RESIZE_METHODS
+    from captionbeam.pipelines.images import RESIZE_METHODS
     from captionbeam.launch.shard_flags import add_tfrecord_field_arguments
     from captionbeam.pipelines.sources import INPUT_FORMATS
     parser.add_argument("--images", nargs="+", required=True, metavar="GLOB",
@@ -44,13 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compress", action="store_true",
                         help="GZIP-compress the feature TFRecords (names stay *.tfrecord; the spec records "
                              "compression: GZIP)")
-    parser.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, metavar="N",
-                        help=f"decompression-bomb guard: reject images whose header declares more than N pixels "
-                             f"(default: {DEFAULT_MAX_PIXELS}, Pillow's own warning limit)")
-    parser.add_argument("--max-bytes", type=positive_int, default=DEFAULT_MAX_BYTES, metavar="N",
-                        help="the one byte limit of every reader: a file, tar member or TFRecord record larger than N bytes is a "
-                             "dead letter (too_large) and is never read into memory; there is no unlimited mode, raise N "
-                             "for larger images (default: %(default)s = 64 MiB)")
+    add_reader_arguments(parser)
     parser.add_argument("--resize-method", default="bilinear", choices=sorted(RESIZE_METHODS),
                         help="filter used to squash images to --image-size (default: bilinear; Keras's load_img "
                              "uses nearest)")

@@ -150,3 +150,17 @@ def write_hostile(root: str, huge_member_bytes: int = 64 << 20, clean_only: bool
     dead(f"{rec}#record-1", "too_large")
     dead(f"{rec}#record-3..", "corrupt_record")
     return h
+
+
+def png_bomb(width: int = 9500, height: int = 9500) -> bytes:
+    """A greyscale PNG of ``width`` x ``height`` zeros (9500 x 9500 = 90.25 Mpx, over the default pixel
+    limit) in about 90 KB: decoding it would take hundreds of MB; its IHDR tells its size in 24 bytes."""
+    import zlib
+    chunk = lambda kind, data: (struct.pack(">I", len(data)) + kind + data          # noqa: E731
+                                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    comp, row, parts = zlib.compressobj(9), bytes(1 + width), []
+    for _ in range(height):
+        parts.append(comp.compress(row))
+    parts.append(comp.flush())
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b""))
