@@ -53,7 +53,9 @@ class Invocation:
 
     @property
     def line(self) -> str:
-        return shlex.join(["captionbeam", *self.argv])
+        """The command line to print: credentials in Beam flags redacted (``pipelines.redact``)."""
+        from captionbeam.pipelines.redact import redact_args
+        return shlex.join(["captionbeam", *redact_args(self.argv)])
 
 
 def invocation(module, values: Mapping[str, object], extra: Sequence[str] = (),

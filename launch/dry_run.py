@@ -67,8 +67,9 @@ def dry_run_report(command: str, module, args: argparse.Namespace, argv: Sequenc
 
 def print_dry_run(report: dict, out=None) -> None:
     out = out or sys.stdout
-    report = dict(report)
-    line = report.pop("equivalent_command_line")
+    from captionbeam.pipelines.redact import redact, redact_line
+    report = redact(dict(report))
+    line = redact_line(report.pop("equivalent_command_line"))
     print(json.dumps(report, indent=2, sort_keys=True, default=str), file=out)
     print("equivalent command line (nothing submitted):", file=out)
     print("  " + line, file=out)

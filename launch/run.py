@@ -36,6 +36,7 @@ from captionbeam.launch.config import RunConfig
 from captionbeam.launch.grounding import grounding
 from captionbeam.model import jsonl
 from captionbeam.model.thumbnail import build_thumbnail_encoder
+from captionbeam.pipelines.redact import write_record
 
 BEAM_STAGES = ("features", "captions")
 THUMBNAIL = "thumbnail"
@@ -56,7 +57,9 @@ class StageResult:
     cached: bool = False
 
     def marker(self) -> dict:
-        return {"name": self.name, "argv": self.argv, "seconds": round(self.seconds, 2), "summary": self.summary}
+        from captionbeam.pipelines.redact import redact_args
+        return {"name": self.name, "argv": redact_args(self.argv), "seconds": round(self.seconds, 2),
+                "summary": self.summary}
 
 
 @dataclass
@@ -202,7 +205,8 @@ class RunPipeline:
         if not self.resume or not pio.exists(self._marker_path(inv.command)):
             return None
         m = pio.read_json(self._marker_path(inv.command))
-        if m.get("argv") != inv.argv:
+        from captionbeam.pipelines.redact import redact_args
+        if m.get("argv") != redact_args(inv.argv):        # markers hold the redacted line
             return None
         return StageResult(name=inv.command, argv=inv.argv, seconds=float(m.get("seconds", 0)),
                            summary=m.get("summary", ""), cached=True)
@@ -272,7 +276,7 @@ class RunPipeline:
 
     def _finish(self, result: StageResult) -> StageResult:
         if not result.cached:
-            pio.write_json(self._marker_path(result.name), result.marker())
+            write_record(self._marker_path(result.name), result.marker())
         print(f"    -> {result.name} {'(cached) ' if result.cached else ''}done in {_fmt_seconds(result.seconds)}"
               + (f": {result.summary}" if result.summary else ""), file=self.console)
         self.results.append(result)

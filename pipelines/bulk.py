@@ -51,6 +51,7 @@ from captionbeam.pipelines.image_items import DEFAULT_MAX_BYTES
 from captionbeam.pipelines.images import DEFAULT_MAX_PIXELS
 from captionbeam.pipelines.manifest import (DropFiledDeadLetters, ManifestEntry, ReadFiledDeadLetters, ReadManifest,
                                             SplitAlreadyCaptioned, manifest_prefix)
+from captionbeam.pipelines.redact import write_record
 from captionbeam.pipelines.shards.image_examples import TfrecordFields
 
 log = logging.getLogger(__name__)
@@ -514,7 +515,7 @@ def _run_leased(config: BulkConfig, model: ModelInfo, pipeline_args: Sequence[st
     if not res.balanced:
         reconcile_with_files(res)
     res.record_path = run_record_path(config.output, token)
-    pio.write_json(res.record_path, {
+    write_record(res.record_path, {             # secrets in pipeline_args redacted, mode 0600
         "run": token, "started": started.isoformat(), "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(),
         "seconds": round(seconds, 3), "images_per_s": round(res.images_per_s, 3),
         "model_dir": config.model_dir, "model_version": model.model_version, "encoder": model.encoder,
