@@ -6,6 +6,7 @@ text), which :func:`launch.command_args.command_line` uses to write the equivale
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Callable, Tuple
 
 
@@ -29,11 +30,19 @@ positive_int = int_at_least(1, "a positive integer")
 non_negative_int = int_at_least(0)
 
 
-def positive_float(text: str) -> float:
+def finite_float(text: str) -> float:
+    """A number; ``nan`` and ``inf`` are refused (a nan learning rate trains nothing, silently)."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = finite_float(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
     return value
@@ -44,7 +53,7 @@ def non_negative_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if value < 0:
+    if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
     return value
 

@@ -174,7 +174,21 @@ def iter_rows(text: str, fmt: str = "auto", source: str = "captions") -> Iterato
         fmt = detect_format(source, text[:4096])
     if fmt not in ROW_PARSERS:
         raise CaptionFileError(f"unknown caption format {fmt!r}; choose one of {FORMATS} or 'auto'")
-    return ROW_PARSERS[fmt](text, source)
+    return _checked_ids(ROW_PARSERS[fmt](text, source), source)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029\x85]")
+
+
+def _checked_ids(rows: Iterable[Row], source: str) -> Iterator[Row]:
+    """An image id with a line break or another control character (possible in CSV, COCO and JSON lines)
+    is a malformed row: it would break every one-id-per-line file (join lists, splits)."""
+    for row in rows:
+        if isinstance(row, CaptionRow) and _CONTROL.search(row.image_id):
+            yield CaptionFileError(f"{source}: image id {row.image_id!r} contains a line break or control "
+                                   f"character")
+        else:
+            yield row
 
 
 def _strict(rows: Iterable[Row]) -> Iterator[Tuple[str, str]]:

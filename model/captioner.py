@@ -98,6 +98,9 @@ class Captioner:
         self.model_dir = model_dir
         self.model_version = model_version
         self.batch_size = int(batch_size)
+        if beam_size > len(vocab):     # a beam wider than the vocabulary has nothing to hold (it gave empty captions)
+            raise ValueError(f"--beam-size {beam_size} is larger than the vocabulary of {model_dir} "
+                             f"({len(vocab)} tokens); use at most {len(vocab)}")
         self.decoder = Decoder(model, max_length=max_length, beam_size=beam_size, alpha=alpha)
         self.beam_size, self.max_length, self.alpha = self.decoder.beam_size, self.decoder.max_length, alpha
         self.encoder_name = spec.encoder or config.encoder

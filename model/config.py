@@ -107,8 +107,12 @@ class ModelConfig:
     @classmethod
     def load(cls, directory: str) -> "ModelConfig":
         path = gfile.join(directory, CONFIG_FILE)
-        return cls.from_json(gfile.read_text(
-            path, missing=f"model config not found: {path} (is this a `captionbeam train` model dir?)"))
+        text = gfile.read_text(path, missing=f"model config not found: {path} (is this a `captionbeam train` model dir?)")
+        try:
+            return cls.from_json(text)
+        except json.JSONDecodeError as e:      # truncated or edited by hand: name the file
+            raise ValueError(f"{path}: not valid JSON ({e}); the model directory's config is damaged "
+                             f"(re-run `captionbeam train` or restore the file)") from None
 
     def architecture_fields(self) -> Dict[str, object]:
         """The fields that must match for a checkpoint to be resumable."""

@@ -284,7 +284,7 @@ def run(config: FeaturesConfig, pipeline_args: Sequence[str] = (), description: 
     from captionbeam.pipelines.options import new_pipeline
     description = description or describe(config.encoder)
     start = time.time()
-    pio.remove_stale_beam_temp([config.output, dead_letters_dir(config.output)])
+    pio.remove_stale_beam_temp([config.output, dead_letters_dir(config.output), pio.join(config.output, IDS_DIR)])
     p = new_pipeline(pipeline_args)
     build_pipeline(p, config, description)
     result = p.run()

@@ -66,3 +66,22 @@ def test_attention_plot(image_model_dir, image_files, capsys, tmp_path):
         png = plots / f"{p.stem}.attention.png"
         with Image.open(png) as im:
             assert im.size[0] > 200 and im.size[1] > 100
+
+
+def test_a_beam_wider_than_the_vocabulary_is_a_clear_error(image_model_dir, image_files, capsys):
+    """It used to print an empty caption and exit 0."""
+    _, paths, _, _ = image_files
+    rc, out, err = _run(capsys, "--model-dir", image_model_dir["merge"], paths[0], "--beam-size", 100000)
+    assert rc == 2 and out == ""
+    assert "--beam-size 100000 is larger than the vocabulary" in err, err
+
+
+def test_a_truncated_config_json_is_named(image_model_dir, image_files, capsys, tmp_path):
+    import shutil
+    _, paths, _, _ = image_files
+    broken = tmp_path / "model"
+    shutil.copytree(image_model_dir["merge"], broken)
+    text = (broken / "config.json").read_text()
+    (broken / "config.json").write_text(text[: len(text) // 2])
+    rc, out, err = _run(capsys, "--model-dir", broken, paths[0])
+    assert rc == 2 and str(broken / "config.json") in err and "not valid JSON" in err, err

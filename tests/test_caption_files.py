@@ -134,3 +134,13 @@ def test_parse_dispatch_and_unknown_format():
 def test_split_file():
     assert parse_split_file("\ufeffa.jpg\n\n2258277193_586949ec62.jpg.1\r\nc.jpg  \n") == [
         "a", "2258277193_586949ec62", "c"]
+
+
+def test_an_image_id_with_a_line_break_is_a_malformed_row_not_a_broken_join_list():
+    text = "\n".join(json.dumps(r) for r in ({"image_id": "ok", "caption": "a dog"},
+                                             {"image_id": "two\nlines", "caption": "a cat"},
+                                             {"image_id": "tab\there", "caption": "a cow"}))
+    rows = list(iter_rows(text, "jsonl", source="c.jsonl"))
+    assert isinstance(rows[0], CaptionRow) and rows[0].image_id == "ok"
+    assert [type(r).__name__ for r in rows[1:]] == ["CaptionFileError", "CaptionFileError"]
+    assert "line break" in str(rows[1]) and "c.jsonl" in str(rows[1])

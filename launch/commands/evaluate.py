@@ -15,7 +15,7 @@ from captionbeam.launch.command_args import CommandError
 from captionbeam.launch.commands.score import add_coco_arguments, scoring_options
 from captionbeam.model.caption_files import FORMATS
 
-from captionbeam.launch.arg_types import output_file
+from captionbeam.launch.arg_types import finite_float, output_file
 
 HELP = "decode a split with a trained model and print BLEU / METEOR / ROUGE-L / CIDEr-D"
 log = logging.getLogger("captionbeam.evaluate")
@@ -25,7 +25,7 @@ def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
     """Decoding flags shared with ``caption`` and ``export``."""
     g = parser.add_argument_group("decoding")
     g.add_argument("--beam-size", type=int, default=1, help="beam width; 1 = greedy decoding (default: 1)")
-    g.add_argument("--length-penalty", type=float, default=0.0, metavar="ALPHA",
+    g.add_argument("--length-penalty", type=finite_float, default=0.0, metavar="ALPHA",
                    help="beam search ranks captions by log-prob / length**ALPHA (0 = raw log-prob, default; "
                         "1 = mean per token)")
     g.add_argument("--max-length", type=int, default=None,

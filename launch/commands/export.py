@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
-from captionbeam.launch.arg_types import output_dir
+from captionbeam.launch.arg_types import finite_float, output_dir
 from captionbeam.launch.command_args import CommandError
 from captionbeam.launch.reader_flags import add_max_pixels
 from captionbeam.model.limits import DEFAULT_MAX_PIXELS
@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-dir", required=True, help="trained model directory (captionbeam train --model-dir)")
     parser.add_argument("--output", required=True, type=output_dir, help="SavedModel directory to write")
     parser.add_argument("--beam-size", type=int, default=1, help="beam width baked into the export (default 1: greedy)")
-    parser.add_argument("--length-penalty", type=float, default=0.0, metavar="ALPHA",
+    parser.add_argument("--length-penalty", type=finite_float, default=0.0, metavar="ALPHA",
                         help="beam search ranks by log-prob / length**ALPHA (default 0)")
     parser.add_argument("--max-length", type=int, default=None,
                         help="most tokens generated (default: the longest training caption)")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from captionbeam.launch.arg_types import name_equals_file, output_dir
+from captionbeam.launch.arg_types import name_equals_file, output_dir, positive_float
 
 from captionbeam.launch.config import (DEFAULT_WORKDIR, CaptionsSection, ConfigError, EvaluateSection, FeaturesSection,
                            RunConfig, SampleSection, TrainSection)
@@ -62,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help=f"architecture (default: {_T.arch}; attention needs a conv-map encoder)")
     t.add_argument("--epochs", type=int, default=None, help=f"training epochs (default: {_T.epochs})")
     t.add_argument("--batch-size", type=int, default=None, help=f"training batch size (default: {_T.batch_size})")
-    t.add_argument("--learning-rate", type=float, default=None,
+    t.add_argument("--learning-rate", type=positive_float, default=None,
                    help=f"Adam learning rate (default: {_T.learning_rate})")
     t.add_argument("--train-arg", action="append", default=None, metavar="FLAG",
                    help="extra `captionbeam train` flag, repeatable, e.g. --train-arg=--learning-rate=0.003")
