@@ -44,3 +44,17 @@ def test_features_handler_loses_only_the_bad_image_of_a_batch(encoder_handler):
     for got, want in zip([out[0], out[2], out[3]], alone):
         np.testing.assert_allclose(got, want, atol=1e-5)
     assert isinstance(out[1], InferenceFailure) and out[1].error and out[1].message
+
+
+def test_one_decode_images_class():
+    """features and bulk decode through the same PTransform (there used to be two classes of that name)."""
+    import ast
+    import os
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pipelines")
+    found = []
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            if f.endswith(".py"):
+                tree = ast.parse(open(os.path.join(dirpath, f), encoding="utf-8").read())
+                found += [f for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == "DecodeImages"]
+    assert found == ["decoding.py"]
