@@ -40,8 +40,8 @@ def _source(item: ImageInput, i: int) -> str:
 def _data(item: ImageInput) -> bytes:
     if isinstance(item, (bytes, bytearray)):
         return bytes(item)
-    import captionbeam.pipelines.io as pio
-    return pio.read_bytes(os.fspath(item))
+    from captionbeam.pipelines.user_files import read_user_file    # the one reader: regular files, --max-bytes
+    return read_user_file(os.fspath(item))
 
 
 def _failed(source: str, e: BaseException) -> Caption:

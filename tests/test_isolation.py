@@ -26,9 +26,9 @@ def test_a_wrong_number_of_outputs_is_a_failure_not_a_silent_loss():
 
 @pytest.fixture(scope="module")
 def encoder_handler():
-    from captionbeam.model.encoders import EncoderConfig
+    from captionbeam.model.encoders import EncoderConfig, describe
     from captionbeam.pipelines.inference import EncoderModelHandler
-    handler = EncoderModelHandler(EncoderConfig("mobilenet", weights="none", image_size=32), batch_size=4)
+    handler = EncoderModelHandler(describe(EncoderConfig("mobilenet", weights="none", image_size=32)), batch_size=4)
     return handler, handler.load_model()
 
 
