@@ -106,7 +106,7 @@ def test_caption(hostile_dir, image_model_dir, capsys):
     paths = sorted(str(p) for p in hostile_dir.iterdir())
     rc = cli(["caption", "--model-dir", image_model_dir["merge"], *paths, "--json"])
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert rc == 1                                                     # some failed, the rest captioned
+    assert rc == 0                       # the rest captioned; each failed file reported (exit-code policy)
     assert sorted(os.path.basename(r["path"])[:-4] for r in rows if "caption" in r) == list(GOOD)
     assert {(r["path"], r["error"]) for r in rows if "error" in r} == _expected(hostile_dir)
 
