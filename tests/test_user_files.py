@@ -40,9 +40,7 @@ ALLOWED = {
     ("model/hashing.py", "sha256_file"): "model and encoder files (integrity)",
     ("model/progress.py", "plot_curve"): "writes",
     ("model/references.py", "read_text"): "a references file",
-    ("model/loop.py", "write_model_files"): "writes the training config",
     ("model/vocab.py", "Vocabulary.load"): "vocab.txt",
-    ("model/vocab.py", "Vocabulary.save"): "writes",
     ("launch/config.py", "load"): "a run config",
     ("launch/engines.py", "_stamp"): "engine cache",
     ("launch/engines.py", "_write_stamp"): "engine cache",
@@ -56,7 +54,6 @@ ALLOWED = {
     ("launch/staging.py", "copy_tree"): "stages the project's own files",
     ("launch/retrain/bootstrap.py", "init_root"): "a features spec and encoder file",
     ("launch/retrain/manifest.py", "add_features"): "the features job's sidecar",
-    ("launch/retrain/root.py", "write_atomic"): "writes",
     ("launch/commands/score.py", "run"): "writes --per-image",
     ("launch/cli.py", "main"): "os.open of /dev/null (a closed stdout pipe)",
 }
