@@ -143,6 +143,9 @@ class OutputLease:
         return next(c.alive for c in _list(self.lease_dir) if c.run == self.run)
 
     def acquire(self) -> "OutputLease":
+        # a local output this run creates and leaves empty (it failed before writing) is removed on release
+        self._created_output = (not pio.is_gcs(self.lease_dir) and not self.lease_dir.endswith(".lease")
+                                and not os.path.exists(self.output))
         pio.makedirs(self.lease_dir)
         pio.write_json(self._path(self.run, "claim"), {
             "run": self.run, "command": self.command, "output": self.output, "host": socket.gethostname(),
@@ -210,6 +213,8 @@ class OutputLease:
         if not pio.is_gcs(self.lease_dir):
             try:                    # no empty lease/ folder left in a model dir or an export
                 os.rmdir(self.lease_dir)
+                if getattr(self, "_created_output", False):
+                    os.rmdir(self.output)   # only when empty: a run that wrote nothing leaves no output folder
             except OSError:
                 pass
 
