@@ -33,7 +33,7 @@ from captionbeam.model import jsonl, records
 from captionbeam.model.encoder_description import EncoderDescription
 from captionbeam.model.encoders import EncoderConfig, build_described, describe
 from captionbeam.pipelines.counters import NAMESPACE, query_counters
-from captionbeam.pipelines import decoding
+from captionbeam.pipelines import decoding, progress
 from captionbeam.pipelines.deadletter import (MAX_MESSAGE_CHARS, DeadLetter, WriteDeadLetters, dead_letters_dir,
                                              dead_letters_pattern, failed_batch_dead_letters)
 from captionbeam.pipelines.image_items import DEFAULT_MAX_BYTES, DecodedImage
@@ -244,8 +244,10 @@ def read_feature_ids(output: str) -> List[Dict[str, str]]:
     return rows
 
 
-def build_pipeline(p: beam.Pipeline, config: FeaturesConfig, description: EncoderDescription) -> None:
+def build_pipeline(p: beam.Pipeline, config: FeaturesConfig, description: EncoderDescription,
+                   progress_dir: Optional[str] = None) -> None:
     computed = p | "ComputeFeatures" >> ComputeFeatures(config, description)
+    progress.count_done((computed["features"], computed["dead_letters"]), progress_dir)
     serialized = computed["features"] | "ToExamples" >> ToFeatureExamples(description.name)
     written = serialized | "WriteFeatures" >> beam.io.WriteToTFRecord(
         pio.join(config.output, records.FEATURES_PREFIX), file_name_suffix=records.RECORD_SUFFIX,
@@ -286,9 +288,11 @@ def run(config: FeaturesConfig, pipeline_args: Sequence[str] = (), description: 
     start = time.time()
     pio.remove_stale_beam_temp([config.output, dead_letters_dir(config.output), pio.join(config.output, IDS_DIR)])
     p = new_pipeline(pipeline_args)
-    build_pipeline(p, config, description)
-    result = p.run()
-    result.wait_until_finish()
+    progress_dir = progress.progress_dir(config.output)
+    build_pipeline(p, config, description, progress_dir)
+    with progress.ProgressReporter("features", progress_dir, progress.files_total(config.images, config.input_format)):
+        result = p.run()
+        result.wait_until_finish()
     seconds = time.time() - start
     counters = query_counters(result)
     spec = None

@@ -1,0 +1,191 @@
+"""Progress of a running Beam job, on every runner: total, done/total, percent, rate and ETA.
+
+Beam's metrics are not live on every runner (the Python DirectRunner answers only once the job is
+done; portable runners differ), so the count travels through a side channel of files:
+
+- on the workers, :class:`CountProgress` counts the elements of a job's "done" PCollection (its
+  finished items: rows written + dead letters) and every DoFn instance rewrites one small JSON file
+  ``{"done": n}`` in the job's progress folder (``<output>/.progress/<run>/``, reached through Beam's
+  FileSystems like the output itself, so it works for local paths and ``gs://`` alike) at most every
+  :data:`WRITE_EVERY_S` seconds and at the end of each bundle;
+- in the job's own process, :class:`ProgressReporter` (a context manager around ``run`` +
+  ``wait_until_finish``) logs the total when it is known, then every ``interval_s`` (≤ 10 s) sums the
+  files and logs ``done/total (percent), rate, ETA``, and a last line when the job ends; it removes the
+  progress folder.
+
+:func:`format_progress` and :func:`format_total` are the pure formatters.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+import uuid
+from typing import Callable, Dict, Optional, Sequence
+
+import apache_beam as beam
+
+import captionbeam.pipelines.io as pio
+
+log = logging.getLogger("captionbeam.progress")
+
+PROGRESS_FOLDER = ".progress"
+INTERVAL_S = 5.0        # the reporter's period: a line at least every 10 s even when a poll is slow
+WRITE_EVERY_S = 2.0     # a worker rewrites its count at most this often (and at each bundle's end)
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}"
+
+
+def format_total(job: str, total: int, unit: str = "images") -> str:
+    return f"{job}: {total:,} {unit} to process"
+
+
+def format_progress(job: str, done: int, total: Optional[int], elapsed_s: float, unit: str = "images") -> str:
+    """``features: 120/600 images (20%), 12.0 images/s, ETA 0:00:40``; without a total (unknown until
+    the input is read): ``captions: 120 captions, 12.0 captions/s``. A rate of 0 gives ``ETA ?``."""
+    rate = done / elapsed_s if elapsed_s > 0 else 0.0
+    if total is None:
+        return f"{job}: {done:,} {unit}, {rate:,.1f} {unit}/s"
+    shown = min(done, total)
+    percent = 100.0 * shown / total if total else 100.0
+    eta = format_duration((total - shown) / rate) if rate > 0 else ("0:00:00" if shown >= total else "?")
+    return f"{job}: {shown:,}/{total:,} {unit} ({percent:.0f}%), {rate:,.1f} {unit}/s, ETA {eta}"
+
+
+def progress_dir(output: str, run: Optional[str] = None) -> str:
+    """The progress folder of one run of a job writing into ``output``."""
+    return pio.join(output, PROGRESS_FOLDER, run or pio.run_token())
+
+
+class _CountFn(beam.DoFn):
+    def __init__(self, directory: str, write_every_s: float = WRITE_EVERY_S):
+        self.directory, self.write_every_s = directory, write_every_s
+
+    def setup(self):
+        self.path = pio.join(self.directory, f"{uuid.uuid4().hex}.json")
+        self.done, self.written_at = 0, 0.0
+
+    def process(self, _element):
+        self.done += 1
+        if time.monotonic() - self.written_at >= self.write_every_s:
+            self._write()
+        return []
+
+    def finish_bundle(self):
+        self._write()
+
+    def _write(self):
+        try:
+            pio.write_text(self.path, json.dumps({"done": self.done}))
+        except Exception as e:  # noqa: BLE001 - progress is best effort, never a job failure
+            log.debug("progress file %s: %s", self.path, e)
+        self.written_at = time.monotonic()
+
+
+class CountProgress(beam.PTransform):
+    """``PCollection`` of finished items -> nothing; counts them into ``directory`` (see module doc)."""
+
+    def __init__(self, directory: str):
+        super().__init__()
+        self.directory = directory
+
+    def expand(self, done):
+        return done | "Count" >> beam.ParDo(_CountFn(self.directory))
+
+
+def count_done(parts: Sequence[beam.PCollection], directory: Optional[str]) -> None:
+    """A job's hook: count the union of ``parts`` (its finished items) into ``directory``; nothing when
+    ``directory`` is None (a pipeline built without a reporter, e.g. by a test)."""
+    if directory:
+        _ = tuple(parts) | "ProgressDone" >> beam.Flatten() | "Progress" >> CountProgress(directory)
+
+
+def files_total(patterns: Sequence[str], input_format: str = "files") -> Optional[int]:
+    """How many files the globs name (what ``matching.MatchPaths`` yields), when every glob is read as
+    plain image files; None for tar / TFRecord shards, whose member count is known only once read."""
+    from captionbeam.pipelines.formats import split_by_format
+    from captionbeam.pipelines.matching import unlisted_local_matches
+    groups = split_by_format(patterns, input_format)
+    if set(groups) != {"files"}:
+        return None
+    try:
+        found = set(pio.match(list(patterns)))
+        for pattern in patterns:
+            found.update(unlisted_local_matches(pattern))
+    except Exception as e:  # noqa: BLE001 - the job reports bad globs itself
+        log.debug("progress total: %s", e)
+        return None
+    return len(found)
+
+
+def read_done(directory: str, last: Optional[Dict[str, int]] = None) -> int:
+    """Sum of the workers' counts in ``directory``; ``last`` (path -> count) keeps a file's previous
+    value when it is being rewritten (unreadable for a moment)."""
+    last = {} if last is None else last
+    try:
+        paths = pio.match([pio.join(directory, "*.json")])
+    except Exception:  # noqa: BLE001 - no folder yet
+        paths = []
+    for path in paths:
+        try:
+            last[path] = int(json.loads(pio.read_text(path))["done"])
+        except Exception:  # noqa: BLE001 - half-written: keep the previous value
+            pass
+    return sum(last.values())
+
+
+class ProgressReporter:
+    """``with ProgressReporter("features", directory, total): result = p.run(); result.wait_until_finish()``
+
+    Logs the total first (when known), a progress line every ``interval_s`` while the job runs, and a
+    last one when the block ends; then deletes ``directory``'s files. ``emit`` receives each line."""
+
+    def __init__(self, job: str, directory: str, total: Optional[int], unit: str = "images",
+                 interval_s: float = INTERVAL_S, emit: Optional[Callable[[str], None]] = None):
+        self.job, self.directory, self.total, self.unit = job, directory, total, unit
+        self.interval_s = interval_s
+        self.emit = emit or log.info
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._counts: Dict[str, int] = {}
+        self._t0 = 0.0
+
+    def line(self) -> str:
+        done = read_done(self.directory, self._counts)
+        return format_progress(self.job, done, self.total, time.monotonic() - self._t0, self.unit)
+
+    def _loop(self):
+        while not self._stop.wait(self.interval_s):
+            self.emit(self.line())
+
+    def __enter__(self) -> "ProgressReporter":
+        self._t0 = time.monotonic()
+        if self.total is not None:
+            self.emit(format_total(self.job, self.total, self.unit))
+        self._thread = threading.Thread(target=self._loop, name=f"{self.job}-progress", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if exc_type is None:
+            self.emit(self.line())
+        try:
+            pio.delete(pio.match([pio.join(self.directory, "*.json")]))
+            if not pio.is_gcs(self.directory):
+                shutil.rmtree(self.directory, ignore_errors=True)
+                parent = os.path.dirname(self.directory.rstrip("/"))
+                if os.path.isdir(parent) and not os.listdir(parent):
+                    os.rmdir(parent)
+        except Exception as e:  # noqa: BLE001 - a leftover progress file is harmless
+            log.debug("progress folder %s: %s", self.directory, e)
