@@ -40,6 +40,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import apache_beam as beam
 
 import captionbeam.pipelines.io as pio
+from captionbeam.pipelines import progress
 from captionbeam.pipelines.bulk_handler import CaptionerConfig, CaptionerModelHandler, ImageBytes, SavedModelHandler
 from captionbeam.pipelines.bulk_rows import CaptionRow, parquet_schema
 from captionbeam.pipelines.counters import BULK_INFERENCE_NAMESPACE, query_counters
@@ -471,9 +472,10 @@ def recover_unfinished_runs(output: str) -> List[str]:
     return recovered
 
 
-def build_pipeline(pipeline, config: BulkConfig, model: ModelInfo, run: str):
+def build_pipeline(pipeline, config: BulkConfig, model: ModelInfo, run: str, progress_dir: Optional[str] = None):
     """Apply the whole job to ``pipeline``; returns the written-file PCollections."""
     outputs = pipeline | "BulkCaption" >> BulkCaption(config, model)
+    progress.count_done((outputs["rows"], outputs["skipped"], outputs["dead_letters"]), progress_dir)
     if config.skip_existing:
         filed = pipeline | "ReadFiledDeadLetters" >> ReadFiledDeadLetters(config.output)
         outputs = {**outputs, "dead_letters": outputs["dead_letters"] | "DropFiledDeadLetters" >> DropFiledDeadLetters(filed)}
@@ -503,9 +505,11 @@ def _run_leased(config: BulkConfig, model: ModelInfo, pipeline_args: Sequence[st
     log.info("bulk run %s: model %s (%s, version %s) -> %s", token, config.model_dir, model.encoder,
              model.model_version, config.output)
     pipeline = new_pipeline(pipeline_args)
-    build_pipeline(pipeline, config, model, token)
-    result = pipeline.run()
-    result.wait_until_finish()
+    progress_dir = progress.progress_dir(config.output, token)
+    build_pipeline(pipeline, config, model, token, progress_dir)
+    with progress.ProgressReporter("bulk", progress_dir, progress.files_total(config.images, config.input_format)):
+        result = pipeline.run()
+        result.wait_until_finish()
     seconds = time.monotonic() - t0
     res = BulkResult(run=token, model_version=model.model_version, encoder=model.encoder,
                      counters=bulk_counters(result), seconds=seconds,

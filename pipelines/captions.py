@@ -33,6 +33,7 @@ import numpy as np
 
 import captionbeam.pipelines.io as pio
 from captionbeam.model import records
+from captionbeam.pipelines import progress
 from captionbeam.model.data_stats import STATS_FILE, DataStats
 from captionbeam.model.vocab import VOCAB_FILE, Vocabulary
 from captionbeam.pipelines.caption_steps import (DEFAULT_MAX_CAPTION_TOKENS, JOIN_CATEGORIES, EncodeCaptions, JoinByImage,
@@ -274,7 +275,7 @@ class _WriteSummary(beam.DoFn):
 
 
 # ----------------------------------------------------------------------------- the job
-def build(pipeline: beam.Pipeline, p: Plan) -> None:
+def build(pipeline: beam.Pipeline, p: Plan, progress_dir: Optional[str] = None) -> None:
     """Add the whole captions job to ``pipeline``."""
     c = p.config
     caps = pipeline | "ReadCaptions" >> ReadCaptions(c.captions, p.fmt, c.clean, c.keep_empty, c.max_caption_tokens)
@@ -289,6 +290,7 @@ def build(pipeline: beam.Pipeline, p: Plan) -> None:
         dead.append(feats.dead)
     joined = inputs | "JoinByImage" >> JoinByImage(p.with_features, None if c.splits else DEFAULT_SPLIT)
     dead.append(joined.dead)
+    progress.count_done((joined.images, joined.accounting), progress_dir)     # one per image id
 
     if p.vocabulary is not None:
         counts = pipeline | "No counts" >> beam.Create([[]])
@@ -345,9 +347,11 @@ def run(config: CaptionsConfig, pipeline_args: Sequence[str] = ()) -> RunResult:
     pio.remove_stale_beam_temp([config.output, dead_letters_dir(config.output)])
     start = time.time()
     pipeline = new_pipeline(pipeline_args)
-    build(pipeline, p)
-    result = pipeline.run()
-    result.wait_until_finish()
+    progress_dir = progress.progress_dir(config.output)
+    build(pipeline, p, progress_dir)
+    with progress.ProgressReporter("captions", progress_dir, None):
+        result = pipeline.run()
+        result.wait_until_finish()
     seconds = time.time() - start
     stats = DataStats.from_json(pio.read_text(pio.join(config.output, STATS_FILE)))
     check_usable(stats)

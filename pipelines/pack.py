@@ -29,13 +29,14 @@ import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Dict, Iterable, List, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 
 import captionbeam.pipelines.io as pio
 from captionbeam.model import jsonl
+from captionbeam.pipelines import progress
 from captionbeam.pipelines.deadletter import DeadLetter, WriteDeadLetters
 from captionbeam.pipelines.counters import NAMESPACE
 from captionbeam.pipelines.formats import IMAGE_EXTENSIONS
@@ -239,9 +240,10 @@ class _WriteShardFn(beam.DoFn):
 class PackImages(beam.PTransform):
     """pipeline root -> shards + ``manifest.jsonl`` + dead letters under ``config.output``."""
 
-    def __init__(self, config: PackConfig):
+    def __init__(self, config: PackConfig, progress_dir: Optional[str] = None):
         super().__init__()
         self.config = config
+        self.progress_dir = progress_dir
 
     def expand(self, pbegin):
         cfg = self.config
@@ -267,6 +269,7 @@ class PackImages(beam.PTransform):
         written = by_shard | "WriteShards" >> beam.ParDo(_WriteShardFn(cfg)).with_outputs(
             _WriteShardFn.DEAD, main="manifest")
         dead.append(written[_WriteShardFn.DEAD])
+        progress.count_done((written.manifest, written[_WriteShardFn.DEAD], planned[_PlanFn.DEAD]), self.progress_dir)
         (written.manifest
          | "WriteManifest" >> beam.io.WriteToText(pio.join(cfg.output, "manifest"), file_name_suffix=".jsonl",
                                                   num_shards=1, shard_name_template=""))
@@ -310,8 +313,10 @@ def run(config: PackConfig, pipeline_args: Sequence[str] = ()) -> PackSummary:
     pio.makedirs(config.output)
     pio.remove_stale_beam_temp([config.output, dead_letters_dir(config.output)])
     start = time.time()
-    with new_pipeline(pipeline_args) as p:
-        _ = p | "Pack" >> PackImages(config)
+    progress_dir = progress.progress_dir(config.output)
+    with progress.ProgressReporter("pack", progress_dir, progress.files_total(config.images)):
+        with new_pipeline(pipeline_args) as p:
+            _ = p | "Pack" >> PackImages(config, progress_dir)
     rows = read_manifest(config.output)
     shards = sorted({r["shard"] for r in rows})
     captioned = sum(1 for r in rows if r.get("captions"))
