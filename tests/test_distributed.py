@@ -7,11 +7,12 @@ import subprocess
 
 import pytest
 
+from tests.plugins.learning import learning_seed, record_margin
 from tests.plugins.training import TINY, free_port, train_command, train_env
 
 LOSS_RE = re.compile(r"\(global (\d+)/\d+\) loss ([0-9.]+)")
 FINISHED_RE = re.compile(r"training finished: (\{.*\})")
-COMMON = [*TINY, "--dropout", "0", "--epochs", "2", "--steps-per-epoch", "4", "--log-every", "1", "--seed", "3",
+COMMON = [*TINY, "--dropout", "0", "--epochs", "2", "--steps-per-epoch", "4", "--log-every", "1", "--seed", str(learning_seed(3)),
           "--learning-rate", "0.01"]
 
 
@@ -50,6 +51,7 @@ def test_two_cpu_replicas_match_one_replica_at_the_same_global_batch(synthetic_d
     assert "1 replica(s)" in one and "2 replica(s)" in two and "global batch 32 = 16 per replica x 2" in two
     a, b = _losses(one), _losses(two)
     assert sorted(a) == sorted(b) == list(range(1, 9))
+    record_margin("two_cpu_replicas loss[1] - loss[8]", a[1] - a[8], 0.3)
     assert a[8] < a[1] - 0.3                     # it is learning, not a flat line
     for step in a:
         assert b[step] == pytest.approx(a[step], rel=2e-3, abs=2e-3), (step, a, b)

@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
+from tests.plugins.learning import learning_seed, record_margin
 from tests.plugins.training import TINY
 
 ARCHS = ("merge", "inject", "attention", "transformer")
@@ -21,6 +22,8 @@ def test_loss_falls_well_below_its_start(trained_model_dirs, arch):
     with open(os.path.join(trained_model_dirs[arch], "vocab.txt")) as f:
         vocab_size = sum(1 for _ in f)
     assert first > 0.8 * np.log(vocab_size)                   # ~ln(V): an untrained model
+    record_margin(f"loss_falls[{arch}] train_loss/first", -epochs[-1]["train_loss"] / first, -0.6)
+    record_margin(f"loss_falls[{arch}] best val_loss/first", -min(e["val_loss"] for e in epochs) / first, -0.7)
     assert epochs[-1]["train_loss"] < 0.6 * first             # last epoch's mean, dropout on
     assert min(e["val_loss"] for e in epochs) < 0.7 * first   # it generalises to the dev split
     assert [e["val_loss"] for e in epochs][-1] < epochs[0]["val_loss"]
@@ -132,9 +135,11 @@ def test_select_by_cider_keeps_the_best_dev_cider_weights(synthetic_data, tmp_pa
     out = tmp_path / "by_cider"
     assert _cli("--data", synthetic_data, "--model-dir", str(out), *TINY, "--epochs", "4", "--steps-per-epoch", "6",
                 "--batch-size", "32", "--learning-rate", "0.01", "--select-by", "cider",
-                "--early-stopping-patience", "0", "--strategy", "one_device") == 0
+                "--early-stopping-patience", "0", "--strategy", "one_device", "--seed", str(learning_seed(42))) == 0
     epochs = json.load(open(out / "history.json"))["epochs"]
     cider = [e["val_cider"] for e in epochs]
+    record_margin("select_by_cider max - first", max(cider) - cider[0], 0.0)
+    record_margin("select_by_cider max", max(cider), 1.0)
     assert len(cider) == 4 and max(cider) > cider[0] and max(cider) > 1.0
     model, config, _, _ = load_trained(str(out), which="best")
     best = SplitCider(model, split_files(synthetic_data, "dev"), config.feature_shape)()[0]

@@ -97,20 +97,25 @@ TINY = ["--units", "32", "--embedding-dim", "32", "--attention-units", "16", "--
 
 @pytest.fixture(scope="session")
 def synthetic_data(tmp_path_factory):
-    return write_synthetic_data(str(tmp_path_factory.mktemp("synthetic_vec")), feature_shape=(16,))
+    from tests.plugins.learning import learning_seed
+    return write_synthetic_data(str(tmp_path_factory.mktemp("synthetic_vec")), feature_shape=(16,),
+                                seed=learning_seed(0))
 
 
 @pytest.fixture(scope="session")
 def synthetic_map_data(tmp_path_factory):
-    return write_synthetic_data(str(tmp_path_factory.mktemp("synthetic_map")), feature_shape=(2, 2, 16))
+    from tests.plugins.learning import learning_seed
+    return write_synthetic_data(str(tmp_path_factory.mktemp("synthetic_map")), feature_shape=(2, 2, 16),
+                                seed=learning_seed(0))
 
 
 def _train_tiny(data, model_dir, arch, epochs=3, steps=18):
     from captionbeam.model.config import ModelConfig, TrainConfig
+    from tests.plugins.learning import learning_seed
     from captionbeam.model.train import train
     train(TrainConfig(data=str(data), model_dir=str(model_dir), epochs=epochs, steps_per_epoch=steps, batch_size=32,
                       learning_rate=0.003 if arch == "transformer" else 0.01, log_every=10, checkpoint_every=50,
-                      shuffle_buffer=500, early_stopping_patience=0, strategy="one_device", seed=1),
+                      shuffle_buffer=500, early_stopping_patience=0, strategy="one_device", seed=learning_seed(1)),
           ModelConfig(arch=arch, units=32, embedding_dim=32, attention_units=16, dropout=0.1,
                       num_layers=2 if arch == "transformer" else 1))
     return str(model_dir)
