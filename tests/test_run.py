@@ -139,3 +139,56 @@ def test_bad_configs_fail_naming_the_key(tmp_path, capsys):
     bad.write_text("train: [1, 2\n")
     assert cli.main(["run", "--config", str(bad)]) == 2
     assert "not valid YAML" in capsys.readouterr().err
+
+
+# the smallest `run` that still trains a model that says something: the real command, twice
+REPRO_FLAGS = ["--no-report", "--sample-images", "32", "--sample-size", "32", "--image-size", "32", "--epochs", "3",
+               "--batch-size", "16", "--learning-rate", "0.005", "--caption-images", "3", "--min-count", "1",
+               "--train-arg=--units=32", "--train-arg=--embedding-dim=32", "--eval-arg=--coco-metrics=bleu,cider"]
+# what a run writes that must not differ (after the workdir's own path is replaced); timings are left out
+REPRO_FILES = ("sample/captions.txt", "data/vocab.txt", "data/stats.json", "eval/test.predictions.jsonl",
+               "eval/captions.jsonl")
+
+
+def _comparable(workdir):
+    import hashlib
+    import glob
+    out = {name: open(os.path.join(workdir, name)).read().replace(workdir, "W") for name in REPRO_FILES}
+    import tensorflow as tf
+
+    def canonical(record: bytes) -> str:     # a tf.train.Example's fields (its map's byte order varies)
+        fields = tf.train.Example.FromString(record).features.feature
+        text = b"".join(k.encode() + fields[k].SerializeToString() for k in sorted(fields))
+        return hashlib.sha256(text.replace(workdir.encode(), b"W")).hexdigest()
+    for pattern in ("features/features-*.tfrecord", "data/*-of-*.tfrecord"):   # the records, in any order
+        out[pattern] = sorted(canonical(r.numpy()) for path in glob.glob(os.path.join(workdir, pattern))
+                              for r in tf.data.TFRecordDataset(path))
+    out["weights"] = hashlib.sha256(open(os.path.join(workdir, "model", "best.weights.h5"), "rb").read()).hexdigest()
+    metrics = json.load(open(os.path.join(workdir, "eval", "test.predictions.metrics.json")))
+    out["metrics"] = {k: v for k, v in metrics.items() if k.startswith("bleu") or k == "coco"}
+    epochs = json.load(open(os.path.join(workdir, "model", "history.json")))["epochs"]
+    out["losses"] = [epochs[0]["first_loss"]] + [(e["train_loss"], e["val_loss"]) for e in epochs]
+    return out
+
+
+def test_run_twice_in_fresh_workdirs_gives_identical_metrics_and_captions(tmp_path):
+    """Same seed, same machine: `captionbeam run` in two fresh processes and workdirs writes the same
+    records, weights, losses, metrics and captions, bit for bit (across machines the oneDNN kernels
+    differ, and so do the last digits: README, "What varies between machines")."""
+    import subprocess
+    import sys
+    from tests.plugins.training import train_env
+    workdirs = [str(tmp_path / name) for name in ("a", "b")]
+    procs = [subprocess.Popen([sys.executable, "-m", "captionbeam.launch.cli", "run", "--workdir", w, *REPRO_FLAGS],
+                              env=train_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for w in workdirs]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+    a, b = (_comparable(w) for w in workdirs)
+    assert a["losses"][-1][0] < a["losses"][0]                                 # a model that learnt something
+    assert len(a["features/features-*.tfrecord"]) == 32 and a.keys() == b.keys()
+    for key in a:
+        assert a[key] == b[key], key
+    # and the printed summary says the same thing (only the timings differ)
+    tails = [o[o.index("metrics (test split):"):] for o in outs]
+    assert tails[0].replace(workdirs[0], "W") == tails[1].replace(workdirs[1], "W")
