@@ -57,12 +57,12 @@ def _dev_cider(model_dir, data, which):
 
 
 SCST = ["--objective", "scst", "--batch-size", "16", "--learning-rate", "5e-4", "--log-every", "5"]
-# Margins measured with CAPTIONBEAM_TEST_SEED=0..9, and with TF_ENABLE_ONEDNN_OPTS=0 (docs/DEVELOPING.md,
-# "Learning tests"): the gain depends on how far the cross-entropy start is from its plateau, so the
-# bounds sit well below the smallest gain measured, on the weights a user gets (dev-selected) and on the
-# greedy CIDEr-D of the 192 training images (the reward SCST maximises; 8x the dev split's images).
-DEV_GAIN = 0.1
-TRAIN_GAIN = 0.05
+# Margins measured with CAPTIONBEAM_TEST_SEED=0..9 and with TF_ENABLE_ONEDNN_OPTS=0 (docs/DEVELOPING.md,
+# "Learning tests"). 45 steps move dev CIDEr-D (24 images) by +0.04 to +0.30 depending on the seed (the
+# cross-entropy start's distance from its plateau), so the dev check is "better than the start", on the
+# weights a user gets (dev-selected; the start itself is a candidate, so no gain fails); the strong,
+# low-noise signal is the mean reward of the 1,200 sampled captions of an epoch, SCST's own objective.
+REWARD_GAIN = 0.1
 
 
 def test_scst_raises_dev_cider(sample_xent, tmp_path, caplog):
@@ -74,20 +74,17 @@ def test_scst_raises_dev_cider(sample_xent, tmp_path, caplog):
     before = _dev_cider(xent, data, "best")
     best = _dev_cider(str(out), data, "best")            # the dev-selected weights: what a user gets
     after = _dev_cider(str(out), data, "last")
-    train_before, train_after = _cider(xent, data, "best", "train"), _cider(str(out), data, "last", "train")
-    record_margin("scst dev CIDEr-D best - start", best - before, DEV_GAIN)
+    epochs = json.load(open(out / "history.json"))["epochs"]
+    record_margin("scst dev CIDEr-D best - start", best - before, 0.0)
     record_margin("scst dev CIDEr-D last - start", after - before, 0.0)
-    record_margin("scst train CIDEr-D last - start", train_after - train_before, TRAIN_GAIN)
-    assert best > before + DEV_GAIN, (before, best, after)
-    assert train_after > train_before + TRAIN_GAIN, (train_before, train_after)
+    record_margin("scst reward last epoch - first epoch", epochs[-1]["reward"] - epochs[1]["reward"], REWARD_GAIN)
+    assert best > before, (before, best, after)
+    assert epochs[-1]["reward"] > epochs[1]["reward"] + REWARD_GAIN, [e["reward"] for e in epochs[1:]]
     history = json.load(open(out / "history.json"))
     assert history["objective"] == "scst" and history["init_from"] == xent
-    epochs = history["epochs"]
     assert epochs[0]["epoch"] == 0 and epochs[0]["val_cider"] == pytest.approx(before, abs=1e-6)
     assert [e["epoch"] for e in epochs] == [0, 1, 2, 3] and epochs[-1]["val_cider"] == pytest.approx(after, abs=1e-6)
     assert max(e["val_cider"] for e in epochs) == pytest.approx(best, abs=1e-6)
-    record_margin("scst reward last epoch - first epoch", epochs[-1]["reward"] - epochs[1]["reward"], 0.0)
-    assert epochs[-1]["reward"] > epochs[1]["reward"]      # the training reward rises too
     lines = [STEP_RE.search(r.getMessage()) for r in caplog.records]
     steps = [m for m in lines if m]
     assert [int(m.group(1)) for m in steps] == list(range(5, 46, 5))

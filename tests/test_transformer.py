@@ -43,6 +43,9 @@ def transformer_dir(synthetic_map_data, tmp_path_factory):
     return str(out)
 
 
+GAIN = 0.07   # BLEU-4 over the best constant caption (a model blind to the image gains nothing)
+
+
 def test_transformer_learns_captions_that_depend_on_the_image(transformer_dir, synthetic_map_data):
     from captionbeam.model.captioner import Captioner
     greedy = Captioner.load(transformer_dir)
@@ -53,17 +56,18 @@ def test_transformer_learns_captions_that_depend_on_the_image(transformer_dir, s
     # the best single caption of the training set, said for every dev image
     constant = max(_bleu4(refs, [c] * len(refs)) for c in {tuple(c) for image in train_refs for c in image})
     model_bleu = _bleu4(refs, hyps)
-    record_margin("transformer greedy BLEU-4 - constant", model_bleu - constant, 0.25)
-    assert model_bleu > constant + 0.25, (model_bleu, constant)          # measured: 0.75 vs 0.45
-    assert len({tuple(h) for h in hyps}) >= 6                          # one caption per class at least
-
     beam = Captioner.load(transformer_dir, beam_size=3)
     beamed = beam.caption_features(feats)
+    beam_bleu = _bleu4(refs, [r.tokens for r in beamed])
+    # 60 steps: BLEU-4 above the constant by 0.15 to 0.31 over CAPTIONBEAM_TEST_SEED=0..9 (docs/DEVELOPING.md)
+    record_margin("transformer greedy BLEU-4 - constant", model_bleu - constant, GAIN)
+    record_margin("transformer beam BLEU-4 - constant", beam_bleu - constant, GAIN)
+    assert model_bleu > constant + GAIN, (model_bleu, constant)
+    assert len({tuple(h) for h in hyps}) >= 6                          # one caption per class at least
     assert all(r.finished for r in beamed)
     assert np.all(np.array([r.log_prob for r in beamed]) >=
                   np.array([r.log_prob for r in greedy.caption_features(feats)]) - 1e-4)
-    record_margin("transformer beam BLEU-4 - constant", _bleu4(refs, [r.tokens for r in beamed]) - constant, 0.2)
-    assert _bleu4(refs, [r.tokens for r in beamed]) > constant + 0.2          # measured: 0.69
+    assert beam_bleu > constant + GAIN, (beam_bleu, constant)
 
 
 LOADER = r"""
