@@ -58,11 +58,11 @@ def _dev_cider(model_dir, data, which):
 
 SCST = ["--objective", "scst", "--batch-size", "16", "--learning-rate", "5e-4", "--log-every", "5"]
 # Margins measured with CAPTIONBEAM_TEST_SEED=0..9 and with TF_ENABLE_ONEDNN_OPTS=0 (docs/DEVELOPING.md,
-# "Learning tests"). 45 steps move dev CIDEr-D (24 images) by +0.04 to +0.30 depending on the seed (the
+# "Learning tests"). 45 steps move dev CIDEr-D (24 images) by +0.04 to +0.36 depending on the seed (the
 # cross-entropy start's distance from its plateau), so the dev check is "better than the start", on the
 # weights a user gets (dev-selected; the start itself is a candidate, so no gain fails); the strong,
 # low-noise signal is the mean reward of the 1,200 sampled captions of an epoch, SCST's own objective.
-REWARD_GAIN = 0.1
+REWARD_GAIN = 0.05
 
 
 def test_scst_raises_dev_cider(sample_xent, tmp_path, caplog):

@@ -140,7 +140,7 @@ def test_select_by_cider_keeps_the_best_dev_cider_weights(synthetic_data, tmp_pa
     cider = [e["val_cider"] for e in epochs]
     record_margin("select_by_cider max - first", max(cider) - cider[0], 0.0)
     record_margin("select_by_cider max", max(cider), 0.7)
-    assert len(cider) == 4 and max(cider) > cider[0] and max(cider) > 0.7     # measured 1.05 to 1.13, 10 seeds
+    assert len(cider) == 4 and max(cider) > cider[0] and max(cider) > 0.7     # measured 1.05 to 1.52, seeds 0..3
     model, config, _, _ = load_trained(str(out), which="best")
     best = SplitCider(model, split_files(synthetic_data, "dev"), config.feature_shape)()[0]
     assert best == pytest.approx(max(cider), abs=1e-6)
