@@ -184,7 +184,7 @@ def run_training(cfg, objective: Objective) -> Dict[str, object]:
     from captionbeam.model.architectures import build_model
     from captionbeam.model.checkpoints import Checkpointer, TrainingState, end_of_epoch_stop, epoch_to_resume, \
         export_epoch_weights
-    from captionbeam.model.progress import format_duration, load_history, plot_curve, scalar_summary
+    from captionbeam.model.progress import format_duration, load_history, plot_curve, progress_due, scalar_summary
 
     if cfg.mixed_precision and not objective.mixed_precision:
         raise ValueError(f"--mixed-precision: not supported with --objective {objective.name}")
@@ -268,7 +268,7 @@ def run_training(cfg, objective: Objective) -> Dict[str, object]:
                 run.first_sums = sums
             window = sums if window is None else window + sums
             epoch_sums = sums if epoch_sums is None else epoch_sums + sums
-            if step % cfg.log_every == 0 or step == run.total_steps:
+            if progress_due(step, start_step, run.total_steps, cfg.log_every, time.perf_counter() - window_t0):
                 now = time.perf_counter()
                 text, scalars = objective.progress(window, now - window_t0)
                 lr = run.current_lr(step - 1)

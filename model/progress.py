@@ -22,6 +22,17 @@ def format_duration(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}"
 
 
+MAX_SILENCE_S = 10.0   # a training run logs a progress line at least this often
+
+
+def progress_due(step: int, start_step: int, total_steps: int, every: int, since_last_s: float,
+                 max_silence_s: float = MAX_SILENCE_S) -> bool:
+    """Whether step ``step`` gets a progress line: every ``every`` steps, the last step, the run's first
+    step (a run shows it is alive within seconds, before its first epoch ends) and whenever
+    ``max_silence_s`` passed since the previous line."""
+    return (step % every == 0 or step == total_steps or step == start_step + 1 or since_last_s >= max_silence_s)
+
+
 def scalar_summary(name: str, value: float, step: int) -> None:
     """``tf.summary.scalar`` without the ``tensorboard`` package (tensorflow-cpu does not ship it):
     the same event record (plugin ``scalars``), written with core TF ops, that TensorBoard reads."""

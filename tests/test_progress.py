@@ -84,13 +84,11 @@ def test_a_real_directrunner_features_job_logs_its_total_and_done_over_total(tmp
     assert not (tmp_path / "f" / progress.PROGRESS_FOLDER).exists()
 
 
-def test_progress_meter_reports_the_first_step_then_every_n():
-    from captionbeam.model.progress import ProgressMeter
-    meter = ProgressMeter(total_steps=12, start_step=0, every=5, max_silence_s=1e9)
-    due = [step for step in range(1, 13) if meter.update(step, 2.0, 1.0)]
-    assert due == [1, 5, 10, 12]
-    resumed = ProgressMeter(total_steps=12, start_step=7, every=5, max_silence_s=1e9)
-    assert [step for step in range(8, 13) if resumed.update(step, 2.0, 1.0)] == [8, 10, 12]
+def test_training_progress_is_due_at_the_first_step_every_n_the_last_and_after_10_s_of_silence():
+    from captionbeam.model.progress import progress_due
+    assert [s for s in range(1, 13) if progress_due(s, 0, 12, 5, since_last_s=0.5)] == [1, 5, 10, 12]
+    assert [s for s in range(8, 13) if progress_due(s, 7, 12, 5, since_last_s=0.5)] == [8, 10, 12]   # resumed
+    assert progress_due(3, 0, 12, 5, since_last_s=10.0)
 
 
 def test_train_logs_a_progress_line_before_its_first_epoch_ends(synthetic_data, tmp_path, caplog):

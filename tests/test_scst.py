@@ -87,7 +87,8 @@ def test_scst_raises_dev_cider(sample_xent, tmp_path, caplog):
     assert max(e["val_cider"] for e in epochs) == pytest.approx(best, abs=1e-6)
     lines = [STEP_RE.search(r.getMessage()) for r in caplog.records]
     steps = [m for m in lines if m]
-    assert [int(m.group(1)) for m in steps] == list(range(5, 46, 5))
+    logged = [int(m.group(1)) for m in steps]     # the first step, every 5th, and any after 10 s of silence
+    assert logged[0] == 1 and set(range(5, 46, 5)) <= set(logged) and logged == sorted(set(logged))
     assert all(0 < float(m.group(4)) <= 40 and float(m.group(5)) > 0 for m in steps)
     for name in ("config.json", "vocab.txt", "features_spec.json", "best.weights.h5", "last.weights.h5",
                  "train_config.json"):
@@ -104,7 +105,7 @@ def test_scst_mirrored_over_two_cpu_replicas_with_the_greedy_baseline(sample_xen
     assert p.returncode == 0, p.stdout[-3000:]
     assert "2 replica(s)" in p.stdout and "global batch 16 images = 8 per replica x 2 (48 samples)" in p.stdout
     steps = STEP_RE.findall(p.stdout)
-    assert [int(s[0]) for s in steps] == [5, 6]
+    assert [int(s[0]) for s in steps][0] == 1 and {5, 6} <= {int(s[0]) for s in steps}
     assert all(float(s[1]) != float(s[2]) for s in steps)   # the greedy baseline is not the samples' mean
     summary = json.loads(re.search(r"training finished: (\{.*\})", p.stdout).group(1))
     assert summary["step"] == 6 and summary["objective"] == "scst"
@@ -132,7 +133,8 @@ def test_scst_two_worker_multiworker_run_on_loopback(sample_xent, tmp_path):
     assert summaries[0]["weights_sha256"] == summaries[1]["weights_sha256"]       # one model on both workers
     # the same all-reduced step, reward, baseline and sampled length printed by both workers
     reduced = [[s[:4] for s in STEP_RE.findall(o)] for o in outs]
-    assert reduced[0] == reduced[1] and [int(s[0]) for s in reduced[0]] == [2, 4]
+    every = [[s for s in r if int(s[0]) in (2, 4)] for r in reduced]     # (a 10 s line is each worker's own)
+    assert every[0] == every[1] and [int(s[0]) for s in every[0]] == [2, 4]
     assert (tmp_path / "mw" / "best.weights.h5").exists()
 
 
