@@ -8,7 +8,7 @@ report's ``images/`` folder and linked relatively, so the directory can be moved
 
 The page carries a small script that, once the page has loaded, counts the ``<img>`` elements that
 decoded (``naturalWidth > 0``) and writes the result into ``#render-check``: a headless browser's
-``--dump-dom`` shows whether the report really renders (see ``tests/test_report.py``).
+``--dump-dom`` shows whether the report really renders (see ``tests/launch/test_report.py``).
 """
 from __future__ import annotations
 

@@ -184,3 +184,28 @@ def test_the_root_package_imports_nothing_heavy():
     assert out.returncode == 0, out.stderr[-2000:]
     version, tf_loaded, beam_loaded = out.stdout.split()
     assert version[0].isdigit() and (tf_loaded, beam_loaded) == ("False", "False")
+
+
+TEST_FOLDERS_OUTSIDE_THE_TREE = ("journeys", "faults", "plugins")   # walks across commands; fixtures
+
+
+def test_tests_mirror_the_tree():
+    """A module's tests are found by its name: every ``tests/<package>/test_<name>[_<concern>].py`` names a
+    module (or subpackage) ``<name>`` of ``<package>``; journeys, the fault matrix and the fixtures have
+    folders of their own, and only whole-tree tests stay at the top."""
+    modules = {m.split(".")[-1] for m in _modules()} | {m.split(".")[-2] for m in _modules() if m.count(".") > 1}
+    stray = []
+    for entry in sorted(os.listdir(os.path.join(ROOT, "tests"))):
+        path = os.path.join(ROOT, "tests", entry)
+        if os.path.isdir(path) and entry in PACKAGES:
+            pkg_modules = {m.split(".")[-1] for m in _modules() if m.startswith(f"{ROOT_PACKAGE}.{entry}.")}
+            for f in sorted(os.listdir(path)):
+                if f.startswith("test_") and f.endswith(".py"):
+                    words = f[len("test_"):-3].split("_")
+                    if not any("_".join(words[:i]) in pkg_modules for i in range(1, len(words) + 1)):
+                        stray.append(f"tests/{entry}/{f} names no module of {entry}")
+        elif os.path.isdir(path) and entry not in TEST_FOLDERS_OUTSIDE_THE_TREE + ("__pycache__",):
+            stray.append(f"tests/{entry}/ is neither a package's mirror nor {TEST_FOLDERS_OUTSIDE_THE_TREE}")
+        elif entry.startswith("test_") and entry not in ("test_imports.py", "test_api.py", "test_gpu_benchmark.py"):
+            stray.append(f"tests/{entry} belongs in tests/<package>/")
+    assert modules and stray == []

@@ -1,7 +1,7 @@
 """Fault matrix, kill -9 mid-job for the Beam writers: a real ``captionbeam`` process SIGKILLed while it
 holds its output's lease and runs; the re-run goes on at once (the dead claim is provably dead: same
 host, pid gone), removes what the killed run left, and finishes with every input accounted for once.
-(retrain: test_retrain_kill.py; train: tests/test_resume.py.)"""
+(retrain: test_retrain_kill.py; train: tests/model/test_checkpoints_resume.py.)"""
 import glob
 import json
 import os

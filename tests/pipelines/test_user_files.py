@@ -11,7 +11,7 @@ import pytest
 
 from captionbeam.pipelines.user_files import (UserFileError, file_problem, read_user_file, sha256_user_file)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PACKAGES = ("model", "pipelines", "launch", "captionbeam")     # captionbeam/: the Python API
 OPENERS = ("open", "GFile", "read_bytes")      # open(), X.open(), tf.io.gfile.GFile(), pio.read_bytes()
 

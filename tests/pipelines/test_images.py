@@ -1,6 +1,6 @@
 """pipelines.images: decoding, mode conversion, EXIF orientation and the guards, on images made here.
 
-The ``make_*`` builders are also used by tests/test_features_pipeline.py to mix odd files into a job."""
+The ``make_*`` builders are also used by tests/pipelines/test_features.py to mix odd files into a job."""
 import io
 import struct
 import zlib

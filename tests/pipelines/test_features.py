@@ -17,7 +17,7 @@ from captionbeam.model import records
 from captionbeam.model.encoders import build_encoder
 from captionbeam.pipelines.deadletter import read_dead_letters
 from captionbeam.pipelines.images import load_image
-from tests.test_images import (make_16bit_png, make_bomb_png, make_cmyk_jpeg, make_corrupt, make_exif_rotated_jpeg,
+from tests.pipelines.test_images import (make_16bit_png, make_bomb_png, make_cmyk_jpeg, make_corrupt, make_exif_rotated_jpeg,
                                make_gray_jpeg, make_palette_png, make_rgb_jpeg, make_rgba_png, make_truncated_jpeg)
 
 ENCODER = ["--encoder", "mobilenet", "--weights", "none", "--image-size", "32", "--batch-size", "4"]

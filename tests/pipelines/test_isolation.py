@@ -50,7 +50,7 @@ def test_one_decode_images_class():
     """features and bulk decode through the same PTransform (there used to be two classes of that name)."""
     import ast
     import os
-    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pipelines")
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "pipelines")
     found = []
     for dirpath, _, files in os.walk(root):
         for f in files:

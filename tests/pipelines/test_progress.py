@@ -9,7 +9,7 @@ import pytest
 
 from captionbeam.launch.cli import main as cli
 from captionbeam.pipelines import progress
-from tests.test_images import make_corrupt, make_rgb_jpeg
+from tests.pipelines.test_images import make_corrupt, make_rgb_jpeg
 
 LINE_RE = re.compile(r"^(\w+): ([\d,]+)/([\d,]+) images \((\d+)%\), ([\d,.]+) images/s, ETA (\S+)$")
 
