@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -38,7 +39,8 @@ from dataclasses import dataclass
 from typing import Iterator, List, Optional
 
 import captionbeam.pipelines.io as pio
-from captionbeam.pipelines.storage_faults import RELEASE_DEADLINE_S
+from captionbeam.pipelines.storage_faults import (RELEASE_DEADLINE_S, STORAGE_DEADLINE_ENV, endpoint,
+                                                  storage_deadline_s)
 
 log = logging.getLogger(__name__)
 
@@ -175,16 +177,45 @@ class OutputLease:
                 log.warning("removing the stale lease of %s (dead or silent for over %.0fs)",
                             "; ".join(_describe(c, now) for c in stale), self.ttl_s)
                 self._delete(stale)
-        self._thread = threading.Thread(target=self._beat, name=f"lease-{self.run}", daemon=True)
+        target = self._beat_watched if pio.is_gcs(self.lease_dir) else self._beat
+        self._thread = threading.Thread(target=target, name=f"lease-{self.run}", daemon=True)
         self._thread.start()
         return self
 
+    def _write_alive(self) -> None:
+        try:
+            pio.write_text(self._path(self.run, "alive"), str(time.time()))
+        except Exception as e:  # noqa: BLE001 - a missed beat is retried; the TTL has room for several
+            log.warning("lease heartbeat of %s failed: %s", self.output, e)
+            return
+        self._last_answer = time.time()
+
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
-            try:
-                pio.write_text(self._path(self.run, "alive"), str(time.time()))
-            except Exception as e:  # noqa: BLE001 - a missed beat is retried; the TTL has room for several
-                log.warning("lease heartbeat of %s failed: %s", self.output, e)
+            self._write_alive()
+
+    def _beat_watched(self) -> None:
+        """The heartbeat of a bucket output, and its watchdog: a bucket that has not answered for the
+        storage deadline (a dead endpoint; some client calls retry for ten minutes) ends the run now, with
+        one line and exit 1 -- nothing of this run is committed, and its lease is provably dead on this
+        machine, so a re-run takes over at once."""
+        deadline = storage_deadline_s()
+        self._last_answer = time.time()
+        interval = min(self.heartbeat_s, deadline / 3)
+        while not self._stop.wait(interval):
+            beat = threading.Thread(target=self._write_alive, name=f"lease-beat-{self.run}", daemon=True)
+            beat.start()
+            beat.join(deadline)
+            if self._stop.is_set():
+                return
+            silent = time.time() - self._last_answer
+            if silent >= deadline:
+                sys.stderr.write(
+                    f"captionbeam {self.command}: storage endpoint {endpoint()} unreachable: the bucket holding "
+                    f"{self.output} has not answered for {silent:.0f}s (${STORAGE_DEADLINE_ENV} = "
+                    f"{deadline:.0f}s); this run committed nothing there: re-run when the bucket is reachable\n")
+                sys.stderr.flush()
+                os._exit(1)
 
     def _delete(self, claims: List[Claim]) -> None:
         pio.delete([self._path(c.run, kind) for c in claims for kind in ("claim", "alive")])

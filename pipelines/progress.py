@@ -33,6 +33,7 @@ import captionbeam.pipelines.io as pio
 log = logging.getLogger("captionbeam.progress")
 
 PROGRESS_FOLDER = ".progress"
+EXIT_DEADLINE_S = 30.0  # the end of a job waits at most this long for its last progress poll and cleanup
 INTERVAL_S = 5.0        # the reporter's period: a line at least every 10 s even when a poll is slow
 WRITE_EVERY_S = 2.0     # a worker rewrites its count at most this often (and at each bundle's end)
 
@@ -175,10 +176,20 @@ class ProgressReporter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        """Bounded: with the storage gone (a failed job on a dead bucket) the reporter's last poll and the
+        cleanup may be stuck in the client's retries; the job's own outcome must not wait for them."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join()
-        if exc_type is None:
+            self._thread.join(EXIT_DEADLINE_S)
+        finish = threading.Thread(target=self._finish, args=(exc_type is None,), name=f"{self.job}-progress-end",
+                                  daemon=True)
+        finish.start()
+        finish.join(EXIT_DEADLINE_S)
+        if finish.is_alive():
+            log.debug("progress folder %s: cleanup still waiting on storage; left behind", self.directory)
+
+    def _finish(self, succeeded: bool) -> None:
+        if succeeded:
             self.emit(self.line())
         try:
             pio.delete(pio.match([pio.join(self.directory, "*.json")]))

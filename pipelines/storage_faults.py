@@ -7,6 +7,12 @@ Deadlines: every ``gs://`` call goes through google-cloud-storage with a 60 s so
 request and retries for at most 120 s (``google.cloud.storage.retry.DEFAULT_RETRY``, which Beam's
 GcsIO uses), so one read or write against a dead endpoint fails within 120-180 s; a job fails at its
 first such call. The lease's own calls at the end of a run are bounded by :data:`RELEASE_DEADLINE_S`.
+
+Some calls retry far longer (a resumable upload's own policy allows ten minutes), so a run whose output is
+in a bucket is also watched by its lease: when the lease's heartbeat gets no answer for
+:func:`storage_deadline_s` seconds (default 150, ``$CAPTIONBEAM_STORAGE_DEADLINE_S``), the run ends at once
+with exit 1 and one line naming the endpoint (nothing it wrote is committed: commits happen under a
+live lease). So a dead endpoint ends a job within about ``deadline + deadline / 3`` seconds.
 """
 from __future__ import annotations
 
@@ -18,6 +24,20 @@ from typing import Iterator, Optional
 RETRY_DEADLINE_S = 120       # google.cloud.storage.retry.DEFAULT_RETRY's deadline (one call, all retries)
 REQUEST_TIMEOUT_S = 60       # google.cloud.storage's default timeout per request
 RELEASE_DEADLINE_S = 30      # the lease release at the end of a run waits at most this long
+DEFAULT_STORAGE_DEADLINE_S = 150.0   # a bucket output's lease heartbeat unanswered this long ends the run
+STORAGE_DEADLINE_ENV = "CAPTIONBEAM_STORAGE_DEADLINE_S"
+
+
+def storage_deadline_s(environ=os.environ) -> float:
+    """How long a run waits for an unanswered bucket before it ends (``$CAPTIONBEAM_STORAGE_DEADLINE_S``)."""
+    raw = environ.get(STORAGE_DEADLINE_ENV, "")
+    try:
+        value = float(raw) if raw.strip() else DEFAULT_STORAGE_DEADLINE_S
+    except ValueError:
+        raise ValueError(f"${STORAGE_DEADLINE_ENV}: {raw!r} is not a number of seconds") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise ValueError(f"${STORAGE_DEADLINE_ENV}: {raw!r} must be a positive number of seconds")
+    return value
 
 _DISK = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
          errno.EROFS: "read-only file system", errno.EACCES: "permission denied", errno.EPERM: "not permitted",
