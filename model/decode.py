@@ -13,7 +13,7 @@ states, sequences and attention maps are reordered with ``tf.gather``.
 
 Conventions:
 - generated tokens exclude ``<start>``, include ``<end>`` when it was produced, then ``<pad>``;
-- ``<pad>``, ``<start>`` and ``<unk>`` are never generated: :func:`_token_mask` (the one mask every decoder,
+- ``<pad>``, ``<start>`` and ``<unk>`` are never generated: :func:`token_mask` (the one mask every decoder,
   the export and SCST's sampling and log-probabilities use) sets their log-probabilities to ``NEG``;
 - a model may define ``step_log_probs(tokens, states, context) -> (log_probs, states, attention)`` (an
   ``model.ensemble.Ensemble``: the members' mean log-probabilities); otherwise the log-probabilities are
@@ -39,7 +39,7 @@ NEG = -1e9   # "impossible" log-probability: stays finite (no inf - inf NaNs)
 NEVER_GENERATED = (PAD_ID, START_ID, UNK_ID)   # tokens no caption ever contains
 
 
-def _token_mask(vocab_size: int) -> tf.Tensor:
+def token_mask(vocab_size: int) -> tf.Tensor:
     """[V] added to every step's log-probabilities (or logits): ``NEG`` for :data:`NEVER_GENERATED`, else 0."""
     m = np.zeros([vocab_size], np.float32)
     m[list(NEVER_GENERATED)] = NEG
@@ -69,7 +69,7 @@ def greedy_search(model, features, max_length: int) -> Dict[str, tf.Tensor]:
     context = model.encode(features, training=False)
     states = list(model.initial_state(context))
     batch = _batch_size(context)
-    mask = _token_mask(model.config.vocab_size)
+    mask = token_mask(model.config.vocab_size)
     with_attention = bool(model.has_attention)
     locations = model.locations
 
@@ -119,7 +119,7 @@ def sample_search(model, features, max_length: int, seed, temperature: float = 1
     context = model.encode(features, training=False)
     states = list(model.initial_state(context))
     batch = _batch_size(context)
-    mask = _token_mask(model.config.vocab_size)
+    mask = token_mask(model.config.vocab_size)
     seed = tf.cast(tf.convert_to_tensor(seed), tf.int64)
 
     def cond(t, tokens, states, finished, length, ta_tokens):
@@ -164,7 +164,7 @@ def beam_search(model, features, beam_size: int, max_length: int, alpha: float =
     B = _batch_size(context)
     tiled = {k: tf.repeat(v, K, axis=0) for k, v in context.items()}            # [B*K, ...]
     states = list(model.initial_state(tiled))
-    mask = _token_mask(V)
+    mask = token_mask(V)
     finished_row = tf.one_hot(PAD_ID, V, on_value=0.0, off_value=NEG)          # a finished beam only pads
     with_attention = bool(model.has_attention)
     L = int(model.locations)

@@ -123,11 +123,11 @@ class SelfCritical(Objective):
         return config
 
     def prepare(self, run):
-        from captionbeam.model.decode import _token_mask, default_max_length
+        from captionbeam.model.decode import token_mask, default_max_length
         self.run, cfg, split, val = run, run.cfg, run.train_split, run.val_split
         scorer, ref_images = training_scorer(split.files, run.info.feature_shape, run.config.vocab_size)
         self.rewards = reward_function(scorer, cfg.samples, cfg.baseline)
-        self.token_mask, self.max_length = _token_mask(run.config.vocab_size), default_max_length(run.config)
+        self.token_mask, self.max_length = token_mask(run.config.vocab_size), default_max_length(run.config)
         return (f"scst: {run.config.arch} model from {cfg.init_from}; data {cfg.data}: {split.images} train images "
                 f"({ref_images} reference sets for CIDEr-D document frequencies), {val.images} {cfg.val_split} images;"
                 f" {cfg.samples} samples per image at temperature {cfg.temperature:g}, baseline {cfg.baseline}; "

@@ -50,7 +50,7 @@ def _counter(name: str):
 DEFAULT_MAX_CAPTION_TOKENS = 50
 
 
-class _ParseCaptionFile(beam.DoFn):
+class ParseCaptionFile(beam.DoFn):
     TRUNCATED = "truncated"
 
     def __init__(self, fmt: str, clean: str, keep_empty: bool = False,
@@ -103,9 +103,9 @@ class ReadCaptions(beam.PTransform):
     def expand(self, pbegin):
         return (pbegin
                 | "Captions file" >> beam.Create([self.path])
-                | "Parse and clean" >> beam.ParDo(_ParseCaptionFile(self.fmt, self.clean, self.keep_empty,
+                | "Parse and clean" >> beam.ParDo(ParseCaptionFile(self.fmt, self.clean, self.keep_empty,
                                                                     self.max_tokens))
-                .with_outputs("dead", _ParseCaptionFile.TRUNCATED, main="captions"))
+                .with_outputs("dead", ParseCaptionFile.TRUNCATED, main="captions"))
 
 
 # ----------------------------------------------------------------------------- reading features

@@ -38,7 +38,7 @@ from captionbeam.model.data_stats import STATS_FILE, DataStats
 from captionbeam.model.vocab import VOCAB_FILE, Vocabulary
 from captionbeam.pipelines.caption_steps import (DEFAULT_MAX_CAPTION_TOKENS, JOIN_CATEGORIES, EncodeCaptions, JoinByImage,
                                      MergeSplitStats, ReadCaptions, ReadFeatures, SplitStats, WriteSplits,
-                                     _ParseCaptionFile)
+                                     ParseCaptionFile)
 from captionbeam.pipelines.counters import query_counters
 from captionbeam.pipelines.deadletter import WriteDeadLetters, dead_letters_dir
 from captionbeam.pipelines.vocabulary import BuildVocabulary, CountTokens, token_counts_text
@@ -318,7 +318,7 @@ def build(pipeline: beam.Pipeline, p: Plan, progress_dir: Optional[str] = None) 
      | "WriteSummary" >> beam.ParDo(
          _WriteSummary(p), beam.pvalue.AsSingleton(vocabulary), beam.pvalue.AsSingleton(counts),
          beam.pvalue.AsList(split_stats), beam.pvalue.AsList(accounting), beam.pvalue.AsList(dead_counts),
-         beam.pvalue.AsList(caps[_ParseCaptionFile.TRUNCATED])))
+         beam.pvalue.AsList(caps[ParseCaptionFile.TRUNCATED])))
 
 
 def clear_outputs(output: str) -> int:

@@ -209,3 +209,45 @@ def test_tests_mirror_the_tree():
         elif entry.startswith("test_") and entry not in ("test_imports.py", "test_api.py", "test_gpu_benchmark.py"):
             stray.append(f"tests/{entry} belongs in tests/<package>/")
     assert modules and stray == []
+
+
+def _private_uses(path: str, module: str):
+    """``other_module._name`` uses in ``path``: names imported from another project module whose name
+    starts with ``_``, and ``alias._name`` on an alias bound to another project module."""
+    tree = ast.parse(open(path, encoding="utf-8").read(), path)
+    modules = _modules()
+    aliases, found = {}, []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name in modules and a.asname:
+                    aliases[a.asname] = a.name
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(ROOT_PACKAGE + "."):
+            for a in node.names:
+                if f"{node.module}.{a.name}" in modules:
+                    aliases[a.asname or a.name] = f"{node.module}.{a.name}"
+                elif a.name.startswith("_") and node.module != module:
+                    found.append(f"{module} imports {node.module}.{a.name}")
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases \
+                and node.attr.startswith("_") and not node.attr.startswith("__") and aliases[node.value.id] != module:
+            found.append(f"{module} uses {aliases[node.value.id]}.{node.attr}")
+    return found
+
+
+def test_no_module_uses_another_modules_private_names():
+    """A leading underscore means "this module's own": no module of the three packages imports or reaches
+    into another module's private name (make it public, with a docstring, where another module needs it)."""
+    bad = []
+    for name, path in _modules().items():
+        bad += _private_uses(path, name)
+    assert bad == []
+
+
+def test_a_private_use_is_found(tmp_path):
+    src = tmp_path / "m.py"
+    src.write_text("import captionbeam.pipelines.io as pio\nfrom captionbeam.model.decode import _token_mask\n"
+                   "x = pio._secret\n")
+    assert sorted(_private_uses(str(src), "captionbeam.pipelines.m")) == [
+        "captionbeam.pipelines.m imports captionbeam.model.decode._token_mask",
+        "captionbeam.pipelines.m uses captionbeam.pipelines.io._secret"]

@@ -25,7 +25,7 @@ ALLOWED = {
     ("pipelines/bulk.py", "_caption_file_rows"): "bulk's own output rows",
     ("pipelines/bulk.py", "drop_empty_parquet"): "bulk's own output files",
     ("pipelines/bulk.py", "reconcile_with_files.lines"): "bulk's own output rows",
-    ("pipelines/caption_steps.py", "_ParseCaptionFile.process"): "a caption text file",
+    ("pipelines/caption_steps.py", "ParseCaptionFile.process"): "a caption text file",
     ("pipelines/captions.py", "_head"): "the first bytes of a caption file (format sniffing)",
     ("pipelines/sample.py", "_writer.write_local"): "writes the sample data set",
     ("pipelines/io.py", "write_text_atomic"): "writes an output (temp name + rename)",
