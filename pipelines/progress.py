@@ -106,7 +106,9 @@ def count_done(parts: Sequence[beam.PCollection], directory: Optional[str]) -> N
     """A job's hook: count the union of ``parts`` (its finished items) into ``directory``; nothing when
     ``directory`` is None (a pipeline built without a reporter, e.g. by a test)."""
     if directory:
-        _ = tuple(parts) | "ProgressDone" >> beam.Flatten() | "Progress" >> CountProgress(directory)
+        # one element type before the union: portable runners (Flink) refuse a Flatten of different coders
+        ones = [part | f"ProgressOne{i}" >> beam.Map(lambda _: 1).with_output_types(int) for i, part in enumerate(parts)]
+        _ = tuple(ones) | "ProgressDone" >> beam.Flatten() | "Progress" >> CountProgress(directory)
 
 
 def files_total(patterns: Sequence[str], input_format: str = "files") -> Optional[int]:
