@@ -129,8 +129,17 @@ def training_rows(directory, split):
         f = ex.features.feature
         rows.append((f["image_id"].bytes_list.value[0].decode(), tuple(f["caption_ids"].int64_list.value),
                      tuple(f["caption_lengths"].int64_list.value),
-                     np.round(np.asarray(f["feature"].float_list.value), 5).tobytes()))
-    return sorted(rows)
+                     np.asarray(f["feature"].float_list.value)))
+    return sorted(rows, key=lambda r: r[:3])
+
+
+def assert_same_training_rows(got, want, split):
+    """Ids, caption ids and lengths exactly; the features to the features test's tolerance (an engine batches
+    images differently, and oneDNN's sums round differently per batch: rounding both to 5 decimals and
+    comparing bytes flipped a digit at a rounding boundary)."""
+    assert got and [r[:3] for r in got] == [r[:3] for r in want], split
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g[3], w[3], rtol=1e-5, atol=1e-6, err_msg=f"{split}: {g[0]}")
 
 
 def stats_without_paths(directory):
@@ -187,8 +196,7 @@ def test_captions_equal_direct(direct, engine_run):
     want, got = stats_without_paths(direct["data"]), stats_without_paths(engine_run["data"])
     assert got == want and got["vocab_size"] > 4 and set(got["splits"]) == {"train", "dev", "test"}
     for split in ("train", "dev", "test"):
-        rows = training_rows(engine_run["data"], split)
-        assert rows and rows == training_rows(direct["data"], split), split
+        assert_same_training_rows(training_rows(engine_run["data"], split), training_rows(direct["data"], split), split)
     # the CoGroupByKey join's lists of captions without features and features without captions
     for f in sorted(glob.glob(str(direct["data"] / "join" / "*.txt"))):
         assert (engine_run["data"] / "join" / os.path.basename(f)).read_text() == open(f).read()
