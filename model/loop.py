@@ -18,9 +18,12 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from captionbeam.model.progress import Curve
 
 log = logging.getLogger("captionbeam.train")
 
@@ -42,7 +45,7 @@ class Objective:
     log_prefix = ""             # before "epoch ..." in progress lines
     batch_unit = "examples"     # what --batch-size counts: a SplitInfo field (examples | images)
     history_head = 0            # history.json entries before epoch 1 (scst: the init model, epoch 0)
-    curve_title: Optional[str] = None   # training_curve.png title (None: no curve)
+    curve: Optional[Curve] = None     # what training_curve.png plots (model.progress.Curve; None: no curve)
     mixed_precision = True      # whether --mixed-precision is allowed
 
     def model_config(self, cfg, info, train_split, val_split):
@@ -310,8 +313,8 @@ def run_training(cfg, objective: Objective) -> Dict[str, object]:
         run.save_checkpoint(f"end of epoch {epoch}")
         if dist.is_chief:
             run.save_history(stopped_by)
-            if objective.curve_title:
-                plot_curve(model_dir, run.history, objective.curve_title.format(arch=config.arch))
+            if objective.curve:
+                plot_curve(model_dir, run.history, objective.curve, config.arch)
         if stopped_by:
             break
     if writers:

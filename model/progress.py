@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 import tensorflow as tf
@@ -51,8 +52,20 @@ def save_history(model_dir: str, epochs: List[Dict[str, float]], extra: Dict[str
     gfile.write_json(gfile.join(model_dir, HISTORY_FILE), {"epochs": epochs, **extra})
 
 
-def plot_curve(model_dir: str, epochs: List[Dict[str, float]], title: str) -> Optional[str]:
-    """Train / validation loss per epoch as a PNG (matplotlib, Agg); None when matplotlib is missing."""
+@dataclass(frozen=True)
+class Curve:
+    """What ``training_curve.png`` plots per epoch: a train and a validation value from ``history.json``
+    (entries without one are skipped: SCST's epoch 0 has only the init model's validation)."""
+    title: str                                  # "{arch}" is filled in
+    train_key: str = "train_loss"
+    val_key: str = "val_loss"
+    ylabel: str = "cross-entropy per token"
+    higher_is_better: bool = False              # where the "best" marker goes
+
+
+def plot_curve(model_dir: str, epochs: List[Dict[str, float]], curve: Curve, arch: str = "") -> Optional[str]:
+    """The objective's train / validation values per epoch as a PNG (matplotlib, Agg); None when matplotlib
+    is missing."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -63,18 +76,19 @@ def plot_curve(model_dir: str, epochs: List[Dict[str, float]], title: str) -> Op
     if not epochs:
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
-    xs = [e["epoch"] for e in epochs]
-    ax.plot(xs, [e["train_loss"] for e in epochs], "o-", label="train")
-    vals = [(e["epoch"], e["val_loss"]) for e in epochs if e.get("val_loss") is not None]
+    trains = [(e["epoch"], e[curve.train_key]) for e in epochs if e.get(curve.train_key) is not None]
+    if trains:
+        ax.plot([t[0] for t in trains], [t[1] for t in trains], "o-", label="train")
+    vals = [(e["epoch"], e[curve.val_key]) for e in epochs if e.get(curve.val_key) is not None]
     if vals:
         ax.plot([v[0] for v in vals], [v[1] for v in vals], "s-", label="validation")
-        best = min(vals, key=lambda v: v[1])
+        best = (max if curve.higher_is_better else min)(vals, key=lambda v: v[1])
         ax.axvline(best[0], color="gray", ls=":", label=f"best (epoch {best[0]})")
     from matplotlib.ticker import MaxNLocator
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
-    ax.set_ylabel("cross-entropy per token")
-    ax.set_title(title)
+    ax.set_ylabel(curve.ylabel)
+    ax.set_title(curve.title.format(arch=arch))
     ax.legend()
     ax.grid(alpha=0.3)
     buf = io.BytesIO()

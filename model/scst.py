@@ -31,6 +31,7 @@ from typing import Dict, List
 import numpy as np
 
 from captionbeam.model.loop import EpochResult, Objective, run_training
+from captionbeam.model.progress import Curve
 
 log = logging.getLogger("captionbeam.train")
 
@@ -113,6 +114,8 @@ def sample_and_reward(model, batch, step, cfg, max_length: int, rewards):
 
 class SelfCritical(Objective):
     name, log_prefix, batch_unit, history_head, mixed_precision = "scst", "scst ", "images", 1, False
+    curve = Curve("captionbeam {arch}: self-critical training", train_key="reward", val_key="val_cider",
+                  ylabel="CIDEr-D (train: mean sampled reward; validation: dev, greedy)", higher_is_better=True)
 
     def model_config(self, cfg, info, train_split, val_split):
         if val_split is None:

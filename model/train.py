@@ -14,10 +14,11 @@ from typing import Dict
 import numpy as np
 
 from captionbeam.model.loop import EpochResult, Objective, run_training
+from captionbeam.model.progress import Curve
 
 
 class CrossEntropy(Objective):
-    name, curve_title = "xent", "captionbeam {arch}: cross-entropy per token"
+    name, curve = "xent", Curve("captionbeam {arch}: cross-entropy per token")
 
     def __init__(self, model_overrides):
         self.overrides = model_overrides

@@ -90,7 +90,7 @@ def test_a_new_objective_trains_selects_resumes_through_the_loop(synthetic_data,
     assert history["steps_per_epoch"] == 4 and history["arch"] == "merge"
     for name in (BEST_WEIGHTS, LAST_WEIGHTS, "config.json", "train_config.json", "vocab.txt", "features_spec.json"):
         assert (out / name).exists(), name
-    assert not (out / "training_curve.png").exists()              # no curve_title: no curve
+    assert not (out / "training_curve.png").exists()              # no curve: no png
     assert (out / BEST_WEIGHTS).stat().st_mtime_ns < (out / LAST_WEIGHTS).stat().st_mtime_ns   # best: epoch 2
 
     again = run_training(_cfg(synthetic_data, out), Plain(model, scripted))   # finished: nothing to do

@@ -109,6 +109,7 @@ def test_scst_mirrored_over_two_cpu_replicas_with_the_greedy_baseline(sample_xen
     assert all(float(s[1]) != float(s[2]) for s in steps)   # the greedy baseline is not the samples' mean
     summary = json.loads(re.search(r"training finished: (\{.*\})", p.stdout).group(1))
     assert summary["step"] == 6 and summary["objective"] == "scst"
+    assert (tmp_path / "mirrored" / "training_curve.png").read_bytes()[:4] == b"\x89PNG"   # dev CIDEr-D curve
 
 
 def test_scst_two_worker_multiworker_run_on_loopback(sample_xent, tmp_path):
