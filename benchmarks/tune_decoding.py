@@ -41,7 +41,7 @@ def evaluate(cb: str, args, beam: int, penalty: float, out_dir: str) -> Dict:
     cmd = [cb, "evaluate", "--model-dir", args.model_dir, "--data", args.data, "--split", args.split,
            "--beam-size", str(beam), "--length-penalty", str(penalty), "--references", args.references,
            "--bleu-tokenizer", "basic", "--coco-metrics", "bleu,cider", "--output", out, "--json",
-           "--log-level", "WARNING"]
+           "--log-level", "WARNING"] + (["--limit", str(args.limit)] if args.limit else [])
     t0 = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -62,6 +62,7 @@ def main(argv=None) -> int:
     p.add_argument("--split", default="dev")
     p.add_argument("--beams", default="1,2,3,5")
     p.add_argument("--length-penalties", default="0,0.5,1")
+    p.add_argument("--limit", type=int, help="decode only the first N dev images (smoke runs)")
     p.add_argument("--output", help="write the grid and the choice as JSON here")
     p.add_argument("--captionbeam", default=os.path.join(os.path.dirname(sys.executable), "captionbeam"))
     args = p.parse_args(argv)
