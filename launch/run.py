@@ -276,6 +276,8 @@ class RunPipeline:
 
     def _finish(self, result: StageResult) -> StageResult:
         if not result.cached:
+            from captionbeam.pipelines.crash_points import crash_point
+            crash_point(f"run:{result.name}-done")     # the stage's output committed, its marker not yet
             write_record(self._marker_path(result.name), result.marker())
         print(f"    -> {result.name} {'(cached) ' if result.cached else ''}done in {_fmt_seconds(result.seconds)}"
               + (f": {result.summary}" if result.summary else ""), file=self.console)

@@ -204,7 +204,12 @@ def _run(config: EvaluateConfig):
     if not rows:
         raise CommandError(f"--split {config.split}: no images in {len(files)} record file(s)")
     output = predictions_path(config)
+    # metrics present means they are of these predictions: an earlier run's go first (a kill between the
+    # two commits leaves new predictions without metrics, never beside the old run's)
+    pio.delete([metrics_path(output)])
     pio.write_text_atomic(output, jsonl.dumps(rows.values()))
+    from captionbeam.pipelines.crash_points import crash_point
+    crash_point("evaluate:predictions-written")
 
     predictions = {i: r["caption"] for i, r in rows.items()}
     refs = references_file.captions if references_file is not None else record_refs
