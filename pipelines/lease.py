@@ -148,6 +148,23 @@ class OutputLease:
         # a local output this run creates and leaves empty (it failed before writing) is removed on release
         self._created_output = (not pio.is_gcs(self.lease_dir) and not self.lease_dir.endswith(".lease")
                                 and not os.path.exists(self.output))
+        watched = pio.is_gcs(self.lease_dir)
+        if watched:      # the bucket calls of the acquisition itself are under the storage deadline too
+            self._start(self._beat_watched)
+        try:
+            self._claim()
+        except BaseException:
+            self._stop.set()
+            raise
+        if not watched:
+            self._start(self._beat)
+        return self
+
+    def _start(self, target) -> None:
+        self._thread = threading.Thread(target=target, name=f"lease-{self.run}", daemon=True)
+        self._thread.start()
+
+    def _claim(self) -> None:
         pio.makedirs(self.lease_dir)
         pio.write_json(self._path(self.run, "claim"), {
             "run": self.run, "command": self.command, "output": self.output, "host": socket.gethostname(),
@@ -177,10 +194,6 @@ class OutputLease:
                 log.warning("removing the stale lease of %s (dead or silent for over %.0fs)",
                             "; ".join(_describe(c, now) for c in stale), self.ttl_s)
                 self._delete(stale)
-        target = self._beat_watched if pio.is_gcs(self.lease_dir) else self._beat
-        self._thread = threading.Thread(target=target, name=f"lease-{self.run}", daemon=True)
-        self._thread.start()
-        return self
 
     def _write_alive(self) -> None:
         try:
