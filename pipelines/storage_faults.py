@@ -60,8 +60,10 @@ def _chain(e: BaseException) -> Iterator[BaseException]:
 
 
 def _paths(text: str):
-    """Paths named in an error text: ``gs://`` ones, and local ones whose folder exists (not Beam step names)."""
-    return [p for p in _PATH.findall(text) if p.startswith("gs://") or (len(p) > 1 and os.path.isdir(os.path.dirname(p)))]
+    """Paths named in an error text: ``gs://`` ones, and local ones whose folder exists other than ``/``
+    itself (not Beam step names such as ``/Write``, nor TensorFlow's ``/job:localhost``)."""
+    return [p for p in _PATH.findall(text) if p.startswith("gs://") or (
+        len(p) > 1 and os.path.dirname(p) != "/" and os.path.isdir(os.path.dirname(p)))]
 
 
 def endpoint() -> str:

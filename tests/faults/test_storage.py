@@ -200,6 +200,114 @@ def test_full_disk_ends_a_command_with_one_line_naming_the_path(command, full_di
         h5py.File(weights, "r").close()
 
 
+# every other writing command on a full disk: in-process (cheap), the disk filled up to the lease's two
+# files, so the command's first byte of output meets the full disk; (argv, what a finished run commits last)
+def _writer(command, base, sample_dir, request):
+    images = os.path.join(sample_dir, "images", "*.jpg")
+    out = os.path.join(base, command)
+    if command == "captions":
+        return ["captions", "--captions", os.path.join(sample_dir, "captions.txt"), "--output", out], "stats.json"
+    if command == "pack":
+        return ["pack", "--images", images, "--output", out, "--format", "tar"], "pack.json"
+    if command == "evaluate":
+        model_dir, data_dir, _ = request.getfixturevalue("decoding_model_dirs")["merge"]
+        return ["evaluate", "--model-dir", model_dir, "--data", data_dir, "--output",
+                os.path.join(base, "evaluate.jsonl")], "evaluate.metrics.json"
+    if command == "export":
+        model = request.getfixturevalue("image_model_dir")["merge"]
+        return ["export", "--model-dir", model, "--output", out], "export/captionbeam_export.json"
+    if command == "bulk":
+        model = request.getfixturevalue("image_model_dir")["merge"]
+        return ["bulk", "--images", images, "--model-dir", model, "--output", out], "runs"
+    if command == "retrain":
+        run = request.getfixturevalue("small_run").workdir
+        return ["retrain", "--root", out, "--init", "--from-run", run], "CURRENT"
+    if command == "run":
+        return ["run", "--workdir", out, "--sample-images", "20", "--sample-size", "32", "--image-size", "32",
+                "--epochs", "1", "--no-report"], "stages/sample.json"
+    raise AssertionError(command)
+
+
+def _fill(path, leave=8192):
+    """Fill the file system of ``path`` but ``leave`` bytes (a ballast file)."""
+    st = os.statvfs(path)
+    with open(os.path.join(path, "ballast"), "wb") as f:
+        f.write(b"\0" * max(0, st.f_bavail * st.f_frsize - leave))
+
+
+@pytest.mark.parametrize("command", ["captions", "pack", "evaluate", "export", "bulk", "retrain", "run"])
+def test_full_disk_every_writer_ends_with_one_line_and_commits_nothing(command, full_disk, sample_dir, request,
+                                                                      capsys):
+    from captionbeam.launch.cli import main
+    argv, committed_last = _writer(command, full_disk, sample_dir, request)
+    _fill(full_disk)
+    capsys.readouterr()
+    rc = main(argv)
+    err = capsys.readouterr().err
+    lines = [l for l in err.splitlines() if l.startswith(f"captionbeam {command}: ")]
+    print(lines[-1] if lines else err[-500:])
+    assert rc == 1, err[-3000:]
+    assert any("no space left on the device" in l and full_disk in l for l in lines), err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    left = [os.path.relpath(os.path.join(d, f), full_disk) for d, _, fs in os.walk(full_disk) for f in fs]
+    assert not os.path.exists(os.path.join(full_disk, committed_last)), left
+    # a Beam writer's own beam-temp-* stays (never read as output; the next run removes it under its lease)
+    assert not [f for f in left if ".tmp-" in f], left
+
+
+@pytest.fixture
+def immutable(tmp_path):
+    """``chattr +i`` on a folder (even root cannot create, rename or delete in it); skipped, with the
+    reason, where the file system has no such attribute."""
+    made = []
+
+    def lock(path):
+        proc = subprocess.run(["chattr", "+i", path], capture_output=True, text=True)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot make a folder immutable here: {proc.stderr.strip()}")
+        made.append(path)
+    yield lock
+    for path in made:
+        subprocess.run(["chattr", "-i", path], check=False)
+
+
+@pytest.mark.parametrize("command", ["features", "captions", "pack", "train", "evaluate", "export", "bulk",
+                                     "retrain", "run"])
+def test_a_locked_output_ends_every_writer_with_one_line_and_keeps_the_old_files(command, immutable, tmp_path,
+                                                                                sample_dir, request, capsys):
+    """The output (a folder holding an earlier run's committed file) is locked: nothing can be created,
+    renamed or deleted there. One line naming the path, exit 1, the earlier file as it was."""
+    from captionbeam.launch.cli import main
+    base = str(tmp_path / "locked")
+    if command == "features":
+        argv = ["features", "--images", os.path.join(sample_dir, "images", "*.jpg"), "--output",
+                os.path.join(base, "features"), *TINY]
+    elif command == "train":
+        data = request.getfixturevalue("synthetic_data")
+        argv = ["train", "--data", str(data), "--model-dir", os.path.join(base, "train"), "--epochs", "1"]
+    else:
+        argv, _ = _writer(command, base, sample_dir, request)
+    out = argv[argv.index(next(f for f in ("--output", "--model-dir", "--root", "--workdir") if f in argv)) + 1]
+    folder = base if command in ("evaluate", "export") else out     # a file, or a folder replaced whole: beside
+    os.makedirs(folder, exist_ok=True)
+    earlier = os.path.join(folder, "committed-by-an-earlier-run.txt")
+    with open(earlier, "w") as f:
+        f.write("earlier\n")
+    immutable(folder)
+    capsys.readouterr()
+    try:
+        rc = main(argv)
+    except SystemExit as e:            # the --output check of the argument parser (exit 2: usage)
+        rc = e.code
+    err = capsys.readouterr().err
+    lines = [l for l in err.splitlines() if l.startswith(f"captionbeam {command}: ")]
+    print(lines[-1] if lines else err[-500:])
+    assert rc in (1, 2), err[-3000:]
+    assert any("not permitted" in l and folder in l for l in lines), err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    assert sorted(os.listdir(folder)) == ["committed-by-an-earlier-run.txt"] and open(earlier).read() == "earlier\n"
+
+
 def test_a_reader_holding_the_weights_open_does_not_block_the_writer(tmp_path):
     """Issue 18: a reader with best.weights.h5 open crashed train with BlockingIOError (HDF5's file
     lock): weights are written new and renamed over the old file, which the reader keeps reading."""
