@@ -67,7 +67,7 @@ def tiny_model_dir(directory: str) -> str:
     vocab.save(os.path.join(directory, "vocab.txt"))
     records.FeaturesSpec(encoder="mobilenet", feature_shape=list(enc.feature_shape), image_size=[32, 32],
                          preprocessing=enc.preprocessing, weights="none",
-                         extra={"encoder_spec": enc.spec_dict(), "resize_method": "bilinear"}).save(directory)
+                         encoder_spec=enc.description, resize_method="bilinear").save(directory)
     model.save_weights(os.path.join(directory, "best.weights.h5"))
     return directory
 

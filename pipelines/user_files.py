@@ -91,11 +91,17 @@ def _too_large(path: str, max_bytes: int) -> UserFileError:
 def read_user_file(path: str, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
     """A user's file's bytes, never more than ``max_bytes`` read (:class:`UserFileError` otherwise)."""
     check_max_bytes(max_bytes)
+    chunks, seen = [], 0
     with open_user_file(path, max_bytes) as f:
-        data = f.read(max_bytes + 1)
-    if len(data) > max_bytes:
+        while seen <= max_bytes:    # in chunks: one read(max_bytes + 1) allocated the whole limit per file
+            chunk = f.read(min(_CHUNK, max_bytes + 1 - seen))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            seen += len(chunk)
+    if seen > max_bytes:
         raise _too_large(path, max_bytes)
-    return data
+    return b"".join(chunks)
 
 
 def sha256_user_file(path: str, max_bytes: int = DEFAULT_MAX_BYTES) -> str:
