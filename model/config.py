@@ -110,6 +110,11 @@ class ModelConfig:
     def to_json(self) -> str:
         d = asdict(self)
         d["encoder_description"] = self.encoder_description.to_dict() if self.encoder_description else None
+        # the older layout's keys too, derived from the description (for readers of older versions and of
+        # the file; from_json reads the description when it is there)
+        desc = self.encoder_description
+        d.update(encoder=self.encoder, encoder_weights=desc.weights if desc else "", image_size=self.image_size,
+                 preprocessing=desc.preprocessing if desc else "")
         return json.dumps(d, indent=2, sort_keys=True)
 
     @classmethod

@@ -1,5 +1,6 @@
-"""model.config: ModelConfig holds the typed encoder description (no loose copies of its fields), and a
-config.json written before it (encoder, encoder_weights, image_size, preprocessing at the top) still loads."""
+"""model.config: ModelConfig holds the typed encoder description (no loose copies of its fields; config.json
+still shows the old keys, derived from it), and a config.json written before it (encoder, encoder_weights,
+image_size, preprocessing at the top, no description) still loads."""
 import json
 
 from captionbeam.model.config import ModelConfig
@@ -18,8 +19,10 @@ def test_an_old_config_json_loads_into_the_description():
     assert (d.name, d.weights, d.image_size, d.preprocessing, d.preprocessing_mode, d.feature_shape) == (
         "mobilenet", "none", 32, "keras.applications.mobilenet.preprocess_input (mode tf)", "tf", (256,))
     assert config.encoder == "mobilenet" and config.image_size == [32, 32] and config.units == 16
-    saved = json.loads(config.to_json())             # written again: the description, not the loose copies
-    assert not {"encoder", "encoder_weights", "image_size", "preprocessing"} & set(saved)
+    saved = json.loads(config.to_json())     # written again: the description, the old keys derived from it
+    assert saved["encoder_description"]["name"] == "mobilenet"
+    assert {k: saved[k] for k in ("encoder", "encoder_weights", "image_size", "preprocessing")} == {
+        k: OLD_CONFIG[k] for k in ("encoder", "encoder_weights", "image_size", "preprocessing")}
     assert ModelConfig.from_json(config.to_json()) == config
 
 
