@@ -166,9 +166,7 @@ class EvaluatePlan:
 def plan(config: EvaluateConfig) -> EvaluatePlan:
     """Every check before any work: the decoding flags, --limit, the data directory and its split, the
     references; :class:`CommandError` names what is wrong."""
-    config.decoding.check()
-    if config.limit is not None and config.limit < 1:
-        raise CommandError(f"--limit must be >= 1, got {config.limit}")
+    _check_flags(config)
     from captionbeam.model.caption_files import CaptionFileError
     from captionbeam.model.data import open_data, split_files
     from captionbeam.model.references import load_image_ids, load_references
@@ -189,6 +187,13 @@ def plan(config: EvaluateConfig) -> EvaluatePlan:
                         predictions=predictions_path(config))
 
 
+def _check_flags(config: EvaluateConfig) -> None:
+    """The flags alone (nothing read): the decoding flags and --limit."""
+    config.decoding.check()
+    if config.limit is not None and config.limit < 1:
+        raise CommandError(f"--limit must be >= 1, got {config.limit}")
+
+
 @dataclass
 class EvaluateResult:
     """The scores (``model.scoring.ScoreReport``; ``extra``: ``decoding``, ``predictions``)."""
@@ -207,12 +212,13 @@ class EvaluateResult:
 
 
 def run(config: EvaluateConfig, planned: Optional[EvaluatePlan] = None) -> EvaluateResult:
-    """Plan (unless given), then :func:`_run` under the lease of the predictions file (beside it:
-    ``<file>.lease/``), so that the predictions and metrics files always come from one run."""
+    """:func:`_run` under the lease of the predictions file (beside it: ``<file>.lease/``), so that the
+    predictions and metrics files always come from one run; the flags are checked before the lease is
+    taken, the inputs (:func:`plan`, unless given) under it."""
     from captionbeam.pipelines.lease import output_lease
-    p = planned or plan(config)
-    with output_lease(p.predictions, "evaluate", config.force, flag="--output", beside=True):
-        return EvaluateResult(_run(config, p))
+    _check_flags(config)
+    with output_lease(predictions_path(config), "evaluate", config.force, flag="--output", beside=True):
+        return EvaluateResult(_run(config, planned or plan(config)))
 
 
 def _run(config: EvaluateConfig, p: EvaluatePlan):
