@@ -60,8 +60,7 @@ def tiny_model_dir(directory: str) -> str:
     vocab = Vocabulary(RESERVED + ("a", "dog", "cat", "runs"))
     keras.utils.set_random_seed(0)
     config = ModelConfig(arch="merge", vocab_size=len(vocab), max_length=8, feature_shape=list(enc.feature_shape),
-                         units=16, embedding_dim=16, dropout=0.0, encoder="mobilenet", encoder_weights="none",
-                         image_size=[32, 32], preprocessing=enc.preprocessing, vocab_sha256=vocab.sha256())
+                         units=16, embedding_dim=16, dropout=0.0, encoder_description=enc.description, vocab_sha256=vocab.sha256())
     model = build_model(config)
     config.save(directory)
     vocab.save(os.path.join(directory, "vocab.txt"))

@@ -135,8 +135,10 @@ def run_job(config: Any, pipeline_args: Sequence[str] = ()):
             module = _command(name)
             if not hasattr(module, "run"):
                 break
-            if getattr(module, "BEAM", False):
-                return module.run(config, list(pipeline_args))
+            import inspect
+            if "runner" in inspect.signature(module.run).parameters:    # a Beam job: its RunnerFlags
+                from captionbeam.pipelines.options import RunnerFlags
+                return module.run(config, runner=RunnerFlags.plain(pipeline_args))
             return module.run(config)
     raise TypeError(f"run_job: no captionbeam command runs a {type(config).__name__}")
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from captionbeam.launch.profiles import PROFILES_ENV, load_profiles, placeholders, profile_args, profiles_file
+from captionbeam.pipelines.options import RunnerFlags  # noqa: F401 - defined beside new_pipeline, its one reader
 
 RUNNER_FLAGS = ("--profile", "--profiles-file", "--dry-run")
 log = logging.getLogger(__name__)
@@ -77,17 +78,6 @@ def bad_beam_values(opts: Mapping[str, object]) -> Optional[str]:
             return (f"--runner {runner}: {first}; use DirectRunner, DataflowRunner, FlinkRunner, SparkRunner, "
                     f"PrismRunner, PortableRunner or a PipelineRunner subclass's dotted path")
     return None
-
-
-@dataclass(frozen=True)
-class RunnerFlags:
-    """A Beam command's runner flags, parsed once at the command line and passed down: the merged flags
-    (the profile's first, the command line's win, ``{engines}`` resolved), the options Beam resolves
-    from them as the job's pipeline will see them, and warnings for the user."""
-    profile: Optional[str]
-    args: Tuple[str, ...]
-    options: Mapping[str, object]
-    warnings: Tuple[str, ...] = ()
 
 
 def resolved_options(args: Sequence[str], all_options: bool = False) -> Dict[str, object]:

@@ -75,7 +75,7 @@ def _chosen_command(argv: Sequence[str]) -> Optional[str]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from captionbeam.launch.exit_codes import FAULT, OK, OUTPUT_IN_USE, USAGE
+    from captionbeam.launch.exit_codes import OK, USAGE
     from captionbeam.launch.quiet import LEVELS, configure_logging, split_log_level
     level, argv = split_log_level(list(sys.argv[1:] if argv is None else argv),
                                   os.environ.get(LOG_LEVEL_DEFAULT_ENV, "INFO"))
@@ -104,24 +104,47 @@ def main(argv: Optional[List[str]] = None) -> int:
                 print(f"captionbeam {name}: error: {plan['error']}", file=sys.stderr)
                 return USAGE
             return OK
-        pipeline_args = list(flags.args)
     else:
         args = parser.parse_args(argv)
-        pipeline_args = []
     args.log_level = level
+    return run_command(name, module, args, flags)
+
+
+def run_command(name: str, module, args: argparse.Namespace, flags=None) -> int:
+    """``module.main(args, flags)`` (``flags``: the Beam command's ``RunnerFlags``, else None) -> its exit
+    code; what it raises becomes one line on stderr and the exit code of ``launch/exit_codes.py``:
+    ``CommandError`` (bad usage or input) -> USAGE, ``LeaseHeld`` (another live run writes the output) ->
+    OUTPUT_IN_USE, ``CommandFault`` (started, did not finish) -> FAULT, a full disk / locked file / dead
+    endpoint, or a Beam job that failed on Flink / Spark / Prism -> FAULT, Ctrl-C -> INTERRUPTED."""
+    from captionbeam.launch.command_args import CommandError
+    from captionbeam.launch.command_face import CommandFault
+    from captionbeam.launch.exit_codes import FAULT, INTERRUPTED, OK, OUTPUT_IN_USE, USAGE
     from captionbeam.pipelines.lease import LeaseHeld
+
+    def say(message: str) -> None:
+        print(f"captionbeam {name}: {message}", file=sys.stderr)
+
     try:
-        return int(module.main(args, pipeline_args) or OK)
+        return int(module.main(args, flags) or OK)
     except BrokenPipeError:   # `captionbeam ... | head`: the reader is gone; no traceback (Python's advice)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return FAULT
+    except CommandError as e:
+        say(f"error: {e}")
+        return USAGE
     except LeaseHeld as e:   # another live run writes this output (the one output protocol, pipelines/lease.py)
-        print(f"captionbeam {name}: error: {e}", file=sys.stderr)
+        say(f"error: {e}")
         return OUTPUT_IN_USE
+    except CommandFault as e:
+        say(f"error: {e}" + (f" ({e.hint})" if e.hint else ""))
+        return FAULT
+    except KeyboardInterrupt:
+        say(getattr(module, "ON_INTERRUPT", "stopped"))
+        return INTERRUPTED
     except Exception as e:  # noqa: BLE001 - only a job on a portable engine or a storage fault is translated
         from captionbeam.launch.engine_failures import explain_failure
         from captionbeam.pipelines.storage_faults import explain
-        # one Beam job (run translates its own Beam stages: launch/run.py run_stage)
+        # one Beam job (run and retrain translate their own Beam stages: launch/run.py run_stage)
         message = explain_failure(e, flags.options) if flags is not None and name not in ("run", "retrain") else None
         if message is None:
             written = next((f"--{a.replace('_', '-')} {getattr(args, a)}" for a in ("output", "model_dir", "workdir", "root")
@@ -130,7 +153,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             if fault is None:
                 raise
             message = f"error: {fault}"
-        print(f"captionbeam {name}: {message}", file=sys.stderr)
+        say(message)
         return FAULT
 
 

@@ -4,7 +4,7 @@ name, and :func:`command_line` writes the equivalent ``captionbeam ...`` line fo
 
     inv = invocation(features_command, {"images": [...], "output": out, "overwrite": True}, extra=flags)
     print("$ " + inv.line)
-    result = features_command.run(features_command.config_from_args(inv.args), pipeline_args)
+    result = features_command.run(features_command.config_from_args(inv.args), inv.runner)
 
 Nothing here runs a command: the caller passes the namespace to the command's ``config_from_args``
 and calls its typed ``run``.
@@ -50,6 +50,12 @@ class Invocation:
     args: argparse.Namespace     # what ``module.config_from_args`` reads
     argv: List[str]              # the equivalent command line, without the leading "captionbeam"
     pipeline_args: List[str]     # the Beam flags (the end of argv)
+
+    @property
+    def runner(self):
+        """The Beam flags as the ``RunnerFlags`` a Beam command's ``run`` takes (passed as they are)."""
+        from captionbeam.pipelines.options import RunnerFlags
+        return RunnerFlags.plain(self.pipeline_args)
 
     @property
     def line(self) -> str:

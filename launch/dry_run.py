@@ -61,7 +61,7 @@ def dry_run_report(command: str, module, args: argparse.Namespace, argv: Sequenc
         report["warnings"] = list(flags.warnings)
     plan = getattr(module, "dry_run_plan", None)
     if plan is not None:
-        report["plan"] = plan(args, list(flags.args))
+        report["plan"] = plan(args, flags)
     return report
 
 

@@ -26,6 +26,7 @@ from typing import Callable, Dict, List, Optional, Sequence, TextIO
 
 import captionbeam.pipelines.io as pio
 from captionbeam.launch.command_args import CommandError, Invocation, invocation
+from captionbeam.launch.command_face import CommandFault
 from captionbeam.launch.commands import caption as caption_cmd
 from captionbeam.launch.commands import captions as captions_cmd
 from captionbeam.launch.commands import evaluate as evaluate_cmd
@@ -39,10 +40,16 @@ from captionbeam.model.thumbnail import build_thumbnail_encoder
 from captionbeam.pipelines.redact import write_record
 
 BEAM_STAGES = ("features", "captions")
+# the commands run calls, by stage name (each through its typed config_from_args -> run -> Result)
+STAGE_COMMANDS = {"sample": sample_cmd, "features": features_cmd, "captions": captions_cmd, "train": train_cmd,
+                  "evaluate": evaluate_cmd}
 THUMBNAIL = "thumbnail"
 
 
-class StageError(RuntimeError):
+class StageError(CommandFault):
+    """A stage of ``run`` failed (exit FAULT); the message names the stage and says why."""
+    hint = "fix it and re-run with --resume to skip the stages that finished"
+
     def __init__(self, stage: str, message: str):
         super().__init__(f"stage {stage} failed: {message}")
         self.stage = stage
@@ -217,28 +224,18 @@ class RunPipeline:
         self.console.flush()
 
     def _execute(self, inv: Invocation):
-        """One stage's typed call -> its result (the job's own result object)."""
-        name, args = inv.command, inv.args
-        if name == "sample":
-            config, start = sample_cmd.config_from_args(args), time.time()
-            result = sample_cmd.run(config)
-            self._say(sample_cmd.summary(config, result, time.time() - start))
-        elif name == "features":
-            config = features_cmd.config_from_args(args)
-            result = features_cmd.run(config, inv.pipeline_args, overwrite=args.overwrite)
-            self._say(features_cmd.summary(config, result))
-        elif name == "captions":
-            config = captions_cmd.config_from_args(args)
-            result = captions_cmd.run(config, inv.pipeline_args)
-            self._say(captions_cmd.summary(config, result))
-        elif name == "train":
-            result = train_cmd.run(train_cmd.config_from_args(args))
-        elif name == "evaluate":
-            result = evaluate_cmd.run(evaluate_cmd.config_from_args(args))
-            from captionbeam.model.scoring import format_report
-            self._say(format_report(result).splitlines())
+        """One stage's typed call (``config_from_args`` -> ``run``) -> its Result, whose summary lines are
+        printed (training prints its own progress and summary as it goes)."""
+        module = STAGE_COMMANDS.get(inv.command)
+        if module is None:
+            raise ValueError(f"not a stage of captionbeam run: {inv.command}")
+        config = module.config_from_args(inv.args)
+        if getattr(module, "BEAM", False):
+            result = module.run(config, inv.runner)
         else:
-            raise ValueError(f"not a stage of captionbeam run: {name}")
+            result = module.run(config)
+        if inv.command != "train":
+            self._say(result.summary_lines())
         return result
 
     def run_stage(self, inv: Invocation) -> StageResult:
@@ -290,13 +287,16 @@ class RunPipeline:
         except training's history, which the training loop writes)."""
         try:
             if name == "sample":
-                return f"{value.images} images with {value.captions // max(value.images, 1)} captions each"
+                job = value.job
+                return f"{job.images} images with {job.captions // max(job.images, 1)} captions each"
             if name == "features":
+                value = value.job
                 spec = value.spec
                 shape = tuple(spec.feature_shape) if spec else ()
                 return (f"{value.images_encoded} feature records {shape} ({spec.encoder if spec else '?'}), "
                         f"{value.dead_letters} dead letters, {value.images_encoded / max(seconds, 1e-9):.1f} images/s")
             if name == "captions":
+                value = value.job
                 splits = ", ".join(f"{k} {value.stats.split_images(k)}" for k in value.stats.ordered_splits())
                 return f"vocabulary {value.stats.vocab_size} tokens; images per split: {splits}"
             if name == "train":

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Dict, List, Optional
 
 from captionbeam.model import gfile
+from captionbeam.model.encoder_description import EncoderDescription
 
 ARCHITECTURES = ("merge", "inject", "attention", "transformer")
 POSITIONS = ("learned", "sinusoidal")
@@ -21,6 +22,8 @@ SCST_LEARNING_RATE = 5e-5   # the default --learning-rate of --objective scst (x
 STRATEGIES = ("auto", "one_device", "mirrored", "multiworker")
 LR_SCHEDULES = ("constant", "cosine", "exponential")
 CONFIG_FILE = "config.json"
+# ModelConfig's fields before encoder_description (config.json files of older runs still load)
+_LEGACY_ENCODER_FIELDS = ("encoder", "encoder_weights", "image_size", "preprocessing")
 TRAIN_CONFIG_FILE = "train_config.json"
 
 
@@ -46,11 +49,10 @@ class ModelConfig:
     heads: int = 4                       # attention heads (transformer only; must divide units)
     ffn_units: int = 0                   # feed-forward width (transformer only; 0 = 4 x units)
     positions: str = "learned"           # caption positions: learned or sinusoidal (transformer only)
-    # from features_spec.json: how to turn an image into the features this model reads
-    encoder: str = ""
-    encoder_weights: str = ""
-    image_size: List[int] = field(default_factory=list)
-    preprocessing: str = ""
+    # from features_spec.json: how to turn an image into the features this model reads (the one typed
+    # description; config.json files written before it held loose copies: encoder, encoder_weights,
+    # image_size, preprocessing, read by from_json)
+    encoder_description: Optional[EncoderDescription] = None
     # SHA-256 of the vocab.txt the model was trained with: loading refuses another vocabulary file
     vocab_sha256: str = ""
 
@@ -83,6 +85,17 @@ class ModelConfig:
         return self
 
     @property
+    def encoder(self) -> str:
+        """The encoder's name ("" when the config names none)."""
+        return self.encoder_description.name if self.encoder_description else ""
+
+    @property
+    def image_size(self) -> List[int]:
+        """The encoder's input size as ``[h, w]`` (features_spec.json's layout); [] when unknown."""
+        size = self.encoder_description.image_size if self.encoder_description else 0
+        return [size, size] if size else []
+
+    @property
     def locations(self) -> int:
         """Number of spatial locations L of the feature map (1 for a vector)."""
         n = 1
@@ -95,11 +108,28 @@ class ModelConfig:
         return int(self.feature_shape[-1])
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
+        d = asdict(self)
+        d["encoder_description"] = self.encoder_description.to_dict() if self.encoder_description else None
+        # the older layout's keys too, derived from the description (for readers of older versions and of
+        # the file; from_json reads the description when it is there)
+        desc = self.encoder_description
+        d.update(encoder=self.encoder, encoder_weights=desc.weights if desc else "", image_size=self.image_size,
+                 preprocessing=desc.preprocessing if desc else "")
+        return json.dumps(d, indent=2, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "ModelConfig":
-        return _from_dict(cls, json.loads(text))
+        d = dict(json.loads(text))
+        legacy = {k: d.pop(k, None) for k in _LEGACY_ENCODER_FIELDS}
+        described = d.pop("encoder_description", None)
+        config = _from_dict(cls, d)
+        if described:
+            config.encoder_description = EncoderDescription.from_dict(described)
+        elif legacy["encoder"]:       # a config.json written before the description: its loose copies
+            config.encoder_description = EncoderDescription.from_spec_fields(
+                str(legacy["encoder"]), str(legacy["encoder_weights"] or ""), legacy["image_size"] or 0,
+                str(legacy["preprocessing"] or ""), feature_shape=config.feature_shape)
+        return config
 
     def save(self, directory: str) -> None:
         gfile.write_text(gfile.join(directory, CONFIG_FILE), self.to_json())

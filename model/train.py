@@ -27,8 +27,8 @@ class CrossEntropy(Objective):
         spec = info.features_spec
         return replace(self.overrides, vocab_size=len(info.vocab), feature_shape=list(info.feature_shape),
                        max_length=max(train_split.max_length, val_split.max_length if val_split else 0),
-                       encoder=spec.encoder, encoder_weights=spec.weights, image_size=list(spec.image_size),
-                       preprocessing=spec.preprocessing, vocab_sha256=info.vocab.sha256()).validate()
+                       encoder_description=spec.encoder_description(),
+                       vocab_sha256=info.vocab.sha256()).validate()
 
     def prepare(self, run):
         import tensorflow as tf

@@ -35,10 +35,11 @@ import re
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import apache_beam as beam
 
+from captionbeam.pipelines.options import Runner, runner_flags
 import captionbeam.pipelines.io as pio
 from captionbeam.pipelines import progress
 from captionbeam.pipelines.bulk_handler import CaptionerConfig, CaptionerModelHandler, ImageBytes, SavedModelHandler
@@ -483,7 +484,7 @@ def build_pipeline(pipeline, config: BulkConfig, model: ModelInfo, run: str, pro
                                                             config.format, config.num_shards)
 
 
-def run(config: BulkConfig, model: ModelInfo, pipeline_args: Sequence[str], run_token: Optional[str] = None) -> BulkResult:
+def run(config: BulkConfig, model: ModelInfo, runner: Runner = None, run_token: Optional[str] = None) -> BulkResult:
     """Run the job to completion under the output's lease (:class:`pipelines.lease.OutputLease`:
     :class:`~pipelines.lease.LeaseHeld` when another run is writing there); write ``runs/<run>.json``;
     return counters and files."""
@@ -495,16 +496,16 @@ def run(config: BulkConfig, model: ModelInfo, pipeline_args: Sequence[str], run_
         pio.remove_stale_beam_temp([pio.join(config.output, CAPTIONS_DIR), dead_letters_dir(config.output),
                                     manifest_dir(config.output, model.model_version)])
         recover_unfinished_runs(config.output)
-        return _run_leased(config, model, pipeline_args, token)
+        return _run_leased(config, model, runner, token)
 
 
-def _run_leased(config: BulkConfig, model: ModelInfo, pipeline_args: Sequence[str], token: str) -> BulkResult:
+def _run_leased(config: BulkConfig, model: ModelInfo, runner: Runner, token: str) -> BulkResult:
     from captionbeam.pipelines.options import new_pipeline
     started = _dt.datetime.now(_dt.timezone.utc)
     t0 = time.monotonic()
     log.info("bulk run %s: model %s (%s, version %s) -> %s", token, config.model_dir, model.encoder,
              model.model_version, config.output)
-    pipeline = new_pipeline(pipeline_args)
+    pipeline = new_pipeline(runner)
     progress_dir = progress.progress_dir(config.output, token)
     build_pipeline(pipeline, config, model, token, progress_dir)
     with progress.ProgressReporter("bulk", progress_dir, progress.files_total(config.images, config.input_format)):
@@ -519,13 +520,13 @@ def _run_leased(config: BulkConfig, model: ModelInfo, pipeline_args: Sequence[st
     if not res.balanced:
         reconcile_with_files(res)
     res.record_path = run_record_path(config.output, token)
-    write_record(res.record_path, {             # secrets in pipeline_args redacted, mode 0600
+    write_record(res.record_path, {             # secrets in the Beam flags redacted, mode 0600
         "run": token, "started": started.isoformat(), "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(),
         "seconds": round(seconds, 3), "images_per_s": round(res.images_per_s, 3),
         "model_dir": config.model_dir, "model_version": model.model_version, "encoder": model.encoder,
         "exported": model.exported, "source_model_version": model.source_model_version,
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
-        "pipeline_args": list(pipeline_args), "counters": res.counters, "balanced": res.balanced,
+        "pipeline_args": list(runner_flags(runner).args), "counters": res.counters, "balanced": res.balanced,
         "files": res.files,
     })
     return res

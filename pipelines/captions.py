@@ -26,11 +26,12 @@ import math
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import apache_beam as beam
 import numpy as np
 
+from captionbeam.pipelines.options import Runner
 import captionbeam.pipelines.io as pio
 from captionbeam.model import records
 from captionbeam.pipelines import progress
@@ -77,6 +78,7 @@ class CaptionsConfig:
     overwrite: bool = False
     keep_empty: bool = False                     # keep captions that clean to nothing as <start> <end>
     max_caption_tokens: int = DEFAULT_MAX_CAPTION_TOKENS   # longer captions are cut (counted in stats.json)
+    force: bool = False                          # take the output's lease from a run that holds it (the command's)
 
     @property
     def split_names(self) -> Tuple[str, ...]:
@@ -99,6 +101,17 @@ class Plan:
     @property
     def with_features(self) -> bool:
         return self.config.features is not None
+
+    def summary_lines(self) -> List[str]:
+        """What the job will do, for a caller that prints the plan before running it."""
+        splits = ", ".join(f"{name} {len(self.split_ids.get(name, ()))} ids" if name in self.split_ids else name
+                           for name in self.config.split_names)
+        source = (f"joined with {len(self.feature_files)} feature file(s) of {self.config.features}"
+                  if self.with_features else "captions only")
+        vocab = (f"vocabulary {self.config.vocab}" if self.vocabulary is not None else
+                 f"vocabulary built over {self.config.vocab_split} (min count {self.config.min_count})")
+        return [f"captions: {self.config.captions} ({self.fmt}, --clean {self.config.clean}) -> {self.config.output}",
+                f"  splits: {splits}; {source}; {vocab}"]
 
 
 def _head(path: str, n: int = 4096) -> str:
@@ -334,11 +347,11 @@ class RunResult:
     counters: Dict[str, int]
 
 
-def run(config: CaptionsConfig, pipeline_args: Sequence[str] = ()) -> RunResult:
+def run(config: CaptionsConfig, runner: Runner = None, planned: Optional["Plan"] = None) -> RunResult:
     """Plan, run the job to completion and return ``stats.json`` (read back) and the counters."""
     from captionbeam.pipelines.options import new_pipeline
 
-    p = plan(config)
+    p = planned or plan(config)
     if config.overwrite:
         n = clear_outputs(config.output)
         if n:
@@ -346,7 +359,7 @@ def run(config: CaptionsConfig, pipeline_args: Sequence[str] = ()) -> RunResult:
     pio.makedirs(config.output)
     pio.remove_stale_beam_temp([config.output, dead_letters_dir(config.output)])
     start = time.time()
-    pipeline = new_pipeline(pipeline_args)
+    pipeline = new_pipeline(runner)
     progress_dir = progress.progress_dir(config.output)
     build(pipeline, p, progress_dir)
     with progress.ProgressReporter("captions", progress_dir, None):

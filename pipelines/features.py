@@ -21,13 +21,14 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field, replace
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.ml.inference.base import RunInference
 
+from captionbeam.pipelines.options import Runner
 import captionbeam.pipelines.io as pio
 from captionbeam.model import jsonl, records
 from captionbeam.model.encoder_description import EncoderDescription
@@ -62,6 +63,8 @@ class FeaturesConfig:
     input_format: str = "files"
     model_copies: Optional[int] = None
     tfrecord_fields: Optional[TfrecordFields] = None  # image TFRecord field names (None: the defaults)
+    overwrite: bool = False     # the command replaces the records, dead letters and spec of an earlier run
+    force: bool = False         # the command takes the output's lease from a run that holds it (pipelines.lease)
 
 
 # ----------------------------------------------------------------------------- steps
@@ -280,14 +283,14 @@ class FeaturesResult:
         return self.images_encoded / self.seconds if self.seconds > 0 else 0.0
 
 
-def run(config: FeaturesConfig, pipeline_args: Sequence[str] = (), description: Optional[EncoderDescription] = None
+def run(config: FeaturesConfig, runner: Runner = None, description: Optional[EncoderDescription] = None
         ) -> FeaturesResult:
     """Run the job and wait for it; returns counts (from the written spec, else from Beam counters)."""
     from captionbeam.pipelines.options import new_pipeline
     description = description or describe(config.encoder)
     start = time.time()
     pio.remove_stale_beam_temp([config.output, dead_letters_dir(config.output), pio.join(config.output, IDS_DIR)])
-    p = new_pipeline(pipeline_args)
+    p = new_pipeline(runner)
     progress_dir = progress.progress_dir(config.output)
     build_pipeline(p, config, description, progress_dir)
     with progress.ProgressReporter("features", progress_dir, progress.files_total(config.images, config.input_format)):

@@ -108,26 +108,23 @@ def write_text(path: str, text: str) -> None:
 
 
 def write_text_atomic(path: str, text: str) -> None:
-    """Replace ``path``'s content in one step: a run-private ``<path>.tmp-<token>`` fsynced and renamed
-    over it locally (a kill or a full disk leaves the old file or the new one, never a truncated one;
-    the temporary is removed on error); on GCS an object upload is atomic already."""
+    """Replace ``path``'s content in one step through the one commit mechanism, ``model.gfile.commit_path``:
+    locally a run-private temporary, fsynced and renamed over it (a kill or a full disk leaves the old file
+    or the new one, never a truncated one; the temporary is removed on error); on GCS an object upload is
+    atomic already."""
     if is_gcs(path):
         write_text(path, text)
         return
+    from captionbeam.model.gfile import commit_path
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{run_token()}"
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(e, OSError) and e.errno is not None:
+        with commit_path(path) as tmp:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+    except OSError as e:
+        if e.errno is not None and "nothing committed" not in str(e.strerror):
             raise OSError(e.errno, f"{e.strerror} (nothing committed)", path) from e
         raise
 

@@ -29,11 +29,12 @@ import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 
+from captionbeam.pipelines.options import Runner
 import captionbeam.pipelines.io as pio
 from captionbeam.model import jsonl
 from captionbeam.pipelines import progress
@@ -67,6 +68,8 @@ class PackConfig:
     verify_images: bool = False
     max_bytes: int = DEFAULT_MAX_BYTES
     max_pixels: int = DEFAULT_MAX_PIXELS       # with verify_images
+    overwrite: bool = False     # the command deletes what an earlier pack left in output first
+    force: bool = False         # the command takes the output's lease from a run that holds it (pipelines.lease)
 
     def __post_init__(self):
         check_max_bytes(self.max_bytes)
@@ -306,7 +309,7 @@ def read_manifest(output: str) -> List[dict]:
     return jsonl.loads(pio.read_text(path), path)
 
 
-def run(config: PackConfig, pipeline_args: Sequence[str] = ()) -> PackSummary:
+def run(config: PackConfig, runner: Runner = None) -> PackSummary:
     """Run the pack job to completion; writes ``pack.json`` and returns its summary."""
     from captionbeam.pipelines.deadletter import dead_letters_dir, read_dead_letters
     from captionbeam.pipelines.options import new_pipeline
@@ -315,7 +318,7 @@ def run(config: PackConfig, pipeline_args: Sequence[str] = ()) -> PackSummary:
     start = time.time()
     progress_dir = progress.progress_dir(config.output)
     with progress.ProgressReporter("pack", progress_dir, progress.files_total(config.images)):
-        with new_pipeline(pipeline_args) as p:
+        with new_pipeline(runner) as p:
             _ = p | "Pack" >> PackImages(config, progress_dir)
     rows = read_manifest(config.output)
     shards = sorted({r["shard"] for r in rows})

@@ -6,7 +6,7 @@ Example::
         --output gs://archive/captions --profile dataflow-gpu
 
 The command's face: ``config_from_args(args) -> BulkCommandConfig``, ``plan(config) -> BulkPlan`` (every
-check before any work: globs match, the model loads, export flags agree), ``run(config, pipeline_args)
+check before any work: globs match, the model loads, export flags agree), ``run(config, runner)
 -> BulkCommandResult`` with ``summary_lines()``; ``main`` only prints. Bad input raises ``CommandError``.
 """
 from __future__ import annotations
@@ -14,13 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from captionbeam.launch.arg_types import non_negative_float, non_negative_int, positive_int, output_dir
 from captionbeam.launch.command_args import CommandError
-from captionbeam.launch.exit_codes import FAULT, OK, OUTPUT_IN_USE, USAGE
+from captionbeam.launch.command_face import require_matches
+from captionbeam.launch.exit_codes import FAULT, OK
+from captionbeam.pipelines.options import Runner
 from captionbeam.launch.reader_flags import add_max_bytes, add_max_pixels
 
 HELP = "caption an archive of images at scale, resumably (Beam job)"
@@ -87,20 +88,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="resize filter to the encoder's input size (default: the model's preprocessing, "
                         "else bilinear; an export resizes in its graph and does not take this flag)")
     parser.add_argument("--json", action="store_true", help="print the run summary as one JSON object")
-
-
-def _check_images(patterns) -> None:
-    """Fail fast when a glob matches nothing (a limit-1 match per pattern: cheap even on a huge bucket)."""
-    from apache_beam.io.filesystems import FileSystems
-    from captionbeam.pipelines.io import use_anonymous_gcs_if_emulated
-    use_anonymous_gcs_if_emulated()
-    try:
-        results = FileSystems.match(list(patterns), limits=[1] * len(patterns))
-    except Exception as e:  # noqa: BLE001 - e.g. a bucket that does not exist
-        raise CommandError(f"--images: cannot list: {e}") from None
-    empty = [p for p, r in zip(patterns, results) if not r.metadata_list]
-    if empty:
-        raise CommandError(f"--images: no file matches {', '.join(empty)}")
 
 
 def model_info(model_dir: str, beam_size, max_length, batch_size: int, length_penalty=None):
@@ -204,7 +191,7 @@ def plan(config: BulkCommandConfig) -> BulkPlan:
     from captionbeam.pipelines.bulk import BulkConfig
     from captionbeam.pipelines.image_items import DEFAULT_MAX_BYTES
     from captionbeam.pipelines.images import DEFAULT_MAX_PIXELS
-    _check_images(config.images)
+    require_matches(config.images)
     try:
         info, model_resize, export_meta = load_model_info(config)
     except ImportError:
@@ -271,27 +258,19 @@ class BulkCommandResult:
         return lines
 
 
-def run(config: BulkCommandConfig, pipeline_args: Sequence[str] = (), planned: Optional[BulkPlan] = None
+def run(config: BulkCommandConfig, runner: Runner = None, planned: Optional[BulkPlan] = None
         ) -> BulkCommandResult:
     """Plan (unless given), then run the job to completion. ``CommandError`` for bad input;
     ``pipelines.lease.LeaseHeld`` when another run writes to the --output."""
     from captionbeam.pipelines.bulk import run as run_job
     p = planned or plan(config)
-    return BulkCommandResult(job=run_job(p.job, p.model, list(pipeline_args)), model=p.model)
+    return BulkCommandResult(job=run_job(p.job, p.model, runner), model=p.model)
 
 
-def main(args: argparse.Namespace, pipeline_args) -> int:
-    from captionbeam.pipelines.lease import LeaseHeld
+def main(args: argparse.Namespace, runner: Runner = None) -> int:
     # an empty optional output (no dead letters, nothing new) is normal here, not worth a warning
     logging.getLogger("apache_beam.io.filebasedsink").setLevel(logging.ERROR)
-    try:
-        result = run(config_from_args(args), pipeline_args)
-    except CommandError as e:
-        print(f"captionbeam bulk: error: {e}", file=sys.stderr)
-        return USAGE
-    except LeaseHeld as e:
-        print(f"captionbeam bulk: error: {e}", file=sys.stderr)
-        return OUTPUT_IN_USE
+    result = run(config_from_args(args), runner)
     print(json.dumps(result.to_dict(), indent=2, sort_keys=True) if args.json else "\n".join(result.summary_lines()))
     if result.exit_code != OK:
         log.error("bulk: counters do not add up: %s", result.job.counters)

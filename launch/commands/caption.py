@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Tuple
 
 from captionbeam.launch.command_args import CommandError
-from captionbeam.launch.commands.evaluate import Decoding, add_decoding_arguments, check_decoding_arguments
+from captionbeam.launch.exit_codes import OK, USAGE
+from captionbeam.launch.commands.evaluate import Decoding, add_decoding_arguments
 
 from captionbeam.launch.arg_types import output_dir
 from captionbeam.launch.reader_flags import add_reader_arguments
@@ -88,10 +89,36 @@ class CaptionConfig:
     max_bytes: int = DEFAULT_MAX_BYTES
 
 
+@dataclass(frozen=True)
+class CaptionPlan:
+    """The checked flags: what is captioned with which model (the model itself loads in :func:`run`)."""
+    model_dir: str
+    images: int
+    beam_size: int = 1
+
+    def summary_lines(self) -> List[str]:
+        return [f"caption: {self.images} file(s) with {self.model_dir}, beam {self.beam_size}"]
+
+
+def plan(config: "CaptionConfig") -> CaptionPlan:
+    """Every check of the flags before any work; :class:`CommandError` naming the flag."""
+    config.decoding.check()
+    return CaptionPlan(model_dir=config.model_dir, images=len(config.images), beam_size=config.decoding.beam_size)
+
+
 @dataclass
 class CaptionResult:
     rows: List[dict] = field(default_factory=list)      # {"path", "image_id", "caption", "tokens", "log_prob", ...}
     failed: List[dict] = field(default_factory=list)    # {"path", "error", "message"}
+
+    @property
+    def exit_code(self) -> int:
+        """OK, or USAGE when not one file could be captioned (launch/exit_codes.py)."""
+        return OK if self.rows else USAGE
+
+    def summary_lines(self) -> List[str]:
+        """The rows are printed as they come (``run``'s ``on_row``); this is the count of failures."""
+        return [f"{len(self.rows)} captioned, {len(self.failed)} failed"] if self.failed and self.rows else []
 
 
 def config_from_args(args: argparse.Namespace) -> CaptionConfig:
@@ -101,9 +128,10 @@ def config_from_args(args: argparse.Namespace) -> CaptionConfig:
 
 
 def run(config: CaptionConfig, on_row: Optional[Callable[[dict], None]] = None,
-        on_error: Optional[Callable[[dict], None]] = None) -> CaptionResult:
+        on_error: Optional[Callable[[dict], None]] = None, planned: Optional[CaptionPlan] = None) -> CaptionResult:
     """Caption ``config.images``; each row (and each failed file) is also passed to ``on_row``
     (``on_error``) as soon as it is known. :class:`CommandError` when the model dir is unusable."""
+    planned or plan(config)
     from captionbeam.pipelines.images import ImageDecodeError, decode_image
     from captionbeam.pipelines.user_files import read_user_file
     from captionbeam.model.caption_files import image_id as to_image_id
@@ -165,9 +193,7 @@ def run(config: CaptionConfig, on_row: Optional[Callable[[dict], None]] = None,
     return result
 
 
-def main(args, pipeline_args) -> int:
-    from captionbeam.launch.exit_codes import OK, USAGE
-
+def main(args, runner=None) -> int:
     def on_row(row: dict) -> None:
         if args.json:
             print(json.dumps(row, ensure_ascii=False), flush=True)
@@ -179,14 +205,7 @@ def main(args, pipeline_args) -> int:
         if args.json:
             print(json.dumps(row), flush=True)
 
-    try:
-        check_decoding_arguments(args)
-        result = run(config_from_args(args), on_row=on_row, on_error=on_error)
-    except CommandError as e:
-        print(f"captionbeam caption: error: {e}", file=sys.stderr)
-        return 2
-    if not result.rows:
-        return USAGE
-    if result.failed:
-        print(f"captionbeam caption: {len(result.rows)} captioned, {len(result.failed)} failed", file=sys.stderr)
-    return OK
+    result = run(config_from_args(args), on_row=on_row, on_error=on_error)
+    for line in result.summary_lines():
+        print(f"captionbeam caption: {line}", file=sys.stderr)
+    return result.exit_code

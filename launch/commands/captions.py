@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
-from typing import List, Sequence
+from dataclasses import dataclass
+from typing import List
 
 from captionbeam.launch.arg_types import int_at_least, name_equals_file, output_dir
 from captionbeam.launch.command_args import CommandError
+from captionbeam.launch.exit_codes import OK
+from captionbeam.pipelines.options import Runner
 
 HELP = "clean captions, build the vocabulary, join with features into training TFRecords (Beam job)"
 BEAM = True
@@ -82,36 +84,49 @@ def config_from_args(args: argparse.Namespace):
         captions=args.captions, output=args.output, fmt=args.format, splits=tuple(args.splits), clean=args.clean,
         min_count=args.min_count, vocab_split=args.vocab_split, vocab=args.vocab, features=args.features,
         num_shards=args.num_shards, overwrite=args.overwrite, keep_empty=args.keep_empty,
-        max_caption_tokens=args.max_caption_tokens)
+        max_caption_tokens=args.max_caption_tokens, force=bool(getattr(args, "force", False)))
 
 
-def run(config, pipeline_args: Sequence[str] = (), force: bool = False):
-    """The captions job under the output's lease -> ``pipelines.captions.RunResult``; :class:`CommandError`
-    names a bad input."""
+def plan(config):
+    """Every check before any work (``pipelines.captions.plan``: the captions file, the splits, the
+    vocabulary, the features, the output) -> its ``Plan`` (``summary_lines()``); :class:`CommandError`
+    names the flag."""
+    from captionbeam.model.caption_files import CaptionFileError
+    from captionbeam.pipelines.captions import CaptionsConfigError, plan as plan_job
+    try:
+        return plan_job(config)
+    except (CaptionsConfigError, CaptionFileError) as e:
+        raise CommandError(str(e)) from None
+
+
+@dataclass
+class CaptionsCommandResult:
+    """The finished job (``pipelines.captions.RunResult``: stats, seconds, counters) and its output."""
+    job: object
+    output: str
+
+    def summary_lines(self) -> List[str]:
+        from captionbeam.pipelines.captions import summary_lines
+        return list(summary_lines(self.job.stats, self.job.seconds)) + [
+            f"outputs: {self.output} (vocab.txt, stats.json, records; join lists in {self.output.rstrip('/')}/join/)"]
+
+
+def run(config, runner: Runner = None, planned=None) -> CaptionsCommandResult:
+    """The captions job under the output's lease (planned there) -> :class:`CaptionsCommandResult`;
+    :class:`CommandError` names a bad input."""
     from captionbeam.model.caption_files import CaptionFileError
     from captionbeam.pipelines.captions import CaptionsConfigError, CaptionsDataError, run as run_job
     from captionbeam.pipelines.lease import output_lease
     # Beam logs every string type hint it meets at INFO; nothing a user can act on.
     logging.getLogger("apache_beam.typehints.native_type_compatibility").setLevel(logging.WARNING)
-    try:
-        with output_lease(config.output, "captions", force):
-            return run_job(config, list(pipeline_args))
-    except (CaptionsConfigError, CaptionsDataError, CaptionFileError) as e:
-        raise CommandError(str(e)) from None
+    with output_lease(config.output, "captions", config.force):
+        p = planned or plan(config)
+        try:
+            return CaptionsCommandResult(job=run_job(config, runner, p), output=config.output)
+        except (CaptionsConfigError, CaptionsDataError, CaptionFileError) as e:
+            raise CommandError(str(e)) from None
 
 
-def summary(config, result) -> List[str]:
-    from captionbeam.pipelines.captions import summary_lines
-    return list(summary_lines(result.stats, result.seconds)) + [
-        f"outputs: {config.output} (vocab.txt, stats.json, records; join lists in {config.output.rstrip('/')}/join/)"]
-
-
-def main(args: argparse.Namespace, pipeline_args) -> int:
-    config = config_from_args(args)
-    try:
-        result = run(config, pipeline_args, force=args.force)
-    except CommandError as e:
-        print(f"captionbeam captions: error: {e}", file=sys.stderr)
-        return 2
-    print("\n".join(summary(config, result)))
-    return 0
+def main(args: argparse.Namespace, runner: Runner = None) -> int:
+    print("\n".join(run(config_from_args(args), runner).summary_lines()))
+    return OK

@@ -4,12 +4,11 @@ decode with the members' averaged log-probabilities (``model.ensemble``)."""
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 from captionbeam.launch.command_args import CommandError
-from captionbeam.launch.exit_codes import OK, USAGE
+from captionbeam.launch.exit_codes import OK
 
 HELP = "combine trained model dirs (same vocabulary and encoder) into an ensemble directory for --model-dir"
 
@@ -80,11 +79,6 @@ def run(config: EnsembleConfig, planned: Optional[EnsemblePlan] = None) -> Ensem
     return EnsembleResult(output=config.output, members=members)
 
 
-def main(args, pipeline_args) -> int:
-    try:
-        result = run(config_from_args(args))
-    except CommandError as e:
-        print(f"captionbeam ensemble: error: {e}", file=sys.stderr)
-        return USAGE
-    print("\n".join(result.summary_lines()))
+def main(args, runner=None) -> int:
+    print("\n".join(run(config_from_args(args)).summary_lines()))
     return OK

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Dict, List, Optional, Tuple
 
 import captionbeam.pipelines.io as pio
 from captionbeam.launch.command_args import CommandError
+from captionbeam.launch.exit_codes import OK
 from captionbeam.launch.commands.score import add_coco_arguments, scoring_options
 from captionbeam.model.caption_files import FORMATS
 
@@ -49,19 +49,19 @@ class Decoding:
         return cls(beam_size=args.beam_size, length_penalty=args.length_penalty, max_length=args.max_length,
                    batch_size=args.batch_size, weights=args.weights)
 
+    def check(self) -> "Decoding":
+        """``CommandError`` naming the first decoding flag out of range (the CLI exits 2)."""
+        for flag, value, least in (("--beam-size", self.beam_size, 1), ("--max-length", self.max_length, 1),
+                                   ("--batch-size", self.batch_size, 1), ("--length-penalty", self.length_penalty, 0)):
+            if value is not None and value < least:
+                raise CommandError(f"{flag} must be >= {least}, got {value}")
+        return self
+
     def load_captioner(self, model_dir: str, encoder_file: Optional[str] = None):
         from captionbeam.model.captioner import Captioner
         return Captioner.load(model_dir, beam_size=self.beam_size, max_length=self.max_length,
                               batch_size=self.batch_size, alpha=self.length_penalty, which=self.weights,
                               encoder_file=encoder_file)
-
-
-def check_decoding_arguments(args) -> None:
-    """``CommandError`` naming the first decoding flag out of range (the CLI exits 2)."""
-    for flag, value, least in (("--beam-size", args.beam_size, 1), ("--max-length", args.max_length, 1),
-                               ("--batch-size", args.batch_size, 1), ("--length-penalty", args.length_penalty, 0)):
-        if value is not None and value < least:
-            raise CommandError(f"{flag} must be >= {least}, got {value}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -149,42 +149,33 @@ def predictions_path(config: EvaluateConfig) -> str:
             f"{config.model_dir.rstrip('/')}/eval/{config.split}-beam{config.decoding.beam_size}.predictions.jsonl")
 
 
-def run(config: EvaluateConfig):
-    """:func:`_run` under the lease of the predictions file (beside it: ``<file>.lease/``), so that the
-    predictions and metrics files always come from one run."""
-    from captionbeam.pipelines.lease import output_lease
-    with output_lease(predictions_path(config), "evaluate", config.force, flag="--output", beside=True):
-        return _run(config)
+@dataclass(frozen=True)
+class EvaluatePlan:
+    """The inputs read and checked before decoding: the data directory, the split's record files, the
+    reference file and image ids (if given), and where the predictions go."""
+    info: object                      # model.data.DataInfo
+    files: Tuple[str, ...]
+    references_file: object = None    # model.references.References
+    image_ids: object = None
+    predictions: str = ""
+
+    def summary_lines(self) -> List[str]:
+        return [f"evaluate: {len(self.files)} record file(s) -> {self.predictions}"]
 
 
-def _run(config: EvaluateConfig):
-    """Decode the split, write the predictions and ``<predictions>.metrics.json``, and return the
-    ``model.scoring.ScoreReport`` (``extra``: ``decoding``, ``predictions``); :class:`CommandError` names
-    what is wrong."""
-    if config.limit is not None and config.limit < 1:
-        raise CommandError(f"--limit must be >= 1, got {config.limit}")
+def plan(config: EvaluateConfig) -> EvaluatePlan:
+    """Every check before any work: the decoding flags, --limit, the data directory and its split, the
+    references; :class:`CommandError` names what is wrong."""
+    _check_flags(config)
     from captionbeam.model.caption_files import CaptionFileError
-    from captionbeam.model.coco_metrics import CocoMetricsError
-    from captionbeam.model import jsonl
-    from captionbeam.model.references import MissingIdsError, load_image_ids, load_references
-    from captionbeam.model.scoring import ScoringOptions, score
-
+    from captionbeam.model.data import open_data, split_files
+    from captionbeam.model.references import load_image_ids, load_references
     try:
-        from captionbeam.model.data import open_data, split_files
         info = open_data(config.data)
         files = split_files(config.data, config.split)
         if not files:
             raise CommandError(f"--split: no '{config.split}' records in {config.data} "
                                f"(expected {config.split}-NNNNN-of-NNNNN.tfrecord)")
-        captioner = config.decoding.load_captioner(config.model_dir)
-        if list(captioner.config.feature_shape) != list(info.feature_shape):
-            raise CommandError(f"--data {config.data} holds features of shape {tuple(info.feature_shape)}, the "
-                               f"model in {config.model_dir} reads {tuple(captioner.config.feature_shape)}")
-        if info.features_spec.encoder != captioner.encoder_name:
-            log.warning("evaluate: data features come from encoder %r, the model was trained on %r",
-                        info.features_spec.encoder, captioner.encoder_name)
-        if tuple(info.vocab.tokens) != tuple(captioner.vocab.tokens):
-            log.warning("evaluate: the data vocabulary differs from the model's; references use the data's")
         references_file = (load_references(config.references, config.references_format)
                            if config.references else None)
         image_ids = load_image_ids(config.image_ids) if config.image_ids else None
@@ -192,6 +183,66 @@ def _run(config: EvaluateConfig):
         if isinstance(e, CommandError):
             raise
         raise CommandError(str(e)) from None
+    return EvaluatePlan(info=info, files=tuple(files), references_file=references_file, image_ids=image_ids,
+                        predictions=predictions_path(config))
+
+
+def _check_flags(config: EvaluateConfig) -> None:
+    """The flags alone (nothing read): the decoding flags and --limit."""
+    config.decoding.check()
+    if config.limit is not None and config.limit < 1:
+        raise CommandError(f"--limit must be >= 1, got {config.limit}")
+
+
+@dataclass
+class EvaluateResult:
+    """The scores (``model.scoring.ScoreReport``; ``extra``: ``decoding``, ``predictions``)."""
+    report: object
+
+    def to_dict(self) -> Dict[str, object]:
+        return self.report.to_dict()
+
+    def summary_lines(self) -> List[str]:
+        from captionbeam.model.scoring import format_report
+        d = self.report.extra["decoding"]
+        return ([f"{d['arch']} model {d['model_version']} ({d['encoder']}), split {d['split']}, beam {d['beam_size']}: "
+                 f"{d['images']} images in {d['seconds']:.1f}s ({d['images_per_second']} images/s, after "
+                 f"{d['trace_seconds']:.1f}s tracing), {d['unfinished']} cut at max length"]
+                + format_report(self.report).splitlines() + [f"predictions: {self.report.extra['predictions']}"])
+
+
+def run(config: EvaluateConfig, planned: Optional[EvaluatePlan] = None) -> EvaluateResult:
+    """:func:`_run` under the lease of the predictions file (beside it: ``<file>.lease/``), so that the
+    predictions and metrics files always come from one run; the flags are checked before the lease is
+    taken, the inputs (:func:`plan`, unless given) under it."""
+    from captionbeam.pipelines.lease import output_lease
+    _check_flags(config)
+    with output_lease(predictions_path(config), "evaluate", config.force, flag="--output", beside=True):
+        return EvaluateResult(_run(config, planned or plan(config)))
+
+
+def _run(config: EvaluateConfig, p: EvaluatePlan):
+    """Decode the split, write the predictions and ``<predictions>.metrics.json``, and return the
+    ``model.scoring.ScoreReport`` (``extra``: ``decoding``, ``predictions``); :class:`CommandError` names
+    what is wrong."""
+    from captionbeam.model.coco_metrics import CocoMetricsError
+    from captionbeam.model import jsonl
+    from captionbeam.model.references import MissingIdsError
+    from captionbeam.model.scoring import ScoringOptions, score
+
+    info, files, references_file, image_ids = p.info, list(p.files), p.references_file, p.image_ids
+    try:
+        captioner = config.decoding.load_captioner(config.model_dir)
+    except (OSError, ValueError) as e:
+        raise CommandError(str(e)) from None
+    if list(captioner.config.feature_shape) != list(info.feature_shape):
+        raise CommandError(f"--data {config.data} holds features of shape {tuple(info.feature_shape)}, the "
+                           f"model in {config.model_dir} reads {tuple(captioner.config.feature_shape)}")
+    if info.features_spec.encoder != captioner.encoder_name:
+        log.warning("evaluate: data features come from encoder %r, the model was trained on %r",
+                    info.features_spec.encoder, captioner.encoder_name)
+    if tuple(info.vocab.tokens) != tuple(captioner.vocab.tokens):
+        log.warning("evaluate: the data vocabulary differs from the model's; references use the data's")
 
     total = info.stats.split_images(config.split)
     if config.limit:
@@ -203,7 +254,7 @@ def _run(config: EvaluateConfig):
                                               config.decoding.batch_size, config.limit, total)
     if not rows:
         raise CommandError(f"--split {config.split}: no images in {len(files)} record file(s)")
-    output = predictions_path(config)
+    output = p.predictions
     # metrics present means they are of these predictions: an earlier run's go first (a kill between the
     # two commits leaves new predictions without metrics, never beside the old run's)
     pio.delete([metrics_path(output)])
@@ -239,22 +290,7 @@ def metrics_path(predictions: str) -> str:
     return predictions.rsplit(".jsonl", 1)[0] + ".metrics.json"
 
 
-def main(args, pipeline_args) -> int:
-    try:
-        check_decoding_arguments(args)
-        report = run(config_from_args(args))
-    except CommandError as e:
-        print(f"captionbeam evaluate: error: {e}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps(report.to_dict()))
-    else:
-        from captionbeam.model.scoring import format_report
-        d = report.extra["decoding"]
-        print(f"{d['arch']} model {d['model_version']} ({d['encoder']}), split {d['split']}, beam {d['beam_size']}: "
-              f"{d['images']} images in {d['seconds']:.1f}s ({d['images_per_second']} images/s, after "
-              f"{d['trace_seconds']:.1f}s tracing), "
-              f"{d['unfinished']} cut at max length")
-        print(format_report(report))
-        print(f"predictions: {report.extra['predictions']}")
-    return 0
+def main(args, runner=None) -> int:
+    result = run(config_from_args(args))
+    print(json.dumps(result.to_dict()) if args.json else "\n".join(result.summary_lines()))
+    return OK

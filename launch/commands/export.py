@@ -12,12 +12,12 @@ import json
 import logging
 import os
 import shutil
-import sys
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 from captionbeam.launch.arg_types import finite_float, output_dir
 from captionbeam.launch.command_args import CommandError
+from captionbeam.launch.exit_codes import OK
 from captionbeam.launch.reader_flags import add_max_pixels
 from captionbeam.model.limits import DEFAULT_MAX_PIXELS
 
@@ -148,14 +148,10 @@ def _run(config: ExportConfig, p: ExportPlan) -> ExportResult:
     return ExportResult(output=config.output, metadata=meta)
 
 
-def main(args, pipeline_args) -> int:
-    try:
-        result = run(config_from_args(args))
-    except CommandError as e:
-        print(f"captionbeam export: error: {e}", file=sys.stderr)
-        return 2
-    print("\n".join(result.summary_lines()))
-    return 0
+def main(args, runner=None) -> int:
+    print("\n".join(run(config_from_args(args)).summary_lines()))
+    return OK
+
 
 
 def _recover(out: str) -> None:

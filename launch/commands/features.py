@@ -3,10 +3,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import List, Sequence
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
 
 from captionbeam.launch.arg_types import non_negative_int, positive_int, output_dir
 from captionbeam.launch.command_args import CommandError
+from captionbeam.launch.command_face import unmatched_globs, warn
+from captionbeam.launch.exit_codes import OK
+from captionbeam.pipelines.options import Runner
 from captionbeam.launch.reader_flags import add_reader_arguments
 
 HELP = "encode images with a CNN into feature TFRecords (Beam job)"
@@ -64,23 +68,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help=FORCE_HELP)
 
 
-def _check_images_match(patterns, input_format: str):
-    """Fail fast when no glob matches anything (a cheap, limited match per glob)."""
-    from apache_beam.io.filesystems import FileSystems
-    try:
-        results = FileSystems.match(list(patterns), limits=[1] * len(patterns))
-    except Exception as e:  # noqa: BLE001 - e.g. a bucket that does not exist
-        return f"--images: cannot match {' '.join(patterns)}: {e}"
-    empty = [p for p, r in zip(patterns, results) if not r.metadata_list]
-    if len(empty) == len(patterns):
-        return f"--images: no file matches {' '.join(patterns)}"
-    for p in empty:
-        print(f"captionbeam features: warning: --images {p} matches no file", file=sys.stderr)
-    return None
-
-
 def config_from_args(args: argparse.Namespace):
-    """``pipelines.features.FeaturesConfig`` of these flags (``--overwrite`` is :func:`run`'s)."""
+    """``pipelines.features.FeaturesConfig`` of these flags."""
     from captionbeam.launch.shard_flags import tfrecord_fields
     from captionbeam.model.encoders import EncoderConfig
     from captionbeam.pipelines.features import FeaturesConfig
@@ -90,40 +79,76 @@ def config_from_args(args: argparse.Namespace):
                           batch_size=args.batch_size, max_pixels=args.max_pixels, max_bytes=args.max_bytes,
                           resize_method=args.resize_method, num_shards=args.num_shards, compress=args.compress,
                           input_format=args.input_format, model_copies=args.model_copies,
-                          tfrecord_fields=tfrecord_fields(args))
+                          tfrecord_fields=tfrecord_fields(args), overwrite=bool(getattr(args, "overwrite", False)),
+                          force=bool(getattr(args, "force", False)))
 
 
-def run(config, pipeline_args: Sequence[str] = (), overwrite: bool = False, force: bool = False):
-    """Check the encoder, the inputs and the output directory, then run the job under the output's
-    lease -> ``pipelines.features.FeaturesResult``; :class:`CommandError` names what is wrong."""
-    from captionbeam.pipelines.lease import output_lease
-    with output_lease(config.output, "features", force):
-        return _run(config, pipeline_args, overwrite)
+@dataclass(frozen=True)
+class FeaturesPlan:
+    """The encoder the job will build, and the files of an earlier run it replaces (``--overwrite``)."""
+    description: object                 # model.encoder_description.EncoderDescription
+    replace: Tuple[str, ...] = ()
+    batch_size: int = 32
+
+    def summary_lines(self) -> List[str]:
+        d = self.description
+        lines = [f"features: encoder {d.name} ({d.weights} weights, {d.image_size}px, {d.preprocessing}), "
+                 f"batch {self.batch_size}"]
+        if self.replace:
+            lines.append(f"  --overwrite: replaces {len(self.replace)} file(s) of an earlier run")
+        return lines
 
 
-def _run(config, pipeline_args: Sequence[str], overwrite: bool):
-    import captionbeam.pipelines.io as pio
+def plan(config) -> FeaturesPlan:
+    """Every check before any work: the encoder, the inputs (a glob that matches nothing is a warning;
+    none matching anything, an error) and the output directory; :class:`CommandError` names what is wrong."""
     from captionbeam.model.encoders import EncoderError, describe
-    from captionbeam.pipelines.features import existing_outputs, run as run_job
+    from captionbeam.pipelines.features import existing_outputs
     try:
         description = describe(config.encoder)
     except EncoderError as e:
         raise CommandError(str(e)) from None
-    error = _check_images_match(config.images, config.input_format)
-    if error:
-        raise CommandError(error)
+    empty = unmatched_globs(config.images)
+    if len(empty) == len(config.images):
+        raise CommandError(f"--images: no file matches {' '.join(config.images)}")
+    for p in empty:
+        warn("features", f"--images {p} matches no file")
     existing = existing_outputs(config.output)
-    if existing:
-        if not overwrite:
-            raise CommandError(f"--output {config.output} already holds {len(existing)} feature/dead-letter/spec "
-                               f"files from an earlier run; pass --overwrite to replace them, or choose another "
-                               f"directory")
-        pio.delete(existing)
-    print(f"features: encoder {description.name} ({description.weights} weights, "
-          f"{description.image_size}px, {description.preprocessing}), batch {config.batch_size}",
-          file=sys.stderr)
+    if existing and not config.overwrite:
+        raise CommandError(f"--output {config.output} already holds {len(existing)} feature/dead-letter/spec "
+                           f"files from an earlier run; pass --overwrite to replace them, or choose another "
+                           f"directory")
+    return FeaturesPlan(description=description, replace=tuple(existing), batch_size=config.batch_size)
+
+
+@dataclass
+class FeaturesCommandResult:
+    """The finished job (``pipelines.features.FeaturesResult``) and the config it ran."""
+    job: object
+    config: object
+
+    def summary_lines(self) -> List[str]:
+        """What ``captionbeam features`` prints when the job finished (warnings go to stderr)."""
+        return summary(self.config, self.job)
+
+
+def run(config, runner: Runner = None, planned: Optional[FeaturesPlan] = None) -> FeaturesCommandResult:
+    """Plan (under the output's lease), replace an earlier run's files (``--overwrite``), run the job ->
+    :class:`FeaturesCommandResult`; :class:`CommandError` names what is wrong."""
+    from captionbeam.pipelines.lease import output_lease
+    with output_lease(config.output, "features", config.force):
+        return FeaturesCommandResult(job=_run(config, runner, planned or plan(config)), config=config)
+
+
+def _run(config, runner: Runner, p: FeaturesPlan):
+    import captionbeam.pipelines.io as pio
+    from captionbeam.model.encoders import EncoderError
+    from captionbeam.pipelines.features import run as run_job
+    if p.replace:
+        pio.delete(list(p.replace))
+    print(p.summary_lines()[0], file=sys.stderr)
     try:
-        return run_job(config, pipeline_args or [], description)
+        return run_job(config, runner, p.description)
     except EncoderError as e:   # the workers could not build the encoder (e.g. ImageNet weights offline)
         raise CommandError(str(e).split(" [while running ")[0]) from None
 
@@ -155,12 +180,6 @@ def summary(config, result) -> List[str]:
     return lines
 
 
-def main(args: argparse.Namespace, pipeline_args=None) -> int:
-    try:
-        config = config_from_args(args)
-        result = run(config, pipeline_args or [], overwrite=args.overwrite, force=args.force)
-    except CommandError as e:
-        print(f"captionbeam features: error: {e}", file=sys.stderr)
-        return 2
-    print("\n".join(summary(config, result)))
-    return 0
+def main(args: argparse.Namespace, runner: Runner = None) -> int:
+    print("\n".join(run(config_from_args(args), runner).summary_lines()))
+    return OK

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
 
 from captionbeam.launch.arg_types import output_dir, positive_int
 from captionbeam.launch.command_args import CommandError
+from captionbeam.launch.command_face import require_matches
+from captionbeam.launch.exit_codes import OK
+from captionbeam.pipelines.options import Runner
 from captionbeam.launch.reader_flags import add_reader_arguments
 
 HELP = "pack loose images into tar or TFRecord shards, with a manifest (Beam job)"
@@ -57,68 +61,85 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help=FORCE_HELP)
 
 
-def _check_inputs(fail, patterns, captions: str) -> None:
-    """Fail fast when a glob matches nothing or the caption file is missing (limit-1 match: cheap)."""
-    import captionbeam.pipelines.io as pio
-    from apache_beam.io.filesystems import FileSystems
-    try:
-        results = FileSystems.match(list(patterns), limits=[1] * len(patterns))
-    except Exception as e:  # noqa: BLE001 - e.g. a bucket that does not exist
-        fail(f"--images: cannot list: {e}")
-    empty = [p for p, r in zip(patterns, results) if not r.metadata_list]
-    if empty:
-        fail(f"--images: no file matches {', '.join(empty)}")
-    if captions and not pio.exists(captions):
-        fail(f"--captions: no such file: {captions}")
-
-
 def config_from_args(args: argparse.Namespace):
-    """``pipelines.pack.PackConfig`` of these flags (``--overwrite`` and ``--json`` are main's);
-    :class:`CommandError` for a bad combination."""
+    """``pipelines.pack.PackConfig`` of these flags (``--json`` is main's); :class:`CommandError` for a
+    bad combination."""
     from captionbeam.pipelines.pack import PackConfig
     try:
         return PackConfig(images=tuple(args.images), output=args.output, format=args.format,
                           shard_size=args.shard_size, captions=args.captions, captions_format=args.captions_format,
                           compress=args.compress, prefix=args.prefix, verify_images=args.verify_images,
-                          max_bytes=args.max_bytes, max_pixels=args.max_pixels)
+                          max_bytes=args.max_bytes, max_pixels=args.max_pixels,
+                          overwrite=bool(getattr(args, "overwrite", False)), force=bool(getattr(args, "force", False)))
     except ValueError as e:
         raise CommandError(str(e)) from None
 
 
-def main(args: argparse.Namespace, pipeline_args) -> int:
+@dataclass(frozen=True)
+class PackPlan:
+    """The files of an earlier pack that ``--overwrite`` deletes first."""
+    output: str
+    stale: Tuple[str, ...] = ()
+
+    def summary_lines(self) -> List[str]:
+        return [f"pack -> {self.output}" + (f" (--overwrite: deletes {len(self.stale)} file(s) of an earlier pack)"
+                                            if self.stale else "")]
+
+
+def plan(config) -> PackPlan:
+    """Every check before any work: the globs match, the caption file exists, --output holds no earlier
+    pack (unless --overwrite); :class:`CommandError` naming the flag."""
     import captionbeam.pipelines.io as pio
-    from captionbeam.pipelines.pack import existing_outputs, run
+    from captionbeam.pipelines.pack import existing_outputs
+    require_matches(config.images)
+    if config.captions and not pio.exists(config.captions):
+        raise CommandError(f"--captions: no such file: {config.captions}")
+    stale = existing_outputs(config)
+    if stale and not config.overwrite:
+        raise CommandError(f"--output {config.output} already holds {len(stale)} files of an earlier pack (e.g. "
+                           f"{stale[0]}); choose an empty directory or pass --overwrite")
+    return PackPlan(output=config.output, stale=tuple(stale))
 
-    def fail(message: str) -> None:
-        print(f"captionbeam pack: error: {message}", file=sys.stderr)
-        raise SystemExit(2)
 
-    try:
-        config = config_from_args(args)
-    except CommandError as e:
-        fail(str(e))
-    _check_inputs(fail, config.images, config.captions)
+@dataclass
+class PackResult:
+    """The finished job (``pipelines.pack.PackSummary``)."""
+    job: object
+    captions: bool = False      # a caption file was packed in
+
+    def to_dict(self):
+        return dict(self.job.__dict__)
+
+    def summary_lines(self) -> List[str]:
+        s = self.job
+        rate = s.images / s.seconds if s.seconds else 0.0
+        out = s.output.rstrip("/")
+        lines = [f"packed {s.images} images ({s.bytes / 1e6:.2f} MB) into {s.shards} {s.format} "
+                 f"shards of <= {s.shard_size} -> {s.output}"]
+        if s.shard_files:
+            lines.append(f"  shards: {s.shard_files[0]} .. {s.shard_files[-1]}")
+        if self.captions:
+            lines.append(f"  captioned: {s.captioned} of {s.images} images")
+        lines.append(f"  manifest: {out}/manifest.jsonl   summary: {out}/pack.json")
+        lines.append(f"  dead letters: {s.dead_letters}" + (f" (see {out}/dead_letters/)" if s.dead_letters else ""))
+        lines.append(f"  {s.seconds:.1f}s ({rate:.0f} images/s)")
+        return lines
+
+
+def run(config, runner: Runner = None, planned: Optional[PackPlan] = None) -> PackResult:
+    """Under the output's lease (the one output protocol: no other run writes here): plan, delete an
+    earlier pack's files (--overwrite), pack -> :class:`PackResult`."""
+    import captionbeam.pipelines.io as pio
     from captionbeam.pipelines.lease import output_lease
-    with output_lease(config.output, "pack", args.force):   # the one output protocol: no other run writes here
-        stale = existing_outputs(config)
-        if stale and not args.overwrite:
-            fail(f"--output {config.output} already holds {len(stale)} files of an earlier pack (e.g. "
-                 f"{stale[0]}); choose an empty directory or pass --overwrite")
-        if stale:
-            pio.delete(stale)
-        summary = run(config, pipeline_args)
-    if args.json:
-        print(json.dumps(summary.__dict__, sort_keys=True))
-        return 0
-    rate = summary.images / summary.seconds if summary.seconds else 0.0
-    print(f"packed {summary.images} images ({summary.bytes / 1e6:.2f} MB) into {summary.shards} {summary.format} "
-          f"shards of <= {summary.shard_size} -> {summary.output}")
-    if summary.shard_files:
-        print(f"  shards: {summary.shard_files[0]} .. {summary.shard_files[-1]}")
-    if config.captions:
-        print(f"  captioned: {summary.captioned} of {summary.images} images")
-    print(f"  manifest: {summary.output.rstrip('/')}/manifest.jsonl   summary: {summary.output.rstrip('/')}/pack.json")
-    print(f"  dead letters: {summary.dead_letters}" + (f" (see {summary.output.rstrip('/')}/dead_letters/)"
-                                                      if summary.dead_letters else ""))
-    print(f"  {summary.seconds:.1f}s ({rate:.0f} images/s)")
-    return 0
+    from captionbeam.pipelines.pack import run as run_job
+    with output_lease(config.output, "pack", config.force):
+        p = planned or plan(config)
+        if p.stale:
+            pio.delete(list(p.stale))
+        return PackResult(job=run_job(config, runner), captions=bool(config.captions))
+
+
+def main(args: argparse.Namespace, runner: Runner = None) -> int:
+    result = run(config_from_args(args), runner)
+    print(json.dumps(result.to_dict(), sort_keys=True) if args.json else "\n".join(result.summary_lines()))
+    return OK

@@ -13,6 +13,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(_parser=parser)
 
 
-def main(args: argparse.Namespace, pipeline_args) -> int:
+def main(args: argparse.Namespace, runner=None) -> int:
     from captionbeam.launch.profiles import run_tool
     return run_tool(args, args._parser)

@@ -8,8 +8,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional, Tuple
 
 from captionbeam.launch.arg_types import name_equals_file, non_negative_float, positive_int
+from captionbeam.launch.command_face import CommandFault
+from captionbeam.launch.exit_codes import OK
+from captionbeam.pipelines.options import Runner, runner_flags
+
+# what cli.run_command prints on Ctrl-C (exit INTERRUPTED)
+ON_INTERRUPT = "stopped; the next start resumes from the last finished batch"
 
 HELP = "featurise newly landed images, warm-start training, promote if metrics hold"
 BEAM = True
@@ -73,87 +81,158 @@ def _watch_globs(prefix: str):
     return [f"{base}/*.{ext}" for ext in ("jpg", "jpeg", "png", "JPG", "JPEG", "PNG")]
 
 
-def config_from_args(args: argparse.Namespace, pipeline_args=()):
-    """The ``RetrainConfig`` of an attempt (or a watch) from these flags (not ``--init``'s)."""
+@dataclass(frozen=True)
+class RetrainInit:
+    """``--init``: the trained model that becomes v001, the inputs it was trained on, the fixed splits."""
+    model_dir: Optional[str]
+    features: Optional[str]
+    captions: Optional[str]
+    data: Optional[str] = None
+    splits: Tuple[Tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class RetrainCommandConfig:
+    """The flags, typed: ``--init`` (``init``), else one attempt or a ``--watch`` (``attempt``)."""
+    attempt: object                         # launch.retrain.attempt.RetrainConfig
+    init: Optional[RetrainInit] = None
+    watch: bool = False
+    interval: float = 300.0
+    max_polls: Optional[int] = None
+    force: bool = False
+
+
+def _init_from_args(args: argparse.Namespace) -> RetrainInit:
+    """``--init``'s inputs; ``--from-run WORKDIR`` fills those not given from a ``captionbeam run`` workdir
+    (its captions file and splits from the captions stage's command line, ``stages/captions.json``)."""
+    import captionbeam.pipelines.io as pio
+    model_dir, features, data, splits = args.model_dir, args.features, args.data, dict(args.splits or [])
+    captions = (args.captions or [None])[0]
+    if args.from_run:
+        w = args.from_run
+        model_dir = model_dir or pio.join(w, "model")
+        features = features or pio.join(w, "features")
+        data = data or pio.join(w, "data")
+        stage = pio.join(w, "stages", "captions.json")
+        if pio.exists(stage) and (not captions or not splits):
+            argv = pio.read_json(stage)["argv"]
+            captions = captions or argv[argv.index("--captions") + 1]
+            for i, tok in enumerate(argv):
+                if tok == "--split":
+                    name, path = argv[i + 1].split("=", 1)
+                    splits.setdefault(name, path)
+    return RetrainInit(model_dir=model_dir, features=features, captions=captions, data=data,
+                       splits=tuple(splits.items()))
+
+
+def config_from_args(args: argparse.Namespace, runner: Runner = None) -> RetrainCommandConfig:
+    """The command's config: an attempt's (or a watch's) ``RetrainConfig`` from these flags, and
+    ``--init``'s inputs when it is given. ``runner``: the Beam flags of the features and captions jobs."""
     from captionbeam.launch.beam_options import merge_flags
     from captionbeam.launch.retrain.attempt import RetrainConfig
     images = list(args.images or [])
     if args.watch:
         images += _watch_globs(args.watch)
-    return RetrainConfig(root=args.root, images=images, captions=list(args.captions or []),
-                         extend_vocab=args.extend_vocab, min_new=args.min_new, epochs=args.epochs,
-                         batch_size=args.batch_size, train_args=list(args.train_arg), eval_split=args.eval_split,
-                         beam_size=args.beam_size, tolerance=args.tolerance, min_drop=args.min_drop,
-                         pipeline_args=merge_flags(["--runner=DirectRunner"], pipeline_args))
+    attempt = RetrainConfig(root=args.root, images=images, captions=list(args.captions or []),
+                            extend_vocab=args.extend_vocab, min_new=args.min_new, epochs=args.epochs,
+                            batch_size=args.batch_size, train_args=list(args.train_arg), eval_split=args.eval_split,
+                            beam_size=args.beam_size, tolerance=args.tolerance, min_drop=args.min_drop,
+                            pipeline_args=merge_flags(["--runner=DirectRunner"], runner_flags(runner).args))
+    return RetrainCommandConfig(attempt=attempt, init=_init_from_args(args) if args.init else None,
+                                watch=bool(args.watch), interval=args.interval, max_polls=args.max_polls,
+                                force=bool(args.force))
 
 
-def main(args: argparse.Namespace, pipeline_args) -> int:
-    """Everything (``--init``, one attempt, ``--watch``) under the root's lease: one retrain per root."""
-    from captionbeam.pipelines.lease import output_lease
-    with output_lease(args.root, "retrain", args.force, flag="--root"):
-        return _main(args, pipeline_args)
+@dataclass(frozen=True)
+class RetrainPlan:
+    what: str
+
+    def summary_lines(self) -> List[str]:
+        return [self.what]
 
 
-def _main(args: argparse.Namespace, pipeline_args) -> int:
-    import captionbeam.pipelines.io as pio
+def plan(config: RetrainCommandConfig) -> RetrainPlan:
+    """Every check of the flags before any work: ``--init``'s inputs, ``--images``, the ``--train-arg``
+    flags (parsed by train's own parser); :class:`CommandError` naming the flag."""
     from captionbeam.launch.command_args import CommandError, invocation
     from captionbeam.launch.commands import train as train_cmd
-    from captionbeam.launch.retrain.attempt import describe, retrain_once
-    from captionbeam.launch.retrain.bootstrap import init_root
-    from captionbeam.launch.retrain.root import RetrainError, VersionError
-    from captionbeam.launch.retrain.watch import watch
+    root = config.attempt.root
+    if config.init is not None:
+        i = config.init
+        missing = [f for f, v in (("--model-dir", i.model_dir), ("--features", i.features), ("--captions", i.captions))
+                   if not v]
+        if missing:
+            raise CommandError(f"--init needs {', '.join(missing)} (or --from-run WORKDIR)")
+        return RetrainPlan(f"retrain --init: {root} from {i.model_dir}")
+    if not config.attempt.images:
+        raise CommandError("--images or --watch PREFIX is required")
+    try:
+        invocation(train_cmd, {"data": "DATA", "model_dir": "MODEL_DIR"}, extra=config.attempt.train_args)
+    except CommandError as e:
+        raise CommandError(f"--train-arg: {e}") from None
+    what = "watch" if config.watch else "one attempt"
+    return RetrainPlan(f"retrain ({what}): {root} with {' '.join(config.attempt.images)}")
 
-    def emit(result):
+
+@dataclass
+class RetrainResult:
+    """What each attempt (or ``--init``) decided."""
+    results: List[object] = field(default_factory=list)    # launch.retrain.attempt.AttemptResult
+
+    def summary_lines(self) -> List[str]:
+        from captionbeam.launch.retrain.attempt import describe
+        return [line for r in self.results for line in describe(r)]
+
+
+def run(config: RetrainCommandConfig, on_result: Optional[Callable[[object], None]] = None,
+        planned: Optional[RetrainPlan] = None) -> RetrainResult:
+    """Everything (``--init``, one attempt, ``--watch``) under the root's lease: one retrain per root.
+    ``on_result`` gets each attempt's result as soon as it is decided. A bad root or input found on the
+    way is a :class:`~launch.command_face.CommandFault` (the attempt started)."""
+    from captionbeam.launch.command_args import CommandError
+    from captionbeam.pipelines.lease import output_lease
+    planned or plan(config)
+    out = RetrainResult()
+
+    def emit(result) -> None:
+        out.results.append(result)
+        if on_result:
+            on_result(result)
+
+    with output_lease(config.attempt.root, "retrain", config.force, flag="--root"):
+        try:
+            _run(config, emit)
+        except CommandError:
+            raise
+        except (FileNotFoundError, ValueError) as e:     # found while the attempt ran: it started
+            raise CommandFault(str(e)) from None
+    return out
+
+
+def _run(config: RetrainCommandConfig, emit: Callable[[object], None]) -> None:
+    from captionbeam.launch.retrain.attempt import retrain_once
+    from captionbeam.launch.retrain.bootstrap import init_root
+    from captionbeam.launch.retrain.watch import watch
+    c = config.attempt
+    if config.init is not None:
+        i = config.init
+        emit(init_root(c.root, i.model_dir, i.features, i.captions, dict(i.splits), eval_split=c.eval_split,
+                       beam_size=c.beam_size, data_dir=i.data))
+    elif config.watch:
+        watch(c, config.interval, config.max_polls, on_result=emit)
+    else:
+        emit(retrain_once(c))
+
+
+def main(args: argparse.Namespace, runner: Runner = None) -> int:
+    from captionbeam.launch.retrain.attempt import describe
+
+    def emit(result) -> None:
         if args.json:
             print(result.to_json().replace("\n", " "))
         else:
             print("\n".join(describe(result)))
         sys.stdout.flush()
 
-    try:
-        if args.init:
-            model_dir, features, data, splits = args.model_dir, args.features, args.data, dict(args.splits or [])
-            captions = (args.captions or [None])[0]
-            if args.from_run:
-                w = args.from_run
-                model_dir = model_dir or pio.join(w, "model")
-                features = features or pio.join(w, "features")
-                data = data or pio.join(w, "data")
-                stage = pio.join(w, "stages", "captions.json")
-                if pio.exists(stage) and (not captions or not splits):
-                    argv = pio.read_json(stage)["argv"]
-                    captions = captions or argv[argv.index("--captions") + 1]
-                    for i, tok in enumerate(argv):
-                        if tok == "--split":
-                            name, path = argv[i + 1].split("=", 1)
-                            splits.setdefault(name, path)
-            missing = [f for f, v in (("--model-dir", model_dir), ("--features", features), ("--captions", captions))
-                       if not v]
-            if missing:
-                print(f"captionbeam retrain: error: --init needs {', '.join(missing)} (or --from-run WORKDIR)",
-                      file=sys.stderr)
-                return 2
-            result = init_root(args.root, model_dir, features, captions, splits, eval_split=args.eval_split,
-                                  beam_size=args.beam_size, data_dir=data)
-            emit(result)
-            return 0
-        config = config_from_args(args, pipeline_args)
-        if not config.images:
-            print("captionbeam retrain: error: --images or --watch PREFIX is required", file=sys.stderr)
-            return 2
-        try:   # the --train-arg flags, checked before anything runs
-            invocation(train_cmd, {"data": "DATA", "model_dir": "MODEL_DIR"}, extra=config.train_args)
-        except CommandError as e:
-            print(f"captionbeam retrain: error: --train-arg: {e}", file=sys.stderr)
-            return 2
-        if args.watch:
-            watch(config, args.interval, args.max_polls, on_result=emit)
-        else:
-            emit(retrain_once(config))
-        return 0
-    except (RetrainError, VersionError, FileNotFoundError, ValueError) as e:
-        print(f"captionbeam retrain: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("captionbeam retrain: stopped; the next start resumes from the last finished batch", file=sys.stderr)
-        return 130
+    run(config_from_args(args, runner), on_result=emit)
+    return OK

@@ -7,9 +7,13 @@ run.yaml`` and/or flags point it at real data and a bucket (see ``launch/config.
 from __future__ import annotations
 
 import argparse
-import sys
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
 
 from captionbeam.launch.arg_types import name_equals_file, output_dir, positive_float
+from captionbeam.launch.command_args import CommandError
+from captionbeam.launch.exit_codes import OK
+from captionbeam.pipelines.options import Runner, RunnerFlags, runner_flags
 
 from captionbeam.launch.config import (DEFAULT_WORKDIR, CaptionsSection, ConfigError, EvaluateSection, FeaturesSection,
                            RunConfig, SampleSection, TrainSection)
@@ -76,80 +80,128 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help=f"held-out images to caption for the report (default: {_E.caption_images})")
 
 
-def config_from_args(args: argparse.Namespace) -> RunConfig:
+@dataclass(frozen=True)
+class RunCommandConfig:
+    """The run's configuration (``--config`` + flags), how to run it, and the Beam flags of its Beam stages."""
+    run: RunConfig
+    runner: RunnerFlags = RunnerFlags.plain()
+    resume: bool = False
+    force: bool = False
+    profiles_file: Optional[str] = None
+
+
+def config_from_args(args: argparse.Namespace, runner: Runner = None) -> RunCommandConfig:
+    """:class:`RunCommandConfig` of ``--config`` and the flags; :class:`CommandError` for a bad one."""
     from captionbeam.launch import config as cfg
-    config = cfg.load(args.config) if args.config else RunConfig()
-    cfg.apply_overrides(config, {
-        "workdir": args.workdir, "report": args.report,
-        "data.images": args.images, "data.captions": args.captions, "data.caption_format": args.caption_format,
-        "data.splits": dict(args.splits) if args.splits else None,
-        "sample.images": args.sample_images, "sample.size": args.sample_size, "sample.seed": args.seed,
-        "features.encoder": args.encoder, "features.weights": args.weights, "features.image_size": args.image_size,
-        "features.batch_size": args.features_batch_size,
-        "captions.clean": args.clean, "captions.min_count": args.min_count,
-        "train.arch": args.arch, "train.epochs": args.epochs, "train.batch_size": args.batch_size,
-        "train.learning_rate": args.learning_rate,
-        "train.extra": (config.train.extra + list(args.train_arg)) if args.train_arg else None,
-        "evaluate.split": args.eval_split, "evaluate.beam_size": args.beam_size,
-        "evaluate.caption_images": args.caption_images,
-        "evaluate.extra": (config.evaluate.extra + list(args.eval_arg)) if args.eval_arg else None,
-    })
-    if getattr(args, "profile", None) and not config.runner.profile:
-        config.runner.profile = args.profile
-    return config.validate()
+    try:
+        config = cfg.load(args.config) if args.config else RunConfig()
+        cfg.apply_overrides(config, {
+            "workdir": args.workdir, "report": args.report,
+            "data.images": args.images, "data.captions": args.captions, "data.caption_format": args.caption_format,
+            "data.splits": dict(args.splits) if args.splits else None,
+            "sample.images": args.sample_images, "sample.size": args.sample_size, "sample.seed": args.seed,
+            "features.encoder": args.encoder, "features.weights": args.weights, "features.image_size": args.image_size,
+            "features.batch_size": args.features_batch_size,
+            "captions.clean": args.clean, "captions.min_count": args.min_count,
+            "train.arch": args.arch, "train.epochs": args.epochs, "train.batch_size": args.batch_size,
+            "train.learning_rate": args.learning_rate,
+            "train.extra": (config.train.extra + list(args.train_arg)) if args.train_arg else None,
+            "evaluate.split": args.eval_split, "evaluate.beam_size": args.beam_size,
+            "evaluate.caption_images": args.caption_images,
+            "evaluate.extra": (config.evaluate.extra + list(args.eval_arg)) if args.eval_arg else None,
+        })
+        if getattr(args, "profile", None) and not config.runner.profile:
+            config.runner.profile = args.profile
+        config = config.validate()
+    except (ConfigError, KeyError, ValueError, FileNotFoundError) as e:
+        raise CommandError(str(e)) from None
+    return RunCommandConfig(run=config, runner=runner_flags(runner), resume=bool(getattr(args, "resume", False)),
+                            force=bool(getattr(args, "force", False)),
+                            profiles_file=getattr(args, "profiles_file", None))
 
 
-def _pipeline(args: argparse.Namespace, pipeline_args, console=None):
-    """The RunPipeline for these arguments, with per-stage Beam flags (profile section of each stage)."""
+def _pipeline(config: RunCommandConfig, console=None):
+    """The RunPipeline of this config, with per-stage Beam flags (profile section of each stage)."""
     from captionbeam.launch.beam_options import merge_flags
     from captionbeam.launch.profiles import load_profiles, profile_args, profile_train_args, profiles_file
     from captionbeam.launch.run import RunPipeline
 
-    config = config_from_args(args)
-    explicit = list(pipeline_args)
+    run = config.run
+    explicit = list(config.runner.args)
     # an explicit runner: without one, Beam tries to download its Prism runner before falling back
     default_runner = ["--runner=DirectRunner"]
-    stage_args = lambda stage: merge_flags(default_runner, explicit, config.runner.pipeline_args)  # noqa: E731
+    stage_args = lambda stage: merge_flags(default_runner, explicit, run.runner.pipeline_args)  # noqa: E731
     train_args: list = []
-    profile = config.runner.profile
+    profile = run.runner.profile
     if profile:
-        path = profiles_file(config.runner.profiles_file or getattr(args, "profiles_file", None))
+        path = profiles_file(run.runner.profiles_file or config.profiles_file)
         profiles = load_profiles(path)
         own = set(merge_flags(profile_args(profiles, profile, "run")))
         explicit = [a for a in explicit if a not in own]   # what the user typed, without the profile's
 
         def stage_args(stage):  # noqa: F811 - the profile's section for this stage, then explicit flags
-            return merge_flags(default_runner, profile_args(profiles, profile, stage), config.runner.pipeline_args,
+            return merge_flags(default_runner, profile_args(profiles, profile, stage), run.runner.pipeline_args,
                                explicit)
         train_args = profile_train_args(profiles, profile)
-    return RunPipeline(config, pipeline_args=explicit, train_profile_args=train_args, stage_pipeline_args=stage_args,
-                       resume=args.resume, console=console)
+    return RunPipeline(run, pipeline_args=explicit, train_profile_args=train_args, stage_pipeline_args=stage_args,
+                       resume=config.resume, console=console)
 
 
-def dry_run_plan(args: argparse.Namespace, pipeline_args):
+@dataclass(frozen=True)
+class RunPlan:
+    """The run's stages, each as the ``captionbeam`` line it runs (every stage's flags checked)."""
+    pipe: object          # launch.run.RunPipeline
+    lines: Tuple[str, ...]
+
+    def summary_lines(self) -> List[str]:
+        return list(self.lines)
+
+
+def plan(config: RunCommandConfig) -> RunPlan:
+    """Every stage's flags (``--train-arg``, ``--eval-arg``, the profile's sections) checked before anything
+    runs; :class:`CommandError` naming what is wrong."""
+    try:
+        pipe = _pipeline(config)
+        lines = [inv.line for inv in pipe.invocations()] + [
+            pipe.caption_invocation(["<held-out images>"]).line, "(report) -> " + pipe.layout.report]
+    except (ConfigError, KeyError, ValueError, FileNotFoundError) as e:
+        if isinstance(e, CommandError):
+            raise
+        raise CommandError(str(e)) from None
+    return RunPlan(pipe=pipe, lines=tuple(lines))
+
+
+@dataclass
+class RunResult:
+    """What ``RunPipeline.run`` returns: metrics, captions, the report's path, seconds, the stages."""
+    outcome: Dict[str, object]
+
+    def summary_lines(self) -> List[str]:
+        return [f"{s['name']}: {s['summary']}" for s in self.outcome.get("stages", [])]
+
+
+def run(config: RunCommandConfig, runner: Runner = None, planned: Optional[RunPlan] = None) -> RunResult:
+    """Every stage under ``--workdir``'s lease (the stages print as they go) -> :class:`RunResult`;
+    :class:`CommandError` for bad flags, ``launch.run.StageError`` (a CommandFault) for a failed stage."""
+    from dataclasses import replace
+    from captionbeam.pipelines.lease import output_lease
+    if runner is not None:
+        config = replace(config, runner=runner_flags(runner))
+        planned = None
+    p = planned or plan(config)
+    with output_lease(p.pipe.layout.workdir, "run", config.force, flag="--workdir"):
+        return RunResult(p.pipe.run())
+
+
+def dry_run_plan(args: argparse.Namespace, runner: Runner = None):
     """For --dry-run: every stage's command line."""
     try:
-        pipe = _pipeline(args, pipeline_args)
-    except (ConfigError, KeyError, ValueError) as e:
+        return plan(config_from_args(args, runner)).summary_lines()
+    except CommandError as e:
         return {"error": str(e)}
-    return [inv.line for inv in pipe.invocations()] + [
-        pipe.caption_invocation(["<held-out images>"]).line, "(report) -> " + pipe.layout.report]
 
 
-def main(args: argparse.Namespace, pipeline_args) -> int:
-    from captionbeam.launch.run import StageError
-    try:
-        pipe = _pipeline(args, pipeline_args)
-        pipe.invocations()   # every stage's flags (--train-arg, --eval-arg, ...) checked before anything runs
-    except (ConfigError, KeyError, ValueError, FileNotFoundError) as e:
-        print(f"captionbeam run: error: {e}", file=sys.stderr)
-        return 2
-    from captionbeam.pipelines.lease import output_lease
-    try:
-        with output_lease(pipe.layout.workdir, "run", args.force, flag="--workdir"):
-            pipe.run()
-    except StageError as e:
-        print(f"captionbeam run: error: {e} (fix it and re-run with --resume to skip the stages that finished)",
-              file=sys.stderr)
-        return 1
-    return 0
+def main(args: argparse.Namespace, runner: Runner = None) -> int:
+    """The stages print their lines and the run's summary as they go."""
+    run(config_from_args(args, runner))
+    return OK

@@ -4,10 +4,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import List
+from dataclasses import dataclass
+from typing import Callable, List, Optional
 
 from captionbeam.launch.arg_types import fractions, positive_int, output_dir
 from captionbeam.launch.command_args import CommandError
+from captionbeam.launch.exit_codes import OK
 
 HELP = "write the small, deterministic sample captioning dataset (images, captions, splits)"
 
@@ -42,14 +44,42 @@ def config_from_args(args: argparse.Namespace):
         raise CommandError(str(e)) from None
 
 
-def run(config, progress=None):
-    """Write the sample dataset -> ``pipelines.sample.SampleSummary``."""
+@dataclass(frozen=True)
+class SamplePlan:
+    """What the sample will hold (``config_from_args`` checked the flags; nothing is read)."""
+    config: object      # pipelines.sample.SampleConfig
+
+    def summary_lines(self) -> List[str]:
+        c = self.config
+        return [f"sample dataset: {c.images} images ({c.size}x{c.size}), {c.captions_per_image} captions each, "
+                f"seed {c.seed} -> {c.output}"]
+
+
+def plan(config) -> SamplePlan:
+    return SamplePlan(config)
+
+
+@dataclass
+class SampleResult:
+    """The written sample (``pipelines.sample.SampleSummary``), its image side and the seconds it took."""
+    job: object
+    size: int
+    seconds: float
+
+    def summary_lines(self) -> List[str]:
+        return summary(self.size, self.job, self.seconds)
+
+
+def run(config, progress: Optional[Callable[[int, int], None]] = None) -> SampleResult:
+    """Write the sample dataset -> :class:`SampleResult`; ``progress(done, total)`` as images are written."""
     from captionbeam.pipelines.sample import write_sample
-    return write_sample(config, progress=progress)
+    start = time.time()
+    job = write_sample(config, progress=progress)
+    return SampleResult(job=job, size=config.size, seconds=time.time() - start)
 
 
-def summary(config, result, seconds: float) -> List[str]:
-    return [f"sample dataset: {result.images} images ({config.size}x{config.size}), {result.captions} captions "
+def summary(size: int, result, seconds: float) -> List[str]:
+    return [f"sample dataset: {result.images} images ({size}x{size}), {result.captions} captions "
             f"-> {result.output}",
             "  splits: " + ", ".join(f"{k} {v}" for k, v in result.splits.items()),
             "  objects per image: " + ", ".join(f"{k}: {v}" for k, v in result.objects_per_image.items()),
@@ -59,12 +89,8 @@ def summary(config, result, seconds: float) -> List[str]:
             f"({result.images / max(seconds, 1e-9):.0f} images/s)"]
 
 
-def main(args: argparse.Namespace, pipeline_args=None) -> int:
-    try:
-        config = config_from_args(args)
-    except CommandError as e:
-        print(f"captionbeam sample: error: {e}", file=sys.stderr)
-        return 2
+def main(args: argparse.Namespace, runner=None) -> int:
+    config = config_from_args(args)
     start = time.time()
 
     def progress(done: int, total: int) -> None:
@@ -73,6 +99,5 @@ def main(args: argparse.Namespace, pipeline_args=None) -> int:
         eta = (total - done) / rate if rate > 0 else 0.0
         print(f"  {done}/{total} images  {rate:.0f} images/s  ETA {eta:.0f}s", file=sys.stderr)
 
-    result = run(config, progress=progress if args.images >= 500 else None)
-    print("\n".join(summary(config, result, time.time() - start)))
-    return 0
+    print("\n".join(run(config, progress=progress if config.images >= 500 else None).summary_lines()))
+    return OK

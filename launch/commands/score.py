@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 from captionbeam.launch.command_args import CommandError
+from captionbeam.launch.exit_codes import OK
 from captionbeam.model.caption_files import FORMATS
 
 HELP = "score predicted captions against references (BLEU-1..4, COCO metrics)"
@@ -134,11 +134,7 @@ def run(config: ScoreConfig, planned: Optional[ScorePlan] = None) -> ScoreResult
     return ScoreResult(report)
 
 
-def main(args, pipeline_args) -> int:
-    try:
-        result = run(config_from_args(args))
-    except CommandError as e:
-        print(f"captionbeam score: error: {e}", file=sys.stderr)
-        return 2
+def main(args, runner=None) -> int:
+    result = run(config_from_args(args))
     print(json.dumps(result.to_dict()) if args.json else "\n".join(result.summary_lines()))
-    return 0
+    return OK

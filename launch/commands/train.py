@@ -4,12 +4,12 @@ model dir's last checkpoint."""
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import dataclass
-from typing import Dict
+from typing import Dict, List, Optional
 
 from captionbeam.launch.arg_types import non_negative_float, non_negative_int, positive_float, positive_int, rate, output_dir
 from captionbeam.launch.command_args import CommandError
+from captionbeam.launch.exit_codes import OK
 
 HELP = "train a merge / inject / attention / transformer captioner with tf.distribute, streaming TFRecords"
 
@@ -167,24 +167,58 @@ def _is_chief() -> bool:
     return kind == "chief" or (kind == "worker" and index == 0 and "chief" not in (cluster or {}))
 
 
-def run(job: TrainJob) -> Dict[str, object]:
-    """Train (or resume) under --model-dir's lease (the chief holds it; two runs into one model dir would
-    leave the config of one and the weights of the other) -> the summary of ``model.train.train``;
-    :class:`CommandError` on bad inputs."""
-    from contextlib import nullcontext
-    from captionbeam.pipelines.lease import output_lease
+@dataclass(frozen=True)
+class TrainPlan:
+    """The checked training config (``TrainConfig.validate``) and whether this process is the chief, which
+    writes --model-dir under its lease."""
+    job: TrainJob
+    chief: bool = True
+
+    def summary_lines(self) -> List[str]:
+        t = self.job.train
+        arch = "scst fine-tuning of " + t.init_from if t.objective == "scst" else f"{self.job.model.arch} model"
+        return [f"train: {arch} on {t.data} ({t.train_split}) -> {t.model_dir}, up to {t.epochs} epochs, "
+                f"batch {t.batch_size}, strategy {t.strategy}" + ("" if self.chief else " (not the chief)")]
+
+
+def plan(job: TrainJob) -> TrainPlan:
+    """Every check of the flags before any work (``TrainConfig.validate``, TF_CONFIG's task);
+    :class:`CommandError` naming the flag. The data is checked as the loop opens it."""
     try:
         chief = _is_chief()
-    except ValueError as e:
+        job.train.validate()
+    except (FileNotFoundError, ValueError) as e:
         raise CommandError(str(e)) from None
-    lease = output_lease(job.train.model_dir, "train", job.force, flag="--model-dir") if chief else nullcontext()
+    return TrainPlan(job=job, chief=chief)
+
+
+@dataclass
+class TrainResult:
+    """The training loop's summary (``model.loop.run_training``: model_dir, step, epochs, best, seconds, ...)."""
+    summary: Dict[str, object]
+
+    def summary_lines(self) -> List[str]:
+        s = self.summary
+        best = next(((k, s[k]) for k in ("best_val_loss", "best_val_cider") if k in s), None)
+        return [f"trained to step {s.get('step')} ({s.get('epochs')} epochs) -> {s.get('model_dir')}"
+                + (f", {best[0]} {best[1]}" if best and best[1] is not None else "")
+                + (f", stopped by {s['stopped_by']}" if s.get("stopped_by") else "")]
+
+
+def run(job: TrainJob, planned: Optional[TrainPlan] = None) -> TrainResult:
+    """Train (or resume) under --model-dir's lease (the chief holds it; two runs into one model dir would
+    leave the config of one and the weights of the other) -> :class:`TrainResult`; :class:`CommandError`
+    on bad inputs."""
+    from contextlib import nullcontext
+    from captionbeam.pipelines.lease import output_lease
+    p = planned or plan(job)
+    lease = output_lease(job.train.model_dir, "train", job.force, flag="--model-dir") if p.chief else nullcontext()
     with lease:
-        return _run(job)
+        return TrainResult(_run(job))
 
 
 def _run(job: TrainJob) -> Dict[str, object]:
     try:
-        job.train.validate()
         if job.train.objective == "scst":
             from captionbeam.model.scst import train_scst
             return train_scst(job.train)
@@ -194,10 +228,7 @@ def _run(job: TrainJob) -> Dict[str, object]:
         raise CommandError(str(e)) from None
 
 
-def main(args, pipeline_args=None) -> int:
-    try:
-        run(config_from_args(args))
-    except CommandError as e:
-        print(f"captionbeam train: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+def main(args, runner=None) -> int:
+    """Trains; the loop prints its progress and summary lines as it goes (``model/loop.py``)."""
+    run(config_from_args(args))
+    return OK

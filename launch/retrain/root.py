@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Dict, Iterable, List, Optional, Tuple
 
 import captionbeam.pipelines.io as pio
+from captionbeam.launch.command_face import CommandFault
 from captionbeam.model import jsonl
 
 CURRENT_FILE = "CURRENT"
@@ -35,12 +36,12 @@ _VERSION_RE = re.compile(r"^v(\d{3,})$")
 ROOT_FILE = "root.json"
 
 
-class VersionError(RuntimeError):
-    pass
+class VersionError(CommandFault):
+    """A root's versions or CURRENT pointer are not what an attempt needs (exit FAULT)."""
 
 
-class RetrainError(RuntimeError):
-    """A bad root, bad inputs or a failed stage; the message says which."""
+class RetrainError(CommandFault):
+    """A bad root, bad inputs or a failed stage; the message says which (exit FAULT)."""
 
 
 @dataclass

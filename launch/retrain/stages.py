@@ -1,4 +1,4 @@
-"""The jobs an attempt runs, as typed calls of the commands (``config_from_args`` + ``run``); each
+"""The jobs an attempt runs, as typed calls of the commands (``config_from_args`` -> ``run`` -> Result); each
 prints the equivalent ``captionbeam`` command line first (to stderr: stdout is the attempt's result)."""
 from __future__ import annotations
 
@@ -47,8 +47,7 @@ def featurise(root: ModelRoot, images: Sequence[str], out: str, pipeline_args: S
     """Features of new images with the root's encoder; refuses features that another encoder made."""
     spec = FeaturesSpec.from_json(pio.read_text(root.path(FEATURES_DIR, "features_spec.json")))  # Beam's FileSystems
     inv = features_invocation(root, spec, images, out, pipeline_args)
-    result = _call(features_cmd.run, inv, features_cmd.config_from_args(inv.args), inv.pipeline_args,
-                   overwrite=True)
+    result = _call(features_cmd.run, inv, features_cmd.config_from_args(inv.args), inv.runner).job
     made = result.spec.encoder_description() if result.spec else None
     want = spec.encoder_description()
     if made is not None and result.images_encoded and made.identity() != want.identity():
@@ -66,7 +65,7 @@ def build_data(root: ModelRoot, settings: RootSettings, out: str, vocab: str, ca
     inv = invocation(captions_cmd, {"captions": captions, "format": "flickr8k", "splits": splits,
                                     "features": root.path(FEATURES_DIR), "output": out, "vocab": vocab,
                                     "clean": settings.clean, "overwrite": True}, pipeline_args=pipeline_args)
-    _call(captions_cmd.run, inv, captions_cmd.config_from_args(inv.args), inv.pipeline_args)
+    _call(captions_cmd.run, inv, captions_cmd.config_from_args(inv.args), inv.runner)
     return out
 
 
@@ -78,7 +77,7 @@ def train(data_dir: str, model_dir: str, like_model_dir: str, epochs: int, batch
     inv = invocation(train_cmd, {"data": data_dir, "model_dir": model_dir,
                                  **train_cmd.architecture_values(ModelConfig.load(like_model_dir)),
                                  "epochs": epochs, "batch_size": batch_size}, extra=extra)
-    return _call(train_cmd.run, inv, train_cmd.config_from_args(inv.args))
+    return _call(train_cmd.run, inv, train_cmd.config_from_args(inv.args)).summary
 
 
 def evaluate(model_dir: str, data_dir: str, split: str, beam_size: int, out_dir: str) -> Dict[str, float]:

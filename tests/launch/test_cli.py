@@ -99,3 +99,89 @@ def test_bad_flags_exit_2_in_every_command(tmp_path, capsys):
                          str(tmp_path / "o")], "--images")):
         assert _exit_code(argv) == exit_codes.USAGE, argv
         assert flag in capsys.readouterr().err, argv
+
+
+COMMANDS_DIR = os.path.join(os.path.dirname(cli.__file__), "commands")
+
+
+def test_no_literal_exit_codes_in_commands():
+    """One exit-code policy: a command returns a constant of launch/exit_codes.py or raises; cli.run_command
+    maps what it raises (before: `return 2` in ten commands, `raise SystemExit(2)` in pack)."""
+    literal = re.compile(r"\breturn\s+\d+\b|SystemExit\(|sys\.exit\(")
+    found = [f"{name}:{n}: {line.strip()}" for name in sorted(os.listdir(COMMANDS_DIR)) if name.endswith(".py")
+             for n, line in enumerate(open(os.path.join(COMMANDS_DIR, name), encoding="utf-8"), 1)
+             if literal.search(line)]
+    assert not found, found
+
+
+def test_every_command_has_the_same_face():
+    """config_from_args -> plan -> run, each command (profiles, a tool, is not a job)."""
+    import importlib
+    for name, _ in cli.COMMANDS:
+        if name == "profiles":
+            continue
+        module = importlib.import_module(f"captionbeam.launch.commands.{name}")
+        for attr in ("add_arguments", "config_from_args", "plan", "run", "main"):
+            assert callable(getattr(module, attr, None)), (name, attr)
+
+
+class _Raises:
+    """A command module whose main raises ``error``: what run_command makes of each class."""
+    ON_INTERRUPT = "stopped; a re-run resumes"
+
+    def __init__(self, error):
+        self.error = error
+
+    def main(self, args, runner):
+        raise self.error
+
+
+def test_run_command_maps_each_error_class_to_its_exit_code(capsys):
+    import argparse
+    from captionbeam.launch.command_args import CommandError
+    from captionbeam.launch.command_face import CommandFault
+    from captionbeam.launch.run import StageError
+    from captionbeam.pipelines.lease import LeaseHeld
+    args = argparse.Namespace()
+    for error, code, line in ((CommandError("--x: bad"), exit_codes.USAGE, "captionbeam c: error: --x: bad"),
+                              (LeaseHeld("held by run r"), exit_codes.OUTPUT_IN_USE, "captionbeam c: error: held by run r"),
+                              (CommandFault("it broke"), exit_codes.FAULT, "captionbeam c: error: it broke"),
+                              (StageError("train", "no data"), exit_codes.FAULT,
+                               "captionbeam c: error: stage train failed: no data (fix it and re-run with --resume"),
+                              (KeyboardInterrupt(), exit_codes.INTERRUPTED, "captionbeam c: stopped; a re-run resumes")):
+        assert cli.run_command("c", _Raises(error), args) == code, error
+        err = capsys.readouterr().err
+        assert err.startswith(line) and err.count("\n") == 1, (error, err)
+    with pytest.raises(ZeroDivisionError):          # a bug is not translated: its traceback is the report
+        cli.run_command("c", _Raises(ZeroDivisionError()), args)
+
+
+def test_plans_check_before_any_work(sample_dir, tmp_path):
+    """plan() of the Beam jobs: a typed plan with summary lines, or a CommandError naming the flag, and
+    nothing written either way."""
+    from captionbeam.launch.command_args import CommandError, invocation
+    from captionbeam.launch.commands import captions, features, pack
+    images = [os.path.join(sample_dir, "images", "*.jpg")]
+    enc = {"encoder": "mobilenet", "weights": "none", "image_size": 32}
+    planned = features.plan(features.config_from_args(invocation(features, {"images": images, "output": str(tmp_path / "f"), **enc}).args))
+    assert planned.description.name == "mobilenet" and planned.replace == ()
+    assert planned.summary_lines()[0].startswith("features: encoder mobilenet (none weights, 32px")
+    with pytest.raises(CommandError, match="--images: no file matches"):
+        features.plan(features.config_from_args(invocation(features, {"images": [str(tmp_path / "*.png")],
+                                                                      "output": str(tmp_path / "f"), **enc}).args))
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "manifest.jsonl").write_text("{}\n")
+    config = pack.config_from_args(invocation(pack, {"images": images, "output": str(tmp_path / "p"), "format": "tar"}).args)
+    with pytest.raises(CommandError, match="--output .* already holds 1 files of an earlier pack"):
+        pack.plan(config)
+    again = pack.config_from_args(invocation(pack, {"images": images, "output": str(tmp_path / "p"), "format": "tar",
+                                                    "overwrite": True}).args)
+    assert pack.plan(again).stale == (str(tmp_path / "p" / "manifest.jsonl"),)
+    c = captions.plan(captions.config_from_args(invocation(captions, {
+        "captions": os.path.join(sample_dir, "captions.txt"), "output": str(tmp_path / "c"),
+        "splits": [("train", os.path.join(sample_dir, "train.txt"))]}).args))
+    assert c.fmt == "flickr8k" and "splits: train" in c.summary_lines()[1]
+    with pytest.raises(CommandError, match="--captions: file not found"):
+        captions.plan(captions.config_from_args(invocation(captions, {"captions": str(tmp_path / "none.txt"),
+                                                                      "output": str(tmp_path / "c")}).args))
+    assert sorted(os.listdir(tmp_path)) == ["p"] and os.listdir(tmp_path / "p") == ["manifest.jsonl"]

@@ -144,8 +144,7 @@ def image_model_dir(tmp_path_factory):
                                     preprocessing=enc.preprocessing, weights="none",
                                     encoder_spec=enc.description, resize_method="bilinear")
         keras.utils.set_random_seed(0)
-        model = build_model(tiny_config(arch, enc.feature_shape, vocab, encoder=name, encoder_weights="none",
-                                        image_size=[size, size], preprocessing=enc.preprocessing))
+        model = build_model(tiny_config(arch, enc.feature_shape, vocab, encoder_description=enc.description))
         if arch == "merge":
             images, classes = draw_images(24, size=48)
             from captionbeam.model.captioner import resize_square
