@@ -141,7 +141,10 @@ def spark_command(cfg: ClusterConfig, role: str, master_port: int, webui_port: i
     if role == "master":
         return head + ["org.apache.spark.deploy.master.Master", "--host", HOST, "--port", str(master_port),
                        "--webui-port", str(webui_port)]
-    return head + ["org.apache.spark.deploy.worker.Worker", "--host", HOST, "--port", "0", "--webui-port", "0",
+    # a finished application's folder (the ~260 MiB of jars the job server ships) goes after a minute
+    cleanup = ["-Dspark.worker.cleanup.enabled=true", "-Dspark.worker.cleanup.interval=60",
+               "-Dspark.worker.cleanup.appDataTtl=60"]
+    return head[:-3] + cleanup + head[-3:] + ["org.apache.spark.deploy.worker.Worker", "--host", HOST, "--port", "0", "--webui-port", "0",
                    "--cores", str(cfg.spark_worker_cores), "--memory", f"{cfg.spark_worker_memory_mb}m",
                    "--work-dir", os.path.join(cfg.root, "spark", f"work-{index}"), f"spark://{HOST}:{master_port}"]
 
