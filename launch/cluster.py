@@ -20,6 +20,7 @@ only (Beam's own ``worker_pool_main`` listens on every interface): the engines' 
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import signal
@@ -397,11 +398,14 @@ def sdk_worker_pids(root: Optional[str] = None) -> List[int]:
     pool = read_state(root).get("processes", {}).get("sdk-worker-pool", {}).get("pid")
     if not pool:
         return []
-    try:
-        with open(f"/proc/{pool}/task/{pool}/children", encoding="utf-8") as f:
-            return sorted(int(p) for p in f.read().split())
-    except OSError:
-        return []
+    children = set()
+    for task in glob.glob(f"/proc/{pool}/task/*/children"):   # each thread's own (the pool forks from gRPC's)
+        try:
+            with open(task, encoding="utf-8") as f:
+                children.update(int(p) for p in f.read().split())
+        except OSError:
+            pass
+    return sorted(children)
 
 
 def _main(argv: Optional[Sequence[str]] = None) -> int:

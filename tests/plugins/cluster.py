@@ -8,6 +8,7 @@ and fail in CI (as for the job servers, ``tests/plugins/engines.py``).
 """
 import io
 import os
+import shutil
 import tempfile
 
 import pytest
@@ -31,6 +32,7 @@ def cluster():
         yield cfg
     finally:
         cl.stop(root, out=io.StringIO())
+        shutil.rmtree(root, ignore_errors=True)   # Spark's work dirs hold the jars shipped per job
         if old is None:
             os.environ.pop(cl.CLUSTER_ENV, None)
         else:
