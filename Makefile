@@ -44,7 +44,7 @@ engines: $(STAMP)  ## fetch and cache the Flink and Spark job servers, the Prism
 
 # A multi-process cluster on 127.0.0.1 (Flink: 1 JobManager + 2 TaskManagers; Spark: 1 master + 2 workers; a
 # pool of Beam SDK worker processes) for the flink-cluster / spark-cluster profiles; ports, pids and logs in
-# .cluster/ (docs/cluster.md). Starting a running cluster does nothing; stop it when done (about 3 GiB).
+# .cluster/ (docs/cluster.md). Starting a running cluster does nothing; stop it when done (1.6 GiB idle).
 cluster: $(STAMP) engines  ## start the loopback Flink + Spark standalone cluster and SDK worker pool (.cluster/)
 	$(BIN)/python -m captionbeam.launch.cluster start
 
