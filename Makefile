@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help install sysdeps engines test run bench lint clean
+.PHONY: help install sysdeps engines cluster cluster-stop cluster-status test run bench lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -37,9 +37,22 @@ sysdeps:  ## install Java and headless Chromium with apt-get when they are missi
 
 # Real Beam engines for the flink-local / spark-local / prism profiles and tests/test_engines.py: Flink's and
 # Spark's job servers (mvn, Maven Central) and the Prism binary (go install, the Go module proxy), pinned to
-# the installed apache-beam, cached in .engines/ (skipped when there; see launch/engines.py).
-engines: $(STAMP)  ## fetch and cache the Flink and Spark job servers and the Prism runner (mvn, go)
+# the installed apache-beam, plus Flink 1.19's and Spark 3.5's distributions for `make cluster` (pip download
+# --no-deps, unpacked, never installed), cached in .engines/ (skipped when there; see launch/engines.py).
+engines: $(STAMP)  ## fetch and cache the Flink and Spark job servers, the Prism runner and the cluster distributions (mvn, go, pip)
 	$(BIN)/python -m captionbeam.launch.engines fetch
+
+# A multi-process cluster on 127.0.0.1 (Flink: 1 JobManager + 2 TaskManagers; Spark: 1 master + 2 workers; a
+# pool of Beam SDK worker processes) for the flink-cluster / spark-cluster profiles; ports, pids and logs in
+# .cluster/ (docs/cluster.md). Starting a running cluster does nothing; stop it when done (1.6 GiB idle).
+cluster: $(STAMP) engines  ## start the loopback Flink + Spark standalone cluster and SDK worker pool (.cluster/)
+	$(BIN)/python -m captionbeam.launch.cluster start
+
+cluster-stop:  ## stop the cluster started by `make cluster`
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m captionbeam.launch.cluster stop; fi
+
+cluster-status:  ## print the cluster's addresses and which of its processes are alive
+	$(BIN)/python -m captionbeam.launch.cluster status
 
 test: $(STAMP) sysdeps engines  ## run the test suite (installs Java and Chromium, fetches the engines first)
 	$(BIN)/python -m pytest tests $(PYTEST_ARGS)

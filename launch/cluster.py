@@ -1,0 +1,445 @@
+"""A real multi-process cluster on this machine's loopback: a Flink standalone session cluster (one
+JobManager, N TaskManagers, each its own JVM), a Spark standalone cluster (one master, N workers) and a
+pool of Beam SDK worker processes, all on 127.0.0.1, with their logs, ports and process ids in one folder.
+
+``make cluster`` / ``make cluster-stop`` (``python -m captionbeam.launch.cluster start|stop|status``)::
+
+    .cluster/cluster.json          ports, pids, addresses (what the flink-cluster / spark-cluster profiles read)
+    .cluster/logs/*.log            one log per process
+    .cluster/flink/conf/config.yaml the Flink configuration (restart strategy, memory, loopback binds)
+
+The distributions come from ``make engines`` (``.engines/flink-dist``, ``.engines/spark-dist``; see
+:mod:`launch.engines`). Every JVM is started directly (``java -cp ... <entry point class>``), not through the
+distributions' daemon scripts, so each pid is known, carries ``-Dcaptionbeam.cluster=<folder>`` and is
+stopped by pid (its process group: a Spark worker's executors, the pool's SDK workers) and by nothing else.
+
+The SDK worker pool is Beam's ``BeamFnExternalWorkerPoolServicer`` in process mode, served on 127.0.0.1
+only (Beam's own ``worker_pool_main`` listens on every interface): the engines' ``--environment_type=EXTERNAL
+--environment_config=127.0.0.1:PORT`` ask it for SDK workers, each a Python process of this environment.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import asdict, dataclass
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+CLUSTER_ENV = "CAPTIONBEAM_CLUSTER"
+STATE_FILE = "cluster.json"
+MARKER = "-Dcaptionbeam.cluster="
+HOST = "127.0.0.1"
+# placeholder in a profile -> the cluster.json key that holds its value
+PLACEHOLDERS = {"{cluster.flink_master}": "flink_master", "{cluster.spark_master_url}": "spark_master_url",
+                "{cluster.worker_pool}": "worker_pool"}
+# Flink's Java 17 flags, as the distribution's conf/config.yaml sets them (env.java.opts.all)
+FLINK_JAVA_OPTS = ("--add-exports=java.base/sun.net.util=ALL-UNNAMED --add-exports=java.rmi/sun.rmi.registry=ALL-UNNAMED "
+                   "--add-exports=java.security.jgss/sun.security.krb5=ALL-UNNAMED --add-opens=java.base/java.lang=ALL-UNNAMED "
+                   "--add-opens=java.base/java.net=ALL-UNNAMED --add-opens=java.base/java.io=ALL-UNNAMED "
+                   "--add-opens=java.base/java.nio=ALL-UNNAMED --add-opens=java.base/sun.nio.ch=ALL-UNNAMED "
+                   "--add-opens=java.base/java.lang.reflect=ALL-UNNAMED --add-opens=java.base/java.text=ALL-UNNAMED "
+                   "--add-opens=java.base/java.time=ALL-UNNAMED --add-opens=java.base/java.util=ALL-UNNAMED "
+                   "--add-opens=java.base/java.util.concurrent=ALL-UNNAMED "
+                   "--add-opens=java.base/java.util.concurrent.atomic=ALL-UNNAMED "
+                   "--add-opens=java.base/java.util.concurrent.locks=ALL-UNNAMED").split()
+
+
+class ClusterError(RuntimeError):
+    """The cluster cannot start, or is not running: the message names the process, its log and what to do."""
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """What ``start`` builds. Memory per JVM is kept small: the machine is shared."""
+    root: str                      # the folder of cluster.json, logs, configuration, work dirs
+    engines: str                   # the engines cache holding flink-dist/ and spark-dist/
+    python: str = sys.executable   # the Python of the SDK workers (this environment, with captionbeam)
+    taskmanagers: int = 2
+    slots_per_taskmanager: int = 2     # a job at parallelism 2 still fits after one TaskManager is lost
+    spark_workers: int = 2
+    spark_worker_cores: int = 1
+    spark_worker_memory_mb: int = 768  # offered to executors (the profiles ask 512m each)
+    restart_attempts: int = 3          # Flink restart-strategy fixed-delay
+    restart_delay_s: int = 2
+    start_timeout_s: float = 240.0
+
+
+def default_root() -> str:
+    """``$CAPTIONBEAM_CLUSTER``, else ``.cluster/`` in the checkout that holds this package."""
+    env = os.environ.get(CLUSTER_ENV, "").strip()
+    if env:
+        return os.path.abspath(env)
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".cluster")
+
+
+def default_config(root: Optional[str] = None) -> ClusterConfig:
+    from captionbeam.launch.engines import default_cache
+    return ClusterConfig(root=os.path.abspath(root or default_root()), engines=default_cache())
+
+
+# ----------------------------------------------------------------------------- pure parts
+def flink_config(cfg: ClusterConfig, rpc_port: int, rest_port: int) -> Dict[str, object]:
+    """Flink's config.yaml (flat keys): loopback binds, small fixed memory, the restart strategy."""
+    return {
+        "jobmanager.rpc.address": HOST, "jobmanager.rpc.port": rpc_port, "jobmanager.bind-host": HOST,
+        "rest.address": HOST, "rest.bind-address": HOST, "rest.port": rest_port,
+        "taskmanager.host": HOST, "taskmanager.bind-host": HOST,
+        "taskmanager.numberOfTaskSlots": cfg.slots_per_taskmanager, "parallelism.default": 2,
+        "taskmanager.cpu.cores": float(cfg.slots_per_taskmanager),
+        # every memory component explicit: the JVM flags below follow from them (no BashJavaUtils)
+        "jobmanager.memory.heap.size": "256m", "jobmanager.memory.off-heap.size": "64m",
+        "jobmanager.memory.jvm-metaspace.size": "192m",
+        "jobmanager.memory.jvm-overhead.min": "128m", "jobmanager.memory.jvm-overhead.max": "128m",
+        "taskmanager.memory.framework.heap.size": "64m", "taskmanager.memory.task.heap.size": "320m",
+        "taskmanager.memory.framework.off-heap.size": "128m", "taskmanager.memory.task.off-heap.size": "0m",
+        "taskmanager.memory.managed.size": "96m",
+        "taskmanager.memory.network.min": "128m", "taskmanager.memory.network.max": "128m",
+        # a blocking (batch) result partition takes 512 buffers by default: 64 lets a Beam job's many fit
+        "taskmanager.network.sort-shuffle.min-buffers": 64,
+        "taskmanager.memory.jvm-metaspace.size": "192m",
+        "taskmanager.memory.jvm-overhead.min": "128m", "taskmanager.memory.jvm-overhead.max": "128m",
+        # a lost TaskManager (or SDK worker) fails its tasks; the job restarts up to N times, D s apart
+        "restart-strategy.type": "fixed-delay",
+        "restart-strategy.fixed-delay.attempts": cfg.restart_attempts,
+        "restart-strategy.fixed-delay.delay": f"{cfg.restart_delay_s} s",
+        "jobmanager.execution.failover-strategy": "full",
+        "heartbeat.timeout": 20000, "heartbeat.interval": 5000,
+        "io.tmp.dirs": os.path.join(cfg.root, "flink", "tmp"),
+        "web.tmpdir": os.path.join(cfg.root, "flink", "web"),
+        "blob.storage.directory": os.path.join(cfg.root, "flink", "blobs"),
+    }
+
+
+JM_JVM = ["-Xms256m", "-Xmx256m", "-XX:MaxMetaspaceSize=192m", "-XX:MaxDirectMemorySize=64m"]
+TM_JVM = ["-Xms384m", "-Xmx384m", "-XX:MaxMetaspaceSize=192m", "-XX:MaxDirectMemorySize=256m"]
+SPARK_DAEMON_JVM = ["-Xmx256m"]
+
+
+def flink_command(cfg: ClusterConfig, role: str, log_file: str) -> List[str]:
+    dist = os.path.join(cfg.engines, "flink-dist")
+    lib = os.path.join(dist, "lib")
+    jars = sorted(os.path.join(lib, j) for j in os.listdir(lib) if j.endswith(".jar") and "flink-dist" not in j)
+    jars += [os.path.join(lib, j) for j in os.listdir(lib) if j.startswith("flink-dist")]
+    main = ("org.apache.flink.runtime.entrypoint.StandaloneSessionClusterEntrypoint" if role == "jobmanager"
+            else "org.apache.flink.runtime.taskexecutor.TaskManagerRunner")
+    return ["java", *(JM_JVM if role == "jobmanager" else TM_JVM), *FLINK_JAVA_OPTS, f"{MARKER}{cfg.root}",
+            f"-Dlog.file={log_file}", f"-Dlog4j.configurationFile=file:{os.path.join(dist, 'conf', 'log4j.properties')}",
+            "-cp", os.pathsep.join(jars), main, "--configDir", os.path.join(cfg.root, "flink", "conf")]
+
+
+def spark_command(cfg: ClusterConfig, role: str, master_port: int, webui_port: int, index: int = 0) -> List[str]:
+    from captionbeam.launch.engines import JAVA17_OPENS
+    jars = os.path.join(cfg.engines, "spark-dist", "jars", "*")
+    opens = [f"--add-opens={m}=ALL-UNNAMED" for m in JAVA17_OPENS.split()]
+    head = ["java", *SPARK_DAEMON_JVM, *opens, f"{MARKER}{cfg.root}", "-cp", jars]
+    if role == "master":
+        return head + ["org.apache.spark.deploy.master.Master", "--host", HOST, "--port", str(master_port),
+                       "--webui-port", str(webui_port)]
+    # a finished application's folder (the ~260 MiB of jars the job server ships) goes after a minute
+    cleanup = ["-Dspark.worker.cleanup.enabled=true", "-Dspark.worker.cleanup.interval=60",
+               "-Dspark.worker.cleanup.appDataTtl=60"]
+    return head[:-3] + cleanup + head[-3:] + ["org.apache.spark.deploy.worker.Worker", "--host", HOST, "--port", "0", "--webui-port", "0",
+                   "--cores", str(cfg.spark_worker_cores), "--memory", f"{cfg.spark_worker_memory_mb}m",
+                   "--work-dir", os.path.join(cfg.root, "spark", f"work-{index}"), f"spark://{HOST}:{master_port}"]
+
+
+def spark_env(cfg: ClusterConfig) -> Dict[str, str]:
+    """Spark's daemons (and the executors a worker forks) bind and advertise loopback only."""
+    return {**os.environ, "SPARK_HOME": os.path.join(cfg.engines, "spark-dist"), "SPARK_LOCAL_IP": HOST,
+            "SPARK_SCALA_VERSION": "2.12",
+            "SPARK_NO_DAEMONIZE": "1"}
+
+
+def pool_command(cfg: ClusterConfig, port: int) -> List[str]:
+    return [cfg.python, "-m", "captionbeam.launch.cluster", "worker-pool", "--port", str(port),
+            f"{MARKER}{cfg.root}"]
+
+
+def resolve_cluster_flags(flags: Sequence[str], root: Optional[str] = None) -> Tuple[List[str], List[str]]:
+    """Flags with ``{cluster.*}`` replaced from ``cluster.json`` -> (flags, problems). A problem names the
+    missing cluster and ``make cluster``."""
+    if not any(p in f for f in flags for p in PLACEHOLDERS):
+        return list(flags), []
+    root = root or default_root()
+    state = read_state(root)
+    if not state:
+        return list(flags), [f"cluster: no cluster is running ({os.path.join(root, STATE_FILE)} is missing): "
+                             "run `make cluster` (or `python -m captionbeam.launch.cluster start`)"]
+    out = []
+    for flag in flags:
+        for placeholder, key in PLACEHOLDERS.items():
+            flag = flag.replace(placeholder, str(state[key]))
+        out.append(flag)
+    return out, []
+
+
+# ----------------------------------------------------------------------------- processes
+def read_state(root: str) -> dict:
+    try:
+        with open(os.path.join(root, STATE_FILE), encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def owned(pid: int, root: str) -> bool:
+    """``pid`` is alive and is one of this cluster's processes (its command line names the folder)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            args = f.read().split(b"\0")
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            if f.read().rsplit(b")", 1)[1].split()[0] == b"Z":
+                return False
+    except OSError:
+        return False
+    return f"{MARKER}{root}".encode() in args
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def _listening(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        return s.connect_ex((HOST, port)) == 0
+
+
+def _get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=3) as r:
+        return json.loads(r.read().decode("utf-8"))
+
+
+def _tail(path: str, lines: int = 15) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return "\n".join("    " + l for l in f.read().splitlines()[-lines:])
+    except OSError:
+        return "    (no log)"
+
+
+def _spawn(cmd: Sequence[str], log_path: str, env: Optional[Mapping[str, str]] = None, cwd: Optional[str] = None) -> int:
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(list(cmd), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=dict(env) if env else None, cwd=cwd, start_new_session=True)
+    return proc.pid
+
+
+def _write_state(root: str, state: dict) -> None:
+    tmp = os.path.join(root, STATE_FILE + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(state, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, os.path.join(root, STATE_FILE))
+
+
+def status(root: Optional[str] = None) -> dict:
+    """The recorded cluster with each process's liveness: ``{"running": bool, "processes": {name: {..., "alive"}}}``."""
+    root = os.path.abspath(root or default_root())
+    state = read_state(root)
+    procs = {name: {**p, "alive": owned(p["pid"], root)} for name, p in state.get("processes", {}).items()}
+    return {**state, "root": root, "processes": procs, "running": bool(procs) and all(p["alive"] for p in procs.values())}
+
+
+def _wait(what: str, ready, pids: Mapping[str, Tuple[int, str]], root: str, timeout: float) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for name, (pid, log) in pids.items():
+            if not owned(pid, root):
+                raise ClusterError(f"cluster: {name} (pid {pid}) exited while starting; its log {log}:\n{_tail(log)}")
+        try:
+            if ready():
+                return
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.5)
+    logs = ", ".join(log for _, log in pids.values())
+    raise ClusterError(f"cluster: {what} not ready within {timeout:.0f}s (logs: {logs})")
+
+
+def start(cfg: ClusterConfig, out=None) -> dict:
+    """Start the cluster, or return the running one (idempotent). A half-dead recorded cluster is stopped
+    first. Raises :class:`ClusterError` naming the process and its log when something does not come up."""
+    out = out or sys.stdout
+    current = status(cfg.root)
+    if current["running"]:
+        print(f"cluster: already running ({os.path.join(cfg.root, STATE_FILE)})", file=out)
+        return current
+    if current["processes"]:
+        stop(cfg.root, out=out)
+    from captionbeam.launch.engines import FLINK_DIST, SPARK_DIST, missing_message
+    for spec in (FLINK_DIST, SPARK_DIST):
+        if not os.path.exists(os.path.join(cfg.engines, spec.name, spec.check)):
+            raise ClusterError(missing_message(spec.name, os.path.join(cfg.engines, spec.name, spec.check)))
+    logs = os.path.join(cfg.root, "logs")
+    for d in (logs, os.path.join(cfg.root, "flink", "conf"), os.path.join(cfg.root, "flink", "tmp")):
+        os.makedirs(d, exist_ok=True)
+    ports = {"flink_rpc": free_port(), "flink_rest": free_port(), "spark_master": free_port(),
+             "spark_webui": free_port(), "worker_pool": free_port()}
+    with open(os.path.join(cfg.root, "flink", "conf", "config.yaml"), "w", encoding="utf-8") as f:
+        for key, value in flink_config(cfg, ports["flink_rpc"], ports["flink_rest"]).items():
+            f.write(f"{key}: {json.dumps(value) if isinstance(value, str) else value}\n")
+    state = {"root": cfg.root, "config": asdict(cfg), "ports": ports,
+             "flink_master": f"{HOST}:{ports['flink_rest']}",
+             "flink_rest": f"http://{HOST}:{ports['flink_rest']}",
+             "spark_master_url": f"spark://{HOST}:{ports['spark_master']}",
+             "spark_webui": f"http://{HOST}:{ports['spark_webui']}",
+             "worker_pool": f"{HOST}:{ports['worker_pool']}",
+             "versions": {"flink": FLINK_DIST.version, "spark": SPARK_DIST.version},
+             "processes": {}}
+    procs: Dict[str, dict] = state["processes"]
+    started = time.time()
+
+    def launch(name: str, cmd: List[str], env=None, cwd=None) -> None:
+        log = os.path.join(logs, f"{name}.log")
+        procs[name] = {"pid": _spawn(cmd, log if not name.startswith("flink") else log + ".out", env, cwd),
+                       "log": log}
+        _write_state(cfg.root, state)   # recorded at once: a failed start is still stopped by `stop`
+
+    try:
+        launch("flink-jobmanager", flink_command(cfg, "jobmanager", os.path.join(logs, "flink-jobmanager.log")))
+        for i in range(1, cfg.taskmanagers + 1):
+            launch(f"flink-taskmanager-{i}", flink_command(cfg, "taskmanager", os.path.join(logs, f"flink-taskmanager-{i}.log")))
+        env = spark_env(cfg)
+        launch("spark-master", spark_command(cfg, "master", ports["spark_master"], ports["spark_webui"]), env)
+        pool_env = {**os.environ, "PATH": os.path.dirname(cfg.python) + os.pathsep + os.environ.get("PATH", "")}
+        launch("sdk-worker-pool", pool_command(cfg, ports["worker_pool"]), pool_env, cwd=cfg.root)
+        _wait("the Spark master", lambda: _listening(ports["spark_master"]), _pids(procs), cfg.root, cfg.start_timeout_s)
+        for i in range(1, cfg.spark_workers + 1):
+            launch(f"spark-worker-{i}", spark_command(cfg, "worker", ports["spark_master"], 0, i), env)
+        pids = _pids(procs)
+        _wait(f"Flink ({cfg.taskmanagers} TaskManagers registered)",
+              lambda: _get_json(f"{state['flink_rest']}/overview").get("taskmanagers") == cfg.taskmanagers,
+              pids, cfg.root, cfg.start_timeout_s)
+        _wait(f"Spark ({cfg.spark_workers} workers registered)",
+              lambda: len([w for w in _get_json(f"{state['spark_webui']}/json/").get("workers", [])
+                           if w.get("state") == "ALIVE"]) == cfg.spark_workers,
+              pids, cfg.root, cfg.start_timeout_s)
+        _wait("the SDK worker pool", lambda: _listening(ports["worker_pool"]), pids, cfg.root, cfg.start_timeout_s)
+    except BaseException:
+        stop(cfg.root, out=out)
+        raise
+    state["start_seconds"] = round(time.time() - started, 1)
+    _write_state(cfg.root, state)
+    print(f"cluster: started in {state['start_seconds']}s: Flink {state['flink_rest']} (1 JobManager, "
+          f"{cfg.taskmanagers} TaskManagers), Spark {state['spark_master_url']} ({cfg.spark_workers} workers), "
+          f"SDK worker pool {state['worker_pool']}; logs in {logs}", file=out)
+    return status(cfg.root)
+
+
+def _pids(procs: Mapping[str, dict]) -> Dict[str, Tuple[int, str]]:
+    return {name: (p["pid"], p["log"]) for name, p in procs.items()}
+
+
+def stop(root: Optional[str] = None, out=None, grace_s: float = 15.0) -> List[str]:
+    """Stop every recorded process that is still this cluster's (SIGTERM to its process group, SIGKILL after
+    ``grace_s``), then remove cluster.json. Idempotent: nothing recorded, nothing done. -> names stopped."""
+    out = out or sys.stdout
+    root = os.path.abspath(root or default_root())
+    state = read_state(root)
+    alive = {name: p["pid"] for name, p in state.get("processes", {}).items() if owned(p["pid"], root)}
+    for pid in alive.values():
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except OSError:
+            pass
+    deadline = time.time() + grace_s
+    while time.time() < deadline and any(owned(pid, root) for pid in alive.values()):
+        time.sleep(0.3)
+    for pid in alive.values():
+        try:
+            os.killpg(pid, signal.SIGKILL)   # the group: also what the process forked (executors, SDK workers)
+        except OSError:
+            pass
+    try:
+        os.remove(os.path.join(root, STATE_FILE))
+    except OSError:
+        pass
+    print(f"cluster: stopped {', '.join(sorted(alive)) or 'nothing (not running)'}", file=out)
+    return sorted(alive)
+
+
+# ----------------------------------------------------------------------------- the SDK worker pool
+def serve_worker_pool(port: int) -> None:
+    """Beam's external worker pool in process mode, listening on 127.0.0.1 only; each StartWorker forks an
+    SDK worker (``python -c ... SdkHarness(...).run()``, ``python`` being this environment's)."""
+    import grpc
+    from apache_beam.portability.api import beam_fn_api_pb2_grpc
+    from apache_beam.runners.worker.worker_pool_main import BeamFnExternalWorkerPoolServicer
+    from apache_beam.utils import thread_pool_executor
+    server = grpc.server(thread_pool_executor.shared_unbounded_instance(),
+                         options=[("grpc.http2.max_pings_without_data", 0), ("grpc.http2.max_ping_strikes", 0)])
+    server.add_insecure_port(f"{HOST}:{port}")
+    pool = BeamFnExternalWorkerPoolServicer(use_process=True)
+    beam_fn_api_pb2_grpc.add_BeamFnExternalWorkerPoolServicer_to_server(pool, server)
+    server.start()
+    print(f"sdk worker pool: listening on {HOST}:{port}", flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        server.wait_for_termination()
+    finally:
+        for proc in list(pool._worker_processes.values()):   # noqa: SLF001 (Beam keeps them there)
+            proc.kill()
+        server.stop(0)
+
+
+def sdk_worker_pids(root: Optional[str] = None) -> List[int]:
+    """The SDK worker processes the pool has forked (its children), oldest first."""
+    root = os.path.abspath(root or default_root())
+    pool = read_state(root).get("processes", {}).get("sdk-worker-pool", {}).get("pid")
+    if not pool:
+        return []
+    children = set()
+    for task in glob.glob(f"/proc/{pool}/task/*/children"):   # each thread's own (the pool forks from gRPC's)
+        try:
+            with open(task, encoding="utf-8") as f:
+                children.update(int(p) for p in f.read().split())
+        except OSError:
+            pass
+    return sorted(children)
+
+
+def _main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m captionbeam.launch.cluster", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", default=None, help=f"the cluster's folder (default: ${CLUSTER_ENV} or .cluster/)")
+    sub = parser.add_subparsers(dest="what", required=True)
+    sub.add_parser("start", help="start the cluster (nothing done when it runs)")
+    sub.add_parser("stop", help="stop the cluster's processes")
+    sub.add_parser("status", help="print cluster.json with each process's liveness")
+    pool = sub.add_parser("worker-pool", help="(internal) serve the SDK worker pool")
+    pool.add_argument("--port", type=int, required=True)
+    a, rest = parser.parse_known_args(argv)
+    if a.what == "worker-pool":
+        serve_worker_pool(a.port)
+        return 0
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    try:
+        if a.what == "start":
+            start(default_config(a.root))
+        elif a.what == "stop":
+            stop(a.root)
+        else:
+            s = status(a.root)
+            print(json.dumps({k: s[k] for k in ("running", "root") if k in s} | {
+                "processes": {n: {"pid": p["pid"], "alive": p["alive"]} for n, p in s["processes"].items()},
+                **{k: s[k] for k in ("flink_master", "spark_master_url", "worker_pool", "flink_rest", "spark_webui")
+                   if k in s}}, indent=2))
+            return 0 if s["running"] else 3
+    except ClusterError as e:
+        print(e, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())
