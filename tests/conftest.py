@@ -12,6 +12,7 @@ pytest_plugins = [
     "tests.plugins.decoding",
     "tests.plugins.launch",
     "tests.plugins.engines",
+    "tests.plugins.journeys",
 ]
 
 
