@@ -3,8 +3,8 @@ for the session, tests/plugins/engines.py), the jobs reaching it with ``--runner
 --job_endpoint=... --environment_type=LOOPBACK`` as the ``prism`` profile does once its server is up.
 
 features -> captions (on Prism) -> train (tiny, no Beam) -> bulk (on Prism, as a user's own
-``captionbeam`` process, whose stderr is read as the user reads it) -> the same bulk again -> 12 new images
-land -> retrain (its features and captions stages on Prism) -> bulk with the new current model over the old
+``captionbeam`` process, whose stderr is read as the user reads it; a broken photo among its inputs) -> the
+same bulk again (no row and no dead letter added) -> 12 new images land -> retrain (its features and captions stages on Prism) -> bulk with the new current model over the old
 and the new images. Each step checks what a user checks: exit codes, counts, rows, no duplicates, the new
 images captioned; and the bulk process printed its total, then done/total, percent, rate and ETA read from
 the progress files its workers wrote (pipelines/progress.py) on a portable runner.
@@ -28,7 +28,9 @@ pytestmark = pytest.mark.slow
 
 ENGINE = "prism"
 PROGRESS_RE = re.compile(r"captionbeam\.progress: bulk: (\d+)/(\d+) images \((\d+)%\), ([\d.,]+) images/s, ETA (\S+)$")
-TOTAL_LINE = f"captionbeam.progress: bulk: {FIRST} images to process"
+BROKEN = "broken.jpg"   # a photo that cannot be decoded, among bulk's inputs: one dead letter, never two
+MATCHED = FIRST + 1
+TOTAL_LINE = f"captionbeam.progress: bulk: {MATCHED} images to process"
 
 
 def cli_process(*argv):
@@ -46,6 +48,7 @@ def run_record(output, run):
 def test_journey_with_its_beam_stages_on_prism_and_progress_lines(journey_sample, engine_servers, tmp_path, capsys):
     from captionbeam.launch.retrain.root import ModelRoot
     from captionbeam.model.records import FeaturesSpec
+    from captionbeam.pipelines.deadletter import read_dead_letters
     from captionbeam.pipelines.features import read_feature_ids
     need_engine(ENGINE)
     engine = engine_servers(ENGINE).pipeline_args()
@@ -54,6 +57,8 @@ def test_journey_with_its_beam_stages_on_prism_and_progress_lines(journey_sample
     landed = sorted(glob.glob(str(landing / "*.jpg")))
     assert (len(images), len(landed)) == (FIRST, LANDED)
     F, D, M, B, B2, R = (str(tmp_path / n) for n in ("features", "data", "model", "bulk", "bulk-v2", "root"))
+    (tmp_path / "damaged").mkdir()
+    (tmp_path / "damaged" / BROKEN).write_bytes(b"\xff\xd8 not a whole jpeg")
 
     # 1. features on Prism: one record per image
     ok(capsys, "features", "--images", str(s / "images" / "*.jpg"), "--output", F, "--encoder", ENCODER,
@@ -71,23 +76,26 @@ def test_journey_with_its_beam_stages_on_prism_and_progress_lines(journey_sample
     # 3. train (no Beam): a tiny model, one epoch
     ok(capsys, "train", "--data", D, "--model-dir", M, *TRAIN_FLAGS, "--epochs", "1")
 
-    # 4. bulk on Prism, as the user's own process: one row per image; progress on stderr (see below)
-    bulk = ["bulk", "--images", str(s / "images" / "*.jpg"), "--model-dir", M, "--output", B, "--json", *engine]
+    # 4. bulk on Prism, as the user's own process: one row per photo, one dead letter for the broken one
+    #    (exit 0: a finished run that accounts for it); progress on stderr (see below)
+    bulk = ["bulk", "--images", str(s / "images" / "*.jpg"), str(tmp_path / "damaged" / "*.jpg"), "--model-dir", M, "--output", B, "--json", *engine]
     rc, out, err = cli_process(*bulk)
     assert rc == 0, err[-3000:]
     first = json_of(out)
     rows = bulk_rows(B)
     assert sorted(r["path"] for r in rows) == images and all(r["caption"].strip() for r in rows)
-    assert first["counters"] == {"matched": FIRST, "captioned": FIRST, "skipped": 0, "failed": 0}, first
+    assert first["counters"] == {"matched": MATCHED, "captioned": FIRST, "skipped": 0, "failed": 1}, first
+    assert [os.path.basename(d.path) for d in read_dead_letters(B)] == [BROKEN]
     version_1 = {r["model_version"] for r in rows}
     assert len(version_1) == 1
     assert_progress_lines(err)
 
-    # 5. the same bulk command again: exit 0, every image skipped, no row added
+    # 5. the same bulk command again: exit 0, every photo skipped, no row and no dead letter added
     rc, out, err = run_cli(capsys, *bulk)
     assert rc == 0, err[-3000:]
     again = json_of(out)
-    assert again["counters"] == {"matched": FIRST, "captioned": 0, "skipped": FIRST, "failed": 0}, again
+    assert again["counters"] == {"matched": MATCHED, "captioned": 0, "skipped": FIRST, "failed": 1}, again
+    assert again["already_filed"] == 1 and len(read_dead_letters(B)) == 1
     assert len(bulk_rows(B)) == FIRST and run_record(B, again["run"])["counters"]["skipped"] == FIRST
 
     # 6. a model root from what the user has; 12 images land with their captions; retrain on Prism
@@ -115,13 +123,13 @@ def test_journey_with_its_beam_stages_on_prism_and_progress_lines(journey_sample
 
 def assert_progress_lines(stderr):
     """The bulk process's stderr: its total first, then done/total (percent), rate and ETA lines, the
-    last one 48/48 (100%) -- counted by the LOOPBACK workers into the progress files and read back by the
+    last one 49/49 (100%: 48 rows and a dead letter) -- counted by the LOOPBACK workers into the progress files and read back by the
     submitting process while and after Prism ran the job."""
     lines = [line for line in stderr.splitlines() if "captionbeam.progress: " in line]
     assert lines and lines[0].endswith(TOTAL_LINE), stderr[-3000:]
     done = [PROGRESS_RE.search(line) for line in lines[1:]]
     assert done and all(done), lines
     counts = [int(m.group(1)) for m in done]
-    assert counts == sorted(counts) and {int(m.group(2)) for m in done} == {FIRST}, lines
-    assert done[-1].group(1, 3) == (str(FIRST), "100"), lines
+    assert counts == sorted(counts) and {int(m.group(2)) for m in done} == {MATCHED}, lines
+    assert done[-1].group(1, 3) == (str(MATCHED), "100"), lines
     assert float(done[-1].group(4).replace(",", "")) > 0 and done[-1].group(5) == "0:00:00", lines
