@@ -3,11 +3,12 @@ for the session, tests/plugins/engines.py), the jobs reaching it with ``--runner
 --job_endpoint=... --environment_type=LOOPBACK`` as the ``prism`` profile does once its server is up.
 
 features -> captions (on Prism) -> train (tiny, no Beam) -> bulk (on Prism, as a user's own
-``captionbeam`` process, whose stderr is read as the user reads it; a broken photo among its inputs) -> the
-same bulk again (no row and no dead letter added) -> 12 new images land -> retrain (its features and captions stages on Prism) -> bulk with the new current model over the old
-and the new images. Each step checks what a user checks: exit codes, counts, rows, no duplicates, the new
-images captioned; and the bulk process printed its total, then done/total, percent, rate and ETA read from
-the progress files its workers wrote (pipelines/progress.py) on a portable runner.
+``captionbeam`` process, whose stderr is read as the user reads it; a broken photo among its inputs) ->
+the same bulk again (no row and no dead letter added) -> 12 new images land -> retrain (its features and
+captions stages on Prism) -> bulk with the new current model over the old and the new images. Each step
+checks what a user checks: exit codes, counts, rows, no duplicates, the new images captioned; and the
+bulk process printed its total, then done/total, percent, rate and ETA read from the progress files its
+workers wrote (pipelines/progress.py) on a portable runner.
 
 The engines come from ``make engines``: without them the tests skip, saying so (CI fetches them and fails
 instead). The local and gs:// journeys (test_journey_local.py) walk the non-Beam steps too.
