@@ -23,7 +23,8 @@ import sys
 import pytest
 
 from tests.plugins.engines import need_engine
-from tests.plugins.journeys import ENCODER, FIRST, LANDED, SIZE, TRAIN_FLAGS, bulk_rows, json_of, ok, run_cli, split_flags
+from tests.plugins.journeys import (ENCODER, FIRST, LANDED, SIZE, TRAIN_FLAGS, bulk_rows, json_of, ok, run_cli,
+                                    split_flags)
 
 pytestmark = pytest.mark.slow
 
@@ -79,7 +80,8 @@ def test_journey_with_its_beam_stages_on_prism_and_progress_lines(journey_sample
 
     # 4. bulk on Prism, as the user's own process: one row per photo, one dead letter for the broken one
     #    (exit 0: a finished run that accounts for it); progress on stderr (see below)
-    bulk = ["bulk", "--images", str(s / "images" / "*.jpg"), str(tmp_path / "damaged" / "*.jpg"), "--model-dir", M, "--output", B, "--json", *engine]
+    bulk = ["bulk", "--images", str(s / "images" / "*.jpg"), str(tmp_path / "damaged" / "*.jpg"), "--model-dir", M,
+            "--output", B, "--json", *engine]
     rc, out, err = cli_process(*bulk)
     assert rc == 0, err[-3000:]
     first = json_of(out)
@@ -124,8 +126,8 @@ def test_journey_with_its_beam_stages_on_prism_and_progress_lines(journey_sample
 
 def assert_progress_lines(stderr):
     """The bulk process's stderr: its total first, then done/total (percent), rate and ETA lines, the
-    last one 49/49 (100%: 48 rows and a dead letter) -- counted by the LOOPBACK workers into the progress files and read back by the
-    submitting process while and after Prism ran the job."""
+    last one 49/49 (100%: 48 rows and a dead letter) -- counted by the LOOPBACK workers into the progress
+    files and read back by the submitting process while and after Prism ran the job."""
     lines = [line for line in stderr.splitlines() if "captionbeam.progress: " in line]
     assert lines and lines[0].endswith(TOTAL_LINE), stderr[-3000:]
     done = [PROGRESS_RE.search(line) for line in lines[1:]]
