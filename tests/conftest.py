@@ -13,6 +13,7 @@ pytest_plugins = [
     "tests.plugins.launch",
     "tests.plugins.engines",
     "tests.plugins.cluster",
+    "tests.plugins.journeys",
 ]
 
 

@@ -12,57 +12,16 @@ import shutil
 
 import pytest
 
-from captionbeam.launch.cli import main as cli
-
-ENCODER, SIZE = "mobilenet", "32"
-TRAIN_FLAGS = ["--arch", "merge", "--units", "32", "--embedding-dim", "32", "--batch-size", "16",
-               "--learning-rate", "0.005", "--checkpoint-every", "1000", "--early-stopping-patience", "0"]
-
-
-def _run(capsys, *argv):
-    """``captionbeam ARGV`` -> (exit code, stdout); the output of earlier steps is dropped first."""
-    capsys.readouterr()
-    rc = cli(["--log-level", "WARNING", *argv])
-    captured = capsys.readouterr()
-    return rc, captured.out, captured.err
-
-
-def _ok(capsys, *argv):
-    rc, out, err = _run(capsys, *argv)
-    assert rc == 0, f"captionbeam {' '.join(argv[:1])} exited {rc}:\n{out[-2000:]}\n{err[-3000:]}"
-    return out
-
-
-def _json(out):
-    return json.loads(out[out.index("{"):])
-
-
-def _bulk_rows(output):
-    rows = []
-    for f in sorted(glob.glob(os.path.join(output, "captions", "captions-*"))):
-        with open(f) as fh:
-            rows += [json.loads(line) for line in fh if line.strip()]
-    return rows
+from tests.plugins.journeys import ENCODER, SIZE, TRAIN_FLAGS
+from tests.plugins.journeys import bulk_rows as _bulk_rows
+from tests.plugins.journeys import json_of as _json
+from tests.plugins.journeys import ok as _ok
+from tests.plugins.journeys import run_cli as _run
 
 
 @pytest.fixture(scope="module")
-def sample(tmp_path_factory):
-    """48 sample images with captions and splits, and 12 more (ids 48..59) that land later."""
-    from captionbeam.pipelines.sample import SampleConfig, write_sample
-    root = tmp_path_factory.mktemp("journey")
-    write_sample(SampleConfig(output=str(root / "sample"), images=48, seed=0, size=32))
-    write_sample(SampleConfig(output=str(root / "more"), images=60, seed=0, size=32))
-    landing = root / "landing"
-    landing.mkdir()
-    lines = []
-    for i in range(48, 60):
-        name = f"sample_{i:05d}.jpg"
-        shutil.copy(root / "more" / "images" / name, landing / name)
-    for line in (root / "more" / "captions.txt").read_text().splitlines():
-        if int(line.split(".jpg#")[0].rsplit("_", 1)[1]) >= 48:
-            lines.append(line)
-    (root / "landing-captions.txt").write_text("\n".join(lines) + "\n")
-    return root
+def sample(journey_sample):
+    return journey_sample
 
 
 def test_journey_with_a_registered_encoder(sample, tmp_path, capsys):

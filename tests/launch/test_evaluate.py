@@ -14,6 +14,7 @@ def _run(capsys, *argv):
     return rc, out, err
 
 
+@pytest.mark.learning
 @pytest.mark.parametrize("arch,beam", [("merge", 1), ("attention", 3)])
 def test_evaluate_against_record_references(decoding_model_dirs, capsys, tmp_path, arch, beam):
     model_dir, data_dir, truth = decoding_model_dirs[arch]

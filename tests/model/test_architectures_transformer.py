@@ -46,6 +46,7 @@ def transformer_dir(synthetic_map_data, tmp_path_factory):
 GAIN = 0.07   # BLEU-4 over the best constant caption (a model blind to the image gains nothing)
 
 
+@pytest.mark.learning
 def test_transformer_learns_captions_that_depend_on_the_image(transformer_dir, synthetic_map_data):
     from captionbeam.model.captioner import Captioner
     greedy = Captioner.load(transformer_dir)

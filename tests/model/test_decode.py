@@ -15,6 +15,7 @@ def _features(model, n=12, seed=5):
     return feats, classes
 
 
+@pytest.mark.learning
 @pytest.mark.parametrize("arch", ARCHS)
 def test_greedy_decodes_the_learned_captions_and_stops_at_end(fitted_models, arch):
     model = fitted_models[arch]

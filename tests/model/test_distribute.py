@@ -41,6 +41,7 @@ def _summary(out):
     return json.loads(FINISHED_RE.search(out).group(1))
 
 
+@pytest.mark.learning
 def test_two_cpu_replicas_match_one_replica_at_the_same_global_batch(synthetic_data, tmp_path):
     one, two = _run_all([
         (train_command(synthetic_data, tmp_path / "one", *COMMON, "--strategy", "one_device", "--batch-size", "32"),

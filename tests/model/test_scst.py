@@ -65,6 +65,7 @@ SCST = ["--objective", "scst", "--batch-size", "16", "--learning-rate", "5e-4", 
 REWARD_GAIN = 0.05
 
 
+@pytest.mark.learning
 def test_scst_raises_dev_cider(sample_xent, tmp_path, caplog):
     data, xent = sample_xent
     out = tmp_path / "scst"

@@ -13,6 +13,7 @@ from tests.plugins.training import TINY
 ARCHS = ("merge", "inject", "attention", "transformer")
 
 
+@pytest.mark.learning
 @pytest.mark.parametrize("arch", ARCHS)
 def test_loss_falls_well_below_its_start(trained_model_dirs, arch):
     with open(os.path.join(trained_model_dirs[arch], "history.json")) as f:
@@ -66,6 +67,7 @@ def test_model_dir_contract_and_load_trained(trained_model_dirs, arch):
     assert total / count == pytest.approx(best, rel=1e-4)
 
 
+@pytest.mark.learning
 def test_model_predicts_the_class_words(synthetic_model_dir):
     """The caption depends on the image: greedy step decoding names the right colour and animal."""
     import tensorflow as tf
@@ -127,6 +129,7 @@ def test_a_model_dir_holding_another_model_is_not_resumed(synthetic_model_dir, s
     assert "holds a different model" in capsys.readouterr().err
 
 
+@pytest.mark.learning
 def test_select_by_cider_keeps_the_best_dev_cider_weights(synthetic_data, tmp_path):
     """``--select-by cider``: dev CIDEr-D of greedy captions each epoch picks best.weights.h5."""
     from captionbeam.model.data import split_files

@@ -1,9 +1,12 @@
 """Learning tests' seed and margins.
 
+A learning test (one whose assertion depends on what a model learnt) is marked ``@pytest.mark.learning``.
+
 ``learning_seed(default)``: the seed a learning test uses for its data and training: ``default`` plus
-``CAPTIONBEAM_TEST_SEED`` (0 when unset, so a plain run is the committed configuration). Running the
-learning tests with ``CAPTIONBEAM_TEST_SEED=1..9`` (and ``TF_ENABLE_ONEDNN_OPTS=0``) checks that their
-margins hold across seeds and CPU kernels (docs/DEVELOPING.md, "Learning tests").
+``CAPTIONBEAM_TEST_SEED`` (0 when unset, so a plain run is the committed configuration).
+``tests/sweep_learning.py`` runs ``pytest -m learning`` with ``CAPTIONBEAM_TEST_SEED=1..10`` and once with
+``TF_ENABLE_ONEDNN_OPTS=0`` to check that their margins hold across seeds and CPU kernels
+(docs/reproducibility.md).
 
 ``record_margin(name, value, bound)``: appends ``{"test", "value", "bound", "margin", "seed"}`` to the
 JSON-lines file named by ``CAPTIONBEAM_TEST_MARGINS`` (nothing when unset), so a sweep can report how
