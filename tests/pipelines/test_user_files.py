@@ -56,7 +56,16 @@ ALLOWED = {
     ("launch/retrain/bootstrap.py", "init_root"): "a features spec and encoder file",
     ("launch/retrain/manifest.py", "add_features"): "the features job's sidecar",
     ("launch/commands/score.py", "run"): "writes --per-image",
-    ("launch/cli.py", "main"): "os.open of /dev/null (a closed stdout pipe)",
+    ("launch/cli.py", "run_command"): "os.open of /dev/null (a closed stdout pipe)",
+    ("launch/cluster.py", "_spawn"): "the cluster's own log files (.cluster/logs)",
+    ("launch/cluster.py", "_tail"): "the cluster's own log files (.cluster/logs)",
+    ("launch/cluster.py", "_write_state"): "the cluster's own cluster.json",
+    ("launch/cluster.py", "read_state"): "the cluster's own cluster.json",
+    ("launch/cluster.py", "owned"): "/proc (whether a pid is one of the cluster's processes)",
+    ("launch/cluster.py", "sdk_worker_pids"): "/proc (the pool's SDK worker processes)",
+    ("launch/cluster.py", "start"): "the cluster's own config and log files",
+    ("launch/engines.py", "_unpack"): "engine cache (a downloaded distribution wheel)",
+    ("launch/engines.py", "fetch_distribution"): "engine cache",
 }
 
 
