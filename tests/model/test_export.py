@@ -1,4 +1,5 @@
 """``captionbeam export``: one SavedModel, loaded in a fresh interpreter that cannot import this project."""
+import io
 import json
 import os
 import subprocess
@@ -10,6 +11,7 @@ import pytest
 from PIL import Image
 
 from captionbeam.launch.cli import main as cli
+from captionbeam.model.export import EXPORT_FORMAT
 from tests.plugins.decoding import CAPTIONS, draw_images
 
 LOADER = r"""
@@ -146,4 +148,24 @@ def test_export_decides_per_image_and_refuses_pixel_bombs_from_the_header(export
     empty = serve(images=tf.constant([], tf.string))
     assert {k: v.shape[0] for k, v in empty.items()} == {k: 0 for k in empty}
     meta = json.loads((exported / "captionbeam_export.json").read_text())
-    assert meta["max_pixels"] == 89_478_485 and meta["export_format"] == 2
+    assert meta["max_pixels"] == 89_478_485 and meta["export_format"] == EXPORT_FORMAT == 3
+
+
+def test_export_decodes_jpeg_as_pillow_does(exported, image_model_dir, tmp_path):
+    """A JPEG served as bytes is captioned from the pixels Pillow decodes (the features job's and bulk's
+    decoder): same log-probabilities as the Captioner on Pillow's pixels. TensorFlow's default fast DCT
+    differed by up to 5 levels per pixel."""
+    import tensorflow as tf
+    from captionbeam.model.captioner import Captioner
+    images, _ = draw_images(3, size=32, seed=11)
+    rng = np.random.default_rng(0)
+    data, pixels = [], []
+    for img in images:
+        noisy = np.clip(img.astype(int) + rng.integers(-40, 40, img.shape), 0, 255).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(noisy).save(buf, "JPEG", quality=75)
+        data.append(buf.getvalue())
+        pixels.append(np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB")))
+    served = tf.saved_model.load(str(exported)).signatures["serving_default"](images=tf.constant(data))
+    mine = Captioner.load(image_model_dir["merge"], beam_size=2).caption_images(np.stack(pixels))
+    np.testing.assert_allclose(served["log_probs"].numpy(), [r.log_prob for r in mine], atol=1e-5)
