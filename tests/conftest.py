@@ -31,4 +31,24 @@ def pytest_unconfigure(config):
         import sys
         sys.stdout.flush()
         sys.stderr.flush()
+        _stop_children()   # os._exit skips atexit: Beam's job servers started in this process would outlive it
         os._exit(status)
+
+
+def _stop_children():
+    """SIGKILL this process's child processes (job servers Beam started for in-process runs: their atexit
+    stop does not run after os._exit; left alone they outlive the suite with PPID 1)."""
+    import glob
+    import signal
+    children = set()
+    for task in glob.glob(f"/proc/{os.getpid()}/task/*/children"):
+        try:
+            with open(task, encoding="utf-8") as f:
+                children.update(int(c) for c in f.read().split())
+        except OSError:
+            pass
+    for pid in children:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
