@@ -33,6 +33,8 @@ import tracemalloc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+from benchmarks.hostile import child  # noqa: E402  (one child runner for the benchmarks)
 FLICKR = os.path.join(os.path.dirname(ROOT), "shared", "data", "flickr8k", "images")
 if not os.path.isdir(FLICKR):
     FLICKR = "/work/shared/data/flickr8k/images"
@@ -112,25 +114,6 @@ def protocol_cost(base: str, repeats: int):
     return out
 
 
-def peak_rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
-
-
-def child(argv) -> int:
-    import contextlib
-    import io
-    from captionbeam.launch.cli import main
-    t0 = time.monotonic()
-    with contextlib.redirect_stdout(io.StringIO()):
-        rc = main(argv)
-    print(json.dumps({"rc": rc, "peak_rss_mb": round(peak_rss_mb(), 1), "seconds": round(time.monotonic() - t0, 1)}))
-    return 0
-
-
 def run_job(argv, out) -> dict:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
     p = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", "--", *argv], env=env,
@@ -144,19 +127,11 @@ def run_job(argv, out) -> dict:
 
 
 def emulator():
-    """The GCS emulator in this process (as tests/plugins/gcs.py starts it); returns the bucket url."""
-    import socket
-    from gcp_storage_emulator.server import create_server
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = create_server("127.0.0.1", port, in_memory=True)
-    server.start()
-    os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{port}"
-    import captionbeam.pipelines.io as pio
-    pio.use_anonymous_gcs_if_emulated()
-    from google.cloud import storage
-    storage.Client.create_anonymous_client().create_bucket("bench")
+    """The GCS emulator in this process (benchmarks/shards.py starts it as tests/plugins/gcs.py does), with a
+    bucket; returns the server and the bucket url."""
+    from benchmarks.shards import start_emulator
+    server, client = start_emulator()
+    client.create_bucket("bench")
     return server, "gs://bench"
 
 
