@@ -13,7 +13,6 @@ and preprocessing, so captions differ only where float rounding flips a near-tie
 """
 import argparse
 import glob
-import json
 import os
 import shutil
 import subprocess
@@ -22,8 +21,9 @@ import time
 
 
 def read_jsonl(path: str):
+    from captionbeam.model import jsonl
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        return jsonl.loads(f.read(), source=path)
 
 
 def agreement(reference: dict, other: dict):
