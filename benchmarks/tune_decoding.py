@@ -47,8 +47,9 @@ def evaluate(cb: str, args, beam: int, penalty: float, out_dir: str) -> Dict:
     if proc.returncode != 0:
         sys.exit(f"evaluate failed (beam {beam}, length penalty {penalty}):\n{proc.stderr[-2000:]}")
     report = json.loads([l for l in proc.stdout.splitlines() if l.startswith("{")][-1])
+    from captionbeam.model import jsonl
     with open(out) as f:
-        lengths = [len(json.loads(l)["caption"].split()) for l in f if l.strip()]
+        lengths = [len(r["caption"].split()) for r in jsonl.loads(f.read(), source=out)]
     return {"beam": beam, "length_penalty": penalty, "bleu4": report["bleu4"],
             "cider_d": report["coco"]["CIDEr"], "mean_words": sum(lengths) / max(len(lengths), 1),
             "seconds": round(time.monotonic() - t0, 1)}
