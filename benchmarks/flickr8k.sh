@@ -12,6 +12,10 @@
 # (default 4 x 40: a bounded run, validated on dev CIDEr-D after each 40 steps), SCST_BATCH images per step
 # (default 32, x 5 samples each), SCST_LR (default 5e-5, the flag's own default), SCST_NAME (model dir / row
 # suffix, default scst). The README's longer row: SCST_ARCHS=transformer SCST_EPOCHS=12 SCST_NAME=scst-long.
+# SEED (default 42: the training seed) and SUFFIX (default empty: appended to the model names, e.g. SUFFIX=-s7 for
+# a second seed of the same systems). ENSEMBLE ("NAME=MEMBER MEMBER ...": model names under WORKDIR/models) adds an
+# ensemble row; TUNED (model or ensemble names) adds, for each, a row decoded with the beam width and length
+# penalty chosen on dev by benchmarks/tune_decoding.py (eval/NAME-tuned.jsonl; the choice in WORKDIR/tune-NAME.json).
 # Tuning (epochs, early stopping, beam width) looks at the dev split only; test is scored once per row.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +35,10 @@ SCST_EPOCHS=${SCST_EPOCHS:-4}
 SCST_STEPS=${SCST_STEPS:-40}
 SCST_BATCH=${SCST_BATCH:-32}
 SCST_LR=${SCST_LR:-5e-5}
+SEED=${SEED:-42}
+SUFFIX=${SUFFIX:-}
+ENSEMBLE=${ENSEMBLE:-}
+TUNED=${TUNED:-}
 mkdir -p "$W/keras/models" "$W/logs" "$W/stages"
 # Offline ImageNet weights: Keras looks in $KERAS_HOME/models before downloading.
 cp -n "$SHARED"/models/keras/*.h5 "$W/keras/models/"
@@ -81,18 +89,37 @@ for arch in $ARCHS; do
   epochs_var=EPOCHS_$arch; epochs=${!epochs_var:-$EPOCHS}
   flags_var=FLAGS_$arch; flags=${!flags_var:-}
   # shellcheck disable=SC2086
-  stage "train-$arch" \
-    $CB train --data "$data" --model-dir "$W/models/$arch" --arch "$arch" --epochs "$epochs" \
-      --batch-size "$BATCH" --early-stopping-patience 3 --log-every 200 $flags
-  evaluate_row "$arch"
+  stage "train-$arch$SUFFIX" \
+    $CB train --data "$data" --model-dir "$W/models/$arch$SUFFIX" --arch "$arch" --epochs "$epochs" \
+      --batch-size "$BATCH" --early-stopping-patience 3 --log-every 200 --seed "$SEED" $flags
+  evaluate_row "$arch$SUFFIX"
 done
 
 for arch in $SCST_ARCHS; do
-  stage "train-$arch-$SCST_NAME" \
-    $CB train --objective scst --init-from "$W/models/$arch" --data "$(data_for "$arch")" \
-      --model-dir "$W/models/$arch-$SCST_NAME" --epochs "$SCST_EPOCHS" --steps-per-epoch "$SCST_STEPS" \
-      --batch-size "$SCST_BATCH" --samples 5 --learning-rate "$SCST_LR" --early-stopping-patience 0 --log-every 10
-  evaluate_row "$arch-$SCST_NAME"
+  stage "train-$arch$SUFFIX-$SCST_NAME" \
+    $CB train --objective scst --init-from "$W/models/$arch$SUFFIX" --data "$(data_for "$arch")" \
+      --model-dir "$W/models/$arch$SUFFIX-$SCST_NAME" --epochs "$SCST_EPOCHS" --steps-per-epoch "$SCST_STEPS" \
+      --batch-size "$SCST_BATCH" --samples 5 --learning-rate "$SCST_LR" --early-stopping-patience 0 --log-every 10 \
+      --seed "$SEED"
+  evaluate_row "$arch$SUFFIX-$SCST_NAME"
+done
+
+if [ -n "$ENSEMBLE" ]; then  # ENSEMBLE="NAME=MEMBER MEMBER ...": one directory, decoded as one model everywhere
+  name=${ENSEMBLE%%=*}; members=()
+  for m in ${ENSEMBLE#*=}; do members+=(--member "$W/models/$m"); done
+  stage "ensemble-$name" $CB ensemble "${members[@]}" --output "$W/models/$name"
+fi
+
+for name in $TUNED; do  # decoding chosen on dev only, then the test split scored once with that choice
+  stage "tune-$name" \
+    .venv/bin/python benchmarks/tune_decoding.py --model-dir "$W/models/$name" --data "$(data_for "$name")" \
+      --references "$F8K/text/Flickr8k.token.txt" --beams 1,2,3,5 --length-penalties 0,1 --output "$W/tune-$name.json"
+  read -r beam lp < <(.venv/bin/python -c "import json,sys; c=json.load(open(sys.argv[1]))['chosen']; \
+print(c['beam'], c['length_penalty'])" "$W/tune-$name.json")
+  stage "evaluate-$name-tuned" \
+    $CB evaluate --model-dir "$W/models/$name" --data "$(data_for "$name")" --split test --beam-size "$beam" \
+      --length-penalty "$lp" --references "$F8K/text/Flickr8k.token.txt" --bleu-tokenizer basic \
+      --output "$W/eval/$name-tuned.jsonl" --json
 done
 
 .venv/bin/python - "$W" <<'PY'
@@ -107,10 +134,15 @@ for f in sorted((w / "eval").glob("*.metrics.json")):
     m = json.loads(f.read_text()); c = m.get("coco", {})
     name = f.name[: -len(".metrics.json")]
     arch, dec = name.rsplit("-", 1)
+    label = "greedy" if dec == "beam1" else "beam " + dec[4:]
+    tune = w / f"tune-{arch}.json"
+    if dec == "tuned" and tune.exists():
+        choice = json.loads(tune.read_text())["chosen"]
+        label = f"beam {choice['beam']}, length penalty {choice['length_penalty']:g} (chosen on dev)"
     seed = last_json(w / "logs" / f"score-seed-{name}.log")
     vals = [m.get(f"bleu{i}") for i in range(1, 5)] + [c.get("METEOR"), c.get("ROUGE_L"), c.get("CIDEr")]
-    cells = ["-" if v is None else f"{v:.3f}" for v in vals] + [f"{seed.get('bleu1', 0):.3f} / {seed.get('bleu4', 0):.3f}"]
-    print(f"| {arch} | {'greedy' if dec == 'beam1' else 'beam ' + dec[4:]} | " + " | ".join(cells) + " |")
+    cells = ["-" if v is None else f"{v:.3f}" for v in vals] + [f"{seed['bleu1']:.3f} / {seed['bleu4']:.3f}" if seed else "-"]
+    print(f"| {arch} | {label} | " + " | ".join(cells) + " |")
 print()
 print("| model | objective | epochs (steps) | training time | throughput | best dev |")
 print("|---|---|---|---|---|---|")
