@@ -56,7 +56,8 @@ def explain_failure(exc: BaseException, options: Mapping[str, object]) -> Option
     elif PRISM_STUCK in lower:
         hint = (f"{name} stopped the job as stuck (Prism's own check; a scheduling bug of the engine, cf. "
                 "apache/beam#31338, not a fault of the job or its input): its output folder holds no completion "
-                "marker from this run, so rerun the same command")
+                "marker from this run; rerun the command (features and captions: with --overwrite when they say "
+                "the stopped run left files)")
     elif any(w in lower for w in _CONNECTION_WORDS):
         hint = (f"the {name} job server stopped answering during the job (killed, out of memory, or the "
                 "machine went away); look at its log, then rerun the job: its output folder holds no "
