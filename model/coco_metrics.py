@@ -9,6 +9,10 @@ what the wrapper adds is only what keeps it from crashing or silently misalignin
   every caption after such a character would be scored against the wrong image;
 - the tokenizer's output is checked (one line per caption) instead of trusting ``zip``;
 - pycocoevalcap's BLEU prints to stdout: it is sent to stderr, so ``--json`` output stays one object;
+- the PTB tokenizer's Java child writes "PTBTokenizer tokenized N tokens at ..." to the terminal: its
+  stderr goes to a temporary file instead (unless this module's logger is at DEBUG, as with
+  ``--log-level DEBUG``), that line is dropped, anything else it or another thread wrote meanwhile is
+  written back, and a failure carries the captured text; METEOR's child already has a pipe of its own;
 - the METEOR java process is closed when done, and a failure there is reported as such.
 
 Keys are pycocoevalcap's: ``Bleu_1``..``Bleu_4``, ``METEOR``, ``ROUGE_L``, ``CIDEr`` (CIDEr-D:
@@ -18,9 +22,12 @@ SPICE is not included (it needs Stanford CoreNLP models downloaded at run time).
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import re
 import shutil
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -29,6 +36,11 @@ COCO_KEYS: Tuple[str, ...] = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", 
 COCO_LABELS: Dict[str, str] = {"Bleu_1": "Bleu_1", "Bleu_2": "Bleu_2", "Bleu_3": "Bleu_3", "Bleu_4": "Bleu_4",
                                "METEOR": "METEOR", "ROUGE_L": "ROUGE_L", "CIDEr": "CIDEr-D"}
 METRICS: Tuple[str, ...] = ("bleu", "meteor", "rouge", "cider")
+
+log = logging.getLogger(__name__)
+
+# the one line the PTB tokenizer writes to stderr on every call (edu.stanford.nlp.process.PTBTokenizer)
+_TOKENIZER_NOISE = re.compile(r"^PTBTokenizer tokenized \d+ tokens at [\d.,]+ tokens per second\.\s*$")
 
 # Everything str.splitlines() splits on except "\n" (replaced too, as pycocoevalcap does).
 _LINE_BREAKS = re.compile("[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
@@ -75,6 +87,51 @@ def sanitize(text: str) -> str:
     return _LINE_BREAKS.sub(" ", text)
 
 
+@dataclass
+class ChildStderr:
+    """What :func:`child_stderr_captured` caught on fd 2 (``text``: read once the block ended)."""
+    text: str = ""
+
+    def tail(self, chars: int = 2000) -> str:
+        return self.text[-chars:].strip()
+
+
+@contextlib.contextmanager
+def child_stderr_captured(noise: "re.Pattern[str]"):
+    """fd 2 -> a temporary file for the block, so that child processes started inside (they inherit fd 2)
+    write there instead of the terminal. Afterwards the lines matching ``noise`` are dropped and the rest
+    (another thread's log line, a child's error) is written back to stderr, unless the block raised (the
+    error then carries :attr:`ChildStderr.text`). Nothing is redirected when this module's logger is at
+    DEBUG (``--log-level DEBUG``) or fd 2 cannot be duplicated."""
+    caught = ChildStderr()
+    if log.isEnabledFor(logging.DEBUG):
+        yield caught
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):
+        yield caught
+        return
+    failed = True
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield caught
+            failed = False
+        finally:
+            with contextlib.suppress(Exception):
+                sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            size = os.fstat(tmp.fileno()).st_size
+            caught.text = os.pread(tmp.fileno(), size, 0).decode("utf-8", "replace") if size else ""
+            rest = "".join(line for line in caught.text.splitlines(keepends=True) if not noise.match(line))
+            if rest and not failed:
+                sys.stderr.write(rest)
+                sys.stderr.flush()
+
+
 def ptb_tokenize(captions: Mapping[str, Sequence[str]]) -> Dict[str, List[str]]:
     """pycocoevalcap's PTBTokenizer (lowercase, PTB tokens, punctuation removed), checked for alignment."""
     check_java()
@@ -83,15 +140,18 @@ def ptb_tokenize(captions: Mapping[str, Sequence[str]]) -> Dict[str, List[str]]:
     if not ids:
         return {}
     data = {i: [{"caption": sanitize(c)} for c in captions[i]] for i in ids}
-    try:
-        out = PTBTokenizer().tokenize(data)
-    except PermissionError as e:
-        raise CocoMetricsError(f"pycocoevalcap's PTB tokenizer writes a temporary file beside its jar and could "
-                               f"not: {e}. Install pycocoevalcap in a writable environment (a virtualenv).") from None
+    with child_stderr_captured(_TOKENIZER_NOISE) as stderr:
+        try:
+            out = PTBTokenizer().tokenize(data)
+        except PermissionError as e:
+            raise CocoMetricsError(f"pycocoevalcap's PTB tokenizer writes a temporary file beside its jar and "
+                                   f"could not: {e}. Install pycocoevalcap in a writable environment (a "
+                                   f"virtualenv).") from None
     for i in ids:
         if len(out.get(i, ())) != len(captions[i]):
+            said = f"; its stderr: {stderr.tail()}" if stderr.tail() else ""
             raise CocoMetricsError(f"PTB tokenizer output does not line up with its input at image {i!r}: "
-                                   f"{len(captions[i])} captions in, {len(out.get(i, ()))} out")
+                                   f"{len(captions[i])} captions in, {len(out.get(i, ()))} out{said}")
     return out
 
 

@@ -372,11 +372,16 @@ def bulk_counters(result) -> Dict[str, int]:
     return {**{name: 0 for name in COUNTERS}, **query_counters(result, NAMESPACE)}
 
 
-def reconcile_with_files(res: "BulkResult") -> None:
+def reconcile_with_files(res: "BulkResult", side: Optional[Dict[str, int]] = None,
+                         total: Optional[int] = None) -> None:
     """When the runner's counters do not add up, count ``captioned`` and ``failed`` again from this run's
-    finalised caption rows and dead letters. Some portable runners lose the metrics of bundles they split
-    (Prism splits stalled bundles eagerly when the machine is loaded); the files are what the run wrote.
-    The file counts replace the counters only where they balance with ``matched`` and ``skipped``."""
+    finalised caption rows and dead letters. Some portable runners lose metrics (Prism 2.78: a bundle's
+    counters are dropped when another bundle reports a metric it has not mapped yet, see its
+    jobservices/metrics.go ``unprocessedPayloads``); the files are what the run wrote. The file counts
+    replace the counters only where they balance with ``matched`` and ``skipped``. Failing that, ``side``
+    (the progress files' counts per kind: ``captioned``, ``skipped``, ``failed``) gives all four, used
+    only where its ``captioned`` equals the rows in the files, its ``failed`` covers the dead letters in
+    the files, and its sum equals ``total`` (the listed input files) when that is known."""
     from apache_beam.io.filesystems import FileSystems
 
     def lines(path: str) -> int:
@@ -390,6 +395,19 @@ def reconcile_with_files(res: "BulkResult") -> None:
                     "hold %d caption rows and %d dead letters, which do: using those", res.run, c["captioned"],
                     c["failed"], captioned, failed)
         res.counters = {**c, "captioned": captioned, "failed": failed}
+        return
+    new_failed = failed - c.get(DropFiledDeadLetters.COUNTER, 0)
+    if side is None or side.get("captioned", 0) != captioned or side.get("failed", 0) < new_failed:
+        return
+    matched = sum(side.get(k, 0) for k in ("captioned", "skipped", "failed"))
+    if total is not None and matched != total:
+        return
+    log.warning("bulk run %s: the runner's counters do not add up (matched %d, captioned %d, skipped %d, failed "
+                "%d); its workers' progress files, which agree with its %d caption rows and %d new dead letters, "
+                "do: using those", res.run, c["matched"], c["captioned"], c["skipped"], c["failed"], captioned,
+                new_failed)
+    res.counters = {**c, "matched": matched, "captioned": captioned, "skipped": side.get("skipped", 0),
+                    "failed": side["failed"], DropFiledDeadLetters.COUNTER: side["failed"] - new_failed}
 
 
 def list_run_files(output: str, run: str, model_version: str) -> Dict[str, List[str]]:
@@ -476,7 +494,8 @@ def recover_unfinished_runs(output: str) -> List[str]:
 def build_pipeline(pipeline, config: BulkConfig, model: ModelInfo, run: str, progress_dir: Optional[str] = None):
     """Apply the whole job to ``pipeline``; returns the written-file PCollections."""
     outputs = pipeline | "BulkCaption" >> BulkCaption(config, model)
-    progress.count_done((outputs["rows"], outputs["skipped"], outputs["dead_letters"]), progress_dir)
+    progress.count_done({"captioned": outputs["rows"], "skipped": outputs["skipped"],
+                         "failed": outputs["dead_letters"]}, progress_dir)
     if config.skip_existing:
         filed = pipeline | "ReadFiledDeadLetters" >> ReadFiledDeadLetters(config.output)
         outputs = {**outputs, "dead_letters": outputs["dead_letters"] | "DropFiledDeadLetters" >> DropFiledDeadLetters(filed)}
@@ -508,7 +527,8 @@ def _run_leased(config: BulkConfig, model: ModelInfo, runner: Runner, token: str
     pipeline = new_pipeline(runner)
     progress_dir = progress.progress_dir(config.output, token)
     build_pipeline(pipeline, config, model, token, progress_dir)
-    with progress.ProgressReporter("bulk", progress_dir, progress.files_total(config.images, config.input_format)):
+    with progress.ProgressReporter("bulk", progress_dir,
+                                   progress.files_total(config.images, config.input_format)) as reporter:
         result = pipeline.run()
         result.wait_until_finish()
     seconds = time.monotonic() - t0
@@ -518,7 +538,7 @@ def _run_leased(config: BulkConfig, model: ModelInfo, runner: Runner, token: str
     if config.format == "parquet":
         res.files["captions"] = drop_empty_parquet(res.files["captions"])
     if not res.balanced:
-        reconcile_with_files(res)
+        reconcile_with_files(res, reporter.counts, reporter.total)
     res.record_path = run_record_path(config.output, token)
     write_record(res.record_path, {             # secrets in the Beam flags redacted, mode 0600
         "run": token, "started": started.isoformat(), "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(),

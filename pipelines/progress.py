@@ -4,14 +4,16 @@ Beam's metrics are not live on every runner (the Python DirectRunner answers onl
 done; portable runners differ), so the count travels through a side channel of files:
 
 - on the workers, :class:`CountProgress` counts the elements of a job's "done" PCollection (its
-  finished items: rows written + dead letters) and every DoFn instance rewrites one small JSON file
-  ``{"done": n}`` in the job's progress folder (``<output>/.progress/<run>/``, reached through Beam's
-  FileSystems like the output itself, so it works for local paths and ``gs://`` alike) at most every
-  :data:`WRITE_EVERY_S` seconds and at the end of each bundle;
+  finished items: rows written + dead letters, each named by its kind) and every DoFn instance rewrites
+  one small JSON file ``{"done": n, "by": {kind: n}}`` in the job's progress folder
+  (``<output>/.progress/<run>/``, reached through Beam's FileSystems like the output itself, so it works
+  for local paths and ``gs://`` alike) at most every :data:`WRITE_EVERY_S` seconds and at the end of
+  each bundle;
 - in the job's own process, :class:`ProgressReporter` (a context manager around ``run`` +
   ``wait_until_finish``) logs the total when it is known, then every ``interval_s`` (≤ 10 s) sums the
-  files and logs ``done/total (percent), rate, ETA``, and a last line when the job ends; it removes the
-  progress folder.
+  files and logs ``done/total (percent), rate, ETA``, and a last line when the job ends; it keeps the
+  final sums per kind (``counts``: files, so exact where a runner's metrics are not: Prism loses a
+  bundle's counters when two bundles report a metric it has not mapped yet) and removes the folder.
 
 :func:`format_progress` and :func:`format_total` are the pure formatters.
 """
@@ -24,7 +26,7 @@ import shutil
 import threading
 import time
 import uuid
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, Mapping, Optional, Sequence, Union
 
 import apache_beam as beam
 
@@ -36,6 +38,7 @@ PROGRESS_FOLDER = ".progress"
 EXIT_DEADLINE_S = 30.0  # the end of a job waits at most this long for its last progress poll and cleanup
 INTERVAL_S = 5.0        # the reporter's period: a line at least every 10 s even when a poll is slow
 WRITE_EVERY_S = 2.0     # a worker rewrites its count at most this often (and at each bundle's end)
+DONE = "done"           # the kind of an item counted without a name
 
 
 def format_duration(seconds: float) -> str:
@@ -72,10 +75,11 @@ class _CountFn(beam.DoFn):
 
     def setup(self):
         self.path = pio.join(self.directory, f"{uuid.uuid4().hex}.json")
-        self.done, self.written_at = 0, 0.0
+        self.done, self.by, self.written_at = 0, {}, 0.0
 
-    def process(self, _element):
+    def process(self, kind):
         self.done += 1
+        self.by[kind] = self.by.get(kind, 0) + 1
         if time.monotonic() - self.written_at >= self.write_every_s:
             self._write()
         return []
@@ -85,14 +89,15 @@ class _CountFn(beam.DoFn):
 
     def _write(self):
         try:
-            pio.write_text(self.path, json.dumps({"done": self.done}))
+            pio.write_text(self.path, json.dumps({"done": self.done, "by": self.by}))
         except Exception as e:  # noqa: BLE001 - progress is best effort, never a job failure
             log.debug("progress file %s: %s", self.path, e)
         self.written_at = time.monotonic()
 
 
 class CountProgress(beam.PTransform):
-    """``PCollection`` of finished items -> nothing; counts them into ``directory`` (see module doc)."""
+    """``PCollection`` of finished items' kinds (str) -> nothing; counts them into ``directory`` (see
+    module doc)."""
 
     def __init__(self, directory: str):
         super().__init__()
@@ -102,13 +107,17 @@ class CountProgress(beam.PTransform):
         return done | "Count" >> beam.ParDo(_CountFn(self.directory))
 
 
-def count_done(parts: Sequence[beam.PCollection], directory: Optional[str]) -> None:
-    """A job's hook: count the union of ``parts`` (its finished items) into ``directory``; nothing when
-    ``directory`` is None (a pipeline built without a reporter, e.g. by a test)."""
+def count_done(parts: Union[Sequence[beam.PCollection], Mapping[str, beam.PCollection]],
+               directory: Optional[str]) -> None:
+    """A job's hook: count the union of ``parts`` (its finished items; a mapping names each part's kind,
+    summed apart in :attr:`ProgressReporter.counts`) into ``directory``; nothing when ``directory`` is
+    None (a pipeline built without a reporter, e.g. by a test)."""
     if directory:
+        named = list(parts.items()) if isinstance(parts, Mapping) else [(DONE, part) for part in parts]
         # one element type before the union: portable runners (Flink) refuse a Flatten of different coders
-        ones = [part | f"ProgressOne{i}" >> beam.Map(lambda _: 1).with_output_types(int) for i, part in enumerate(parts)]
-        _ = tuple(ones) | "ProgressDone" >> beam.Flatten() | "Progress" >> CountProgress(directory)
+        kinds = [part | f"ProgressOne{i}" >> beam.Map(lambda _, kind=kind: kind).with_output_types(str)
+                 for i, (kind, part) in enumerate(named)]
+        _ = tuple(kinds) | "ProgressDone" >> beam.Flatten() | "Progress" >> CountProgress(directory)
 
 
 def files_total(patterns: Sequence[str], input_format: str = "files") -> Optional[int]:
@@ -129,27 +138,45 @@ def files_total(patterns: Sequence[str], input_format: str = "files") -> Optiona
     return len(found)
 
 
-def read_done(directory: str, last: Optional[Dict[str, int]] = None) -> int:
-    """Sum of the workers' counts in ``directory``; ``last`` (path -> count) keeps a file's previous
-    value when it is being rewritten (unreadable for a moment)."""
-    last = {} if last is None else last
+def _read_files(directory: str, last: Dict[str, dict]) -> Dict[str, dict]:
+    """``last`` (path -> the worker file's content) updated from ``directory``; a file being rewritten
+    (unreadable for a moment) keeps its previous value."""
     try:
         paths = pio.match([pio.join(directory, "*.json")])
     except Exception:  # noqa: BLE001 - no folder yet
         paths = []
     for path in paths:
         try:
-            last[path] = int(json.loads(pio.read_text(path))["done"])
+            value = json.loads(pio.read_text(path))
+            by = {str(kind): int(n) for kind, n in value.get("by", {}).items()}
+            last[path] = {"done": int(value["done"]), "by": by}
         except Exception:  # noqa: BLE001 - half-written: keep the previous value
             pass
-    return sum(last.values())
+    return last
+
+
+def read_done(directory: str, last: Optional[Dict[str, dict]] = None) -> int:
+    """Sum of the workers' counts in ``directory``; ``last`` (path -> content) keeps a file's previous
+    value when it is being rewritten (unreadable for a moment)."""
+    return sum(v["done"] for v in _read_files(directory, {} if last is None else last).values())
+
+
+def read_counts(directory: str, last: Optional[Dict[str, dict]] = None) -> Dict[str, int]:
+    """The workers' counts in ``directory`` summed per kind (see :func:`count_done`)."""
+    sums: Dict[str, int] = {}
+    for value in _read_files(directory, {} if last is None else last).values():
+        for kind, n in value["by"].items():
+            sums[kind] = sums.get(kind, 0) + n
+    return sums
 
 
 class ProgressReporter:
     """``with ProgressReporter("features", directory, total): result = p.run(); result.wait_until_finish()``
 
     Logs the total first (when known), a progress line every ``interval_s`` while the job runs, and a
-    last one when the block ends; then deletes ``directory``'s files. ``emit`` receives each line."""
+    last one when the block ends; then deletes ``directory``'s files. ``emit`` receives each line.
+    ``counts``: the final sums per kind once a block that succeeded has ended (None before, after a
+    failure, or when the storage did not answer in time)."""
 
     def __init__(self, job: str, directory: str, total: Optional[int], unit: str = "images",
                  interval_s: float = INTERVAL_S, emit: Optional[Callable[[str], None]] = None):
@@ -158,8 +185,9 @@ class ProgressReporter:
         self.emit = emit or log.info
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
-        self._counts: Dict[str, int] = {}
+        self._counts: Dict[str, dict] = {}
         self._t0 = 0.0
+        self.counts: Optional[Dict[str, int]] = None
 
     def line(self) -> str:
         done = read_done(self.directory, self._counts)
@@ -193,6 +221,7 @@ class ProgressReporter:
     def _finish(self, succeeded: bool) -> None:
         if succeeded:
             self.emit(self.line())
+            self.counts = read_counts(self.directory, self._counts)
         try:
             pio.delete(pio.match([pio.join(self.directory, "*.json")]))
             if not pio.is_gcs(self.directory):

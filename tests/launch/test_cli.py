@@ -61,6 +61,29 @@ def test_a_beam_and_tensorflow_command_is_quiet(sample_dir, tmp_path):
     assert not FRAMEWORK_LINE.findall(quiet.stderr), quiet.stderr
 
 
+def _score(tmp_path, *extra):
+    """``captionbeam score`` as its own process on two tiny captions (the PTB tokenizer, a Java child, runs)."""
+    preds, refs = tmp_path / "preds.jsonl", tmp_path / "refs.jsonl"
+    preds.write_text('{"image_id": "a", "caption": "a dog runs"}\n{"image_id": "b", "caption": "a cat sits"}\n')
+    refs.write_text('{"image_id": "a", "captions": ["A dog runs on grass.", "a dog running"]}\n'
+                    '{"image_id": "b", "captions": ["A cat sits.", "the cat is sitting"]}\n')
+    env = {k: v for k, v in os.environ.items() if k != "CAPTIONBEAM_LOG"}
+    return subprocess.run([sys.executable, "-m", "captionbeam.launch", "score", "--predictions", str(preds),
+                           "--references", str(refs), "--coco-metrics", "bleu", *extra],
+                          capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_score_hides_the_java_tokenizer_lines_unless_debug(tmp_path):
+    """pycocoevalcap's PTB tokenizer (a Java child) writes "PTBTokenizer tokenized N tokens at ..." to the
+    terminal: not by default (before: two such lines on every score / evaluate / run), back with DEBUG."""
+    quiet = _score(tmp_path)
+    assert quiet.returncode == 0, quiet.stderr[-3000:]
+    assert "Bleu_4" in quiet.stdout and "PTBTokenizer" not in quiet.stderr, quiet.stderr
+    loud = _score(tmp_path, "--log-level", "DEBUG")
+    assert loud.returncode == 0, loud.stderr[-3000:]
+    assert "Bleu_4" in loud.stdout and "PTBTokenizer tokenized" in loud.stderr, loud.stderr[-3000:]
+
+
 def test_debug_brings_the_frameworks_back():
     import logging
     import warnings

@@ -1,8 +1,8 @@
 """The Beam jobs on real engines (issue 13): pack, features, captions and bulk on Flink (embedded), Spark
 (``local[2]``) and Prism give the same records, vocabulary, captions and dead letters as on DirectRunner;
-bulk on Flink followed by ``--skip-existing`` adds no rows; a missing jar / binary, an unreachable
-``--flink_master`` and a job server killed mid-job each end in a clear error naming the engine, with no
-completion marker left behind.
+bulk shows its total, then done/total, %, rate and ETA on each; bulk on Flink followed by
+``--skip-existing`` adds no rows; a missing jar / binary, an unreachable ``--flink_master`` and a job server
+killed mid-job each end in a clear error naming the engine, with no completion marker left behind.
 
 One job server per engine per session (``tests/plugins/engines.py``); the jobs reach it with
 ``--runner=PortableRunner --job_endpoint=... --environment_type=LOOPBACK``, the flags the ``flink-local``,
@@ -23,6 +23,7 @@ from captionbeam.model import records
 from captionbeam.pipelines import io as pio
 from captionbeam.pipelines.deadletter import read_dead_letters
 from tests.plugins.engines import ENGINE_NAMES, need_engine, start_job_server
+from tests.plugins.progress import assert_progress_lines, progress_messages
 
 pytestmark = pytest.mark.slow
 
@@ -70,9 +71,12 @@ def run_jobs(inputs, sample_dir, image_model_dir, out, pipeline_args, packed_dir
     assert cli(flags + ["captions", "--captions", os.path.join(sample_dir, "captions.txt"), *splits,
                         "--features", str(out / "features"), "--output", str(out / "data"), "--min-count", "2",
                         *pipeline_args]) == 0
-    assert cli(flags + ["bulk", "--images", str(inputs / "loose" / "*.jpg"), "--model-dir", image_model_dir["merge"],
-                        "--output", str(out / "bulk"), "--batch-size", "4", *pipeline_args]) == 0
-    return {"pack": out / "pack", "features": out / "features", "data": out / "data", "bulk": out / "bulk"}
+    with progress_messages() as bulk_progress:
+        assert cli(flags + ["bulk", "--images", str(inputs / "loose" / "*.jpg"), "--model-dir",
+                            image_model_dir["merge"], "--output", str(out / "bulk"), "--batch-size", "4",
+                            *pipeline_args]) == 0
+    return {"pack": out / "pack", "features": out / "features", "data": out / "data", "bulk": out / "bulk",
+            "bulk_progress": bulk_progress}
 
 
 @pytest.fixture(scope="module")
@@ -210,6 +214,13 @@ def test_bulk_equals_direct(direct, engine_run):
     assert {d[0] for d in dead_letters(engine_run["bulk"])} == set(CORRUPT)
     counters = last_run_summary(engine_run["bulk"])["counters"]
     assert counters == {"matched": LOOSE + len(CORRUPT), "captioned": LOOSE, "skipped": 0, "failed": len(CORRUPT)}
+
+
+def test_bulk_progress_lines(engine_run):
+    """The bulk job's progress on each engine, as on Prism in the journey (tests/journeys/): its total
+    first, then done/total (percent), rate and ETA counted by the LOOPBACK workers into the progress
+    files, the last 38/38 (36 rows and 2 dead letters)."""
+    assert_progress_lines(engine_run["bulk_progress"], "bulk", LOOSE + len(CORRUPT))
 
 
 def test_bulk_skip_existing_on_flink_adds_no_rows(inputs, image_model_dir, engine_servers, tmp_path):

@@ -1,5 +1,6 @@
-"""Bulk's accounting when a runner's counters do not add up (Prism loses the metrics of bundles it splits
-under load): the run's own finalised files are counted instead, but only where they balance."""
+"""Bulk's accounting when a runner's counters do not add up (Prism 2.78 drops a bundle's metrics when two
+bundles report one it has not mapped yet): the run's own finalised files are counted instead, or, when
+``matched`` or ``skipped`` was lost too, the workers' progress files per kind, each only where it agrees."""
 import json
 
 from captionbeam.pipelines.bulk import BulkResult, reconcile_with_files
@@ -32,3 +33,25 @@ def test_files_that_do_not_balance_either_leave_the_counters_alone(tmp_path):
     res = _result(_write_run(tmp_path, rows=30, dead=2), matched=40, captioned=29, skipped=2, failed=2)
     reconcile_with_files(res)
     assert not res.balanced and res.counters["captioned"] == 29
+
+
+def test_lost_matched_and_skipped_come_from_the_progress_files(tmp_path):
+    """matched and skipped lost with captioned (the files alone cannot balance): the progress files' counts,
+    which agree with the rows and dead letters in the files and with the listed total, are used."""
+    files = _write_run(tmp_path, rows=36, dead=1)
+    res = _result(files, matched=30, captioned=29, skipped=5, failed=1, already_filed=1)
+    side = {"captioned": 36, "skipped": 10, "failed": 2}
+    reconcile_with_files(res, side, total=48)
+    assert res.balanced and res.counters == {"matched": 48, "captioned": 36, "skipped": 10, "failed": 2,
+                                             "already_filed": 1}
+
+
+def test_progress_counts_that_disagree_with_the_files_or_the_total_are_not_used(tmp_path):
+    files = _write_run(tmp_path, rows=36, dead=1)
+    for side, total in (({"captioned": 35, "skipped": 10, "failed": 1}, None),    # rows differ
+                        ({"captioned": 36, "skipped": 10, "failed": 0}, None),    # fewer failures than letters
+                        ({"captioned": 36, "skipped": 10, "failed": 1}, 50),      # not the listed total
+                        (None, 47)):
+        res = _result(files, matched=30, captioned=29, skipped=5, failed=1)
+        reconcile_with_files(res, side, total)
+        assert not res.balanced and res.counters["matched"] == 30, side

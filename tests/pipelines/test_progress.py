@@ -47,6 +47,23 @@ def test_reporter_sums_the_workers_files_and_keeps_a_half_written_ones_last_valu
     assert not (tmp_path / "out" / progress.PROGRESS_FOLDER).exists()   # the job's output keeps no trace
 
 
+def test_count_done_sums_each_named_kind_apart(tmp_path):
+    """A real DirectRunner pipeline: a mapping of parts counts each kind into the progress files; the
+    reporter keeps the final sums per kind (bulk's exact accounting where a runner loses metrics)."""
+    import apache_beam as beam
+    from captionbeam.pipelines.options import new_pipeline
+    folder = str(tmp_path / "out" / progress.PROGRESS_FOLDER / "run")
+    p = new_pipeline(["--runner=DirectRunner"])
+    progress.count_done({"captioned": p | "Rows" >> beam.Create(list(range(5))),
+                         "skipped": p | "Skipped" >> beam.Create(["a", "b"]),
+                         "failed": p | "Failed" >> beam.Create([{"path": "x"}])}, folder)
+    lines = []
+    with progress.ProgressReporter("bulk", folder, 8, interval_s=3600, emit=lines.append) as reporter:
+        p.run().wait_until_finish()
+    assert reporter.counts == {"captioned": 5, "skipped": 2, "failed": 1}
+    assert LINE_RE.match(lines[-1]).group(2, 3, 4) == ("8", "8", "100")
+
+
 def test_reporter_logs_while_the_job_runs(tmp_path):
     """The periodic line comes from the reporter's own thread, while the block is still running."""
     import threading

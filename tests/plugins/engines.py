@@ -63,16 +63,36 @@ def need_engine(engine: str) -> str:
     return path
 
 
+START_TRIES = 3
+
+
 def start_job_server(engine: str, workdir: str, master: str = None) -> JobServer:
-    """Start ``engine``'s job server on 127.0.0.1 and wait until it listens."""
-    from captionbeam.launch.engines import free_port, job_server_command, wait_for_port
+    """Start ``engine``'s job server on 127.0.0.1 and wait until it listens. The port is free when picked
+    but may be taken before the server binds it (another test's server, Beam's own gRPC servers): a server
+    that exits before it listens, or is gone once something answers on its port, is started again on
+    another port, up to ``START_TRIES`` times."""
+    for attempt in range(1, START_TRIES + 1):
+        try:
+            return _start_job_server(engine, workdir, master, attempt)
+        except ExitedBeforeListening:
+            if attempt == START_TRIES:
+                raise
+
+
+class ExitedBeforeListening(RuntimeError):
+    """The job server process ended on its own before it listened (its log says why)."""
+
+
+def _start_job_server(engine: str, workdir: str, master: str, attempt: int) -> JobServer:
+    from captionbeam.launch.engines import EngineError, free_port, job_server_command, wait_for_port
     path = need_engine(engine)
     port = free_port()
-    log_path = os.path.join(workdir, f"{engine}-job-server.log")
+    log_path = os.path.join(workdir, f"{engine}-job-server{'' if attempt == 1 else f'-{attempt}'}.log")
     if engine == "prism":
         cmd = [path, f"--job_port={port}", "--serve_http=false", "--log_level=warn"]
     else:
-        cmd = job_server_command(engine, path, port, master=master, artifacts_dir=os.path.join(workdir, "artifacts"))
+        cmd = job_server_command(engine, path, port, master=master,
+                                 artifacts_dir=os.path.join(workdir, f"{engine}-artifacts"))
     log = open(log_path, "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=workdir, start_new_session=True)
     log.close()
@@ -80,6 +100,15 @@ def start_job_server(engine: str, workdir: str, master: str = None) -> JobServer
                        extra=["--parallelism=2"] if engine == "flink" else [])
     try:
         wait_for_port(port, proc, START_TIMEOUT_S, engine, log_path)
+        if proc.poll() is not None:       # what answered is another process on that port
+            raise EngineError(f"{engine}: the job server exited with status {proc.returncode} while something "
+                              f"else answered on 127.0.0.1:{port} (log: {log_path})")
+    except EngineError as e:
+        exited = proc.poll() is not None
+        server.stop()
+        if exited:
+            raise ExitedBeforeListening(str(e)) from None
+        raise
     except Exception:
         server.stop()
         raise
