@@ -118,9 +118,8 @@ class Captioner:
 def job_config(command: str, **flags: Any):
     """The typed config ``captionbeam COMMAND`` would build from these flags (by ``dest`` name, e.g.
     ``model_dir=``), with the command's own defaults and validators; ValueError naming a bad flag."""
-    from captionbeam.launch.command_args import invocation
-    module = _command(command)
-    return module.config_from_args(invocation(module, flags).args)
+    from captionbeam.launch.command_args import stage
+    return stage(_command(command), flags).config
 
 
 def run_job(config: Any, pipeline_args: Sequence[str] = ()):

@@ -75,7 +75,6 @@ def _chosen_command(argv: Sequence[str]) -> Optional[str]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from captionbeam.launch.exit_codes import OK, USAGE
     from captionbeam.launch.quiet import LEVELS, configure_logging, split_log_level
     level, argv = split_log_level(list(sys.argv[1:] if argv is None else argv),
                                   os.environ.get(LOG_LEVEL_DEFAULT_ENV, "INFO"))
@@ -88,24 +87,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     if name is not None:
         module = _module_for(name)
         module.add_arguments(subparsers[name])
-    flags = None
+    flags, rest = None, []
     if module is not None and getattr(module, "BEAM", False):
         from captionbeam.launch.beam_options import add_profile_argument, parse_runner_flags
         add_profile_argument(subparsers[name])
         args, rest = parser.parse_known_args(argv)
         flags = parse_runner_flags(subparsers[name], rest, profile=args.profile, command=name,
                                    profiles_path=args.profiles_file, dry_run=args.dry_run)
-        if args.dry_run:
-            from captionbeam.launch.dry_run import dry_run_report, print_dry_run
-            report = dry_run_report(name, module, args, argv, rest, flags)
-            print_dry_run(report)
-            plan = report.get("plan")
-            if isinstance(plan, dict) and plan.get("error"):    # the plan itself is invalid: say so by exit code
-                print(f"captionbeam {name}: error: {plan['error']}", file=sys.stderr)
-                return USAGE
-            return OK
     else:
+        if module is not None and hasattr(module, "plan"):      # every command with the face (not the profiles tool)
+            from captionbeam.launch.dry_run import add_dry_run_argument
+            add_dry_run_argument(subparsers[name])
         args = parser.parse_args(argv)
+    if getattr(args, "dry_run", False):       # the command's plan (config_from_args -> plan), nothing run: OK or USAGE
+        from captionbeam.launch.dry_run import dry_run
+        return dry_run(name, module, args, argv, rest, flags)
     args.log_level = level
     return run_command(name, module, args, flags)
 

@@ -1,20 +1,22 @@
-"""A command's arguments without a command line, for the jobs that call other jobs (``run``,
-``retrain``): the command's own parser supplies the defaults and validators, the caller sets values by
-name, and :func:`command_line` writes the equivalent ``captionbeam ...`` line for the user.
+"""A command's typed config without a command line, for the jobs that call other jobs (``run``,
+``retrain``): :func:`stage` gives the command's own typed config (its ``config_from_args`` over the
+parser's defaults, the caller's values by name and a user's extra flags for it), the Beam flags of a
+Beam command and the equivalent ``captionbeam ...`` line, rendered once, for humans::
 
-    inv = invocation(features_command, {"images": [...], "output": out, "overwrite": True}, extra=flags)
-    print("$ " + inv.line)
-    result = features_command.run(features_command.config_from_args(inv.args), inv.runner)
+    s = stage(features_command, {"images": [...], "output": out, "overwrite": True}, extra=flags)
+    print("$ " + s.line)                                     # printed, never parsed again
+    result = features_command.run(s.config, s.runner)        # the command's typed run -> Result
+    write_record(marker, {"config": s.record()})             # what --resume compares
 
-Nothing here runs a command: the caller passes the namespace to the command's ``config_from_args``
-and calls its typed ``run``.
+Nothing here runs a command.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
-from dataclasses import dataclass
-from typing import List, Mapping, Sequence
+from dataclasses import asdict, dataclass, is_dataclass
+from typing import Dict, List, Mapping, Sequence, Tuple
 
 
 class CommandError(ValueError):
@@ -44,12 +46,20 @@ def command_parser(module, only_given: bool = False) -> argparse.ArgumentParser:
     return parser
 
 
-@dataclass
-class Invocation:
+def config_record(config) -> Dict[str, object]:
+    """A typed config as plain JSON data (``dataclasses.asdict``; tuples become lists): what a stage's
+    marker holds and ``--resume`` compares."""
+    return json.loads(json.dumps(asdict(config) if is_dataclass(config) else config, sort_keys=True, default=str))
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One command of a job that calls jobs: its typed config, the Beam flags of a Beam command, and the
+    equivalent command line (credentials redacted; for humans, never parsed again)."""
     command: str
-    args: argparse.Namespace     # what ``module.config_from_args`` reads
-    argv: List[str]              # the equivalent command line, without the leading "captionbeam"
-    pipeline_args: List[str]     # the Beam flags (the end of argv)
+    config: object                          # what module.config_from_args makes: FeaturesConfig, TrainJob, ...
+    pipeline_args: Tuple[str, ...] = ()     # Beam flags (Beam commands)
+    line: str = ""
 
     @property
     def runner(self):
@@ -57,18 +67,16 @@ class Invocation:
         from captionbeam.pipelines.options import RunnerFlags
         return RunnerFlags.plain(self.pipeline_args)
 
-    @property
-    def line(self) -> str:
-        """The command line to print: credentials in Beam flags redacted (``pipelines.redact``)."""
+    def record(self) -> Dict[str, object]:
+        """The config and the (redacted) Beam flags as JSON data: two stages with equal records run the same."""
         from captionbeam.pipelines.redact import redact_args
-        return shlex.join(["captionbeam", *redact_args(self.argv)])
+        return {"command": self.command, "config": config_record(self.config),
+                "pipeline_args": redact_args(list(self.pipeline_args))}
 
 
-def invocation(module, values: Mapping[str, object], extra: Sequence[str] = (),
-               pipeline_args: Sequence[str] = ()) -> Invocation:
-    """The namespace ``captionbeam COMMAND`` would parse: the parser's defaults, then ``values`` (by
-    dest), then the flags in ``extra`` (a user's extra flags for this stage, which win)."""
-    parser = command_parser(module)
+def _namespace(parser, module, values, extra) -> Tuple[argparse.Namespace, List[str]]:
+    """The namespace ``captionbeam COMMAND`` would parse: the parser's defaults, then ``values`` (by dest),
+    then the flags in ``extra`` (a user's extra flags for this command, which win); and the dests set."""
     actions = {a.dest: a for a in parser._actions if a.dest != "help"}
     unknown = sorted(set(values) - set(actions))
     if unknown:
@@ -82,8 +90,18 @@ def invocation(module, values: Mapping[str, object], extra: Sequence[str] = (),
         for dest, value in given.items():
             setattr(args, dest, value)
             explicit.append(dest)
+    return args, explicit
+
+
+def stage(module, values: Mapping[str, object], extra: Sequence[str] = (), pipeline_args: Sequence[str] = ()) -> Stage:
+    """``module``'s typed config for these values (by dest) and extra flags, with its command line: the one
+    place a stage's line is rendered. :class:`CommandError` names a bad value or flag."""
+    from captionbeam.pipelines.redact import redact_args
+    parser = command_parser(module)
+    args, explicit = _namespace(parser, module, values, extra)
     name = command_name(module)
-    return Invocation(name, args, [name, *command_line(parser, args, explicit), *pipeline_args], list(pipeline_args))
+    line = shlex.join(["captionbeam", *redact_args([name, *command_line(parser, args, explicit), *pipeline_args])])
+    return Stage(name, module.config_from_args(args), tuple(pipeline_args), line)
 
 
 def _default(action: argparse.Action):

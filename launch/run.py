@@ -12,8 +12,11 @@ Stages (workdir ``W``, local or ``gs://``)::
     caption   -> W/eval/captions.jsonl   captionbeam caption on a few held-out images
     report    -> W/report/index.html
 
-Every stage leaves ``W/stages/<stage>.json`` (its command line, seconds and summary); with
-``--resume`` a stage whose marker holds the same command line is not run again.
+Every stage is the command's typed config (``command_args.stage``: what its ``config_from_args`` makes)
+run by its typed ``run`` -> Result. Every stage leaves ``W/stages/<stage>.json`` (its config as JSON data,
+its Beam flags, the command line printed, seconds and summary); with ``--resume`` a stage whose marker
+holds the same config and Beam flags is not run again. :func:`recorded_captions_config` reads the
+captions stage's config back, typed (``retrain --from-run``).
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ from dataclasses import asdict, dataclass
 from typing import Callable, Dict, List, Optional, Sequence, TextIO
 
 import captionbeam.pipelines.io as pio
-from captionbeam.launch.command_args import CommandError, Invocation, invocation
+from captionbeam.launch.command_args import CommandError, Stage, stage
 from captionbeam.launch.command_face import CommandFault
 from captionbeam.launch.commands import caption as caption_cmd
 from captionbeam.launch.commands import captions as captions_cmd
@@ -58,15 +61,33 @@ class StageError(CommandFault):
 @dataclass
 class StageResult:
     name: str
-    argv: List[str]
+    record: Dict[str, object]       # Stage.record(): the typed config as JSON data and the redacted Beam flags
+    line: str = ""
     seconds: float = 0.0
     summary: str = ""
     cached: bool = False
 
     def marker(self) -> dict:
-        from captionbeam.pipelines.redact import redact_args
-        return {"name": self.name, "argv": redact_args(self.argv), "seconds": round(self.seconds, 2),
+        return {"name": self.name, **self.record, "line": self.line, "seconds": round(self.seconds, 2),
                 "summary": self.summary}
+
+
+def marker_path(workdir: str, name: str) -> str:
+    return pio.join(workdir, "stages", f"{name}.json")
+
+
+def recorded_captions_config(workdir: str):
+    """The captions stage's typed config (``pipelines.captions.CaptionsConfig``) as the run in ``workdir``
+    recorded it in ``stages/captions.json``; None without one (or a marker of an older run, without a config)."""
+    from captionbeam.pipelines.captions import CaptionsConfig
+    path = marker_path(workdir, "captions")
+    config = pio.read_json(path).get("config") if pio.exists(path) else None
+    if not isinstance(config, dict):
+        return None
+    try:
+        return CaptionsConfig(**{**config, "splits": tuple((n, f) for n, f in config.get("splits", ()))})
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: not a captions stage record: {e}") from None
 
 
 @dataclass
@@ -135,41 +156,41 @@ class RunPipeline:
         return list(d.images), d.captions, dict(d.splits)
 
     # ------------------------------------------------------------------ stages
-    def invocations(self) -> List[Invocation]:
-        """Every command stage's arguments and equivalent command line, in order (the plan a dry run prints)."""
+    def stages(self) -> List[Stage]:
+        """Every command stage's typed config and equivalent command line, in order (the plan a dry run prints)."""
         c, L = self.config, self.layout
         images, captions, splits = self.data_inputs()
         plan = []
         if c.data.is_sample:
-            plan.append(invocation(sample_cmd, {"output": L.sample, "images": c.sample.images,
+            plan.append(stage(sample_cmd, {"output": L.sample, "images": c.sample.images,
                                                 "size": c.sample.size, "seed": c.sample.seed}))
         f = c.features
-        plan.append(invocation(features_cmd, {
+        plan.append(stage(features_cmd, {
             "images": list(images), "output": L.features, "encoder": self.encoder, "weights": f.weights,
             "image_size": f.image_size, "batch_size": f.batch_size, "overwrite": True},
             extra=f.extra, pipeline_args=self.stage_pipeline_args("features")))
-        plan.append(invocation(captions_cmd, {
+        plan.append(stage(captions_cmd, {
             "captions": captions, "format": c.data.caption_format, "splits": list(splits.items()),
             "features": L.features, "output": L.data, "clean": c.captions.clean, "min_count": c.captions.min_count,
             "overwrite": True}, extra=c.captions.extra, pipeline_args=self.stage_pipeline_args("captions")))
         t = c.train
-        plan.append(invocation(train_cmd, {
+        plan.append(stage(train_cmd, {
             "data": L.data, "model_dir": L.model, "arch": t.arch, "epochs": t.epochs, "batch_size": t.batch_size,
             "learning_rate": t.learning_rate}, extra=[*self.train_profile_args, *t.extra]))
         e = c.evaluate
-        plan.append(invocation(evaluate_cmd, {
+        plan.append(stage(evaluate_cmd, {
             "model_dir": L.model, "data": L.data, "split": e.split, "beam_size": e.beam_size,
             "output": self.predictions_file}, extra=e.extra))
         return plan
 
-    def caption_invocation(self, paths: Sequence[str]) -> Invocation:
+    def caption_stage(self, paths: Sequence[str]) -> Stage:
         values = {"model_dir": self.layout.model, "images": list(paths), "beam_size": self.config.evaluate.beam_size}
         if self.config.train.arch == "attention":
             values["attention_plot"] = pio.join(self.layout.eval, "attention")
         if self.config.features.encoder == THUMBNAIL:
             # features_spec.json names a model-file encoder by its base name: point at the file
             values["encoder_file"] = self.encoder
-        return invocation(caption_cmd, values)
+        return stage(caption_cmd, values)
 
     @property
     def encoder(self) -> str:
@@ -200,22 +221,23 @@ class RunPipeline:
         return evaluate_cmd.metrics_path(self.predictions_file)
 
     # ------------------------------------------------------------------ stage running
-    def _header(self, n: int, total: int, inv: Invocation) -> None:
-        print(f"\n[{n}/{total}] {inv.command}", file=self.console)
-        print("    $ " + inv.line, file=self.console)
+    def _header(self, n: int, total: int, s: Stage) -> None:
+        print(f"\n[{n}/{total}] {s.command}", file=self.console)
+        print("    $ " + s.line, file=self.console)
         self.console.flush()
 
     def _marker_path(self, name: str) -> str:
-        return pio.join(self.layout.stages, f"{name}.json")
+        return marker_path(self.layout.workdir, name)
 
-    def _cached(self, inv: Invocation) -> Optional[StageResult]:
-        if not self.resume or not pio.exists(self._marker_path(inv.command)):
+    def _cached(self, s: Stage) -> Optional[StageResult]:
+        """The stage's marker, with --resume, when it holds the same typed config and Beam flags."""
+        if not self.resume or not pio.exists(self._marker_path(s.command)):
             return None
-        m = pio.read_json(self._marker_path(inv.command))
-        from captionbeam.pipelines.redact import redact_args
-        if m.get("argv") != redact_args(inv.argv):        # markers hold the redacted line
+        m = pio.read_json(self._marker_path(s.command))
+        record = s.record()
+        if any(m.get(k) != v for k, v in record.items()):       # markers hold the redacted Beam flags
             return None
-        return StageResult(name=inv.command, argv=inv.argv, seconds=float(m.get("seconds", 0)),
+        return StageResult(name=s.command, record=record, line=s.line, seconds=float(m.get("seconds", 0)),
                            summary=m.get("summary", ""), cached=True)
 
     def _say(self, lines: Sequence[str]) -> None:
@@ -223,43 +245,42 @@ class RunPipeline:
             print("    " + line if line else "", file=self.console)
         self.console.flush()
 
-    def _execute(self, inv: Invocation):
-        """One stage's typed call (``config_from_args`` -> ``run``) -> its Result, whose summary lines are
-        printed (training prints its own progress and summary as it goes)."""
-        module = STAGE_COMMANDS.get(inv.command)
+    def _execute(self, s: Stage):
+        """One stage's typed run (its config -> ``run`` -> Result), whose summary lines are printed
+        (training prints its own progress and summary as it goes)."""
+        module = STAGE_COMMANDS.get(s.command)
         if module is None:
-            raise ValueError(f"not a stage of captionbeam run: {inv.command}")
-        config = module.config_from_args(inv.args)
+            raise ValueError(f"not a stage of captionbeam run: {s.command}")
         if getattr(module, "BEAM", False):
-            result = module.run(config, inv.runner)
+            result = module.run(s.config, s.runner)
         else:
-            result = module.run(config)
-        if inv.command != "train":
+            result = module.run(s.config)
+        if s.command != "train":
             self._say(result.summary_lines())
         return result
 
-    def run_stage(self, inv: Invocation) -> StageResult:
-        """One stage in-process (or its marker, with --resume and the same command line)."""
-        cached = self._cached(inv)
+    def run_stage(self, s: Stage) -> StageResult:
+        """One stage in-process (or its marker, with --resume and the same config)."""
+        cached = self._cached(s)
         if cached:
             print(f"    (done earlier, --resume: {cached.summary})", file=self.console)
             return cached
         start = time.time()
         try:
-            value = self._execute(inv)
+            value = self._execute(s)
         except CommandError as e:
-            raise StageError(inv.command, str(e)) from None
+            raise StageError(s.command, str(e)) from None
         except Exception as e:  # noqa: BLE001 - a Beam stage that failed on a portable engine: name the engine
             from captionbeam.launch.beam_options import resolved_options
             from captionbeam.launch.engine_failures import explain_failure
-            message = explain_failure(e, resolved_options(inv.pipeline_args)) if inv.pipeline_args else None
+            message = explain_failure(e, resolved_options(s.pipeline_args)) if s.pipeline_args else None
             if message is None:
                 raise
-            raise StageError(inv.command, message) from None
-        result = StageResult(name=inv.command, argv=inv.argv, seconds=time.time() - start)
-        if inv.command == "evaluate":
+            raise StageError(s.command, message) from None
+        result = StageResult(name=s.command, record=s.record(), line=s.line, seconds=time.time() - start)
+        if s.command == "evaluate":
             self.metrics = value.to_dict()
-        result.summary = self._summary(inv.command, value, result.seconds)
+        result.summary = self._summary(s.command, value, result.seconds)
         return result
 
     @staticmethod
@@ -283,8 +304,7 @@ class RunPipeline:
 
     # ------------------------------------------------------------------ summaries
     def _summary(self, name: str, value, seconds: float) -> str:
-        """One line from a stage's typed result (the job's own result object; never its files read back,
-        except training's history, which the training loop writes)."""
+        """One line from a stage's typed result (the job's own result object; never its files read back)."""
         try:
             if name == "sample":
                 job = value.job
@@ -300,13 +320,7 @@ class RunPipeline:
                 splits = ", ".join(f"{k} {value.stats.split_images(k)}" for k in value.stats.ordered_splits())
                 return f"vocabulary {value.stats.vocab_size} tokens; images per split: {splits}"
             if name == "train":
-                from captionbeam.launch.report import load_history
-                h = load_history(self.layout.model) or {}
-                loss = [x for x in h.get("loss", h.get("train_loss", [])) if x is not None]
-                val = [x for x in h.get("val_loss", []) if x is not None]
-                if loss:
-                    return (f"{len(loss)} epochs, loss {loss[0]:.3f} -> {loss[-1]:.3f}"
-                            + (f", val_loss {val[0]:.3f} -> {min(val):.3f} (best)" if val else ""))
+                return value.losses_line()
             if name == "evaluate":
                 from captionbeam.launch.report import flatten_metrics
                 m = flatten_metrics(value.to_dict())
@@ -334,10 +348,10 @@ class RunPipeline:
     def caption_held_out(self, n: int, total: int) -> StageResult:
         paths = self._held_out_images()
         out_jsonl = pio.join(self.layout.eval, "captions.jsonl")
-        inv = self.caption_invocation(paths)
-        self._header(n, total, inv)
+        s = self.caption_stage(paths)
+        self._header(n, total, s)
         rows: List[dict] = []
-        result = self._cached(inv)
+        result = self._cached(s)
         if result:
             print(f"    (done earlier, --resume: {result.summary})", file=self.console)
             if pio.exists(out_jsonl):
@@ -346,12 +360,11 @@ class RunPipeline:
             start = time.time()
             if paths:
                 try:
-                    found = caption_cmd.run(caption_cmd.config_from_args(inv.args),
-                                            on_row=lambda r: self._say([f"{r['path']}\t{r['caption']}"]))
+                    found = caption_cmd.run(s.config, on_row=lambda r: self._say([f"{r['path']}\t{r['caption']}"]))
                 except CommandError as e:
                     raise StageError("caption", str(e)) from None
                 rows = found.rows
-            result = StageResult("caption", inv.argv, seconds=time.time() - start)
+            result = StageResult("caption", s.record(), s.line, seconds=time.time() - start)
         refs = self._references()
         attention = self.config.train.arch == "attention"
         for r in rows:
@@ -392,25 +405,25 @@ class RunPipeline:
             path = pio.join(self.layout.report, "index.html")
         else:
             path = write_report(data, self.layout.report)
-        result = StageResult("report", [], seconds=time.time() - start,
+        result = StageResult("report", {}, seconds=time.time() - start,
                              summary=f"{len(gallery)} images, {len(self.metrics) and 'metrics, ' or ''}curves -> {path}")
         self._finish(result)
         return path
 
     # ------------------------------------------------------------------ all
     def run(self) -> Dict[str, object]:
-        plan = self.invocations()
+        plan = self.stages()
         total = len(plan) + 2
         started = time.time()
         print(f"captionbeam run: {total} stages into {self.layout.workdir}", file=self.console)
-        for n, inv in enumerate(plan, 1):
-            self._header(n, total, inv)
-            if inv.command == "features" and not self._cached(inv):
+        for n, s in enumerate(plan, 1):
+            self._header(n, total, s)
+            if s.command == "features" and not self._cached(s):
                 self.prepare_encoder()
-            if inv.command == "train" and not self._cached(inv):
+            if s.command == "train" and not self._cached(s):
                 self._clear(self.layout.model)   # a model dir with checkpoints would be resumed, not retrained
-            result = self.run_stage(inv)
-            if inv.command == "evaluate":
+            result = self.run_stage(s)
+            if s.command == "evaluate":
                 if result.cached:
                     self.metrics = pio.read_json(self.metrics_file) if pio.exists(self.metrics_file) else {}
                 if self.config.data.is_sample and pio.exists(self.predictions_file):

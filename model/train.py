@@ -111,7 +111,9 @@ class CrossEntropy(Objective):
         return {"global_batch": run.global_batch}
 
     def summary(self, run):
-        return {"final_train_loss": run.history[-1]["train_loss"] if run.history else None}
+        first = run.history[0] if run.history else {}
+        return {"final_train_loss": run.history[-1]["train_loss"] if run.history else None,
+                "first_train_loss": first.get("train_loss"), "first_val_loss": first.get("val_loss")}
 
 
 def train(cfg, model_overrides) -> Dict[str, object]:

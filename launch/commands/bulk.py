@@ -185,6 +185,13 @@ class BulkPlan:
     job: object        # pipelines.bulk.BulkConfig
     model: object      # pipelines.bulk.ModelInfo
 
+    def summary_lines(self) -> List[str]:
+        j, m = self.job, self.model
+        kind = f"export of model {m.source_model_version}" if m.exported else "model dir"
+        return [f"bulk: {' '.join(j.images)} captioned by model {m.model_version} ({m.encoder}, {kind}), "
+                f"beam {j.beam_size}, {j.format} -> {j.output}"
+                + ("" if j.skip_existing else " (--redo: every image again)")]
+
 
 def plan(config: BulkCommandConfig) -> BulkPlan:
     """Every check before any work; ``CommandError`` naming the flag otherwise."""

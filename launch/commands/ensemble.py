@@ -55,6 +55,12 @@ def _relative_to(member: str, output: str) -> str:
 @dataclass(frozen=True)
 class EnsemblePlan:
     replace: bool      # --output already holds ensemble.json and --overwrite was given
+    config: object = None   # the EnsembleConfig planned
+
+    def summary_lines(self) -> List[str]:
+        c = self.config
+        return [f"ensemble: {len(c.members)} member(s) -> {c.output}"
+                + (" (--overwrite: replaces its ensemble.json)" if self.replace else "")]
 
 
 def plan(config: EnsembleConfig) -> EnsemblePlan:
@@ -64,7 +70,7 @@ def plan(config: EnsembleConfig) -> EnsemblePlan:
     exists = gfile.read_text(gfile.join(config.output, ENSEMBLE_FILE)) is not None
     if exists and not config.overwrite:
         raise CommandError(f"--output {config.output} already holds {ENSEMBLE_FILE} (pass --overwrite)")
-    return EnsemblePlan(replace=exists)
+    return EnsemblePlan(replace=exists, config=config)
 
 
 def run(config: EnsembleConfig, planned: Optional[EnsemblePlan] = None) -> EnsembleResult:

@@ -67,6 +67,12 @@ def config_from_args(args: argparse.Namespace) -> ExportConfig:
 @dataclass(frozen=True)
 class ExportPlan:
     replace_output: bool      # --output exists, is not empty, and --overwrite was given
+    config: object = None     # the ExportConfig planned
+
+    def summary_lines(self) -> List[str]:
+        c = self.config
+        return [f"export: {c.model_dir} ({c.weights} weights, beam {c.beam_size}) -> {c.output}"
+                + (" (--overwrite: replaces the export there)" if self.replace_output else "")]
 
 
 def plan(config: ExportConfig) -> ExportPlan:
@@ -83,7 +89,7 @@ def plan(config: ExportConfig) -> ExportPlan:
             else os.path.isdir(out) and bool(os.listdir(out)))
     if full and not config.overwrite:
         raise CommandError(f"--output {config.output} exists and is not empty (pass --overwrite)")
-    return ExportPlan(replace_output=full)
+    return ExportPlan(replace_output=full, config=config)
 
 
 @dataclass

@@ -104,22 +104,25 @@ class RetrainCommandConfig:
 
 def _init_from_args(args: argparse.Namespace) -> RetrainInit:
     """``--init``'s inputs; ``--from-run WORKDIR`` fills those not given from a ``captionbeam run`` workdir
-    (its captions file and splits from the captions stage's command line, ``stages/captions.json``)."""
+    (its captions file and splits from the captions stage's typed config: ``launch.run.recorded_captions_config``)."""
     import captionbeam.pipelines.io as pio
+    from captionbeam.launch.command_args import CommandError
     model_dir, features, data, splits = args.model_dir, args.features, args.data, dict(args.splits or [])
     captions = (args.captions or [None])[0]
     if args.from_run:
+        from captionbeam.launch.run import recorded_captions_config
         w = args.from_run
         model_dir = model_dir or pio.join(w, "model")
         features = features or pio.join(w, "features")
         data = data or pio.join(w, "data")
-        stage = pio.join(w, "stages", "captions.json")
-        if pio.exists(stage) and (not captions or not splits):
-            argv = pio.read_json(stage)["argv"]
-            captions = captions or argv[argv.index("--captions") + 1]
-            for i, tok in enumerate(argv):
-                if tok == "--split":
-                    name, path = argv[i + 1].split("=", 1)
+        if not captions or not splits:
+            try:
+                recorded = recorded_captions_config(w)
+            except ValueError as e:
+                raise CommandError(f"--from-run: {e}") from None
+            if recorded is not None:
+                captions = captions or recorded.captions
+                for name, path in recorded.splits:
                     splits.setdefault(name, path)
     return RetrainInit(model_dir=model_dir, features=features, captions=captions, data=data,
                        splits=tuple(splits.items()))
@@ -154,7 +157,7 @@ class RetrainPlan:
 def plan(config: RetrainCommandConfig) -> RetrainPlan:
     """Every check of the flags before any work: ``--init``'s inputs, ``--images``, the ``--train-arg``
     flags (parsed by train's own parser); :class:`CommandError` naming the flag."""
-    from captionbeam.launch.command_args import CommandError, invocation
+    from captionbeam.launch.command_args import CommandError, stage
     from captionbeam.launch.commands import train as train_cmd
     root = config.attempt.root
     if config.init is not None:
@@ -167,7 +170,7 @@ def plan(config: RetrainCommandConfig) -> RetrainPlan:
     if not config.attempt.images:
         raise CommandError("--images or --watch PREFIX is required")
     try:
-        invocation(train_cmd, {"data": "DATA", "model_dir": "MODEL_DIR"}, extra=config.attempt.train_args)
+        stage(train_cmd, {"data": "DATA", "model_dir": "MODEL_DIR"}, extra=config.attempt.train_args)
     except CommandError as e:
         raise CommandError(f"--train-arg: {e}") from None
     what = "watch" if config.watch else "one attempt"

@@ -62,7 +62,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     c.add_argument("--clean", default=None, help=f"caption cleaning rule (default: {_C.clean})")
     c.add_argument("--min-count", type=int, default=None, help=f"vocabulary min count (default: {_C.min_count})")
     t = parser.add_argument_group("training")
-    t.add_argument("--arch", default=None, choices=("merge", "inject", "attention"),
+    from captionbeam.model.config import ARCHITECTURES
+    t.add_argument("--arch", default=None, choices=ARCHITECTURES,
                    help=f"architecture (default: {_T.arch}; attention needs a conv-map encoder)")
     t.add_argument("--epochs", type=int, default=None, help=f"training epochs (default: {_T.epochs})")
     t.add_argument("--batch-size", type=int, default=None, help=f"training batch size (default: {_T.batch_size})")
@@ -149,8 +150,10 @@ def _pipeline(config: RunCommandConfig, console=None):
 
 @dataclass(frozen=True)
 class RunPlan:
-    """The run's stages, each as the ``captionbeam`` line it runs (every stage's flags checked)."""
+    """The run's stages (``command_args.Stage``: each command's typed config, every stage's flags checked)
+    and the equivalent ``captionbeam`` line of each, which a dry run prints."""
     pipe: object          # launch.run.RunPipeline
+    stages: Tuple[object, ...]
     lines: Tuple[str, ...]
 
     def summary_lines(self) -> List[str]:
@@ -162,13 +165,13 @@ def plan(config: RunCommandConfig) -> RunPlan:
     runs; :class:`CommandError` naming what is wrong."""
     try:
         pipe = _pipeline(config)
-        lines = [inv.line for inv in pipe.invocations()] + [
-            pipe.caption_invocation(["<held-out images>"]).line, "(report) -> " + pipe.layout.report]
+        stages = tuple(pipe.stages()) + (pipe.caption_stage(["<held-out images>"]),)
+        lines = [s.line for s in stages] + ["(report) -> " + pipe.layout.report]
     except (ConfigError, KeyError, ValueError, FileNotFoundError) as e:
         if isinstance(e, CommandError):
             raise
         raise CommandError(str(e)) from None
-    return RunPlan(pipe=pipe, lines=tuple(lines))
+    return RunPlan(pipe=pipe, stages=stages, lines=tuple(lines))
 
 
 @dataclass
@@ -191,14 +194,6 @@ def run(config: RunCommandConfig, runner: Runner = None, planned: Optional[RunPl
     p = planned or plan(config)
     with output_lease(p.pipe.layout.workdir, "run", config.force, flag="--workdir"):
         return RunResult(p.pipe.run())
-
-
-def dry_run_plan(args: argparse.Namespace, runner: Runner = None):
-    """For --dry-run: every stage's command line."""
-    try:
-        return plan(config_from_args(args, runner)).summary_lines()
-    except CommandError as e:
-        return {"error": str(e)}
 
 
 def main(args: argparse.Namespace, runner: Runner = None) -> int:

@@ -93,6 +93,11 @@ class ScorePlan:
     references: object               # model.references.References
     image_ids: Optional[object]
 
+    def summary_lines(self) -> List[str]:
+        return [f"score: {len(self.predictions)} predictions against {len(self.references.captions)} images' "
+                f"references" + (f", restricted to {len(self.image_ids)} image ids" if self.image_ids is not None
+                                 else "")]
+
 
 def plan(config: ScoreConfig) -> ScorePlan:
     from captionbeam.model.caption_files import CaptionFileError

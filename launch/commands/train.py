@@ -204,6 +204,16 @@ class TrainResult:
                 + (f", {best[0]} {best[1]}" if best and best[1] is not None else "")
                 + (f", stopped by {s['stopped_by']}" if s.get("stopped_by") else "")]
 
+    def losses_line(self) -> str:
+        """Cross-entropy training's losses in one line (``run``'s train stage), or "" without them."""
+        s = self.summary
+        first, last = s.get("first_train_loss"), s.get("final_train_loss")
+        if first is None or last is None:
+            return ""
+        val, best = s.get("first_val_loss"), s.get("best_val_loss")
+        return (f"{s.get('epochs')} epochs, loss {first:.3f} -> {last:.3f}"
+                + (f", val_loss {val:.3f} -> {best:.3f} (best)" if val is not None and best is not None else ""))
+
 
 def run(job: TrainJob, planned: Optional[TrainPlan] = None) -> TrainResult:
     """Train (or resume) under --model-dir's lease (the chief holds it; two runs into one model dir would

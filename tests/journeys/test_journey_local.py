@@ -198,8 +198,7 @@ def test_every_registered_encoder_is_rebuilt_from_its_spec(name, tmp_path):
     description (written and read back) gives the features job's flags again, which give the same
     description (what retrain and the captioner rely on). No model is built."""
     from captionbeam.launch.retrain.root import ModelRoot
-    from captionbeam.launch.retrain.stages import features_invocation
-    from captionbeam.launch.commands import features as features_cmd
+    from captionbeam.launch.retrain.stages import features_stage
     from captionbeam.model.encoders import REGISTRY, EncoderConfig, config_of, describe
     from captionbeam.model.records import FeaturesSpec
     size = max(REGISTRY[name].min_size, 96)
@@ -210,9 +209,9 @@ def test_every_registered_encoder_is_rebuilt_from_its_spec(name, tmp_path):
         back = FeaturesSpec.from_json(spec.to_json())
         assert back == spec and describe(config_of(back.encoder_description())).with_feature_shape([7]).identity() \
             == d.identity()
-        inv = features_invocation(ModelRoot(str(tmp_path)), back, ["x/*.jpg"], str(tmp_path / "o"))
-        again = describe(features_cmd.config_from_args(inv.args).encoder)
-        assert again.with_feature_shape([7]).identity() == d.identity(), inv.line
+        s = features_stage(ModelRoot(str(tmp_path)), back, ["x/*.jpg"], str(tmp_path / "o"))
+        again = describe(s.config.encoder)
+        assert again.with_feature_shape([7]).identity() == d.identity(), s.line
 
 
 def test_specs_written_before_the_description_are_read():

@@ -182,29 +182,26 @@ def test_run_command_maps_each_error_class_to_its_exit_code(capsys):
 def test_plans_check_before_any_work(sample_dir, tmp_path):
     """plan() of the Beam jobs: a typed plan with summary lines, or a CommandError naming the flag, and
     nothing written either way."""
-    from captionbeam.launch.command_args import CommandError, invocation
+    from captionbeam.launch.command_args import CommandError, stage
     from captionbeam.launch.commands import captions, features, pack
     images = [os.path.join(sample_dir, "images", "*.jpg")]
     enc = {"encoder": "mobilenet", "weights": "none", "image_size": 32}
-    planned = features.plan(features.config_from_args(invocation(features, {"images": images, "output": str(tmp_path / "f"), **enc}).args))
+    planned = features.plan(stage(features, {"images": images, "output": str(tmp_path / "f"), **enc}).config)
     assert planned.description.name == "mobilenet" and planned.replace == ()
     assert planned.summary_lines()[0].startswith("features: encoder mobilenet (none weights, 32px")
     with pytest.raises(CommandError, match="--images: no file matches"):
-        features.plan(features.config_from_args(invocation(features, {"images": [str(tmp_path / "*.png")],
-                                                                      "output": str(tmp_path / "f"), **enc}).args))
+        features.plan(stage(features, {"images": [str(tmp_path / "*.png")], "output": str(tmp_path / "f"), **enc}).config)
     (tmp_path / "p").mkdir()
     (tmp_path / "p" / "manifest.jsonl").write_text("{}\n")
-    config = pack.config_from_args(invocation(pack, {"images": images, "output": str(tmp_path / "p"), "format": "tar"}).args)
+    config = stage(pack, {"images": images, "output": str(tmp_path / "p"), "format": "tar"}).config
     with pytest.raises(CommandError, match="--output .* already holds 1 files of an earlier pack"):
         pack.plan(config)
-    again = pack.config_from_args(invocation(pack, {"images": images, "output": str(tmp_path / "p"), "format": "tar",
-                                                    "overwrite": True}).args)
+    again = stage(pack, {"images": images, "output": str(tmp_path / "p"), "format": "tar", "overwrite": True}).config
     assert pack.plan(again).stale == (str(tmp_path / "p" / "manifest.jsonl"),)
-    c = captions.plan(captions.config_from_args(invocation(captions, {
+    c = captions.plan(stage(captions, {
         "captions": os.path.join(sample_dir, "captions.txt"), "output": str(tmp_path / "c"),
-        "splits": [("train", os.path.join(sample_dir, "train.txt"))]}).args))
+        "splits": [("train", os.path.join(sample_dir, "train.txt"))]}).config)
     assert c.fmt == "flickr8k" and "splits: train" in c.summary_lines()[1]
     with pytest.raises(CommandError, match="--captions: file not found"):
-        captions.plan(captions.config_from_args(invocation(captions, {"captions": str(tmp_path / "none.txt"),
-                                                                      "output": str(tmp_path / "c")}).args))
+        captions.plan(stage(captions, {"captions": str(tmp_path / "none.txt"), "output": str(tmp_path / "c")}).config)
     assert sorted(os.listdir(tmp_path)) == ["p"] and os.listdir(tmp_path / "p") == ["manifest.jsonl"]

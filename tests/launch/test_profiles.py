@@ -19,6 +19,17 @@ from captionbeam.launch.tf_config import tf_config
 BULK = ["bulk", "--images", "gs://b/photos/*.jpg", "--model-dir", "gs://b/model", "--output", "gs://b/out"]
 
 
+@pytest.fixture
+def features_argv(tmp_path):
+    """A features command whose plan passes (a dry run plans: its images must exist); the encoder's input
+    size not given."""
+    from PIL import Image
+    (tmp_path / "photos").mkdir()
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(tmp_path / "photos" / "a.jpg")
+    return ["features", "--images", str(tmp_path / "photos" / "*.jpg"), "--encoder", "mobilenet", "--weights", "none",
+            "--output", str(tmp_path / "out")]
+
+
 def dry_run(capsys, argv):
     rc = cli.main(list(argv) + ["--dry-run"])
     out = capsys.readouterr().out
@@ -66,20 +77,20 @@ def engines_cache(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("profile", sorted(EXPECTED))
-def test_dry_run_resolves_each_profile_and_round_trips(capsys, engines_cache, profile):
-    report, line = dry_run(capsys, BULK + ["--profile", profile])
+def test_dry_run_resolves_each_profile_and_round_trips(capsys, engines_cache, profile, features_argv):
+    report, line = dry_run(capsys, features_argv + ["--profile", profile])
     opts = report["pipeline_options"]
     for key, value in EXPECTED[profile].items():
         value = value.replace("{cache}", engines_cache) if isinstance(value, str) else value
         assert opts[key] == value, (key, opts)
     assert report["profile"] == profile
     # the command's own options are resolved too, defaults included
-    assert report["command_options"]["images"] == ["gs://b/photos/*.jpg"]
+    assert report["command_options"]["images"] == [features_argv[2]]
     assert report["command_options"]["batch_size"] == 32
-    assert report["command_options"]["beam_size"] is None  # not given: 1 for a model dir, an export's own
+    assert report["command_options"]["image_size"] is None  # not given: the encoder's own
     # the equivalent command line: no profile, no dry-run, every option once
     tokens = shlex.split(line)
-    assert tokens[:2] == ["captionbeam", "bulk"]
+    assert tokens[:2] == ["captionbeam", "features"]
     assert "--profile" not in tokens and "--dry-run" not in tokens
     keys = [t.split("=")[0] for t in beam_flags_of(line)]
     repeatable = {"--experiments", "--dataflow_service_options", "--beam_plugin", "--job_server_jvm_properties"}
@@ -102,8 +113,8 @@ def test_gpu_only_for_features_and_bulk(capsys):
     assert not any(f.startswith("--setup_file") for f in captions)
 
 
-def test_explicit_flags_override_profile_without_duplicates(capsys):
-    report, line = dry_run(capsys, BULK + ["--profile", "dataflow", "--region", "europe-west4",
+def test_explicit_flags_override_profile_without_duplicates(capsys, features_argv):
+    report, line = dry_run(capsys, features_argv + ["--profile", "dataflow", "--region", "europe-west4",
                                            "--experiments=shuffle_mode=service", "--experiments=use_runner_v2",
                                            "--project=my-project"])
     opts = report["pipeline_options"]

@@ -91,9 +91,8 @@ def test_compressed_root_features_are_read_and_extended_compressed(tmp_path):
     import hashlib
 
     from captionbeam.launch import cli
-    from captionbeam.launch.commands import features as features_cmd
     from captionbeam.launch.retrain.manifest import feature_hashes
-    from captionbeam.launch.retrain.stages import features_invocation
+    from captionbeam.launch.retrain.stages import features_stage
     from captionbeam.model.records import FeaturesSpec
     from captionbeam.pipelines.sample import SampleConfig, write_sample
     write_sample(SampleConfig(output=str(tmp_path / "s"), images=20, seed=0, size=32))
@@ -105,8 +104,8 @@ def test_compressed_root_features_are_read_and_extended_compressed(tmp_path):
     assert spec.compression == "GZIP"
     expected = {hashlib.sha256(p.read_bytes()).hexdigest(): p.stem for p in (tmp_path / "s" / "images").glob("*.jpg")}
     assert len(expected) == 20 and feature_hashes([str(out)]) == expected
-    inv = features_invocation(ModelRoot(str(tmp_path / "root")), spec, ["new/*.jpg"], str(tmp_path / "new"))
-    assert "--compress" in inv.argv and features_cmd.config_from_args(inv.args).compress
+    s = features_stage(ModelRoot(str(tmp_path / "root")), spec, ["new/*.jpg"], str(tmp_path / "new"))
+    assert s.config.compress and " --compress" in s.line
 
 
 def test_features_without_their_sidecar_are_a_clear_error(tmp_path):

@@ -43,12 +43,13 @@ def test_records_are_owner_only_and_redacted(tmp_path):
 
 
 def test_printed_stage_lines_are_redacted():
-    from captionbeam.launch.command_args import invocation
+    import json
+    from captionbeam.launch.command_args import stage
     from captionbeam.launch.commands import features
-    inv = invocation(features, {"images": ["a/*.jpg"], "output": "out"},
-                     pipeline_args=["--s3_secret_access_key", SECRET])
-    assert SECRET not in inv.line and REDACTED in inv.line
-    assert SECRET in inv.argv                                   # what the stage runs with is untouched
+    s = stage(features, {"images": ["a/*.jpg"], "output": "out"}, pipeline_args=["--s3_secret_access_key", SECRET])
+    assert SECRET not in s.line and REDACTED in s.line
+    assert SECRET not in json.dumps(s.record()) and REDACTED in json.dumps(s.record())   # the --resume marker
+    assert SECRET in s.runner.args                              # what the stage runs with is untouched
 
 
 @pytest.mark.timeout(300)
