@@ -13,7 +13,9 @@ was not written.
 ``--skip-existing`` reads the manifest of the *same* model version only: a new model re-captions
 everything. The anti-join against it is a ``CoGroupByKey`` keyed by path (see
 :class:`SplitAlreadyCaptioned`), not a side-input dict, so it scales with the archive: no worker
-holds the whole manifest in memory.
+holds the whole manifest in memory. The bulk job joins keys only (:class:`pipelines.image_keys.ImageKey`:
+path, SHA-256, where to read it again), never image bytes, and reads the bytes again for what is left
+to caption.
 """
 from __future__ import annotations
 
@@ -131,7 +133,8 @@ def _split_group(element, skipped_tag: str):
 
 
 class SplitAlreadyCaptioned(beam.PTransform):
-    """Anti-join of ``(path, (sha256, item))`` against ``(path, sha256)`` manifest keys.
+    """Anti-join of ``(path, (sha256, item))`` against ``(path, sha256)`` manifest keys (bulk's items
+    are :class:`pipelines.image_keys.ImageKey`: what goes through the shuffle holds no image bytes).
 
     Returns a ``DoOutputsTuple``: ``.todo`` = items to caption, ``["skipped"]`` = items
     whose (path, sha256) the manifest already has. A CoGroupByKey keyed by path: each key holds one
