@@ -166,11 +166,6 @@ class _CountReadDeadLetters(beam.DoFn):
         yield d
 
 
-def _key_by_path(key) -> Tuple[str, Tuple[str, Any]]:
-    """ImageKey -> ``(path, (sha256, key))``: what the anti-join against the manifest takes (no bytes)."""
-    return key.source, (key.sha256, key)
-
-
 def _hashed(blob) -> Tuple[Any, str]:
     """ImageBlob -> ``(blob, sha256)`` (the ``--redo`` path: no join, the bytes read once)."""
     return blob, pio.sha256_hex(blob.data)
@@ -299,16 +294,16 @@ class BulkCaption(beam.PTransform):
         are read a second time only when it is to be captioned, so a re-run of a finished archive holds
         no image bytes however large the archive. A shard's remaining members are captioned in the
         bundle that reads the shard again: the work spreads over workers shard by shard."""
-        from captionbeam.pipelines.image_keys import ReadImageKeys, ReadKeyedImages
+        from captionbeam.pipelines.image_keys import ReadImageKeys, ReadKeyedImages, join_entry, key_of_join
         cfg = self.config
         read = pbegin | "ReadImageKeys" >> ReadImageKeys(list(cfg.images), input_format=cfg.input_format,
                                                          max_bytes=cfg.max_bytes, shard_fields=cfg.tfrecord_fields)
         read_dead = read["dead_letters"] | "CountReadFailures" >> beam.ParDo(_CountReadDeadLetters())
         keyed = (read["keys"]
                  | "CountMatched" >> beam.ParDo(_Count("matched"))
-                 | "KeyByPath" >> beam.Map(_key_by_path))
+                 | "KeyByPath" >> beam.Map(join_entry))
         seen = pbegin | "ReadManifest" >> ReadManifest(cfg.output, self.model.model_version)
-        split = keyed | "SkipExisting" >> SplitAlreadyCaptioned(seen)
+        split = keyed | "SkipExisting" >> SplitAlreadyCaptioned(seen, rebuild=key_of_join)
         todo = split.todo | "ReadTodoImages" >> ReadKeyedImages(cfg.max_bytes, cfg.tfrecord_fields)
         return todo["images"], split[SplitAlreadyCaptioned.SKIPPED], read_dead, todo["dead_letters"]
 

@@ -22,8 +22,7 @@ again (the file is gone or refused now, the member is no longer in its shard) is
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Iterable, Iterator, Optional, Sequence, Tuple
+from typing import Iterable, Iterator, NamedTuple, Optional, Sequence, Tuple
 
 import apache_beam as beam
 
@@ -44,9 +43,10 @@ DEAD = "dead_letters"
 STAGE = "read"
 
 
-@dataclass(frozen=True)
-class ImageKey:
-    """One matched image without its bytes: enough to join on and to read it again."""
+class ImageKey(NamedTuple):
+    """One matched image without its bytes: enough to join on and to read it again. (A NamedTuple, not a
+    dataclass: Beam encodes it in about two thirds of the bytes, and the in-process runner holds every
+    key of a shuffle at once.)"""
     source: str  # as ImageBlob.source: the file path, or "<shard>#<member>"
     image_id: str
     sha256: str  # of the bytes read when it was matched
@@ -57,6 +57,18 @@ class ImageKey:
     @property
     def in_shard(self) -> bool:
         return bool(self.shard)
+
+
+def join_entry(key: ImageKey) -> Tuple[str, Tuple[str, Tuple[str, str, str, str]]]:
+    """``(path, (sha256, (image_id, shard, fmt, member)))``: a key as plain strings for the anti-join
+    against the manifest (:class:`pipelines.manifest.SplitAlreadyCaptioned`), the least it can carry."""
+    return key.source, (key.sha256, (key.image_id, key.shard, key.fmt, key.member))
+
+
+def key_of_join(path: str, sha256: str, locator: Tuple[str, str, str, str]) -> ImageKey:
+    """The :class:`ImageKey` back from what :func:`join_entry` made of it."""
+    image_id, shard, fmt, member = locator
+    return ImageKey(path, image_id, sha256, shard, fmt, member)
 
 
 def key_of_blob(blob: ImageBlob) -> ImageKey:

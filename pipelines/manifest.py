@@ -120,21 +120,24 @@ class ReadManifest(beam.PTransform):
                 | "ParseManifest" >> beam.ParDo(_ParseManifest()))
 
 
-def _split_group(element, skipped_tag: str):
-    """One path's group: ``blobs`` (this run's images at that path) and ``seen`` (SHA-256s already
-    captioned at that path). Same bytes → skipped; new or changed bytes → to caption."""
-    _path, grouped = element
+def _split_group(element, skipped_tag: str, rebuild=None):
+    """One path's group: ``new`` (this run's images at that path) and ``seen`` (SHA-256s already
+    captioned at that path). Same bytes → skipped; new or changed bytes → to caption. Each item goes
+    on as it came, or as ``rebuild(path, sha256, item)``."""
+    path, grouped = element
     seen = set(grouped["seen"])
     for sha, item in grouped["new"]:
+        out = item if rebuild is None else rebuild(path, sha, item)
         if sha in seen:
-            yield beam.pvalue.TaggedOutput(skipped_tag, item)
+            yield beam.pvalue.TaggedOutput(skipped_tag, out)
         else:
-            yield item
+            yield out
 
 
 class SplitAlreadyCaptioned(beam.PTransform):
-    """Anti-join of ``(path, (sha256, item))`` against ``(path, sha256)`` manifest keys (bulk's items
-    are :class:`pipelines.image_keys.ImageKey`: what goes through the shuffle holds no image bytes).
+    """Anti-join of ``(path, (sha256, item))`` against ``(path, sha256)`` manifest keys (bulk's are
+    :func:`pipelines.image_keys.join_entry`: strings only, no image bytes go through the shuffle;
+    ``rebuild(path, sha256, item)``, when given, makes what comes out of the items).
 
     Returns a ``DoOutputsTuple``: ``.todo`` = items to caption, ``["skipped"]`` = items
     whose (path, sha256) the manifest already has. A CoGroupByKey keyed by path: each key holds one
@@ -143,14 +146,15 @@ class SplitAlreadyCaptioned(beam.PTransform):
 
     SKIPPED = "skipped"
 
-    def __init__(self, seen):
+    def __init__(self, seen, rebuild=None):
         super().__init__()
         self.seen = seen
+        self.rebuild = rebuild
 
     def expand(self, keyed_items):
         return ({"new": keyed_items, "seen": self.seen}
                 | "CoGroupByPath" >> beam.CoGroupByKey()
-                | "SplitSeen" >> beam.FlatMap(_split_group, self.SKIPPED).with_outputs(self.SKIPPED, main="todo"))
+                | "SplitSeen" >> beam.FlatMap(_split_group, self.SKIPPED, self.rebuild).with_outputs(self.SKIPPED, main="todo"))
 
 
 # ----------------------------------------------------------------------------- dead letters already filed
