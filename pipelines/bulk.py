@@ -2,9 +2,11 @@
 
 Pipeline (each step a composite PTransform)::
 
-    ReadImages (pipelines.sources: loose files, tar / TFRecord shards)
-      -> Hash (path, sha256)
-      -> SplitAlreadyCaptioned: CoGroupByKey by path with ReadManifest(model version) (not with --redo)
+    ReadImageKeys (pipelines.image_keys: loose files, tar / TFRecord shards, hashed where read: keys, no bytes)
+      -> SplitAlreadyCaptioned: CoGroupByKey by path of (path, sha256) with ReadManifest(model version)
+      -> ReadKeyedImages: the bytes of the images still to caption only, read again and hashed again
+         (loose files one by one, shard members in one more pass per shard)
+         [--redo: ReadImages (bytes) -> hash, no join, no second read]
       -> DecodeForCaptioner (pipelines.decoding.DecodeImages at the encoder's input size)
          [exported SavedModel as --model-dir: PassImageBytes instead, the export decodes in its graph]
       -> CaptionBatches: RunInference(CaptionerModelHandler | SavedModelHandler) -- encoder + decoder, batched
@@ -164,9 +166,9 @@ class _CountReadDeadLetters(beam.DoFn):
         yield d
 
 
-def _key_by_path(blob) -> Tuple[str, Tuple[str, Any]]:
-    sha = pio.sha256_hex(blob.data)
-    return blob.source, (sha, (blob, sha))
+def _hashed(blob) -> Tuple[Any, str]:
+    """ImageBlob -> ``(blob, sha256)`` (the ``--redo`` path: no join, the bytes read once)."""
+    return blob, pio.sha256_hex(blob.data)
 
 
 def _to_image_bytes(item) -> ImageBytes:
@@ -267,35 +269,60 @@ class BulkCaption(beam.PTransform):
         self.handler = handler or make_handler(config, model)
 
     def expand(self, pbegin):
-        from captionbeam.pipelines.sources import ReadImages
         cfg = self.config
-        read = pbegin | "ReadImages" >> ReadImages(list(cfg.images), input_format=cfg.input_format,
-                                                   max_bytes=cfg.max_bytes, shard_fields=cfg.tfrecord_fields)
-        read_dead = read["dead_letters"] | "CountReadFailures" >> beam.ParDo(_CountReadDeadLetters())
-        blobs = read["images"] | "CountMatched" >> beam.ParDo(_Count("matched"))
-        keyed = blobs | "HashAndKeyByPath" >> beam.Map(_key_by_path)
         if cfg.skip_existing:
-            seen = pbegin | "ReadManifest" >> ReadManifest(cfg.output, self.model.model_version)
-            split = keyed | "SkipExisting" >> SplitAlreadyCaptioned(seen)
-            todo, skipped = split.todo, split[SplitAlreadyCaptioned.SKIPPED]
+            todo, skipped, read_dead, reread_dead = self._join_on_keys(pbegin)
         else:
-            todo = keyed | "Values" >> beam.Map(lambda kv: kv[1][1])
-            if _reads_shards(cfg):
-                # A shard is one work item: redistribute its images before the expensive part so that
-                # inference spreads over all workers. Loose files are already spread (the reader
-                # shuffles paths before reading them), so they skip this extra shuffle of bytes.
-                todo = todo | "Redistribute" >> beam.Reshuffle()
-            skipped = pbegin | "NothingSkipped" >> beam.Create([])
+            todo, read_dead = self._read_everything(pbegin)
+            skipped, reread_dead = pbegin | "NothingSkipped" >> beam.Create([]), None
         skipped = skipped | "CountSkipped" >> beam.ParDo(_Count("skipped"))
         step, prepare = prepare_for_model(cfg, self.model)
         decoded = todo | step >> prepare
         captioned = decoded["images"] | "CaptionBatches" >> CaptionBatches(self.handler)
         rows = captioned["rows"] | "CountCaptioned" >> beam.ParDo(_Count("captioned"))
-        failed = ((decoded["dead_letters"], captioned["dead_letters"])
+        failures = [decoded["dead_letters"], captioned["dead_letters"]] + ([reread_dead] if reread_dead else [])
+        failed = (failures
                   | "FlattenFailures" >> beam.Flatten()
                   | "CountFailed" >> beam.ParDo(_Count("failed")))
         dead = (read_dead, failed) | "FlattenDeadLetters" >> beam.Flatten()
         return {"rows": rows, "skipped": skipped, "dead_letters": dead}
+
+    def _join_on_keys(self, pbegin):
+        """(todo ``(ImageBlob, sha256)``, skipped ImageKeys, read dead letters, re-read dead letters).
+
+        The anti-join carries keys only (path, SHA-256, where to read it again): the bytes of an image
+        are read a second time only when it is to be captioned, so a re-run of a finished archive holds
+        no image bytes however large the archive. A shard's remaining members are captioned in the
+        bundle that reads the shard again: the work spreads over workers shard by shard."""
+        from captionbeam.pipelines.image_keys import ReadImageKeys, ReadKeyedImages, join_entry, key_of_join
+        cfg = self.config
+        read = pbegin | "ReadImageKeys" >> ReadImageKeys(list(cfg.images), input_format=cfg.input_format,
+                                                         max_bytes=cfg.max_bytes, shard_fields=cfg.tfrecord_fields)
+        read_dead = read["dead_letters"] | "CountReadFailures" >> beam.ParDo(_CountReadDeadLetters())
+        keyed = (read["keys"]
+                 | "CountMatched" >> beam.ParDo(_Count("matched"))
+                 | "KeyByPath" >> beam.Map(join_entry))
+        seen = pbegin | "ReadManifest" >> ReadManifest(cfg.output, self.model.model_version)
+        split = keyed | "SkipExisting" >> SplitAlreadyCaptioned(seen, rebuild=key_of_join)
+        todo = split.todo | "ReadTodoImages" >> ReadKeyedImages(cfg.max_bytes, cfg.tfrecord_fields)
+        return todo["images"], split[SplitAlreadyCaptioned.SKIPPED], read_dead, todo["dead_letters"]
+
+    def _read_everything(self, pbegin):
+        """``--redo``: (every image as ``(ImageBlob, sha256)``, read dead letters), each read once."""
+        from captionbeam.pipelines.sources import ReadImages
+        cfg = self.config
+        read = pbegin | "ReadImages" >> ReadImages(list(cfg.images), input_format=cfg.input_format,
+                                                   max_bytes=cfg.max_bytes, shard_fields=cfg.tfrecord_fields)
+        read_dead = read["dead_letters"] | "CountReadFailures" >> beam.ParDo(_CountReadDeadLetters())
+        todo = (read["images"]
+                | "CountMatched" >> beam.ParDo(_Count("matched"))
+                | "Hash" >> beam.Map(_hashed))
+        if _reads_shards(cfg):
+            # A shard is one work item: redistribute its images before the expensive part so that
+            # inference spreads over all workers. Loose files are already spread (the reader
+            # shuffles paths before reading them), so they skip this extra shuffle of bytes.
+            todo = todo | "Redistribute" >> beam.Reshuffle()
+        return todo, read_dead
 
 
 def _manifest_line(row: CaptionRow, run: str, _written_files) -> str:

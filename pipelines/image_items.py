@@ -32,6 +32,7 @@ NOT_REGULAR = "not_a_regular_file"         # FIFO, socket, device, directory, ta
 BROKEN_LINK = "broken_link"                # a symlink whose target does not exist
 SYMLINK_LOOP = "symlink_loop"              # a symlink that resolves to itself
 EMPTY_ID = "empty_id"                      # a member named ``.jpg``: no image id
+CHANGED_SINCE_HASHED = "changed_since_hashed"  # bulk: a member gone from its shard when read again to caption it
 
 # One byte limit for every reader (loose files, tar members, TFRecord records): bytes are never read
 # past it, so a worker holds at most this much per image in flight. ``--max-bytes`` overrides it.

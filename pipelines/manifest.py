@@ -13,7 +13,9 @@ was not written.
 ``--skip-existing`` reads the manifest of the *same* model version only: a new model re-captions
 everything. The anti-join against it is a ``CoGroupByKey`` keyed by path (see
 :class:`SplitAlreadyCaptioned`), not a side-input dict, so it scales with the archive: no worker
-holds the whole manifest in memory.
+holds the whole manifest in memory. The bulk job joins keys only (:class:`pipelines.image_keys.ImageKey`:
+path, SHA-256, where to read it again), never image bytes, and reads the bytes again for what is left
+to caption.
 """
 from __future__ import annotations
 
@@ -118,20 +120,24 @@ class ReadManifest(beam.PTransform):
                 | "ParseManifest" >> beam.ParDo(_ParseManifest()))
 
 
-def _split_group(element, skipped_tag: str):
-    """One path's group: ``blobs`` (this run's images at that path) and ``seen`` (SHA-256s already
-    captioned at that path). Same bytes → skipped; new or changed bytes → to caption."""
-    _path, grouped = element
+def _split_group(element, skipped_tag: str, rebuild=None):
+    """One path's group: ``new`` (this run's images at that path) and ``seen`` (SHA-256s already
+    captioned at that path). Same bytes → skipped; new or changed bytes → to caption. Each item goes
+    on as it came, or as ``rebuild(path, sha256, item)``."""
+    path, grouped = element
     seen = set(grouped["seen"])
     for sha, item in grouped["new"]:
+        out = item if rebuild is None else rebuild(path, sha, item)
         if sha in seen:
-            yield beam.pvalue.TaggedOutput(skipped_tag, item)
+            yield beam.pvalue.TaggedOutput(skipped_tag, out)
         else:
-            yield item
+            yield out
 
 
 class SplitAlreadyCaptioned(beam.PTransform):
-    """Anti-join of ``(path, (sha256, item))`` against ``(path, sha256)`` manifest keys.
+    """Anti-join of ``(path, (sha256, item))`` against ``(path, sha256)`` manifest keys (bulk's are
+    :func:`pipelines.image_keys.join_entry`: strings only, no image bytes go through the shuffle;
+    ``rebuild(path, sha256, item)``, when given, makes what comes out of the items).
 
     Returns a ``DoOutputsTuple``: ``.todo`` = items to caption, ``["skipped"]`` = items
     whose (path, sha256) the manifest already has. A CoGroupByKey keyed by path: each key holds one
@@ -140,14 +146,15 @@ class SplitAlreadyCaptioned(beam.PTransform):
 
     SKIPPED = "skipped"
 
-    def __init__(self, seen):
+    def __init__(self, seen, rebuild=None):
         super().__init__()
         self.seen = seen
+        self.rebuild = rebuild
 
     def expand(self, keyed_items):
         return ({"new": keyed_items, "seen": self.seen}
                 | "CoGroupByPath" >> beam.CoGroupByKey()
-                | "SplitSeen" >> beam.FlatMap(_split_group, self.SKIPPED).with_outputs(self.SKIPPED, main="todo"))
+                | "SplitSeen" >> beam.FlatMap(_split_group, self.SKIPPED, self.rebuild).with_outputs(self.SKIPPED, main="todo"))
 
 
 # ----------------------------------------------------------------------------- dead letters already filed
