@@ -378,6 +378,12 @@ class BulkResult:
     seconds: float
     files: Dict[str, List[str]] = field(default_factory=dict)
     record_path: str = ""
+    sources: Dict[str, str] = field(default_factory=dict)   # counter -> RUNNER, FILES or PROGRESS_FILES
+
+    @property
+    def runner_counters_incomplete(self) -> bool:
+        """Some of the four did not come from the runner's counters (see :func:`reconcile_with_files`)."""
+        return any(src != RUNNER for src in self.sources.values())
 
     @property
     def balanced(self) -> bool:
@@ -399,42 +405,64 @@ def bulk_counters(result) -> Dict[str, int]:
     return {**{name: 0 for name in COUNTERS}, **query_counters(result, NAMESPACE)}
 
 
+RUNNER, FILES, PROGRESS_FILES = "runner", "files", "progress files"   # where a counter's value came from
+
+
+def _count_lines(path: str) -> int:
+    from apache_beam.io.filesystems import FileSystems
+    with FileSystems.open(path, compression_type="uncompressed") as fh:
+        return sum(1 for line in fh if line.strip())
+
+
+def _count_caption_rows(path: str) -> int:
+    if path.endswith(".parquet"):
+        import pyarrow.parquet as pq
+        from apache_beam.io.filesystems import FileSystems
+        with FileSystems.open(path, compression_type="uncompressed") as fh:
+            return pq.ParquetFile(fh).metadata.num_rows
+    return _count_lines(path)
+
+
 def reconcile_with_files(res: "BulkResult", side: Optional[Dict[str, int]] = None,
                          total: Optional[int] = None) -> None:
-    """When the runner's counters do not add up, count ``captioned`` and ``failed`` again from this run's
-    finalised caption rows and dead letters. Some portable runners lose metrics (Prism 2.78: a bundle's
-    counters are dropped when another bundle reports a metric it has not mapped yet, see its
-    jobservices/metrics.go ``unprocessedPayloads``); the files are what the run wrote. The file counts
-    replace the counters only where they balance with ``matched`` and ``skipped``. Failing that, ``side``
-    (the progress files' counts per kind: ``captioned``, ``skipped``, ``failed``) gives all four, used
-    only where its ``captioned`` equals the rows in the files, its ``failed`` covers the dead letters in
-    the files, and its sum equals ``total`` (the listed input files) when that is known."""
-    from apache_beam.io.filesystems import FileSystems
-
-    def lines(path: str) -> int:
-        with FileSystems.open(path, compression_type="uncompressed") as fh:
-            return sum(1 for line in fh if line.strip())
-    captioned = sum(1 for f in res.files.get("captions", []) for _ in _caption_file_rows(f))
-    failed = sum(lines(f) for f in res.files.get("dead_letters", [])) + res.counters.get(DropFiledDeadLetters.COUNTER, 0)
+    """Make the counters agree with what the run wrote: ``captioned`` must equal the caption rows in this
+    run's finalised files, ``failed`` its new dead letters plus ``already_filed``. Where they do and the four
+    balance, the runner's counters stand. Otherwise the runner lost some (Spark 2.78 before
+    :func:`pipelines.counters.query_counters` summed a transform's parts; Prism 2.78 drops a bundle's
+    counters when another bundle reports a metric it has not mapped yet, jobservices/metrics.go
+    ``unprocessedPayloads``): ``captioned`` and ``failed`` are taken from the files; ``matched`` and
+    ``skipped`` stay the runner's where they then balance; failing that, ``side`` (the progress files'
+    counts per kind: ``captioned``, ``skipped``, ``failed``; a kind none was counted of is absent) gives all four,
+    used only where its ``captioned`` equals the rows in the files, its ``failed`` covers the dead letters
+    in the files, and its sum equals ``total`` (the listed input files) when that is known. Failing that
+    too, the result stays unbalanced, with ``captioned`` and ``failed`` from the files. ``res.sources``
+    names where each of the four came from (``runner``, ``files``, ``progress files``)."""
+    captioned = sum(_count_caption_rows(f) for f in res.files.get("captions", []))
+    new_failed = sum(_count_lines(f) for f in res.files.get("dead_letters", []))
     c = res.counters
-    if c["matched"] == captioned + c["skipped"] + failed:
-        log.warning("bulk run %s: the runner's counters do not add up (captioned %d, failed %d); the run's files "
-                    "hold %d caption rows and %d dead letters, which do: using those", res.run, c["captioned"],
-                    c["failed"], captioned, failed)
-        res.counters = {**c, "captioned": captioned, "failed": failed}
+    filed = c.get(DropFiledDeadLetters.COUNTER, 0)
+    failed = new_failed + filed
+    res.sources = {name: RUNNER for name in COUNTERS}
+    if c["captioned"] == captioned and c["failed"] == failed and res.balanced:
         return
-    new_failed = failed - c.get(DropFiledDeadLetters.COUNTER, 0)
-    if side is None or side.get("captioned", 0) != captioned or side.get("failed", 0) < new_failed:
+    log.warning("bulk run %s: the runner's counters (matched %d, captioned %d, skipped %d, failed %d) do not "
+                "agree with the run's files (%d caption rows, %d dead letters, %d filed before) or do not add up",
+                res.run, c["matched"], c["captioned"], c["skipped"], c["failed"], captioned, new_failed, filed)
+    res.counters = {**c, "captioned": captioned, "failed": failed}
+    res.sources.update(captioned=FILES, failed=FILES)
+    if res.balanced:
         return
-    matched = sum(side.get(k, 0) for k in ("captioned", "skipped", "failed"))
+    side = {kind: int((side or {}).get(kind, 0)) for kind in ("captioned", "skipped", "failed")} if side else None
+    if side is None or side["captioned"] != captioned or side["failed"] < new_failed:
+        return
+    matched = sum(side.values())
     if total is not None and matched != total:
         return
-    log.warning("bulk run %s: the runner's counters do not add up (matched %d, captioned %d, skipped %d, failed "
-                "%d); its workers' progress files, which agree with its %d caption rows and %d new dead letters, "
-                "do: using those", res.run, c["matched"], c["captioned"], c["skipped"], c["failed"], captioned,
-                new_failed)
-    res.counters = {**c, "matched": matched, "captioned": captioned, "skipped": side.get("skipped", 0),
-                    "failed": side["failed"], DropFiledDeadLetters.COUNTER: side["failed"] - new_failed}
+    log.warning("bulk run %s: matched and skipped from the workers' progress files, which agree with the "
+                "run's %d caption rows and %d new dead letters", res.run, captioned, new_failed)
+    res.counters = {**res.counters, "matched": matched, "skipped": side["skipped"], "failed": side["failed"],
+                    DropFiledDeadLetters.COUNTER: side["failed"] - new_failed}
+    res.sources.update(matched=PROGRESS_FILES, skipped=PROGRESS_FILES, failed=PROGRESS_FILES)
 
 
 def list_run_files(output: str, run: str, model_version: str) -> Dict[str, List[str]]:
@@ -564,8 +592,7 @@ def _run_leased(config: BulkConfig, model: ModelInfo, runner: Runner, token: str
                      files=list_run_files(config.output, token, model.model_version))
     if config.format == "parquet":
         res.files["captions"] = drop_empty_parquet(res.files["captions"])
-    if not res.balanced:
-        reconcile_with_files(res, reporter.counts, reporter.total)
+    reconcile_with_files(res, reporter.counts, reporter.total)
     res.record_path = run_record_path(config.output, token)
     write_record(res.record_path, {             # secrets in the Beam flags redacted, mode 0600
         "run": token, "started": started.isoformat(), "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(),
@@ -574,6 +601,7 @@ def _run_leased(config: BulkConfig, model: ModelInfo, runner: Runner, token: str
         "exported": model.exported, "source_model_version": model.source_model_version,
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
         "pipeline_args": list(runner_flags(runner).args), "counters": res.counters, "balanced": res.balanced,
+        "counter_sources": res.sources,
         "files": res.files,
     })
     return res

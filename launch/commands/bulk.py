@@ -226,6 +226,20 @@ def plan(config: BulkCommandConfig) -> BulkPlan:
     return BulkPlan(job=job, model=info)
 
 
+def counter_sources_line(sources: Dict[str, str]) -> str:
+    """``  the runner's counters were incomplete: captioned, failed counted from this run's files; matched,
+    skipped the runner's`` (``sources``: ``BulkResult.sources``)."""
+    from captionbeam.pipelines.bulk import FILES, PROGRESS_FILES, RUNNER
+    words = {FILES: "counted from this run's caption and dead-letter files",
+             PROGRESS_FILES: "from the workers' progress files", RUNNER: "the runner's"}
+    by: Dict[str, List[str]] = {}
+    for name, src in sources.items():
+        by.setdefault(src, []).append(name)
+    order = sorted(by, key=lambda src: src == RUNNER)   # the runner's last
+    return "  the runner's counters were incomplete: " + "; ".join(
+        f"{', '.join(by[src])} {words.get(src, src)}" for src in order)
+
+
 @dataclass
 class BulkCommandResult:
     """The finished job (``pipelines.bulk.BulkResult``) and the model it captioned with."""
@@ -243,7 +257,7 @@ class BulkCommandResult:
             "run": r.run, "model_version": r.model_version, "encoder": r.encoder,
             "counters": {k: c.get(k, 0) for k in ("matched", "captioned", "skipped", "failed")},
             "already_filed": r.already_filed,
-            "balanced": r.balanced, "seconds": round(r.seconds, 2),
+            "balanced": r.balanced, "counter_sources": r.sources, "seconds": round(r.seconds, 2),
             "images_per_s": round(r.images_per_s, 2), "files": r.files, "run_record": r.record_path,
             "exported": self.model.exported, "source_model_version": self.model.source_model_version,
         }
@@ -254,6 +268,8 @@ class BulkCommandResult:
         lines = [f"run {r.run}: model {r.model_version} ({r.encoder}{kind})",
                  f"  matched {c['matched']}  captioned {c['captioned']}  skipped {c['skipped']}  failed {c['failed']}"
                  f"  ({'balanced' if r.balanced else 'NOT BALANCED'})"]
+        if r.runner_counters_incomplete:
+            lines.append(counter_sources_line(r.sources))
         if r.already_filed:
             lines.append(f"  {r.already_filed} of the failed already have a dead letter from an earlier run "
                          f"(not filed again; --redo files them again)")

@@ -4,7 +4,8 @@
   an in-process command (at INFO whatever its ``--log-level``; the logger's level is restored after);
 - ``progress_messages_in(stderr)``: the same messages read from a ``captionbeam`` process's stderr;
 - ``assert_progress_lines(messages, job, total)``: the total first, then done/total (percent), rate and
-  ETA lines, counts never going down, the last one total/total (100%), a rate above 0 and ETA 0:00:00.
+  ETA lines, counts never going down, the last one total/total (100%), a rate above 0 and ETA 0:00:00;
+  ``listed=False`` (input in shards, total unknown up front): done and rate lines, the last one ``total``.
 """
 import contextlib
 import logging
@@ -37,7 +38,17 @@ def progress_messages_in(stderr: str) -> List[str]:
     return [line.split(f"{LOGGER}: ", 1)[1] for line in stderr.splitlines() if f"{LOGGER}: " in line]
 
 
-def assert_progress_lines(messages: List[str], job: str, total: int, unit: str = "images") -> None:
+def assert_progress_lines(messages: List[str], job: str, total: int, unit: str = "images", listed: bool = True) -> None:
+    """``listed=False``: a job whose total is not known before it reads its input (tar or TFRecord shards):
+    no total line, ``done`` and rate lines, the last one ``total``."""
+    if not listed:
+        unlisted = re.compile(rf"^{job}: ([\d,]+) {unit}, ([\d.,]+) {unit}/s$")
+        done = [unlisted.match(m) for m in messages]
+        assert done and all(done), messages
+        counts = [int(m.group(1).replace(",", "")) for m in done]
+        assert counts == sorted(counts) and counts[-1] == total, messages
+        assert float(done[-1].group(2).replace(",", "")) > 0, messages
+        return
     line = re.compile(rf"^{job}: ([\d,]+)/([\d,]+) {unit} \((\d+)%\), ([\d.,]+) {unit}/s, ETA (\S+)$")
     assert messages and messages[0] == f"{job}: {total:,} {unit} to process", messages
     done = [line.match(m) for m in messages[1:]]
