@@ -38,11 +38,28 @@ _CONNECTION_WORDS = ("unavailable", "connection refused", "socket closed", "fail
                      "connection reset", "deadline exceeded", "broken pipe", "rst_stream", "goaway")
 
 
+_JOB_MODULES = ("apache_beam", "grpc")
+
+
+def raised_outside_the_job(exc: BaseException) -> bool:
+    """True where ``exc`` was raised and no frame of its traceback is Beam's or gRPC's: our own code failed
+    before or after the job (a bug to show as it is), not the engine or the job on it. An exception with no
+    traceback (never raised) counts as the job's."""
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb is not None:
+        if tb.tb_frame.f_globals.get("__name__", "").startswith(_JOB_MODULES):
+            return False
+        tb = tb.tb_next
+    return True
+
+
 def explain_failure(exc: BaseException, options: Mapping[str, object]) -> Optional[str]:
     """A short message naming the engine and what to do for a job that failed on a portable engine, or
     None where the job did not run on one (the caller re-raises). ``options``: ``RunnerFlags.options``."""
     target = engine_of(options)
-    if not target.engine or isinstance(exc, (KeyboardInterrupt, SystemExit)):
+    if not target.engine or isinstance(exc, (KeyboardInterrupt, SystemExit)) or raised_outside_the_job(exc):
         return None
     text = f"{type(exc).__name__}: {exc}"
     lower = text.lower()
