@@ -61,6 +61,8 @@ class Curve:
     val_key: str = "val_loss"
     ylabel: str = "cross-entropy per token"
     higher_is_better: bool = False              # where the "best" marker goes
+    train_label: str = "train"                  # the legend says what each line measures
+    val_label: str = "validation"
 
 
 def plot_curve(model_dir: str, epochs: List[Dict[str, float]], curve: Curve, arch: str = "") -> Optional[str]:
@@ -78,10 +80,10 @@ def plot_curve(model_dir: str, epochs: List[Dict[str, float]], curve: Curve, arc
     fig, ax = plt.subplots(figsize=(6, 4))
     trains = [(e["epoch"], e[curve.train_key]) for e in epochs if e.get(curve.train_key) is not None]
     if trains:
-        ax.plot([t[0] for t in trains], [t[1] for t in trains], "o-", label="train")
+        ax.plot([t[0] for t in trains], [t[1] for t in trains], "o-", label=curve.train_label)
     vals = [(e["epoch"], e[curve.val_key]) for e in epochs if e.get(curve.val_key) is not None]
     if vals:
-        ax.plot([v[0] for v in vals], [v[1] for v in vals], "s-", label="validation")
+        ax.plot([v[0] for v in vals], [v[1] for v in vals], "s-", label=curve.val_label)
         best = (max if curve.higher_is_better else min)(vals, key=lambda v: v[1])
         ax.axvline(best[0], color="gray", ls=":", label=f"best (epoch {best[0]})")
     from matplotlib.ticker import MaxNLocator

@@ -115,7 +115,8 @@ def sample_and_reward(model, batch, step, cfg, max_length: int, rewards):
 class SelfCritical(Objective):
     name, log_prefix, batch_unit, history_head, mixed_precision = "scst", "scst ", "images", 1, False
     curve = Curve("captionbeam {arch}: self-critical training", train_key="reward", val_key="val_cider",
-                  ylabel="CIDEr-D (train: mean sampled reward; validation: dev, greedy)", higher_is_better=True)
+                  ylabel="CIDEr-D", higher_is_better=True,
+                  train_label="train: mean sampled reward", val_label="validation: greedy captions")
 
     def model_config(self, cfg, info, train_split, val_split):
         if val_split is None:
