@@ -227,7 +227,13 @@ def test_worker_killed_mid_job_then_every_input_once(job, victim, cluster, loose
             log = open(os.path.join(cluster.root, "logs", "flink-jobmanager.log")).read()
             assert "switched from state RUNNING to RESTARTING" in log
     finally:
-        cl.start(cluster, out=io.StringIO())   # a lost TaskManager: the cluster is started again
+        try:
+            cl.start(cluster, out=io.StringIO())   # a lost TaskManager: the cluster is started again
+        except cl.ClusterError:
+            # Seen once (2026-12-06, after this test's assertions had passed): the fresh JobManager of that
+            # restart exited while starting. The failed start stopped what it had started; the next tests
+            # need a cluster, so start it once more (a second failure fails here, with its log).
+            cl.start(cluster, out=io.StringIO())
     names = {os.path.basename(p) for p in glob.glob(str(loose / "*.jpg"))}
     good = names - set(CORRUPT)
     if job == "features":
