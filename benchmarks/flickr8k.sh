@@ -5,7 +5,8 @@
 #
 #   bash benchmarks/flickr8k.sh [WORKDIR]        # default work/flickr8k; each stage skips when done
 #
-# Environment: ENCODERS (default "mobilenet mobilenet-conv": the feature sets to build), EPOCHS (default 12; early stopping on dev loss usually ends sooner), EPOCHS_inject (default 24:
+# Environment: ENCODERS (default "mobilenet $MAP_ENCODER": the feature sets to build), MAP_ENCODER (default
+# mobilenet-conv: the 7x7 map attention / transformer rows read, e.g. mobilenet_v2-conv), EPOCHS (default 12; early stopping on dev loss usually ends sooner), EPOCHS_inject (default 24:
 # inject's dev loss still fell at epoch 12), BATCH (default 64), BEAM (default 3),
 # ARCHS ("merge inject attention transformer"), FLAGS_transformer (its sizes), SCST_ARCHS ("attention transformer":
 # self-critical fine-tuning of those cross-entropy models, rows "<arch>-scst"), SCST_EPOCHS x SCST_STEPS steps
@@ -39,6 +40,7 @@ SEED=${SEED:-42}
 SUFFIX=${SUFFIX:-}
 ENSEMBLE=${ENSEMBLE:-}
 TUNED=${TUNED:-}
+MAP_ENCODER=${MAP_ENCODER:-mobilenet-conv}
 mkdir -p "$W/keras/models" "$W/logs" "$W/stages"
 # Offline ImageNet weights: Keras looks in $KERAS_HOME/models before downloading.
 cp -n "$SHARED"/models/keras/*.h5 "$W/keras/models/"
@@ -58,7 +60,7 @@ stage() {  # stage NAME COMMAND...: run unless $W/stages/NAME.done exists; log t
   echo "== $name: $((SECONDS - t0)) s"
 }
 
-for enc in ${ENCODERS:-mobilenet mobilenet-conv}; do
+for enc in ${ENCODERS:-mobilenet $MAP_ENCODER}; do
   stage "features-$enc" \
     $CB features --images "$F8K/images/*.jpg" --output "$W/features-$enc" --encoder "$enc" \
       --weights imagenet --batch-size 64
@@ -68,7 +70,7 @@ for enc in ${ENCODERS:-mobilenet mobilenet-conv}; do
 done
 
 data_for() {  # the records an architecture reads: the 7x7 map for attention / transformer, pooled vectors otherwise
-  case $1 in attention*|transformer*) echo "$W/data-mobilenet-conv";; *) echo "$W/data-mobilenet";; esac
+  case $1 in attention*|transformer*) echo "$W/data-$MAP_ENCODER";; *) echo "$W/data-mobilenet";; esac
 }
 
 evaluate_row() {  # evaluate_row MODEL_NAME: test split, greedy and beam $BEAM, scored once each
