@@ -44,7 +44,7 @@ MAP_ENCODER=${MAP_ENCODER:-mobilenet-conv}
 mkdir -p "$W/keras/models" "$W/logs" "$W/stages"
 # Offline ImageNet weights: Keras looks in $KERAS_HOME/models before downloading.
 cp -n "$SHARED"/models/keras/*.h5 "$W/keras/models/"
-export KERAS_HOME=$PWD/$W/keras
+export KERAS_HOME=$(cd "$W/keras" && pwd)
 SPLITS=(--split "train=$F8K/text/Flickr_8k.trainImages.txt" --split "dev=$F8K/text/Flickr_8k.devImages.txt"
         --split "test=$F8K/text/Flickr_8k.testImages.txt")
 
