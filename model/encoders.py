@@ -71,18 +71,28 @@ class EncoderSpec:
     imagenet_sizes: Tuple[int, ...] = ()  # sizes ImageNet weights exist for (empty: any >= min_size)
     builder_kwargs: Tuple[Tuple[str, object], ...] = ()
     description: str = ""
+    parts: Tuple[str, ...] = ()  # a composite (``a+b``): the registered encoders whose outputs it concatenates
 
     @property
     def include_top(self) -> bool:
         return self.output == "layer"
 
     @property
+    def is_composite(self) -> bool:
+        return bool(self.parts)
+
+    @property
     def preprocess_input(self) -> Callable:
-        """The keras.applications module's own ``preprocess_input``."""
+        """The keras.applications module's own ``preprocess_input`` (a composite: unchanged pixels; each part
+        applies its own inside the model)."""
+        if self.is_composite:
+            return lambda x: x
         return getattr(importlib.import_module(f"keras.applications.{self.module}"), "preprocess_input")
 
     @property
     def preprocessing_name(self) -> str:
+        if self.is_composite:
+            return "each part's keras.applications preprocess_input, inside the model (mode none)"
         return f"keras.applications.{self.module}.preprocess_input (mode {self.mode})"
 
 
@@ -115,6 +125,51 @@ REGISTRY: Dict[str, EncoderSpec] = {s.name: s for s in (
 
 def encoder_names() -> List[str]:
     return list(REGISTRY)
+
+
+COMPOSITE_SEPARATOR = "+"
+_VECTOR_OUTPUTS = ("pooled", "layer")
+
+
+def composite_name(parts) -> str:
+    return COMPOSITE_SEPARATOR.join(parts)
+
+
+def composite_spec(name: str) -> EncoderSpec:
+    """The spec of ``a+b[+c...]``: registered encoders run on the same pixels, their outputs concatenated on
+    the last axis (maps of one grid, or vectors). Pure; :class:`EncoderError` naming ``--encoder``."""
+    parts = tuple(name.split(COMPOSITE_SEPARATOR))
+    unknown = [p for p in parts if p not in REGISTRY]
+    if unknown or len(parts) < 2:
+        raise EncoderError(f"--encoder: {name!r}: a composite joins two or more registered encoders with "
+                           f"{COMPOSITE_SEPARATOR!r}; unknown: {', '.join(repr(p) for p in unknown) or 'none'} "
+                           f"(registered: {', '.join(REGISTRY)})")
+    if len(set(parts)) != len(parts):
+        raise EncoderError(f"--encoder: {name!r} names an encoder twice")
+    specs = [REGISTRY[p] for p in parts]
+    maps = {s.output == "map" for s in specs}
+    if len(maps) != 1:
+        raise EncoderError(f"--encoder: {name!r} mixes feature maps and vectors; join maps with maps "
+                           f"(e.g. mobilenet-conv+mobilenet_v2-conv) or vectors with vectors")
+    sizes = {s.default_size for s in specs}
+    if len(sizes) != 1:
+        raise EncoderError(f"--encoder: {name!r}: its parts take different input sizes "
+                           f"({', '.join(f'{s.name} {s.default_size}' for s in specs)})")
+    imagenet = [set(s.imagenet_sizes) for s in specs if s.imagenet_sizes]
+    common = tuple(sorted(set.intersection(*imagenet))) if imagenet else ()
+    return EncoderSpec(name, "", "", specs[0].default_size, "none", "map" if maps == {True} else "pooled",
+                       min_size=max(s.min_size for s in specs), imagenet_sizes=common, parts=parts,
+                       description=f"{' and '.join(parts)} on the same pixels, concatenated")
+
+
+def spec_of(name: str) -> Optional[EncoderSpec]:
+    """The spec of a registered name or a composite of registered names (``a+b``); None for anything else
+    (a model file). A malformed composite raises :class:`EncoderError`."""
+    if name in REGISTRY:
+        return REGISTRY[name]
+    if COMPOSITE_SEPARATOR in name and not is_model_file(name):
+        return composite_spec(name)
+    return None
 
 
 def is_model_file(name: str) -> bool:
@@ -191,14 +246,17 @@ class EncoderConfig:
     def resolved_size(self) -> Optional[int]:
         if self.image_size is not None:
             return self.image_size
-        return REGISTRY[self.name].default_size if self.name in REGISTRY else None
+        spec = spec_of(self.name)
+        return spec.default_size if spec else None
 
 
 def validate_config(config: EncoderConfig) -> None:
     """Cheap checks (no model built): raise :class:`EncoderError` naming the flag at fault."""
     name = config.name
-    if name not in REGISTRY and not is_model_file(name):
-        raise EncoderError(f"--encoder: unknown encoder {name!r}; choose one of {', '.join(REGISTRY)}, "
+    spec = spec_of(name)
+    if spec is None and not is_model_file(name):
+        raise EncoderError(f"--encoder: unknown encoder {name!r}; choose one of {', '.join(REGISTRY)}, two or "
+                           f"more of them joined by {COMPOSITE_SEPARATOR!r} (outputs concatenated), "
                            f"or a path to a {'/'.join(USER_MODEL_SUFFIXES + TFLITE_SUFFIXES)} file")
     if is_model_file(name) and not _exists(name):
         raise EncoderError(f"--encoder: model file not found: {name}")
@@ -208,16 +266,23 @@ def validate_config(config: EncoderConfig) -> None:
         raise EncoderError(f"--preprocessing: unknown {config.preprocessing!r}; choose a mode "
                            f"({', '.join(PREPROCESSING_MODES)}) or an encoder name")
     weights = config.weights
-    if name in REGISTRY and weights not in WEIGHTS_CHOICES and not _exists(weights):
+    if spec is not None and spec.is_composite:
+        if weights not in WEIGHTS_CHOICES:
+            raise EncoderError(f"--weights: a composite encoder takes imagenet or none (one weights file cannot "
+                               f"serve {len(spec.parts)} networks), got {weights}")
+        if config.preprocessing is not None:
+            raise EncoderError(f"--preprocessing: a composite encoder applies each part's own preprocessing; "
+                               f"drop --preprocessing {config.preprocessing}")
+    if spec is not None and weights not in WEIGHTS_CHOICES and not _exists(weights):
         raise EncoderError(f"--weights: must be imagenet, none or an existing weights file; not found: {weights}")
-    if name in REGISTRY:
-        spec = REGISTRY[name]
+    if spec is not None:
         size = config.resolved_size()
         if size < spec.min_size:
             raise EncoderError(f"--image-size: {name} needs at least {spec.min_size} pixels, got {size}")
-        if spec.include_top and weights == "imagenet" and size != spec.default_size:
-            raise EncoderError(f"--image-size: {name} with its ImageNet top only takes {spec.default_size}, "
-                               f"got {size} (use --weights none, or {name}-conv)")
+        for part in [REGISTRY[p] for p in spec.parts] or [spec]:
+            if part.include_top and weights == "imagenet" and size != part.default_size:
+                raise EncoderError(f"--image-size: {part.name} with its ImageNet top only takes {part.default_size}, "
+                                   f"got {size} (use --weights none, or {part.name}-conv)")
 
 
 # ----------------------------------------------------------------------------- encoders
@@ -384,8 +449,41 @@ def seeded_init(model, seed: int = 0) -> None:
         v.assign(rng.uniform(-limit, limit, size=shape).astype(np.float32))
 
 
+def _preprocessing_layer(mode: str, name: str):
+    """A Keras layer applying a preprocessing mode's arithmetic (:func:`preprocess_tf`) inside a model."""
+    import keras
+
+    class Preprocess(keras.layers.Layer):
+        def call(self, x):
+            return preprocess_tf(x, mode)
+
+    return Preprocess(name=name)
+
+
+def _build_composite(spec: EncoderSpec, weights: str, size: int) -> KerasEncoder:
+    """One Keras model over raw pixels (0..255): each part's own preprocessing and network on the same input,
+    outputs concatenated on the last axis. One model, so the export serves it like any Keras encoder."""
+    import keras
+    parts = [_build_registered(REGISTRY[p], weights, size, None) for p in spec.parts]
+    grids = {tuple(part.feature_shape[:-1]) for part in parts}
+    if len(grids) != 1:
+        raise EncoderError(f"--encoder: {spec.name}: at {size} px its parts give outputs of different grids ("
+                           + ", ".join(f"{p.name} {tuple(p.feature_shape)}" for p in parts) + ")")
+    pixels = keras.Input((size, size, 3), name="pixels")
+    outputs = []
+    for i, (name, part) in enumerate(zip(spec.parts, parts)):
+        part.model.name = f"part{i}_{part.model.name}"    # two keras.applications models may share a name
+        outputs.append(part.model(_preprocessing_layer(REGISTRY[name].mode, f"part{i}_preprocess")(pixels)))
+    model = keras.Model(pixels, keras.layers.Concatenate(axis=-1)(outputs), name="composite_encoder")
+    extra = {"family": "composite", "output": spec.output, "layer": "", "preprocessing_mode": "none"}
+    return KerasEncoder(model, spec.name, size, spec.preprocessing_name, preprocess_function("none"), weights,
+                        kind=REGISTERED, extra=extra)
+
+
 def _build_registered(spec: EncoderSpec, weights: str, size: int, preprocessing: Optional[str]) -> KerasEncoder:
     import keras
+    if spec.is_composite:
+        return _build_composite(spec, weights, size)
     module = importlib.import_module(f"keras.applications.{spec.module}")
     builder = getattr(module, spec.builder)
     kwargs = dict(spec.builder_kwargs)
@@ -452,7 +550,7 @@ def build_encoder(name: str = "vgg16", weights: str = "imagenet", image_size: Op
         return TFLiteEncoder(name, image_size, preprocessing)
     if lower.endswith(USER_MODEL_SUFFIXES):
         return _build_user_keras(name, image_size, preprocessing)
-    return _build_registered(REGISTRY[name], weights, config.resolved_size(), preprocessing)
+    return _build_registered(spec_of(name), weights, config.resolved_size(), preprocessing)
 
 
 def build_from_config(config: EncoderConfig) -> Encoder:
@@ -507,16 +605,18 @@ def describe(config: EncoderConfig) -> EncoderDescription:
         from captionbeam.model.hashing import sha256_file
         source = config.name if "://" in config.name else os.path.abspath(config.name)
         return replace(build_from_config(config).description, source=source, file_sha256=sha256_file(source))
-    spec = REGISTRY[config.name]
+    spec = spec_of(config.name)
     size = config.resolved_size()
     pre = config.preprocessing
     if pre is None or pre == spec.name:
-        pre_name = spec.preprocessing_name
+        pre_name, mode = spec.preprocessing_name, spec.mode
     else:
         pre_name = REGISTRY[pre].preprocessing_name if pre in REGISTRY else pre
+        mode = _mode_of(pre)
     return EncoderDescription(name=spec.name, kind=REGISTERED, weights=config.weights, image_size=size,
-                              preprocessing=pre_name, preprocessing_mode=_mode_of(pre or spec.name),
-                              family=spec.module, output=spec.output, layer=spec.layer)
+                              preprocessing=pre_name, preprocessing_mode=mode,
+                              family="composite" if spec.is_composite else spec.module, output=spec.output,
+                              layer=spec.layer)
 
 
 def config_of(description: EncoderDescription, model_file: Optional[str] = None) -> EncoderConfig:
@@ -528,10 +628,11 @@ def config_of(description: EncoderDescription, model_file: Optional[str] = None)
     if d.is_file:
         path = model_file or d.source or d.name
         return EncoderConfig(name=path, weights="none", image_size=size, preprocessing=d.preprocessing_mode or None)
-    if d.name not in REGISTRY:
+    spec = spec_of(d.name)
+    if spec is None:
         raise EncoderError(f"encoder {d.name!r} of features_spec.json is not registered here; "
                            f"known: {', '.join(REGISTRY)}")
-    own = REGISTRY[d.name].mode
+    own = spec.mode
     override = d.preprocessing_mode if d.preprocessing_mode and d.preprocessing_mode != own else None
     return EncoderConfig(name=d.name, weights=d.weights or "imagenet", image_size=size, preprocessing=override)
 
