@@ -16,6 +16,7 @@ on feature records) never builds it. Thread-safe: one instance may serve several
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import threading
 from dataclasses import dataclass
@@ -137,7 +138,8 @@ class Captioner:
                       batch_size: int = 32, alpha: float = 0.0, which: str = "best",
                       encoder_file: Optional[str] = None, source: Optional[str] = None) -> "Captioner":
         """One Captioner over the members' averaged log-probabilities (``model.ensemble``); ValueError when
-        their vocabularies or encoders differ. The encoder (and its bundled file) is the first member's."""
+        their vocabularies differ or their encoders cannot serve as one. The encoder (and its bundled file) is
+        the members' shared one, or across encoders the composite of theirs (each member reads its slice)."""
         from captionbeam.model.config import ModelConfig
         from captionbeam.model.ensemble import Ensemble, check_compatible, ensemble_version
         from captionbeam.model.model_dir import load_trained, weights_path
@@ -147,10 +149,15 @@ class Captioner:
             weights = weights_path(member, which)
             model, config, vocab, spec = load_trained(member, which=which, weights_file=weights)
             loaded.append((member, model, vocab, spec, model_version_of(member, weights)))
-        check_compatible([(d, vocab, spec) for d, _, vocab, spec, _ in loaded])
-        ensemble = Ensemble([m for _, m, _, _, _ in loaded])
-        first_dir, _, vocab, spec, _ = loaded[0]
-        captioner = cls(ensemble, ensemble.config, vocab, spec, first_dir, ensemble_version([v for *_, v in loaded]),
+        reads = check_compatible([(d, vocab, spec) for d, _, vocab, spec, _ in loaded])
+        ensemble = Ensemble([m for _, m, _, _, _ in loaded], slices=reads.slices,
+                            feature_shape=reads.spec.feature_shape if reads.across_encoders else None)
+        if reads.across_encoders:   # the composite encoder the members' encoders join into (model.ensemble)
+            ensemble.config = dataclasses.replace(ensemble.config,
+                                                  encoder_description=reads.spec.encoder_description())
+        first_dir, _, vocab, _, _ = loaded[0]
+        captioner = cls(ensemble, ensemble.config, vocab, reads.spec, first_dir,
+                        ensemble_version([v for *_, v in loaded]),
                         beam_size=beam_size, max_length=max_length, batch_size=batch_size, alpha=alpha,
                         encoder_file=encoder_file)
         captioner.members = [d for d, *_ in loaded]

@@ -10,7 +10,8 @@ from typing import List, Optional, Tuple
 from captionbeam.launch.command_args import CommandError
 from captionbeam.launch.exit_codes import OK
 
-HELP = "combine trained model dirs (same vocabulary and encoder) into an ensemble directory for --model-dir"
+HELP = ("combine trained model dirs (same vocabulary; one encoder, or registered encoders joined into a composite) "
+        "into an ensemble directory for --model-dir")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,11 +33,20 @@ class EnsembleConfig:
 class EnsembleResult:
     output: str
     members: List[str]
+    encoder: str = ""                  # the image encoder the ensemble reads
+    feature_shape: Tuple[int, ...] = ()
+    across_encoders: bool = False      # members on different encoders, joined into the composite ``encoder``
 
     def summary_lines(self) -> List[str]:
-        return [f"ensemble of {len(self.members)} model(s) written to {self.output}/ensemble.json: "
-                + ", ".join(self.members),
-                f"use it as --model-dir {self.output} (evaluate, caption, bulk, export)"]
+        lines = [f"ensemble of {len(self.members)} model(s) written to {self.output}/ensemble.json: "
+                 + ", ".join(self.members),
+                 f"use it as --model-dir {self.output} (evaluate, caption, bulk, export)"]
+        if self.across_encoders:
+            shape = "x".join(str(d) for d in self.feature_shape)
+            lines.append(f"its members read different encoders: it reads {self.encoder} features ({shape}), each "
+                         f"member its own part; caption, bulk and export run {self.encoder} on each image, and "
+                         f"evaluate needs --data made by captionbeam features --encoder {self.encoder}")
+        return lines
 
 
 def config_from_args(args: argparse.Namespace) -> EnsembleConfig:
@@ -76,13 +86,16 @@ def plan(config: EnsembleConfig) -> EnsemblePlan:
 def run(config: EnsembleConfig, planned: Optional[EnsemblePlan] = None) -> EnsembleResult:
     """Check the members (config, vocabulary, features spec) and write ``ensemble.json``; :class:`CommandError`
     naming the member or the flag otherwise."""
-    from captionbeam.model.ensemble import write_ensemble
+    from captionbeam.model.ensemble import ensemble_input, write_ensemble
     planned or plan(config)
     try:
         members = write_ensemble(config.output, [_relative_to(m, config.output) for m in config.members])
+        reads = ensemble_input(config.output, members)
     except (OSError, ValueError) as e:
         raise CommandError(f"--member: {e}") from None
-    return EnsembleResult(output=config.output, members=members)
+    return EnsembleResult(output=config.output, members=members, encoder=reads.spec.encoder,
+                          feature_shape=tuple(int(d) for d in reads.spec.feature_shape),
+                          across_encoders=reads.across_encoders)
 
 
 def main(args, runner=None) -> int:

@@ -98,14 +98,46 @@ def test_members_must_share_vocabulary_and_encoder():
     other_vocab = Vocabulary(RESERVED + tuple(reversed(vocab.tokens[len(RESERVED):])))
     with pytest.raises(ValueError, match="one vocabulary: b/vocab.txt .* at id 4"):
         check_compatible([("a", vocab, spec), ("b", other_vocab, spec)])
-    for change in ({"encoder": "vgg16"}, {"image_size": [64, 64]}, {"weights": "imagenet"},
-                   {"resize_method": "bicubic"}):
+    for change in ({"image_size": [64, 64]}, {"weights": "imagenet"}, {"resize_method": "bicubic"}):
         other = records.FeaturesSpec(**{**spec.__dict__, **change})
         with pytest.raises(ValueError, match="one image encoder: b has"):
             check_compatible([("a", vocab, spec), ("b", vocab, other)])
+    assert check_compatible([("a", vocab, spec), ("b", vocab, spec)]).slices is None
     for text in ("[]", '{"members": []}', '{"members": ["a", 3]}', "not json"):
         with pytest.raises(ValueError, match="E/ensemble.json"):
             parse_ensemble(text, "E/ensemble.json")
+
+
+def _registered_spec(name, shape, weights="none", size=64, **change):
+    from captionbeam.model.encoders import EncoderConfig, describe
+    d = describe(EncoderConfig(name, weights, size)).with_feature_shape(shape)
+    fields = dict(encoder=name, feature_shape=list(shape), image_size=[size, size], preprocessing=d.preprocessing,
+                  weights=weights, encoder_spec=d, resize_method="bilinear")
+    return records.FeaturesSpec(**{**fields, **change})
+
+
+def test_members_across_encoders_read_their_slice_of_the_composite():
+    vocab = decoding_vocab()
+    v1, v2 = _registered_spec("mobilenet-conv", (2, 2, 1024)), _registered_spec("mobilenet_v2-conv", (2, 2, 1280))
+    reads = check_compatible([("a", vocab, v1), ("b", vocab, v2), ("c", vocab, v1)])
+    assert reads.across_encoders and reads.slices == ((0, 1024), (1024, 2304), (0, 1024))
+    s = reads.spec
+    assert s.encoder == "mobilenet-conv+mobilenet_v2-conv" and list(s.feature_shape) == [2, 2, 2304]
+    d = s.encoder_description()
+    assert (d.name, d.family, d.feature_shape, d.image_size, d.weights) == (s.encoder, "composite", (2, 2, 2304), 64,
+                                                                          "none")
+    refused = [
+        (_registered_spec("mobilenet_v2-conv", (2, 2, 1280), weights="imagenet"), "has weights 'imagenet'"),
+        (_registered_spec("mobilenet_v2-conv", (3, 3, 1280), size=96), "has image size"),
+        (_registered_spec("mobilenet_v2-conv", (2, 2, 1280), resize_method="lanczos"), "has resize method"),
+        (_registered_spec("mobilenet", (1024,)), "another grid|mixes feature maps"),
+        (records.FeaturesSpec(encoder="synthetic", feature_shape=[2, 2, 8], image_size=[64, 64], preprocessing="x",
+                              weights="none"), "has encoder 'synthetic'"),
+        (_registered_spec("mobilenet-conv+mobilenet_v2-conv", (2, 2, 2304)), "a composite"),
+    ]
+    for other, why in refused:
+        with pytest.raises(ValueError, match=f"can be joined into one.*: b .*({why})"):
+            check_compatible([("a", vocab, v1), ("b", vocab, other)])
 
 
 def test_evaluate_an_ensemble_directory(decoding_model_dirs, tmp_path, capsys):
