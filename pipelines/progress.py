@@ -70,16 +70,18 @@ def progress_dir(output: str, run: Optional[str] = None) -> str:
 
 
 class _CountFn(beam.DoFn):
-    def __init__(self, directory: str, write_every_s: float = WRITE_EVERY_S):
-        self.directory, self.write_every_s = directory, write_every_s
+    """Counts the elements it sees as ``kind`` into its own progress file."""
+
+    def __init__(self, directory: str, kind: str = "", write_every_s: float = WRITE_EVERY_S):
+        self.directory, self.kind, self.write_every_s = directory, kind or DONE, write_every_s
 
     def setup(self):
         self.path = pio.join(self.directory, f"{uuid.uuid4().hex}.json")
         self.done, self.by, self.written_at = 0, {}, 0.0
 
-    def process(self, kind):
+    def process(self, _element):
         self.done += 1
-        self.by[kind] = self.by.get(kind, 0) + 1
+        self.by[self.kind] = self.by.get(self.kind, 0) + 1
         if time.monotonic() - self.written_at >= self.write_every_s:
             self._write()
         return []
@@ -96,28 +98,28 @@ class _CountFn(beam.DoFn):
 
 
 class CountProgress(beam.PTransform):
-    """``PCollection`` of finished items' kinds (str) -> nothing; counts them into ``directory`` (see
-    module doc)."""
+    """``PCollection`` of finished items -> nothing; counts them as ``kind`` into ``directory`` (see module
+    doc), in the stage that produces them."""
 
-    def __init__(self, directory: str):
+    def __init__(self, directory: str, kind: str = ""):
         super().__init__()
-        self.directory = directory
+        self.directory, self.kind = directory, kind
 
     def expand(self, done):
-        return done | "Count" >> beam.ParDo(_CountFn(self.directory))
+        return done | "Count" >> beam.ParDo(_CountFn(self.directory, self.kind))
 
 
 def count_done(parts: Union[Sequence[beam.PCollection], Mapping[str, beam.PCollection]],
                directory: Optional[str]) -> None:
-    """A job's hook: count the union of ``parts`` (its finished items; a mapping names each part's kind,
-    summed apart in :attr:`ProgressReporter.counts`) into ``directory``; nothing when ``directory`` is
-    None (a pipeline built without a reporter, e.g. by a test)."""
+    """A job's hook: count each of ``parts`` (its finished items; a mapping names each part's kind, summed
+    apart in :attr:`ProgressReporter.counts`) into ``directory``; nothing when ``directory`` is None (a
+    pipeline built without a reporter, e.g. by a test). Each part is counted where it is produced, never
+    behind a union: a Flatten of parts from different stages is a stage boundary on the DirectRunner, and a
+    count behind it would only move once the whole producing stage is done."""
     if directory:
         named = list(parts.items()) if isinstance(parts, Mapping) else [(DONE, part) for part in parts]
-        # one element type before the union: portable runners (Flink) refuse a Flatten of different coders
-        kinds = [part | f"ProgressOne{i}" >> beam.Map(lambda _, kind=kind: kind).with_output_types(str)
-                 for i, (kind, part) in enumerate(named)]
-        _ = tuple(kinds) | "ProgressDone" >> beam.Flatten() | "Progress" >> CountProgress(directory)
+        for i, (kind, part) in enumerate(named):
+            _ = part | f"Progress{i}" >> CountProgress(directory, kind)
 
 
 def files_total(patterns: Sequence[str], input_format: str = "files") -> Optional[int]:

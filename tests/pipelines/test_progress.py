@@ -119,3 +119,26 @@ def test_train_logs_a_progress_line_before_its_first_epoch_ends(synthetic_data, 
     first_epoch_done = next(i for i, line in enumerate(lines) if line.startswith("epoch 1/2 done"))
     assert first_step < first_epoch_done
     assert "ETA" in lines[first_step]
+
+
+def test_counts_are_live_while_the_producing_stage_runs(tmp_path):
+    """Each part is counted in the stage that produces it: while a DirectRunner job still works through its
+    elements, the progress files already hold the ones before (a count behind a stage boundary, such as a
+    Flatten of the parts, only moves once the whole stage is done: 'features: 0/8,091' for minutes)."""
+    import apache_beam as beam
+    from captionbeam.pipelines.options import new_pipeline
+    folder = str(tmp_path / "out" / progress.PROGRESS_FOLDER / "run")
+    seen = tmp_path / "seen.txt"
+
+    def work(x):
+        with open(seen, "a") as f:       # what the progress files said when this element was being worked on
+            f.write(f"{progress.read_done(folder)}\n")
+        return x
+
+    p = new_pipeline(["--runner=DirectRunner"])
+    done = p | "Items" >> beam.Create(list(range(12))) | "Work" >> beam.Map(work)
+    failed = p | "Failed" >> beam.Create([{"path": "x"}])
+    progress.count_done((done, failed), folder)
+    p.run().wait_until_finish()
+    counts = [int(n) for n in seen.read_text().split()]
+    assert len(counts) == 12 and max(counts) >= 1, counts
