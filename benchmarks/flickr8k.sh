@@ -28,7 +28,7 @@ EPOCHS=${EPOCHS:-12}
 EPOCHS_inject=${EPOCHS_inject:-24}
 BATCH=${BATCH:-64}
 BEAM=${BEAM:-3}
-ARCHS=${ARCHS:-merge inject attention transformer}
+ARCHS=${ARCHS-merge inject attention transformer}   # ARCHS= (empty): no cross-entropy rows
 FLAGS_transformer=${FLAGS_transformer:---units 256 --embedding-dim 256 --layers 2 --heads 4 --ffn-units 1024 --dropout 0.3 --learning-rate 5e-4}
 SCST_ARCHS=${SCST_ARCHS-attention transformer}   # SCST_ARCHS= (empty): no SCST rows
 SCST_NAME=${SCST_NAME:-scst}
