@@ -55,6 +55,11 @@ class ClusterError(RuntimeError):
     """The cluster cannot start, or is not running: the message names the process, its log and what to do."""
 
 
+class ProcessExited(ClusterError):
+    """One of the cluster's processes exited while the cluster was starting (``start`` tries once more, on
+    fresh ports, before it raises this)."""
+
+
 @dataclass(frozen=True)
 class ClusterConfig:
     """What ``start`` builds. Memory per JVM is kept small: the machine is shared."""
@@ -227,6 +232,29 @@ def _tail(path: str, lines: int = 15) -> str:
         return "    (no log)"
 
 
+def _first_errors(path: str, most: int = 4) -> List[str]:
+    """The first ERROR and ``Caused by:`` lines of a log (a dying JVM's reason comes before its shutdown noise)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            found = [l.strip()[:300] for l in f if " ERROR " in l or l.startswith("Caused by:")]
+    except OSError:
+        return []
+    return found[:most]
+
+
+def _exit_report(log: str) -> str:
+    """The first errors and the tail of a process's log, and the tail of its console file (``<log>.out``: a
+    Flink JVM's stdout and stderr, where a JVM that dies before its logging starts says why) when that holds
+    anything."""
+    errors = _first_errors(log)
+    report = "".join(f"\n    {e}" for e in errors)
+    report = (f"its first errors:{report}\n  " if errors else "") + f"its log {log}:\n{_tail(log)}"
+    console = log + ".out"
+    if os.path.exists(console) and os.path.getsize(console) > 0:
+        report += f"\n  its console {console}:\n{_tail(console)}"
+    return report
+
+
 def _spawn(cmd: Sequence[str], log_path: str, env: Optional[Mapping[str, str]] = None, cwd: Optional[str] = None) -> int:
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(list(cmd), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -255,7 +283,7 @@ def _wait(what: str, ready, pids: Mapping[str, Tuple[int, str]], root: str, time
     while time.time() < deadline:
         for name, (pid, log) in pids.items():
             if not owned(pid, root):
-                raise ClusterError(f"cluster: {name} (pid {pid}) exited while starting; its log {log}:\n{_tail(log)}")
+                raise ProcessExited(f"cluster: {name} (pid {pid}) exited while starting; {_exit_report(log)}")
         try:
             if ready():
                 return
@@ -266,9 +294,15 @@ def _wait(what: str, ready, pids: Mapping[str, Tuple[int, str]], root: str, time
     raise ClusterError(f"cluster: {what} not ready within {timeout:.0f}s (logs: {logs})")
 
 
+START_ATTEMPTS = 2   # a process that exits while starting: everything is stopped and started once more
+
+
 def start(cfg: ClusterConfig, out=None) -> dict:
     """Start the cluster, or return the running one (idempotent). A half-dead recorded cluster is stopped
-    first. Raises :class:`ClusterError` naming the process and its log when something does not come up."""
+    first. When a process exits while starting (say a port picked for it was taken before it bound it: every
+    port is picked free by this process and bound later by the JVM), all are stopped and started once more on
+    fresh ports, the first attempt's reason printed. Raises :class:`ClusterError` naming the process and its
+    log (and console) when something does not come up."""
     out = out or sys.stdout
     current = status(cfg.root)
     if current["running"]:
@@ -280,6 +314,21 @@ def start(cfg: ClusterConfig, out=None) -> dict:
     for spec in (FLINK_DIST, SPARK_DIST):
         if not os.path.exists(os.path.join(cfg.engines, spec.name, spec.check)):
             raise ClusterError(missing_message(spec.name, os.path.join(cfg.engines, spec.name, spec.check)))
+    attempt = 1
+    while True:
+        try:
+            return _start_once(cfg, out)
+        except ProcessExited as e:
+            if attempt >= START_ATTEMPTS:
+                raise
+            attempt += 1
+            print(f"{e}\ncluster: starting it once more, on fresh ports", file=out)
+
+
+def _start_once(cfg: ClusterConfig, out) -> dict:
+    """One attempt: pick ports, write the configuration, launch every process and wait until each is ready;
+    on any failure everything launched is stopped before the exception goes on."""
+    from captionbeam.launch.engines import FLINK_DIST, SPARK_DIST
     logs = os.path.join(cfg.root, "logs")
     for d in (logs, os.path.join(cfg.root, "flink", "conf"), os.path.join(cfg.root, "flink", "tmp")):
         os.makedirs(d, exist_ok=True)
@@ -360,6 +409,10 @@ def stop(root: Optional[str] = None, out=None, grace_s: float = 15.0) -> List[st
             os.killpg(pid, signal.SIGKILL)   # the group: also what the process forked (executors, SDK workers)
         except OSError:
             pass
+    # gone before this returns: a start right after never runs beside the processes it replaces
+    deadline = time.time() + grace_s
+    while time.time() < deadline and any(owned(pid, root) for pid in alive.values()):
+        time.sleep(0.1)
     try:
         os.remove(os.path.join(root, STATE_FILE))
     except OSError:
