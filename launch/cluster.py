@@ -13,9 +13,10 @@ The distributions come from ``make engines`` (``.engines/flink-dist``, ``.engine
 distributions' daemon scripts, so each pid is known, carries ``-Dcaptionbeam.cluster=<folder>`` and is
 stopped by pid (its process group: a Spark worker's executors, the pool's SDK workers) and by nothing else.
 
-The SDK worker pool is Beam's ``BeamFnExternalWorkerPoolServicer`` in process mode, served on 127.0.0.1
-only (Beam's own ``worker_pool_main`` listens on every interface): the engines' ``--environment_type=EXTERNAL
---environment_config=127.0.0.1:PORT`` ask it for SDK workers, each a Python process of this environment.
+The SDK worker pool (:mod:`launch.worker_pool`: Beam's ``BeamFnExternalWorkerPoolServicer`` in process mode that
+starts again a worker killed before the runner let it go), served on 127.0.0.1 only: the engines'
+``--environment_type=EXTERNAL --environment_config=127.0.0.1:PORT`` ask it for SDK workers, each a Python process
+of this environment.
 """
 from __future__ import annotations
 
@@ -197,8 +198,7 @@ def read_state(root: str) -> dict:
 def owned(pid: int, root: str) -> bool:
     """``pid`` is alive and is one of this cluster's processes (its command line names the folder)."""
     try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            args = f.read().split(b"\0")
+        args = _cmdline(pid).split(b"\0")
         with open(f"/proc/{pid}/stat", "rb") as f:
             if f.read().rsplit(b")", 1)[1].split()[0] == b"Z":
                 return False
@@ -255,10 +255,27 @@ def _exit_report(log: str) -> str:
     return report
 
 
-def _spawn(cmd: Sequence[str], log_path: str, env: Optional[Mapping[str, str]] = None, cwd: Optional[str] = None) -> int:
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+def _spawn(cmd: Sequence[str], log_path: str, env: Optional[Mapping[str, str]] = None, cwd: Optional[str] = None,
+           exec_timeout_s: float = 30.0) -> int:
+    """Start ``cmd`` in a session of its own, output to ``log_path``; returns once its exec has finished (its
+    /proc cmdline is there), so that :func:`owned` sees it at once. (Python's ``Popen`` returns when the vforked
+    child has released the parent's memory, before the kernel has set up the new program's arguments: for a
+    while its cmdline reads empty, and a busy machine made that window long enough for ``start`` to take a
+    JobManager that had just been launched for one that had exited.)"""
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(list(cmd), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=dict(env) if env else None, cwd=cwd, start_new_session=True)
+    deadline = time.time() + exec_timeout_s
+    while not _cmdline(proc.pid) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
     return proc.pid
 
 
@@ -422,29 +439,6 @@ def stop(root: Optional[str] = None, out=None, grace_s: float = 15.0) -> List[st
 
 
 # ----------------------------------------------------------------------------- the SDK worker pool
-def serve_worker_pool(port: int) -> None:
-    """Beam's external worker pool in process mode, listening on 127.0.0.1 only; each StartWorker forks an
-    SDK worker (``python -c ... SdkHarness(...).run()``, ``python`` being this environment's)."""
-    import grpc
-    from apache_beam.portability.api import beam_fn_api_pb2_grpc
-    from apache_beam.runners.worker.worker_pool_main import BeamFnExternalWorkerPoolServicer
-    from apache_beam.utils import thread_pool_executor
-    server = grpc.server(thread_pool_executor.shared_unbounded_instance(),
-                         options=[("grpc.http2.max_pings_without_data", 0), ("grpc.http2.max_ping_strikes", 0)])
-    server.add_insecure_port(f"{HOST}:{port}")
-    pool = BeamFnExternalWorkerPoolServicer(use_process=True)
-    beam_fn_api_pb2_grpc.add_BeamFnExternalWorkerPoolServicer_to_server(pool, server)
-    server.start()
-    print(f"sdk worker pool: listening on {HOST}:{port}", flush=True)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    try:
-        server.wait_for_termination()
-    finally:
-        for proc in list(pool._worker_processes.values()):   # noqa: SLF001 (Beam keeps them there)
-            proc.kill()
-        server.stop(0)
-
-
 def sdk_worker_pids(root: Optional[str] = None) -> List[int]:
     """The SDK worker processes the pool has forked (its children), oldest first."""
     root = os.path.abspath(root or default_root())
@@ -472,7 +466,8 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
     pool.add_argument("--port", type=int, required=True)
     a, rest = parser.parse_known_args(argv)
     if a.what == "worker-pool":
-        serve_worker_pool(a.port)
+        from captionbeam.launch.worker_pool import serve
+        serve(a.port)
         return 0
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
