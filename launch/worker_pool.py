@@ -66,6 +66,7 @@ class SupervisedWorkerPool(BeamFnExternalWorkerPoolServicer):
             self._stopped.add(request.worker_id)
             proc = self._worker_processes.pop(request.worker_id, None)
         if proc is not None:
+            print(f"sdk worker pool: stopping worker {request.worker_id} (pid {proc.pid})", flush=True)
             kill_process_gracefully(proc)
         return beam_fn_api_pb2.StopWorkerResponse()
 
