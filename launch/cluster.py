@@ -198,7 +198,7 @@ def read_state(root: str) -> dict:
 def owned(pid: int, root: str) -> bool:
     """``pid`` is alive and is one of this cluster's processes (its command line names the folder)."""
     try:
-        args = _cmdline(pid).split(b"\0")
+        args = cmdline(pid).split(b"\0")
         with open(f"/proc/{pid}/stat", "rb") as f:
             if f.read().rsplit(b")", 1)[1].split()[0] == b"Z":
                 return False
@@ -255,7 +255,9 @@ def _exit_report(log: str) -> str:
     return report
 
 
-def _cmdline(pid: int) -> bytes:
+def cmdline(pid: int) -> bytes:
+    """``/proc/<pid>/cmdline`` (arguments NUL-separated); empty when there is no such process, or while it is
+    still being exec'd."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             return f.read()
@@ -263,7 +265,7 @@ def _cmdline(pid: int) -> bytes:
         return b""
 
 
-def _spawn(cmd: Sequence[str], log_path: str, env: Optional[Mapping[str, str]] = None, cwd: Optional[str] = None,
+def spawn(cmd: Sequence[str], log_path: str, env: Optional[Mapping[str, str]] = None, cwd: Optional[str] = None,
            exec_timeout_s: float = 30.0) -> int:
     """Start ``cmd`` in a session of its own, output to ``log_path``; returns once its exec has finished (its
     /proc cmdline is there), so that :func:`owned` sees it at once. (Python's ``Popen`` returns when the vforked
@@ -274,7 +276,7 @@ def _spawn(cmd: Sequence[str], log_path: str, env: Optional[Mapping[str, str]] =
         proc = subprocess.Popen(list(cmd), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=dict(env) if env else None, cwd=cwd, start_new_session=True)
     deadline = time.time() + exec_timeout_s
-    while not _cmdline(proc.pid) and proc.poll() is None and time.time() < deadline:
+    while not cmdline(proc.pid) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.005)
     return proc.pid
 
@@ -367,7 +369,7 @@ def _start_once(cfg: ClusterConfig, out) -> dict:
 
     def launch(name: str, cmd: List[str], env=None, cwd=None) -> None:
         log = os.path.join(logs, f"{name}.log")
-        procs[name] = {"pid": _spawn(cmd, log if not name.startswith("flink") else log + ".out", env, cwd),
+        procs[name] = {"pid": spawn(cmd, log if not name.startswith("flink") else log + ".out", env, cwd),
                        "log": log}
         _write_state(cfg.root, state)   # recorded at once: a failed start is still stopped by `stop`
 
