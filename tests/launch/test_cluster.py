@@ -308,8 +308,8 @@ ENGINE = {"taskmanager": "flink", "sdk-worker": "flink", "sdk-worker-connected":
 @pytest.mark.parametrize("job,victim", [
     ("features", "taskmanager"), full_only("bulk", "taskmanager"), ("features", "spark-worker"),
     # the SDK worker pool starts a killed worker again (launch/worker_pool.py): killed while it starts, the job
-    # goes on; killed once connected, the runner's tasks wait 3 minutes for it (Beam's data-channel timeout), fail,
-    # and Flink's restart finishes the job (docs/cluster.md)
+    # goes on; killed once connected, the runner's tasks fail (at once, or after Beam's 3-minute wait for its
+    # data channel) and Flink's restart finishes the job (docs/cluster.md)
     full_only("features", "sdk-worker"), full_only("features", "sdk-worker-connected")])
 def test_worker_killed_mid_job_then_every_input_once(job, victim, cluster, loose, image_model_dir, tmp_path, capsys):
     engine = ENGINE[victim]
