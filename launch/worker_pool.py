@@ -36,14 +36,22 @@ def worker_command(python: str, control_url: str, worker_id: str) -> List[str]:
 
 
 class SupervisedWorkerPool(BeamFnExternalWorkerPoolServicer):
-    """Process-mode worker pool that starts again a worker killed while the runner still wants it."""
+    """Process-mode worker pool that starts again a worker killed while the runner still wants it.
+
+    Several runners share the pool (two Spark executors, two TaskManagers), each numbering its workers from
+    ``1-1``: two live workers can have the same id, and ``StopWorker`` names only the id. So the pool keeps every
+    worker of an id, and a ``StopWorker`` takes one that has already ended (its runner closed its connection) or
+    else the only one alive; with several alive it stops none (each ends when its runner closes its connection).
+    Beam's own pool kept one process per id and stopped the newest: a runner ending its environment killed
+    another runner's worker while it started, and that runner then waited for it without end."""
 
     def __init__(self, python: str = sys.executable, respawns: int = RESPAWNS, poll_s: float = POLL_S):
         super().__init__(use_process=True)
         self._python = python
         self._respawns = respawns
+        self._workers: Dict[str, List[subprocess.Popen]] = {}
         self._restarted: Dict[str, int] = {}
-        self._stopped: Set[str] = set()
+        self._given_up: Set[int] = set()
         self._lock = threading.Lock()
         self._done = threading.Event()
         self._watcher = threading.Thread(target=self._watch, args=(poll_s,), name="sdk-worker-watch", daemon=True)
@@ -56,58 +64,70 @@ class SupervisedWorkerPool(BeamFnExternalWorkerPoolServicer):
         except OSError as e:
             return beam_fn_api_pb2.StartWorkerResponse(error=f"sdk worker pool: cannot start {cmd[0]}: {e}")
         with self._lock:
-            self._stopped.discard(request.worker_id)
-            self._worker_processes[request.worker_id] = proc
+            self._workers.setdefault(request.worker_id, []).append(proc)
         print(f"sdk worker pool: started worker {request.worker_id} (pid {proc.pid})", flush=True)
         return beam_fn_api_pb2.StartWorkerResponse()
 
     def StopWorker(self, request: beam_fn_api_pb2.StopWorkerRequest, context) -> beam_fn_api_pb2.StopWorkerResponse:
-        with self._lock:   # the watcher never starts again a worker being stopped
-            self._stopped.add(request.worker_id)
-            proc = self._worker_processes.pop(request.worker_id, None)
-        if proc is not None:
-            print(f"sdk worker pool: stopping worker {request.worker_id} (pid {proc.pid})", flush=True)
-            kill_process_gracefully(proc)
+        worker_id = request.worker_id
+        with self._lock:   # what is taken out here the watcher never starts again
+            procs = self._workers.get(worker_id, [])
+            ended = [p for p in procs if p.poll() is not None]
+            alive = [p for p in procs if p.poll() is None]
+            victim = ended[0] if ended else (alive[0] if len(alive) == 1 else None)
+            if victim is not None:
+                procs.remove(victim)
+                if not procs:
+                    self._workers.pop(worker_id, None)
+        if victim is None:
+            if alive:
+                print(f"sdk worker pool: {len(alive)} workers have id {worker_id} (several runners ask this pool); "
+                      "none stopped: each ends when its runner closes its connection", flush=True)
+        elif victim.poll() is None:
+            print(f"sdk worker pool: stopping worker {worker_id} (pid {victim.pid})", flush=True)
+            kill_process_gracefully(victim)
         return beam_fn_api_pb2.StopWorkerResponse()
 
     def worker_pids(self) -> List[int]:
+        """The pids of the workers the pool holds (alive, or ended and not yet let go by their runner)."""
         with self._lock:
-            return [p.pid for p in self._worker_processes.values()]
+            return [p.pid for procs in self._workers.values() for p in procs]
 
     def close(self) -> None:
         self._done.set()
         with self._lock:
-            procs = list(self._worker_processes.values())
-            self._worker_processes.clear()
+            procs = [p for ps in self._workers.values() for p in ps]
+            self._workers.clear()
         for proc in procs:
             proc.kill()
 
     def _watch(self, poll_s: float) -> None:
         while not self._done.wait(poll_s):
             with self._lock:
-                for worker_id, proc in list(self._worker_processes.items()):
-                    rc = proc.poll()
-                    if rc is None or rc >= 0 or -rc in ASKED_TO_STOP or worker_id in self._stopped:
-                        continue   # running, ended by itself, asked to stop, or stopped by the runner
-                    self._restart(worker_id, proc, -rc)
+                for worker_id, procs in self._workers.items():
+                    for i, proc in enumerate(procs):
+                        rc = proc.poll()
+                        if rc is not None and rc < 0 and -rc not in ASKED_TO_STOP and proc.pid not in self._given_up:
+                            procs[i] = self._restart(worker_id, proc, -rc)
 
-    def _restart(self, worker_id: str, dead: subprocess.Popen, signum: int) -> None:
-        """(lock held) ``dead`` was killed by ``signum``: start it again, or give up after ``respawns``."""
+    def _restart(self, worker_id: str, dead: subprocess.Popen, signum: int) -> subprocess.Popen:
+        """(lock held) ``dead`` was killed by ``signum``: -> a copy started in its place, or ``dead`` itself after
+        ``respawns`` restarts of that id (then left for ``StopWorker``)."""
         done = self._restarted.get(worker_id, 0)
         try:
             name = signal.Signals(signum).name
         except ValueError:
             name = f"signal {signum}"
         if done >= self._respawns:
-            self._worker_processes.pop(worker_id, None)
+            self._given_up.add(dead.pid)
             print(f"sdk worker pool: worker {worker_id} (pid {dead.pid}) was killed by {name} again; "
                   f"not started again after {done} restarts", flush=True)
-            return
+            return dead
         proc = subprocess.Popen(list(dead.args), stdin=subprocess.DEVNULL, close_fds=True)
-        self._worker_processes[worker_id] = proc
         self._restarted[worker_id] = done + 1
         print(f"sdk worker pool: worker {worker_id} (pid {dead.pid}) was killed by {name}; started it again "
               f"(pid {proc.pid}, restart {done + 1} of {self._respawns})", flush=True)
+        return proc
 
 
 def serve(port: int, python: str = sys.executable) -> None:
