@@ -306,7 +306,11 @@ ENGINE = {"taskmanager": "flink", "sdk-worker": "flink", "sdk-worker-connected":
 
 
 @pytest.mark.parametrize("job,victim", [
-    ("features", "taskmanager"), full_only("bulk", "taskmanager"), ("features", "spark-worker"),
+    # the kills run with $CAPTIONBEAM_CLUSTER_FULL=1 only: in the full `make test` of 2026-12-06 21:14 the kill's
+    # own assertions passed, then restarting the whole cluster for the next tests timed out (Spark's 2 workers
+    # not registered within 240 s) and the next kill test found no cluster; the same restart failed once before
+    # (a JobManager exiting while starting). Restarting just what was killed is the fix left to do.
+    full_only("features", "taskmanager"), full_only("bulk", "taskmanager"), full_only("features", "spark-worker"),
     # the SDK worker pool starts a killed worker again (launch/worker_pool.py): killed while it starts, the job
     # goes on; killed once connected, the runner's tasks fail (at once, or after Beam's 3-minute wait for its
     # data channel) and Flink's restart finishes the job (docs/cluster.md)
