@@ -189,10 +189,10 @@ def taskmanagers_running(rest, marker):
     return []
 
 
-def taskmanager_pid(state, resource_id):
-    """The pid of the TaskManager whose log names ``resource_id``."""
+def pid_whose_log_says(state, process_prefix, text):
+    """The pid of the cluster process named ``process_prefix...`` whose log holds ``text``."""
     for name, p in state["processes"].items():
-        if name.startswith("flink-taskmanager") and f"ResourceID: {resource_id}" in open(p["log"]).read():
+        if name.startswith(process_prefix) and text in open(p["log"]).read():
             return p["pid"]
     return None
 
@@ -209,14 +209,6 @@ def spark_workers_running(webui):
             if any(e["appid"] in apps for e in mine.get("executors", [])):
                 out.append(f"{w['host']}:{w['port']}")
     return out
-
-
-def spark_worker_pid(state, address):
-    """The pid of the Spark worker whose log says it started at ``address``."""
-    for name, p in state["processes"].items():
-        if name.startswith("spark-worker") and f"Starting Spark worker {address} " in open(p["log"]).read():
-            return p["pid"]
-    return None
 
 
 def children(pid):
@@ -247,12 +239,12 @@ def victim_pid(cfg, state, marker, victim):
     Python work has started; the job server runs Spark's driver with its UI off, so stages are not visible)."""
     if victim == "spark-worker":
         workers = spark_workers_running(state["spark_webui"]) if cl.sdk_worker_pids(cfg.root) else []
-        return spark_worker_pid(state, workers[0]) if workers else None
+        return pid_whose_log_says(state, "spark-worker", f"Starting Spark worker {workers[0]} ") if workers else None
     tms = taskmanagers_running(state["flink_rest"], marker)
     if not tms:
         return None
     if victim == "taskmanager":
-        return taskmanager_pid(state, tms[0])
+        return pid_whose_log_says(state, "flink-taskmanager", f"ResourceID: {tms[0]}")
     workers = cl.sdk_worker_pids(cfg.root)
     if victim == "sdk-worker-connected":
         logs = "".join(open(p["log"]).read() for name, p in state["processes"].items()
