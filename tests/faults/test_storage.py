@@ -31,7 +31,17 @@ def _free_port() -> int:
 
 EMULATOR = """
 import glob, os, sys, time
+from gcp_storage_emulator import storage as emulated
 from gcp_storage_emulator.server import create_server
+def _atomic_write(self, rel, content, _write=emulated._FileStore.write_bytes):
+    # the emulator rewrites its whole index (.meta) in place on every change, so a SIGKILL mid-write
+    # leaves it empty and the restarted emulator cannot read the bucket back; a real bucket keeps what it
+    # acknowledged: write to a side file and rename, as a store that survives a crash does
+    if self._use_memory:
+        return _write(self, rel, content)
+    _write(self, rel + ".~writing", content)
+    os.replace(self._disk_path(self._norm(rel + ".~writing")), self._disk_path(self._norm(rel)))
+emulated._FileStore.write_bytes = _atomic_write
 port, data_dir, bucket, files = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4:]
 server = create_server("127.0.0.1", port, data_dir=data_dir)
 server.start()
