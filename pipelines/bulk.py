@@ -88,6 +88,7 @@ class BulkConfig:
     resize_method: str = "bilinear"
     tfrecord_fields: Optional[TfrecordFields] = None  # image TFRecord field names (None: the defaults)
     force: bool = False  # take the output's lease even when another run holds it (pipelines.lease)
+    commit_every: int = 0  # > 0: list the inputs, run and commit them in parts of this many files (bulk_parts)
 
     def __post_init__(self):
         if not self.images:
@@ -96,6 +97,8 @@ class BulkConfig:
             raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {self.format!r}")
         if self.num_shards < 0:
             raise ValueError(f"--num-shards must be >= 0, got {self.num_shards}")
+        if self.commit_every < 0:
+            raise ValueError(f"--commit-every must be >= 0, got {self.commit_every}")
         self.captioner_config()  # validates beam/batch sizes
 
     def captioner_config(self) -> CaptionerConfig:
@@ -262,11 +265,12 @@ class BulkCaption(beam.PTransform):
 
     Writes nothing: :class:`WriteBulkOutputs` does."""
 
-    def __init__(self, config: BulkConfig, model: ModelInfo, handler=None):
+    def __init__(self, config: BulkConfig, model: ModelInfo, handler=None, manifests=None):
         super().__init__()
         self.config = config
         self.model = model
         self.handler = handler or make_handler(config, model)
+        self.manifests = manifests  # a part of a run in parts: pipelines.bulk_parts.PartManifest
 
     def expand(self, pbegin):
         cfg = self.config
@@ -302,7 +306,11 @@ class BulkCaption(beam.PTransform):
         keyed = (read["keys"]
                  | "CountMatched" >> beam.ParDo(_Count("matched"))
                  | "KeyByPath" >> beam.Map(join_entry))
-        seen = pbegin | "ReadManifest" >> ReadManifest(cfg.output, self.model.model_version)
+        if self.manifests is None:
+            seen = pbegin | "ReadManifest" >> ReadManifest(cfg.output, self.model.model_version)
+        else:
+            seen = pbegin | "ReadManifest" >> ReadManifest(cfg.output, self.model.model_version,
+                                                           files=self.manifests.files, inputs=self.manifests.inputs)
         split = keyed | "SkipExisting" >> SplitAlreadyCaptioned(seen, rebuild=key_of_join)
         todo = split.todo | "ReadTodoImages" >> ReadKeyedImages(cfg.max_bytes, cfg.tfrecord_fields)
         return todo["images"], split[SplitAlreadyCaptioned.SKIPPED], read_dead, todo["dead_letters"]
@@ -546,9 +554,11 @@ def recover_unfinished_runs(output: str) -> List[str]:
     return recovered
 
 
-def build_pipeline(pipeline, config: BulkConfig, model: ModelInfo, run: str, progress_dir: Optional[str] = None):
-    """Apply the whole job to ``pipeline``; returns the written-file PCollections."""
-    outputs = pipeline | "BulkCaption" >> BulkCaption(config, model)
+def build_pipeline(pipeline, config: BulkConfig, model: ModelInfo, run: str, progress_dir: Optional[str] = None,
+                   manifests=None):
+    """Apply the whole job to ``pipeline``; returns the written-file PCollections. ``manifests``: a part
+    of a run in parts reads only these manifest files and entries (``pipelines.bulk_parts.PartManifest``)."""
+    outputs = pipeline | "BulkCaption" >> BulkCaption(config, model, manifests=manifests)
     progress.count_done({"captioned": outputs["rows"], "skipped": outputs["skipped"],
                          "failed": outputs["dead_letters"]}, progress_dir)
     if config.skip_existing:
@@ -570,10 +580,15 @@ def run(config: BulkConfig, model: ModelInfo, runner: Runner = None, run_token: 
         pio.remove_stale_beam_temp([pio.join(config.output, CAPTIONS_DIR), dead_letters_dir(config.output),
                                     manifest_dir(config.output, model.model_version)])
         recover_unfinished_runs(config.output)
+        if config.commit_every:
+            from captionbeam.pipelines.bulk_parts import run_in_parts
+            return run_in_parts(config, model, token,
+                                lambda c, m, t, **kw: _run_leased(c, m, runner, t, **kw), write_record)
         return _run_leased(config, model, runner, token)
 
 
-def _run_leased(config: BulkConfig, model: ModelInfo, runner: Runner, token: str) -> BulkResult:
+def _run_leased(config: BulkConfig, model: ModelInfo, runner: Runner, token: str,
+                manifests=None, part: Optional[dict] = None) -> BulkResult:
     from captionbeam.pipelines.options import new_pipeline
     started = _dt.datetime.now(_dt.timezone.utc)
     t0 = time.monotonic()
@@ -581,7 +596,7 @@ def _run_leased(config: BulkConfig, model: ModelInfo, runner: Runner, token: str
              model.model_version, config.output)
     pipeline = new_pipeline(runner)
     progress_dir = progress.progress_dir(config.output, token)
-    build_pipeline(pipeline, config, model, token, progress_dir)
+    build_pipeline(pipeline, config, model, token, progress_dir, manifests)
     with progress.ProgressReporter("bulk", progress_dir,
                                    progress.files_total(config.images, config.input_format)) as reporter:
         result = pipeline.run()
@@ -603,5 +618,6 @@ def _run_leased(config: BulkConfig, model: ModelInfo, runner: Runner, token: str
         "pipeline_args": list(runner_flags(runner).args), "counters": res.counters, "balanced": res.balanced,
         "counter_sources": res.sources,
         "files": res.files,
+        **({"part": part} if part else {}),
     })
     return res

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Tuple
+from typing import FrozenSet, Iterable, Iterator, Optional, Sequence, Tuple
 
 import apache_beam as beam
 
@@ -87,37 +87,59 @@ def read_manifest_keys(output: str, model_version: str) -> Iterator[Tuple[str, s
                 yield parse_manifest_line(line)
 
 
+def input_of(path: str, inputs: FrozenSet[str]) -> bool:
+    """Whether a manifest ``path`` is one of ``inputs`` (loose files) or a member of one (a shard member's
+    path is ``<shard>#<member>``; either part may itself hold ``#``)."""
+    if path in inputs:
+        return True
+    at = path.find("#")
+    while at != -1:
+        if path[:at] in inputs:
+            return True
+        at = path.find("#", at + 1)
+    return False
+
+
 class _ParseManifest(beam.DoFn):
     """Malformed lines are counted and dropped (an image without a valid entry is captioned again,
-    which is the safe direction)."""
+    which is the safe direction). With ``inputs``, entries of other files are dropped here, before the
+    join: a part of a large run joins only its own files' entries."""
 
-    def __init__(self):
+    def __init__(self, inputs: Optional[FrozenSet[str]] = None):
         self.bad = beam.metrics.Metrics.counter(BULK_NAMESPACE, "manifest_malformed_lines")
+        self.inputs = inputs
 
     def process(self, line: str) -> Iterable[Tuple[str, str]]:
         if not line.strip():
             return
         try:
-            yield parse_manifest_line(line)
+            path, sha = parse_manifest_line(line)
         except ValueError:
             self.bad.inc()
+            return
+        if self.inputs is None or input_of(path, self.inputs):
+            yield path, sha
 
 
 class ReadManifest(beam.PTransform):
     """(path, sha256) of everything captioned earlier with ``model_version`` under ``output``.
 
     The glob is matched at run time by the workers (``ReadAllFromText``), an empty match gives an
-    empty PCollection, and large manifests are split like any text input."""
+    empty PCollection, and large manifests are split like any text input. ``files``: read exactly
+    these manifest files instead of the glob (``pipelines.bulk_parts`` picks the ones that can hold
+    a part's inputs); ``inputs``: keep only the entries of these input files (see :func:`input_of`)."""
 
-    def __init__(self, output: str, model_version: str):
+    def __init__(self, output: str, model_version: str, files: Optional[Sequence[str]] = None,
+                 inputs: Optional[Iterable[str]] = None):
         super().__init__()
-        self.pattern = manifest_glob(output, model_version)
+        self.patterns = [manifest_glob(output, model_version)] if files is None else list(files)
+        self.inputs = None if inputs is None else frozenset(inputs)
 
     def expand(self, pbegin):
         return (pbegin
-                | "ManifestGlob" >> beam.Create([self.pattern])
+                | "ManifestGlob" >> beam.Create(self.patterns)
                 | "ReadManifestFiles" >> beam.io.ReadAllFromText()
-                | "ParseManifest" >> beam.ParDo(_ParseManifest()))
+                | "ParseManifest" >> beam.ParDo(_ParseManifest(self.inputs)))
 
 
 def _split_group(element, skipped_tag: str, rebuild=None):

@@ -65,6 +65,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "version's manifest under --output and files no dead letter an earlier run filed")
     g.add_argument("--skip-existing", action="store_true",
                    help="the default (kept for old command lines): skip what this model version captioned")
+    g.add_argument("--commit-every", type=non_negative_int, default=0, metavar="FILES",
+                   help="list the inputs once and caption them in parts of FILES input files (loose images or "
+                        "shards), each committed when it ends as run <run>-pNNNNN: a killed run loses at most "
+                        "one part, memory is bounded by the part, progress has an ETA; for archives of "
+                        "millions (on gs://, parts of shards: each listed file is matched on its own). "
+                        "0: one run for everything (default: 0)")
     g.add_argument("--force", action="store_true",
                    help="take the --output's lease even when another run holds it (only when that run is dead; "
                         "a dead run's lease expires 15 minutes after its last heartbeat anyway)")
@@ -166,6 +172,7 @@ class BulkCommandConfig:
     resize_method: Optional[str] = None
     tfrecord_fields: object = None
     force: bool = False
+    commit_every: int = 0
 
 
 def config_from_args(args: argparse.Namespace) -> BulkCommandConfig:
@@ -176,7 +183,8 @@ def config_from_args(args: argparse.Namespace) -> BulkCommandConfig:
         max_length=args.max_length, batch_size=args.batch_size, format=args.format, redo=args.redo,
         input_format=args.input_format, num_shards=args.num_shards, model_copies=args.model_copies,
         max_bytes=args.max_bytes, max_pixels=args.max_pixels, resize_method=args.resize_method,
-        tfrecord_fields=tfrecord_fields(args), force=args.force)
+        tfrecord_fields=tfrecord_fields(args), force=args.force,
+        commit_every=args.commit_every)
 
 
 @dataclass(frozen=True)
@@ -190,7 +198,8 @@ class BulkPlan:
         kind = f"export of model {m.source_model_version}" if m.exported else "model dir"
         return [f"bulk: {' '.join(j.images)} captioned by model {m.model_version} ({m.encoder}, {kind}), "
                 f"beam {j.beam_size}, {j.format} -> {j.output}"
-                + ("" if j.skip_existing else " (--redo: every image again)")]
+                + ("" if j.skip_existing else " (--redo: every image again)")
+                + (f", committed every {j.commit_every} input files" if j.commit_every else "")]
 
 
 def plan(config: BulkCommandConfig) -> BulkPlan:
@@ -220,7 +229,7 @@ def plan(config: BulkCommandConfig) -> BulkPlan:
             model_copies=config.model_copies, max_bytes=config.max_bytes or DEFAULT_MAX_BYTES,
             max_pixels=config.max_pixels or DEFAULT_MAX_PIXELS,
             resize_method=config.resize_method or model_resize or "bilinear",
-            tfrecord_fields=config.tfrecord_fields, force=config.force)
+            tfrecord_fields=config.tfrecord_fields, force=config.force, commit_every=config.commit_every)
     except ValueError as e:
         raise CommandError(str(e)) from None
     return BulkPlan(job=job, model=info)
