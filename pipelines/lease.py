@@ -191,8 +191,9 @@ class OutputLease:
                     f"if that run is dead, its lease expires {self.ttl_s:.0f}s after its last heartbeat (at once "
                     f"when it ran on this machine), or pass --force to take it now")
             if stale:
-                log.warning("removing the stale lease of %s (dead or silent for over %.0fs)",
-                            "; ".join(_describe(c, now) for c in stale), self.ttl_s)
+                log.warning("removing the stale lease of %s", "; ".join(
+                    f"{_describe(c, now)}: " + ("its process is gone from this machine" if _provably_dead(c)
+                                                else f"silent for over {self.ttl_s:.0f}s") for c in stale))
                 self._delete(stale)
 
     def _write_alive(self) -> None:
