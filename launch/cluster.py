@@ -24,6 +24,7 @@ import argparse
 import glob
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -195,6 +196,15 @@ def read_state(root: str) -> dict:
         return {}
 
 
+def gone(pid: int) -> bool:
+    """``pid`` has exited (no such process, or a zombie not yet reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except OSError:
+        return True
+
+
 def owned(pid: int, root: str) -> bool:
     """``pid`` is alive and is one of this cluster's processes (its command line names the folder)."""
     try:
@@ -268,15 +278,16 @@ def cmdline(pid: int) -> bytes:
 def spawn(cmd: Sequence[str], log_path: str, env: Optional[Mapping[str, str]] = None, cwd: Optional[str] = None,
            exec_timeout_s: float = 30.0) -> int:
     """Start ``cmd`` in a session of its own, output to ``log_path``; returns once its exec has finished (its
-    /proc cmdline is there), so that :func:`owned` sees it at once. (Python's ``Popen`` returns when the vforked
-    child has released the parent's memory, before the kernel has set up the new program's arguments: for a
-    while its cmdline reads empty, and a busy machine made that window long enough for ``start`` to take a
-    JobManager that had just been launched for one that had exited.)"""
+    /proc cmdline is ``cmd``), so that :func:`owned` sees it at once. (Python's ``Popen`` returns when the
+    vforked child has released the parent's memory, before the kernel has set up the new program's arguments:
+    for a while its cmdline reads empty, or this process's own, and a busy machine made that window long enough
+    for ``start`` to take a JobManager, or a TaskManager started again, for one that had exited.)"""
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(list(cmd), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=dict(env) if env else None, cwd=cwd, start_new_session=True)
     deadline = time.time() + exec_timeout_s
-    while not cmdline(proc.pid) and proc.poll() is None and time.time() < deadline:
+    wanted = b"".join(os.fsencode(arg) + b"\0" for arg in cmd)
+    while cmdline(proc.pid) != wanted and proc.poll() is None and time.time() < deadline:
         time.sleep(0.005)
     return proc.pid
 
@@ -301,7 +312,7 @@ def _wait(what: str, ready, pids: Mapping[str, Tuple[int, str]], root: str, time
     deadline = time.time() + timeout
     while time.time() < deadline:
         for name, (pid, log) in pids.items():
-            if not owned(pid, root):
+            if gone(pid):   # not `owned`: a JVM's command line can read empty for a moment while it starts
                 raise ProcessExited(f"cluster: {name} (pid {pid}) exited while starting; {_exit_report(log)}")
         try:
             if ready():
@@ -328,6 +339,12 @@ def start(cfg: ClusterConfig, out=None) -> dict:
         print(f"cluster: already running ({os.path.join(cfg.root, STATE_FILE)})", file=out)
         return current
     if current["processes"]:
+        dead = sorted(name for name, p in current["processes"].items() if not p["alive"])
+        if all(name.startswith(REPLACEABLE) for name in dead):
+            try:
+                return _replace_dead(cfg, current, dead, out)
+            except ClusterError as e:
+                print(f"{e}\ncluster: starting the whole cluster again", file=out)
         stop(cfg.root, out=out)
     from captionbeam.launch.engines import FLINK_DIST, SPARK_DIST, missing_message
     for spec in (FLINK_DIST, SPARK_DIST):
@@ -367,32 +384,22 @@ def _start_once(cfg: ClusterConfig, out) -> dict:
     procs: Dict[str, dict] = state["processes"]
     started = time.time()
 
-    def launch(name: str, cmd: List[str], env=None, cwd=None) -> None:
-        log = os.path.join(logs, f"{name}.log")
-        procs[name] = {"pid": spawn(cmd, log if not name.startswith("flink") else log + ".out", env, cwd),
-                       "log": log}
+    def launch(name: str) -> None:
+        cmd, env, cwd, log, output = process_launch(cfg, ports, name)
+        mark = log_mark(log)
+        procs[name] = {"pid": spawn(cmd, output, env, cwd), "log": log, "log_mark": mark}
         _write_state(cfg.root, state)   # recorded at once: a failed start is still stopped by `stop`
 
     try:
-        launch("flink-jobmanager", flink_command(cfg, "jobmanager", os.path.join(logs, "flink-jobmanager.log")))
+        launch("flink-jobmanager")
         for i in range(1, cfg.taskmanagers + 1):
-            launch(f"flink-taskmanager-{i}", flink_command(cfg, "taskmanager", os.path.join(logs, f"flink-taskmanager-{i}.log")))
-        env = spark_env(cfg)
-        launch("spark-master", spark_command(cfg, "master", ports["spark_master"], ports["spark_webui"]), env)
-        pool_env = {**os.environ, "PATH": os.path.dirname(cfg.python) + os.pathsep + os.environ.get("PATH", "")}
-        launch("sdk-worker-pool", pool_command(cfg, ports["worker_pool"]), pool_env, cwd=cfg.root)
+            launch(f"flink-taskmanager-{i}")
+        launch("spark-master")
+        launch("sdk-worker-pool")
         _wait("the Spark master", lambda: _listening(ports["spark_master"]), _pids(procs), cfg.root, cfg.start_timeout_s)
         for i in range(1, cfg.spark_workers + 1):
-            launch(f"spark-worker-{i}", spark_command(cfg, "worker", ports["spark_master"], 0, i), env)
-        pids = _pids(procs)
-        _wait(f"Flink ({cfg.taskmanagers} TaskManagers registered)",
-              lambda: _get_json(f"{state['flink_rest']}/overview").get("taskmanagers") == cfg.taskmanagers,
-              pids, cfg.root, cfg.start_timeout_s)
-        _wait(f"Spark ({cfg.spark_workers} workers registered)",
-              lambda: len([w for w in _get_json(f"{state['spark_webui']}/json/").get("workers", [])
-                           if w.get("state") == "ALIVE"]) == cfg.spark_workers,
-              pids, cfg.root, cfg.start_timeout_s)
-        _wait("the SDK worker pool", lambda: _listening(ports["worker_pool"]), pids, cfg.root, cfg.start_timeout_s)
+            launch(f"spark-worker-{i}")
+        _wait_registered(cfg, state, _pids(procs), cfg.start_timeout_s)
     except BaseException:
         stop(cfg.root, out=out)
         raise
@@ -401,6 +408,100 @@ def _start_once(cfg: ClusterConfig, out) -> dict:
     print(f"cluster: started in {state['start_seconds']}s: Flink {state['flink_rest']} (1 JobManager, "
           f"{cfg.taskmanagers} TaskManagers), Spark {state['spark_master_url']} ({cfg.spark_workers} workers), "
           f"SDK worker pool {state['worker_pool']}; logs in {logs}", file=out)
+    return status(cfg.root)
+
+
+def process_launch(cfg: ClusterConfig, ports: Mapping[str, int], name: str):
+    """How the cluster's process ``name`` is started (the one source for a first start and a replacement):
+    ``(command, environment, working folder, log, the file its output goes to)``."""
+    logs = os.path.join(cfg.root, "logs")
+    log = os.path.join(logs, f"{name}.log")
+    if name == "flink-jobmanager" or name.startswith("flink-taskmanager-"):
+        role = "jobmanager" if name == "flink-jobmanager" else "taskmanager"
+        return flink_command(cfg, role, log), None, None, log, log + ".out"
+    if name == "spark-master":
+        return spark_command(cfg, "master", ports["spark_master"], ports["spark_webui"]), spark_env(cfg), None, log, log
+    if name.startswith("spark-worker-"):
+        index = int(name.rsplit("-", 1)[1])
+        return spark_command(cfg, "worker", ports["spark_master"], 0, index), spark_env(cfg), None, log, log
+    if name == "sdk-worker-pool":
+        env = {**os.environ, "PATH": os.path.dirname(cfg.python) + os.pathsep + os.environ.get("PATH", "")}
+        return pool_command(cfg, ports["worker_pool"]), env, cfg.root, log, log
+    raise ValueError(f"cluster: no process named {name!r}")
+
+
+# processes that can be started again on their own (the JobManager and the Spark master hold the cluster's state:
+# when one of them is gone, the whole cluster is started again)
+REPLACEABLE = ("flink-taskmanager-", "spark-worker-", "sdk-worker-pool")
+_TASKMANAGER_ID = re.compile(r"Starting TaskManager with ResourceID: (\S+)")
+_SPARK_WORKER_ADDRESS = re.compile(r"Starting Spark worker (\S+) with")
+
+
+def last_logged(path: str, pattern: "re.Pattern", mark: Sequence[int] = (0, 0)) -> Optional[str]:
+    """The first group of ``pattern``'s last match in the log ``path`` since ``mark`` (:func:`log_mark` taken
+    when the process was started: a Spark process started again appends to its predecessor's log; Flink's
+    log4j rolls the file over at start, a new file); None when the process has not logged it yet."""
+    inode, offset = mark
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset if os.fstat(f.fileno()).st_ino == inode else 0)
+            found = pattern.findall(f.read().decode("utf-8", errors="replace"))
+    except OSError:
+        return None
+    return found[-1] if found else None
+
+
+def whole(registered: Sequence[str], running: Sequence[Optional[str]]) -> bool:
+    """The engine lists exactly the workers that run now: each running one has logged its id and registered,
+    and no dead one is still listed (a killed TaskManager stays listed until the JobManager's heartbeat timeout,
+    a killed Spark worker until the master sees its connection drop)."""
+    return None not in running and sorted(registered) == sorted(running)
+
+
+def _logged(procs: Mapping[str, dict], prefix: str, pattern: "re.Pattern") -> List[Optional[str]]:
+    return [last_logged(p["log"], pattern, p.get("log_mark", (0, 0))) for name, p in procs.items()
+            if name.startswith(prefix)]
+
+
+def log_mark(path: str) -> Tuple[int, int]:
+    """(inode, size) of a log now: where what a process started next writes begins."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (0, 0)
+    return (st.st_ino, st.st_size)
+
+
+def _wait_registered(cfg: ClusterConfig, state: dict, pids: Mapping[str, Tuple[int, str]], timeout: float) -> None:
+    """Until Flink and Spark list exactly the TaskManagers and workers that run now (:func:`whole`) and the SDK
+    worker pool listens."""
+    procs = state["processes"]
+    _wait(f"Flink ({cfg.taskmanagers} TaskManagers registered)",
+          lambda: whole([t["id"] for t in _get_json(f"{state['flink_rest']}/taskmanagers").get("taskmanagers", [])],
+                        _logged(procs, "flink-taskmanager-", _TASKMANAGER_ID)),
+          pids, cfg.root, timeout)
+    _wait(f"Spark ({cfg.spark_workers} workers registered)",
+          lambda: whole([f"{w['host']}:{w['port']}" for w in _get_json(f"{state['spark_webui']}/json/").get("workers", [])
+                         if w.get("state") == "ALIVE"], _logged(procs, "spark-worker-", _SPARK_WORKER_ADDRESS)),
+          pids, cfg.root, timeout)
+    _wait("the SDK worker pool", lambda: _listening(state["ports"]["worker_pool"]), pids, cfg.root, timeout)
+
+
+def _replace_dead(cfg: ClusterConfig, current: dict, dead: Sequence[str], out) -> dict:
+    """Start again, on their recorded ports and with their recorded commands, just the cluster's processes that
+    died (TaskManagers, Spark workers, the SDK worker pool), and wait until the cluster is whole: the running
+    processes, and any job on them, are left alone. ``ClusterError`` when that does not come up (the caller
+    then starts the whole cluster again)."""
+    state = {k: v for k, v in current.items() if k not in ("running",)}
+    state["processes"] = {name: {k: v for k, v in p.items() if k != "alive"} for name, p in current["processes"].items()}
+    started = time.time()
+    for name in dead:
+        cmd, env, cwd, log, output = process_launch(cfg, state["ports"], name)
+        mark = log_mark(log)
+        state["processes"][name] = {"pid": spawn(cmd, output, env, cwd), "log": log, "log_mark": mark}
+        _write_state(cfg.root, state)
+    _wait_registered(cfg, state, _pids(state["processes"]), cfg.start_timeout_s)
+    print(f"cluster: started {', '.join(dead)} again in {time.time() - started:.1f}s (the rest kept running)", file=out)
     return status(cfg.root)
 
 

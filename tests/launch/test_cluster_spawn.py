@@ -22,3 +22,37 @@ def test_a_spawned_process_is_owned_at_once(tmp_path):
         for pid in pids:
             os.killpg(pid, signal.SIGKILL)
 
+
+
+def test_whole_means_the_engine_lists_exactly_the_running_workers(tmp_path):
+    log = tmp_path / "flink-taskmanager-1.log"
+    log.write_text("... Starting TaskManager with ResourceID: 127.0.0.1:1-aaaaaa\n...\n")
+    mark = cl.log_mark(str(log))   # started again here: the new process appends to its predecessor's log
+    assert cl.last_logged(str(log), cl._TASKMANAGER_ID, mark) is None      # not the dead one's id
+    with open(log, "a") as f:
+        f.write("... Starting TaskManager with ResourceID: 127.0.0.1:2-bbbbbb\nmore\n")
+    running = [cl.last_logged(str(log), cl._TASKMANAGER_ID, mark), "127.0.0.1:3-cccccc"]
+    assert running[0] == "127.0.0.1:2-bbbbbb"
+    assert cl.whole(["127.0.0.1:3-cccccc", "127.0.0.1:2-bbbbbb"], running)
+    assert not cl.whole(["127.0.0.1:1-aaaaaa", "127.0.0.1:3-cccccc"], running)     # the dead one still listed
+    assert not cl.whole(["127.0.0.1:1-aaaaaa", "127.0.0.1:2-bbbbbb", "127.0.0.1:3-cccccc"], running)
+    assert not cl.whole([], [None])                                                  # not logged yet
+    assert cl.last_logged(str(tmp_path / "none.log"), cl._TASKMANAGER_ID) is None
+    os.rename(log, str(log) + ".1")   # rolled over at start (Flink's log4j): the new file is read from its start
+    log.write_text("... Starting TaskManager with ResourceID: 127.0.0.1:4-dddddd\n")
+    assert cl.last_logged(str(log), cl._TASKMANAGER_ID, mark) == "127.0.0.1:4-dddddd"
+    assert cl.whole([], [])
+
+
+def test_every_process_has_one_launch_and_only_workers_are_replaced_alone(tmp_path):
+    cfg = cl.ClusterConfig(root=str(tmp_path), engines=str(tmp_path / "engines"))
+    ports = {"flink_rpc": 1, "flink_rest": 2, "spark_master": 3, "spark_webui": 4, "worker_pool": 5}
+    os.makedirs(tmp_path / "engines" / "flink-dist" / "lib")
+    names = ["flink-jobmanager", "flink-taskmanager-1", "flink-taskmanager-2", "spark-master", "spark-worker-1",
+             "spark-worker-2", "sdk-worker-pool"]
+    for name in names:
+        cmd, _, _, log, _ = cl.process_launch(cfg, ports, name)
+        assert log.endswith(f"{name}.log") and f"{cl.MARKER}{cfg.root}" in cmd
+    worker = cl.process_launch(cfg, ports, "spark-worker-2")[0]
+    assert "spark://127.0.0.1:3" in worker and worker[worker.index("--work-dir") + 1].endswith("work-2")
+    assert [n for n in names if n.startswith(cl.REPLACEABLE)] == names[1:3] + names[4:]
