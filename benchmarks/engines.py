@@ -1,7 +1,8 @@
 """Benchmark (not a test): the Beam jobs on each engine of this machine, against DirectRunner in the same run.
 
-For each runner (``direct`` = DirectRunner in-process; ``flink-local``, ``spark-local``, ``prism`` = the
-profiles of ``launch/profiles.yaml``, engines from ``make engines``), each a real ``captionbeam``
+For each runner (``direct`` = DirectRunner in-process; ``direct-mp`` = DirectRunner with 2 worker processes;
+``flink-local``, ``spark-local``, ``prism`` = the profiles of ``launch/profiles.yaml``, engines from
+``make engines``), each a real ``captionbeam``
 subprocess, so start-up, the job server and model loading are in the figures as a user sees them:
 
 * start-up: ``captionbeam features`` over one image (job server start + pipeline submission + one image);
@@ -31,17 +32,23 @@ from typing import Dict, List, Optional
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CAPTIONBEAM = [sys.executable, "-m", "captionbeam.launch", "--log-level", "WARNING"]
-RUNNERS = ("direct", "flink-local", "spark-local", "prism")
+RUNNERS = ("direct", "direct-mp", "prism", "flink-local", "spark-local")
 CLUSTER_RUNNERS = ("flink-cluster", "spark-cluster")   # need `make cluster`
 
 
 def runner_flags(runner: str) -> List[str]:
-    return ["--runner=DirectRunner"] if runner == "direct" else ["--profile", runner]
+    if runner == "direct":
+        return ["--runner=DirectRunner"]
+    if runner == "direct-mp":
+        return ["--runner=DirectRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+    return ["--profile", runner]
 
 
 def timed(argv: List[str], log_path: str) -> float:
     start = time.time()
     with open(log_path, "w") as log:
+        log.write("$ captionbeam " + " ".join(argv) + "\n")
+        log.flush()
         proc = subprocess.run(CAPTIONBEAM + argv, stdout=log, stderr=subprocess.STDOUT)  # in the caller's folder
     seconds = time.time() - start
     if proc.returncode != 0:
@@ -99,12 +106,14 @@ def main(argv: Optional[List[str]] = None) -> int:
                                  "--output", os.path.join(out, "bulk"), *runner_flags(runner)],
                                 os.path.join(out, "bulk.log"))
             r["bulk_img_s"] = a.images / r["bulk_s"]
+        r["load_avg_1m"] = os.getloadavg()[0]
         results[runner] = r
         print(f"{runner:12s} " + "  ".join(f"{k} {v:.2f}" for k, v in r.items()), flush=True)
     base = results.get("direct")
     print(f"\n{a.images} images of {a.image_px}px, MobileNet (random weights) at {a.image_size}px; "
           f"{os.cpu_count()} CPUs; ratio = this runner / DirectRunner (times: higher is slower)")
-    cols = ["startup_s", "features_s", "features_img_s", "features_steady_img_s"] + (["bulk_s", "bulk_img_s"] if bulk else [])
+    cols = (["startup_s", "features_s", "features_img_s", "features_steady_img_s"] + (["bulk_s", "bulk_img_s"] if bulk else [])
+            + ["load_avg_1m"])
     print("| runner | " + " | ".join(cols) + " |")
     print("|---|" + "---|" * len(cols))
     for runner, r in results.items():
@@ -113,7 +122,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             if c not in r:
                 cells.append("-")
                 continue
-            ratio = f" (×{r[c] / base[c]:.2f})" if base and runner != "direct" and base.get(c) else ""
+            ratio = (f" (×{r[c] / base[c]:.2f})" if base and runner != "direct" and base.get(c) and c != "load_avg_1m"
+                     else "")
             cells.append(f"{r[c]:.1f}{ratio}")
         print(f"| {runner} | " + " | ".join(cells) + " |")
     if a.json_out:
