@@ -92,6 +92,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         from captionbeam.launch.beam_options import add_profile_argument, parse_runner_flags
         add_profile_argument(subparsers[name])
         args, rest = parser.parse_known_args(argv)
+        from captionbeam.launch.local_paths import absolute_local_paths
+        absolute_local_paths(args)   # an SDK worker of a cluster opens them from a folder of its own
         flags = parse_runner_flags(subparsers[name], rest, profile=args.profile, command=name,
                                    profiles_path=args.profiles_file, dry_run=args.dry_run)
     else:
