@@ -581,10 +581,56 @@ def run(config: BulkConfig, model: ModelInfo, runner: Runner = None, run_token: 
                                     manifest_dir(config.output, model.model_version)])
         recover_unfinished_runs(config.output)
         if config.commit_every:
-            from captionbeam.pipelines.bulk_parts import run_in_parts
-            return run_in_parts(config, model, token,
-                                lambda c, m, t, **kw: _run_leased(c, m, runner, t, **kw), write_record)
+            return _run_in_parts(config, model, runner, token)
         return _run_leased(config, model, runner, token)
+
+
+def _run_in_parts(config: BulkConfig, model: ModelInfo, runner: Runner, token: str) -> BulkResult:
+    """``--commit-every``: the listed inputs in parts, each a committed run of its own (``pipelines.bulk_parts``);
+    returns the summed result and writes the whole run's record (``runs/<token>.json``, listing its parts)."""
+    from dataclasses import replace
+    from captionbeam.pipelines.bulk_parts import (PartManifest, PartsProgress, list_inputs, literal_pattern,
+                                                  manifests_for_part, part_token, read_run_records, split_into_parts)
+    from captionbeam.pipelines.manifest import manifest_glob
+    t0 = time.monotonic()
+    files = list_inputs(config.images)
+    parts = split_into_parts(files, config.commit_every)
+    log.info("bulk run %s: %d input file(s) in %d part(s) of up to %d, each committed when it ends",
+             token, len(files), len(parts), config.commit_every)
+    progress_line = PartsProgress(files_total=len(files), parts_total=len(parts), started=t0)
+    started = _dt.datetime.now(_dt.timezone.utc)
+    total = BulkResult(run=token, model_version=model.model_version, encoder=model.encoder,
+                       counters={name: 0 for name in COUNTERS}, seconds=0.0, files={})
+    tokens = []
+    for index, part_files in enumerate(parts):
+        records = read_run_records(pio.join(config.output, RUNS_DIR, "*.json"))
+        manifests = PartManifest(files=tuple(manifests_for_part(
+            pio.match([manifest_glob(config.output, model.model_version)]), records, part_files)), inputs=part_files)
+        part_config = replace(config, images=tuple(literal_pattern(f) for f in part_files), commit_every=0)
+        tokens.append(part_token(token, index))
+        res = _run_leased(part_config, model, runner, tokens[-1], manifests=manifests,
+                          part={"run": token, "index": index, "of": len(parts), "files": list(part_files)})
+        _add_part(total, res)
+        log.info("%s", progress_line.line(index, len(part_files), res.counters, time.monotonic()))
+    total.seconds = time.monotonic() - t0
+    total.record_path = run_record_path(config.output, token)
+    write_record(total.record_path, {
+        "run": token, "started": started.isoformat(), "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+        "seconds": round(total.seconds, 3), "images_per_s": round(total.images_per_s, 3),
+        "model_dir": config.model_dir, "model_version": model.model_version, "encoder": model.encoder,
+        "commit_every": config.commit_every, "parts": tokens, "counters": total.counters,
+        "balanced": total.balanced, "counter_sources": total.sources, "files": total.files})
+    return total
+
+
+def _add_part(total: BulkResult, part: BulkResult) -> None:
+    for name, value in part.counters.items():
+        total.counters[name] = total.counters.get(name, 0) + value
+    for name, files in part.files.items():
+        total.files.setdefault(name, []).extend(files)
+    for name, source in part.sources.items():
+        if total.sources.get(name) in (None, RUNNER):
+            total.sources[name] = source
 
 
 def _run_leased(config: BulkConfig, model: ModelInfo, runner: Runner, token: str,

@@ -24,9 +24,8 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import re
-import time
-from dataclasses import dataclass, replace
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import captionbeam.pipelines.io as pio
 
@@ -84,12 +83,11 @@ def manifests_for_part(manifest_files: Sequence[str], records: Dict[str, dict], 
     return keep
 
 
-def read_run_records(output: str) -> Dict[str, dict]:
-    """``runs/<run>.json`` of every earlier run under ``output``, by run token (unreadable ones left out:
+def read_run_records(runs_glob: str) -> Dict[str, dict]:
+    """The run records ``runs/<run>.json`` matching ``runs_glob``, by run token (unreadable ones left out:
     their manifests are then read, the safe direction)."""
-    from captionbeam.pipelines.bulk import RUNS_DIR
     records = {}
-    for path in pio.match([pio.join(output, RUNS_DIR, "*.json")]):
+    for path in pio.match([runs_glob]):
         try:
             record = pio.read_json(path)
         except Exception as e:  # noqa: BLE001 - a damaged record only costs reading more manifest
@@ -131,52 +129,3 @@ class PartsProgress:
         return (f"bulk: part {part + 1}/{self.parts_total} committed: {self.files_done:,}/{self.files_total:,} "
                 f"files, {self.images_done:,} images ({self.captioned:,} captioned), {rate:,.1f} images/s, "
                 f"ETA {eta}")
-
-
-def run_in_parts(config, model, token: str, run_part: Callable[..., object], write_record: Callable[[str, dict], None]):
-    """Run ``config`` (a ``pipelines.bulk.BulkConfig`` with ``commit_every``) part by part through
-    ``run_part(part_config, model, part_token, manifests=, part=)`` (one committed run each); return the
-    summed ``BulkResult`` of the whole run and write its record (``runs/<token>.json``, listing the parts)."""
-    from captionbeam.pipelines.bulk import COUNTERS, BulkResult, run_record_path
-    from captionbeam.pipelines.manifest import manifest_glob
-    t0 = time.monotonic()
-    files = list_inputs(config.images)
-    parts = split_into_parts(files, config.commit_every)
-    log.info("bulk run %s: %d input file(s) in %d part(s) of up to %d, each committed when it ends",
-             token, len(files), len(parts), config.commit_every)
-    progress = PartsProgress(files_total=len(files), parts_total=len(parts), started=time.monotonic())
-    started = _dt.datetime.now(_dt.timezone.utc)
-    total = BulkResult(run=token, model_version=model.model_version, encoder=model.encoder,
-                       counters={name: 0 for name in COUNTERS}, seconds=0.0, files={})
-    tokens = []
-    for index, part_files in enumerate(parts):
-        records = read_run_records(config.output)
-        manifests = PartManifest(files=tuple(manifests_for_part(
-            pio.match([manifest_glob(config.output, model.model_version)]), records, part_files)), inputs=part_files)
-        part_config = replace(config, images=tuple(literal_pattern(f) for f in part_files), commit_every=0)
-        tokens.append(part_token(token, index))
-        res = run_part(part_config, model, tokens[-1], manifests=manifests,
-                       part={"run": token, "index": index, "of": len(parts), "files": list(part_files)})
-        _add(total, res)
-        log.info("%s", progress.line(index, len(part_files), res.counters, time.monotonic()))
-    total.seconds = time.monotonic() - t0
-    total.record_path = run_record_path(config.output, token)
-    write_record(total.record_path, {
-        "run": token, "started": started.isoformat(), "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(),
-        "seconds": round(total.seconds, 3), "images_per_s": round(total.images_per_s, 3),
-        "model_dir": config.model_dir, "model_version": model.model_version, "encoder": model.encoder,
-        "commit_every": config.commit_every, "parts": tokens, "counters": total.counters,
-        "balanced": total.balanced, "counter_sources": total.sources,
-        "files": total.files})
-    return total
-
-
-def _add(total, part) -> None:
-    for name, value in part.counters.items():
-        total.counters[name] = total.counters.get(name, 0) + value
-    for name, files in part.files.items():
-        total.files.setdefault(name, []).extend(files)
-    for name, source in part.sources.items():
-        if total.sources.get(name) in (None, "runner"):
-            total.sources[name] = source
-
