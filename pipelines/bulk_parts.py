@@ -101,11 +101,8 @@ def read_run_records(runs_glob: str) -> Dict[str, dict]:
 def list_inputs(patterns: Sequence[str]) -> List[str]:
     """Every file the globs match, sorted, once (what the readers would read, dangling links and
     directories named like inputs included: the reader dead-letters those)."""
-    from captionbeam.pipelines.matching import unlisted_local_matches
-    found = set(pio.match(list(patterns)))
-    for pattern in patterns:
-        found.update(unlisted_local_matches(pattern))
-    return sorted(found)
+    from captionbeam.pipelines.matching import matched_inputs
+    return matched_inputs(patterns)
 
 
 @dataclass

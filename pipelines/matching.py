@@ -15,6 +15,16 @@ from captionbeam.pipelines.user_files import file_problem  # noqa: F401  (the on
 _INPUT_NAMES = IMAGE_EXTENSIONS + TAR_SUFFIXES + TFRECORD_SUFFIXES
 
 
+def matched_inputs(patterns: Sequence[str]) -> list[str]:
+    """Every file the globs match, sorted, once: Beam's match plus what it leaves out silently
+    (:func:`unlisted_local_matches`, which the readers dead-letter)."""
+    import captionbeam.pipelines.io as pio
+    found = set(pio.match(list(patterns)))
+    for pattern in patterns:
+        found.update(unlisted_local_matches(pattern))
+    return sorted(found)
+
+
 def unlisted_local_matches(pattern: str) -> Iterator[str]:
     """Local paths a glob matches that Beam's match leaves out silently: dangling and looping symlinks
     (its listing cannot stat them) and directories named like an input (``x.jpg/``). Same prefix and

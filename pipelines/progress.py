@@ -126,14 +126,12 @@ def files_total(patterns: Sequence[str], input_format: str = "files") -> Optiona
     """How many files the globs name (what ``matching.MatchPaths`` yields), when every glob is read as
     plain image files; None for tar / TFRecord shards, whose member count is known only once read."""
     from captionbeam.pipelines.formats import split_by_format
-    from captionbeam.pipelines.matching import unlisted_local_matches
+    from captionbeam.pipelines.matching import matched_inputs
     groups = split_by_format(patterns, input_format)
     if set(groups) != {"files"}:
         return None
     try:
-        found = set(pio.match(list(patterns)))
-        for pattern in patterns:
-            found.update(unlisted_local_matches(pattern))
+        found = matched_inputs(patterns)
     except Exception as e:  # noqa: BLE001 - the job reports bad globs itself
         log.debug("progress total: %s", e)
         return None
