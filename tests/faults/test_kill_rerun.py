@@ -11,11 +11,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from captionbeam.pipelines.crash_points import CRASH_ENV
+from tests.plugins.processes import sigkill_once
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = ["--encoder", "mobilenet", "--weights", "none", "--image-size", "32"]
@@ -53,18 +53,8 @@ def _argv(command, sample_dir, out):
 @pytest.mark.parametrize("command", ["features", "captions", "pack"])
 def test_kill_mid_job_then_rerun_finishes_without_force(command, sample_dir, tmp_path, capsys):
     out = str(tmp_path / "out")
-    job = subprocess.Popen([sys.executable, "-m", "captionbeam.launch.cli", *_argv(command, sample_dir, out)],
-                           env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        while not glob.glob(os.path.join(out, "lease", "*.claim")):     # it holds the lease: it is writing
-            assert job.poll() is None, "the job ended before it was killed"
-            time.sleep(0.05)
-        job.send_signal(signal.SIGKILL)
-        assert job.wait() == -signal.SIGKILL
-    finally:
-        if job.poll() is None:
-            job.kill()
-            job.wait()
+    # killed once it holds the lease: it is writing
+    sigkill_once(_argv(command, sample_dir, out), lambda: glob.glob(os.path.join(out, "lease", "*.claim")), _env())
     assert glob.glob(os.path.join(out, "lease", "*.claim"))            # the dead run's claim stays behind
     _ok(capsys, *_argv(command, sample_dir, out))                       # no --force, no wait
     images = len(glob.glob(os.path.join(sample_dir, "images", "*.jpg")))

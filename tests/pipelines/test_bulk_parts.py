@@ -8,11 +8,7 @@ import glob
 import io
 import json
 import os
-import signal
-import subprocess
-import sys
 import tarfile
-import time
 
 import pytest
 
@@ -20,9 +16,7 @@ from captionbeam.pipelines import io as pio
 from captionbeam.pipelines.bulk_parts import (PartsProgress, literal_pattern, manifest_run, manifests_for_part,
                                               split_into_parts)
 from captionbeam.pipelines.manifest import input_of
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
+from tests.plugins.processes import sigkill_once
 
 def test_split_into_parts_keeps_order_and_every_file_once():
     files = [f"s{i}.tar" for i in range(7)]
@@ -141,18 +135,8 @@ def test_killed_after_a_part_the_rerun_captions_only_the_rest(sample_dir, image_
     out = str(tmp_path / "out")
     args = ["--images", shards, "--model-dir", image_model_dir["merge"], "--output", out, "--commit-every", "1"]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
-    job = subprocess.Popen([sys.executable, "-m", "captionbeam.launch.cli", "bulk", *args], env=env, cwd=ROOT,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        while not glob.glob(os.path.join(out, "runs", "*-p00000.json")):   # the first part is committed
-            assert job.poll() is None, "the job ended before it was killed"
-            time.sleep(0.05)
-        job.send_signal(signal.SIGKILL)
-        assert job.wait() == -signal.SIGKILL
-    finally:
-        if job.poll() is None:
-            job.kill()
-            job.wait()
+    # killed once the first part is committed
+    sigkill_once(["bulk", *args], lambda: glob.glob(os.path.join(out, "runs", "*-p00000.json")), env)
     committed = {r["path"] for r in _rows(out)}
     assert len(committed) >= 3                                  # at least the first part's three images
     resumed, _ = _bulk(capsys, *args)                           # the dead run's claim: provably dead, no wait
