@@ -203,6 +203,20 @@ def test_job_on_the_cluster_equals_direct(profile, job, cluster, direct, loose, 
     assert dead_letters(out) == dead_letters(direct[job])
     # the Python work ran in the pool's SDK worker processes, not in this one
     assert "sdk worker pool: started worker" in open(os.path.join(cluster.root, "logs", "sdk-worker-pool.log")).read()
+    if profile == "flink-cluster":
+        # over both TaskManagers, so in two SDK workers (packed into one TaskManager's slots, one worker did it all)
+        assert len(taskmanagers_of_newest_job(cl.read_state(cluster.root)["flink_rest"])) == 2
+
+
+def taskmanagers_of_newest_job(rest):
+    """Resource ids of the TaskManagers that ran the newest Flink job's subtasks."""
+    jobs = json.load(urllib.request.urlopen(f"{rest}/jobs/overview", timeout=5))["jobs"]
+    newest = max(jobs, key=lambda j: j["start-time"])["jid"]
+    used = set()
+    for vertex in json.load(urllib.request.urlopen(f"{rest}/jobs/{newest}", timeout=5))["vertices"]:
+        detail = json.load(urllib.request.urlopen(f"{rest}/jobs/{newest}/vertices/{vertex['id']}", timeout=5))
+        used |= {s["taskmanager-id"] for s in detail["subtasks"]}
+    return used
 
 
 @pytest.mark.parametrize("profile", ["flink-cluster", full_only("spark-cluster")])

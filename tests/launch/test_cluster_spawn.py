@@ -56,3 +56,15 @@ def test_every_process_has_one_launch_and_only_workers_are_replaced_alone(tmp_pa
     worker = cl.process_launch(cfg, ports, "spark-worker-2")[0]
     assert "spark://127.0.0.1:3" in worker and worker[worker.index("--work-dir") + 1].endswith("work-2")
     assert [n for n in names if n.startswith(cl.REPLACEABLE)] == names[1:3] + names[4:]
+
+
+def test_sdk_workers_share_the_cores_and_flink_spreads_a_job_over_its_taskmanagers(tmp_path):
+    cfg = cl.ClusterConfig(root=str(tmp_path), engines=str(tmp_path))
+    # one SDK worker per TaskManager (or Spark worker) at a time: the machine's cores shared between them
+    assert cl.sdk_worker_env(cfg, 2) == {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}
+    assert cl.sdk_worker_env(cfg, 16)["TF_NUM_INTRAOP_THREADS"] == "8"
+    assert cl.sdk_worker_env(cl.ClusterConfig(root="r", engines="e", taskmanagers=3), 2)["TF_NUM_INTRAOP_THREADS"] == "1"
+    assert cl.sdk_worker_env(cl.ClusterConfig(root="r", engines="e", sdk_worker_threads=4), 2)["TF_NUM_INTEROP_THREADS"] == "4"
+    assert cl.flink_config(cfg, 1, 2)["cluster.evenly-spread-out-slots"] is True
+    _, env, _, _, _ = cl.process_launch(cfg, {"worker_pool": 5}, "sdk-worker-pool")
+    assert env["TF_NUM_INTRAOP_THREADS"] == cl.sdk_worker_env(cfg, os.cpu_count() or 1)["TF_NUM_INTRAOP_THREADS"]
