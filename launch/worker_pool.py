@@ -4,9 +4,12 @@ Beam's ``BeamFnExternalWorkerPoolServicer`` in process mode forks one SDK worker
 forgets it: when that worker dies before it has connected to the runner's control service, the runner (Beam's
 ``ExternalEnvironmentFactory`` on a Flink TaskManager, or a Spark executor) waits for it without end. This pool
 watches its workers: one killed by a signal (but SIGTERM or SIGINT) while the runner still wants it (no ``StopWorker`` yet) is started
-again with the same command (the same worker id and control endpoint), at most ``respawns`` times per worker,
-and the pool's log says so. A worker killed after it had connected makes the runner fail its tasks (the
-engine's restart or retry takes over); the copy started for it is stopped with the rest by ``StopWorker``.
+again with the same command (the same worker id and control endpoint), at most ``respawns`` times for what one
+``StartWorker`` started, and the pool's log says so. Killed once more, it is replaced by a stand-in
+(:mod:`launch.stand_in_worker`) that connects under its id and fails the runner's instructions with the reason,
+so the engine's restart strategy runs the job again on fresh workers (or fails it, saying why) instead of
+waiting. A worker killed after it had connected makes the runner fail its tasks (the engine's restart or retry
+takes over); the copy started for it is stopped with the rest by ``StopWorker``.
 """
 from __future__ import annotations
 
@@ -25,6 +28,11 @@ HOST = "127.0.0.1"
 RESPAWNS = 2      # per worker id
 POLL_S = 0.5
 ASKED_TO_STOP = (signal.SIGTERM, signal.SIGINT)   # a worker ended by these was stopped, not lost
+
+
+def stand_in_command(python: str, control_url: str, worker_id: str, reason: str) -> List[str]:
+    """The stand-in that fails the runner's instructions for a worker the pool gave up on."""
+    return [python, "-m", "captionbeam.launch.stand_in_worker", control_url, worker_id, reason]
 
 
 def worker_command(python: str, control_url: str, worker_id: str) -> List[str]:
@@ -50,7 +58,8 @@ class SupervisedWorkerPool(BeamFnExternalWorkerPoolServicer):
         self._python = python
         self._respawns = respawns
         self._workers: Dict[str, List[subprocess.Popen]] = {}
-        self._restarted: Dict[str, int] = {}
+        self._restarts: Dict[int, int] = {}     # pid -> restarts of what its StartWorker started (ids repeat)
+        self._control: Dict[int, str] = {}      # pid -> its runner's control endpoint
         self._given_up: Set[int] = set()
         self._lock = threading.Lock()
         self._done = threading.Event()
@@ -65,6 +74,7 @@ class SupervisedWorkerPool(BeamFnExternalWorkerPoolServicer):
             return beam_fn_api_pb2.StartWorkerResponse(error=f"sdk worker pool: cannot start {cmd[0]}: {e}")
         with self._lock:
             self._workers.setdefault(request.worker_id, []).append(proc)
+            self._control[proc.pid] = request.control_endpoint.url
         print(f"sdk worker pool: started worker {request.worker_id} (pid {proc.pid})", flush=True)
         return beam_fn_api_pb2.StartWorkerResponse()
 
@@ -77,6 +87,8 @@ class SupervisedWorkerPool(BeamFnExternalWorkerPoolServicer):
             victim = ended[0] if ended else (alive[0] if len(alive) == 1 else None)
             if victim is not None:
                 procs.remove(victim)
+                self._control.pop(victim.pid, None)
+                self._restarts.pop(victim.pid, None)
                 if not procs:
                     self._workers.pop(worker_id, None)
         if victim is None:
@@ -111,20 +123,34 @@ class SupervisedWorkerPool(BeamFnExternalWorkerPoolServicer):
                             procs[i] = self._restart(worker_id, proc, -rc)
 
     def _restart(self, worker_id: str, dead: subprocess.Popen, signum: int) -> subprocess.Popen:
-        """(lock held) ``dead`` was killed by ``signum``: -> a copy started in its place, or ``dead`` itself after
-        ``respawns`` restarts of that id (then left for ``StopWorker``)."""
-        done = self._restarted.get(worker_id, 0)
+        """(lock held) ``dead`` was killed by ``signum``: -> a copy started in its place, or, after ``respawns``
+        restarts of what one ``StartWorker`` started, a stand-in that fails the runner's instructions with the
+        reason (``dead`` itself when even that cannot start; then left for ``StopWorker``)."""
+        done = self._restarts.pop(dead.pid, 0)
+        control = self._control.pop(dead.pid, "")
         try:
             name = signal.Signals(signum).name
         except ValueError:
             name = f"signal {signum}"
         if done >= self._respawns:
             self._given_up.add(dead.pid)
-            print(f"sdk worker pool: worker {worker_id} (pid {dead.pid}) was killed by {name} again; "
-                  f"not started again after {done} restarts", flush=True)
-            return dead
+            reason = (f"sdk worker pool: SDK worker {worker_id} was killed by {name} {done + 1} times while it "
+                      f"started; the pool gave up on it (see the pool's log)")
+            try:
+                stand_in = subprocess.Popen(stand_in_command(self._python, control, worker_id, reason),
+                                            stdin=subprocess.DEVNULL, close_fds=True)
+            except OSError as e:
+                print(f"sdk worker pool: worker {worker_id} (pid {dead.pid}) was killed by {name} again; not started "
+                      f"again after {done} restarts, and its stand-in could not start: {e}", flush=True)
+                return dead
+            self._given_up.add(stand_in.pid)
+            print(f"sdk worker pool: worker {worker_id} (pid {dead.pid}) was killed by {name} again; not started "
+                  f"again after {done} restarts: a stand-in (pid {stand_in.pid}) fails its runner's instructions, "
+                  "so the engine restarts or fails the job", flush=True)
+            return stand_in
         proc = subprocess.Popen(list(dead.args), stdin=subprocess.DEVNULL, close_fds=True)
-        self._restarted[worker_id] = done + 1
+        self._restarts[proc.pid] = done + 1
+        self._control[proc.pid] = control
         print(f"sdk worker pool: worker {worker_id} (pid {dead.pid}) was killed by {name}; started it again "
               f"(pid {proc.pid}, restart {done + 1} of {self._respawns})", flush=True)
         return proc

@@ -206,6 +206,15 @@ def test_job_on_the_cluster_equals_direct(profile, job, cluster, direct, loose, 
     if profile == "flink-cluster":
         # over both TaskManagers, so in two SDK workers (packed into one TaskManager's slots, one worker did it all)
         assert len(taskmanagers_of_newest_job(cl.read_state(cluster.root)["flink_rest"])) == 2
+    else:
+        # the executors took Beam's classes from the engines cache: nothing but the job server's own jar fetched
+        # (it was ~250 jars per job), and no first task lost to Spark's older Guava
+        apps = [max(glob.glob(os.path.join(cluster.root, "spark", f"work-{i}", "app-*"))) for i in (1, 2)]
+        for app in apps:
+            fetched = {os.path.basename(p) for p in glob.glob(os.path.join(app, "*", "*.jar"))}
+            assert fetched == {"job-server.jar"}, (app, sorted(fetched)[:5])
+            stderr = "".join(open(p, errors="replace").read() for p in glob.glob(os.path.join(app, "*", "stderr")))
+            assert "NoSuchMethodError" not in stderr, stderr[-3000:]
 
 
 def taskmanagers_of_newest_job(rest):
@@ -300,15 +309,19 @@ def alive(pid):
         return False
 
 
-def victim_pid(cfg, state, marker, victim):
+def victim_pid(cfg, state, marker, victim, since):
     """The process to kill now, or None while the job has not got that far. "taskmanager": the Flink
     TaskManager running ``marker``'s stage; "sdk-worker": the pool's newest SDK worker once that stage runs
     (often while it starts); "sdk-worker-connected": the newest one a TaskManager says has connected;
+    "sdk-worker-thrice": the newest one no TaskManager says has connected (then the copies the pool starts);
     "spark-worker": a Spark worker running an executor of the job once the pool has forked an SDK worker (the
     Python work has started; the job server runs Spark's driver with its UI off, so stages are not visible)."""
     if victim == "spark-worker":
         workers = spark_workers_running(state["spark_webui"]) if cl.sdk_worker_pids(cfg.root) else []
         return pid_whose_log_says(state, "spark-worker", f"Starting Spark worker {workers[0]} ") if workers else None
+    if victim == "sdk-worker-thrice":   # as soon as there is one, before the stage shows as running
+        starting = [w for w in cl.sdk_worker_pids(cfg.root) if w not in connected_workers(state, since)]
+        return starting[-1] if starting else None
     tms = taskmanagers_running(state["flink_rest"], marker)
     if not tms:
         return None
@@ -316,10 +329,26 @@ def victim_pid(cfg, state, marker, victim):
         return pid_whose_log_says(state, "flink-taskmanager", f"ResourceID: {tms[0]}")
     workers = cl.sdk_worker_pids(cfg.root)
     if victim == "sdk-worker-connected":
-        logs = "".join(open(p["log"]).read() for name, p in state["processes"].items()
-                       if name.startswith("flink-taskmanager"))
-        workers = [w for w in workers if f"Beam Fn Control client connected with id {sdk_worker_id(w)}\n" in logs]
+        workers = connected_workers(state, since)
     return workers[-1] if workers else None
+
+
+def log_sizes(state):
+    """Each TaskManager log's size now: what a job logs comes after."""
+    return {name: os.path.getsize(p["log"]) for name, p in state["processes"].items()
+            if name.startswith("flink-taskmanager")}
+
+
+def connected_workers(state, since):
+    """The pool's SDK workers a TaskManager has said (since ``since``: every job's workers are numbered from 1-1)
+    have connected."""
+    logs = ""
+    for name, offset in since.items():
+        with open(state["processes"][name]["log"]) as f:
+            f.seek(offset)
+            logs += f.read()
+    return [w for w in cl.sdk_worker_pids(state["root"])
+            if f"Beam Fn Control client connected with id {sdk_worker_id(w)}\n" in logs]
 
 
 def sdk_worker_id(pid):
@@ -332,18 +361,37 @@ def kill_when_running(cfg, marker, victim, killed):
     """Thread body: SIGKILL ``victim`` (see :func:`victim_pid`) once the job is that far; ``killed`` gets the
     pid and the set of processes it had forked (a Spark worker's executors)."""
     state = cl.read_state(cfg.root)
+    since = log_sizes(state)
     deadline = time.time() + 400
     while time.time() < deadline and not killed:
         try:
-            pid = victim_pid(cfg, state, marker, victim)
+            pid = victim_pid(cfg, state, marker, victim, since)
             if pid:
                 forked = children(pid)
                 os.kill(pid, signal.SIGKILL)
                 killed.extend([pid, forked])
+                if victim == "sdk-worker-thrice":
+                    kill_its_restarts(cfg.root, pid, 2, killed)
                 return
         except (OSError, ValueError, KeyError):
             pass
         time.sleep(0.3)
+
+
+def kill_its_restarts(root, pid, times, killed):
+    """SIGKILL the copies the pool starts in place of ``pid`` (``times`` of them), each as soon as the pool's log
+    names it (it is then still starting: importing Beam takes seconds)."""
+    log = os.path.join(root, "logs", "sdk-worker-pool.log")
+    deadline = time.time() + 120
+    while times and time.time() < deadline:
+        found = re.search(rf"\(pid {pid}\) was killed by SIGKILL; started it again \(pid (\d+)", open(log).read())
+        if found:
+            pid = int(found.group(1))
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+            times -= 1
+        else:
+            time.sleep(0.05)
 
 
 def feature_paths_once(directory):
@@ -363,7 +411,8 @@ def bulk_paths_once(directory):
 
 
 # victim -> the engine whose cluster runs the job
-ENGINE = {"taskmanager": "flink", "sdk-worker": "flink", "sdk-worker-connected": "flink", "spark-worker": "spark"}
+ENGINE = {"taskmanager": "flink", "sdk-worker": "flink", "sdk-worker-connected": "flink", "sdk-worker-thrice": "flink",
+          "spark-worker": "spark"}
 
 
 @pytest.mark.parametrize("job,victim", [
@@ -375,7 +424,10 @@ ENGINE = {"taskmanager": "flink", "sdk-worker": "flink", "sdk-worker-connected":
     # the SDK worker pool starts a killed worker again (launch/worker_pool.py): killed while it starts, the job
     # goes on; killed once connected, the runner's tasks fail (at once, or after Beam's 3-minute wait for its
     # data channel) and Flink's restart finishes the job (docs/cluster.md)
-    full_only("features", "sdk-worker"), full_only("features", "sdk-worker-connected")])
+    full_only("features", "sdk-worker"), full_only("features", "sdk-worker-connected"),
+    # killed three times while it starts: the pool gives up on it and a stand-in fails the runner's instructions
+    # with the reason, so Flink's restart runs the job on fresh workers (it waited without end before)
+    full_only("features", "sdk-worker-thrice")])
 def test_worker_killed_mid_job_then_every_input_once(job, victim, cluster, loose, image_model_dir, tmp_path, capsys):
     engine = ENGINE[victim]
     out = tmp_path / job
@@ -397,6 +449,16 @@ def test_worker_killed_mid_job_then_every_input_once(job, victim, cluster, loose
             assert rc == 1 and f"{engine}:" in err, err[-3000:]
             cl.start(cluster, out=io.StringIO())
             assert cli(argv) == 0
+        elif victim == "sdk-worker-thrice":
+            log = open(os.path.join(cluster.root, "logs", "sdk-worker-pool.log")).read()
+            assert len(killed) > 4 and killed[3], killed   # the worker, (its forked list), its two copies
+            assert f"(pid {killed[3]}) was killed by SIGKILL again; not started again after 2 restarts: a stand-in" in log
+            assert re.search(r"stand-in for \S+ failed instruction", log), log[-3000:]
+            flink = "".join(open(p["log"]).read() for name, p in cl.read_state(cluster.root)["processes"].items()
+                            if name.startswith("flink-"))
+            reasons = [l for l in flink.splitlines() if "Error received from SDK harness" in l or "RESTARTING" in l]
+            assert "was killed by SIGKILL 3 times while it started" in flink and "RUNNING to RESTARTING" in flink, (
+                reasons[-10:] or flink[-3000:])
         elif victim.startswith("sdk-worker"):
             log = open(os.path.join(cluster.root, "logs", "sdk-worker-pool.log")).read()
             assert f"(pid {killed[0]}) was killed by SIGKILL; started it again" in log, log[-3000:]

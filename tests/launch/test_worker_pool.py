@@ -1,23 +1,28 @@
 """The cluster's SDK worker pool (``launch/worker_pool.py``): an SDK worker SIGKILLed before the runner let it go is
-started again with the same command (same worker id, same control endpoint), at most ``respawns`` times; one the
-runner stops (``StopWorker``) is not; two runners' workers of one id are each stopped by their own runner. Real
-worker processes (Beam's ``SdkHarness`` starting up), real signals; no runner: the workers are killed while they
-start, the case that left Flink waiting without end."""
+started again with the same command (same worker id, same control endpoint), at most ``respawns`` times per worker
+started, then replaced by a stand-in that fails the runner's instructions with the reason; one the runner stops
+(``StopWorker``) is not; two runners' workers of one id are each stopped by their own runner. Real worker
+processes (Beam's ``SdkHarness`` starting up), real signals, the workers killed while they start (the case that
+left Flink waiting without end); the runner's side of the control stream is a gRPC server speaking Beam's Fn API
+(the real runner, Flink, is in ``tests/launch/test_cluster.py``)."""
 import os
+import queue
 import signal
 import sys
 import time
+from concurrent import futures
 
+import grpc
 import pytest
 
-from apache_beam.portability.api import beam_fn_api_pb2, endpoints_pb2
+from apache_beam.portability.api import beam_fn_api_pb2, beam_fn_api_pb2_grpc, beam_runner_api_pb2, endpoints_pb2
 
 from captionbeam.launch.worker_pool import SupervisedWorkerPool
 
 
-def start_request(worker_id):
+def start_request(worker_id, control_url="127.0.0.1:9"):
     return beam_fn_api_pb2.StartWorkerRequest(
-        worker_id=worker_id, control_endpoint=endpoints_pb2.ApiServiceDescriptor(url="127.0.0.1:9"))
+        worker_id=worker_id, control_endpoint=endpoints_pb2.ApiServiceDescriptor(url=control_url))
 
 
 def cmdline(pid):
@@ -55,11 +60,65 @@ def output_until(capfd, text, said):
     return "".join(said)
 
 
-def test_a_killed_worker_starts_again_then_gives_up(pool, capfd):
-    assert pool.StartWorker(start_request("1-1"), None).error == ""
+class RunnerControl(beam_fn_api_pb2_grpc.BeamFnControlServicer):
+    """The runner's side of the control stream, as Beam's runners speak it: each worker that connects gets one
+    ProcessBundle instruction for a stage that reads from the runner's data service (this server); its answer,
+    the worker id it connected as and whether its data stream was there before the answer are kept."""
+
+    def __init__(self):
+        self.answers = queue.Queue()
+        self.data_streams = []   # worker ids of the data streams opened
+        self.url = ""
+
+    def Control(self, responses, context):
+        worker_id = dict(context.invocation_metadata()).get("worker_id")
+        yield beam_fn_api_pb2.InstructionRequest(
+            instruction_id="bundle-7", process_bundle=beam_fn_api_pb2.ProcessBundleRequest(
+                process_bundle_descriptor_id="stage-1"))
+        for response in responses:
+            self.answers.put((worker_id, response, list(self.data_streams)))
+            return
+
+    def GetProcessBundleDescriptor(self, request, context):
+        port = beam_fn_api_pb2.RemoteGrpcPort(api_service_descriptor=endpoints_pb2.ApiServiceDescriptor(url=self.url))
+        read = beam_runner_api_pb2.PTransform(spec=beam_runner_api_pb2.FunctionSpec(
+            urn="beam:runner:source:v1", payload=port.SerializeToString()))
+        return beam_fn_api_pb2.ProcessBundleDescriptor(id=request.process_bundle_descriptor_id,
+                                                       transforms={"read": read})
+
+
+class RunnerData(beam_fn_api_pb2_grpc.BeamFnDataServicer):
+    def __init__(self, control):
+        self.control = control
+
+    def Data(self, elements, context):
+        self.control.data_streams.append(dict(context.invocation_metadata()).get("worker_id"))
+        for _ in elements:
+            pass
+        return iter(())
+
+
+@pytest.fixture
+def runner():
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    control = RunnerControl()
+    beam_fn_api_pb2_grpc.add_BeamFnControlServicer_to_server(control, server)
+    beam_fn_api_pb2_grpc.add_BeamFnDataServicer_to_server(RunnerData(control), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    control.url = f"127.0.0.1:{port}"
+    yield control
+    server.stop(0)
+
+
+def test_a_killed_worker_starts_again_then_a_stand_in_fails_its_instructions(pool, runner, capfd):
+    """Killed while it starts (before it connects), a worker is started again once (``respawns=1``); killed again,
+    the pool starts a stand-in that connects under its id and answers the runner's instruction with the reason,
+    (its data stream opened first), so the runner fails the task at once instead of waiting for the worker."""
+    assert pool.StartWorker(start_request("1-1", runner.url), None).error == ""
     first, = pool.worker_pids()
     command = cmdline(first)
-    assert b"worker_id='1-1'" in command[-1] and b"'127.0.0.1:9'" in command[-1]
+    assert b"worker_id='1-1'" in command[-1] and runner.url.encode() in command[-1]
     os.kill(first, signal.SIGKILL)
     second, = wait_for(lambda: [p for p in pool.worker_pids() if p != first], "the worker started again")
     assert cmdline(second) == command
@@ -67,7 +126,34 @@ def test_a_killed_worker_starts_again_then_gives_up(pool, capfd):
     out = output_until(capfd, "not started again", [])
     assert f"worker 1-1 (pid {first}) was killed by SIGKILL; started it again (pid {second}, restart 1 of 1)" in out
     assert f"worker 1-1 (pid {second}) was killed by SIGKILL again; not started again after 1 restarts" in out
-    assert pool.worker_pids() == [second]   # left dead, for the runner's StopWorker
+    stand_in, = pool.worker_pids()
+    assert b"captionbeam.launch.stand_in_worker" in b" ".join(cmdline(stand_in))
+    worker_id, answer, data_streams = runner.answers.get(timeout=60)
+    assert worker_id == "1-1" and answer.instruction_id == "bundle-7"
+    # its data stream was open before the answer: a runner waits for it (3 minutes) before it reads the answer
+    assert data_streams == ["1-1"]
+    assert answer.error == ("sdk worker pool: SDK worker 1-1 was killed by SIGKILL 2 times while it started; "
+                            "the pool gave up on it (see the pool's log)")
+    output_until(capfd, "stand-in for 1-1 failed instruction bundle-7 (process_bundle)", [])
+    wait_for(lambda: not alive(stand_in), "the stand-in ends when the runner closes the stream")
+    time.sleep(0.5)   # five watcher rounds: a stand-in is never started again
+    assert pool.worker_pids() == [stand_in]
+
+
+def test_restarts_are_counted_per_worker_started_not_per_id(pool, capfd):
+    """Every job's runner numbers its workers from ``1-1``: a worker restarted in one job leaves the next job's
+    ``1-1`` its own restarts (counted per id, the pool gave up on the first kill of every later job's worker)."""
+    said = []
+    for job in (1, 2):
+        assert pool.StartWorker(start_request("1-1"), None).error == ""
+        pid, = pool.worker_pids()
+        os.kill(pid, signal.SIGKILL)
+        output_until(capfd, f"worker 1-1 (pid {pid}) was killed by SIGKILL; started it again", said)
+        again, = wait_for(lambda: [p for p in pool.worker_pids() if p != pid], "the worker started again")
+        pool.StopWorker(beam_fn_api_pb2.StopWorkerRequest(worker_id="1-1"), None)   # the job ends
+        wait_for(lambda: not alive(again), f"job {job}'s worker stopped")
+        assert pool.worker_pids() == []
+    assert "not started again" not in "".join(said)
 
 
 def test_a_worker_the_runner_stops_is_not_started_again(pool, capfd):
