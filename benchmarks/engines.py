@@ -10,8 +10,8 @@ subprocess, so start-up, the job server and model loading are in the figures as 
   weights, ``--image-size``): wall seconds and images/s;
 * bulk: ``captionbeam bulk`` over the same images with ``--model-dir`` (skipped without one);
 * steady state: ``features_steady_img_s``, the rate once the job is up, from the job's own progress lines
-  (``features: 4,000/10,000 images (40%), 123.4 images/s, ...``, every 5 s): the images done between the first
-  and the last line of the run, over the seconds between them. (It was (images - 1) / (features_s -
+  (``... INFO captionbeam.progress: features: 4,000/10,000 images (40%), ...``, every 5 s): the images done
+  between the first and the last line with some but not all done, over the seconds between their log times. (It was (images - 1) / (features_s -
   startup_s): the one-image run's start-up is not the big run's, and on the Flink cluster, where the second
   TaskManager's SDK worker starts while the first one already works, that gave 774 images/s for a stage that
   ran at 450.)
@@ -26,6 +26,7 @@ Each figure comes with its ratio to DirectRunner's in the same run. Usage::
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import re
@@ -38,6 +39,7 @@ from typing import Dict, List, Optional
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CAPTIONBEAM = [sys.executable, "-m", "captionbeam.launch", "--log-level", "WARNING"]
 PROGRESS = re.compile(r"features: ([\d,]+)/([\d,]+) images \(\d+%\), ([\d,.]+) images/s")
+LOG_TIME = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
 RUNNERS = ("direct", "direct-mp", "prism", "flink-local", "spark-local")
 CLUSTER_RUNNERS = ("flink-cluster", "spark-cluster")   # need `make cluster`
 
@@ -51,13 +53,18 @@ def runner_flags(runner: str) -> List[str]:
 
 
 def steady_rate(log_text: str) -> Optional[float]:
-    """Images/s between the first and the last progress line where some but not all images were done (each
-    line's seconds since the job started are done / its rate): None with fewer than two such lines."""
+    """Images/s between the first and the last progress line where some but not all images were done, by the
+    lines' log times (``2026-12-07 02:58:03,610 INFO captionbeam.progress: features: 2,274/10,000 ...``): None
+    with fewer than two such lines."""
     points = []
-    for done, total, rate in PROGRESS.findall(log_text):
-        done, total, rate = int(done.replace(",", "")), int(total.replace(",", "")), float(rate.replace(",", ""))
-        if 0 < done < total and rate > 0:
-            points.append((done / rate, done))
+    for line in log_text.splitlines():
+        found, stamp = PROGRESS.search(line), LOG_TIME.match(line)
+        if not (found and stamp):
+            continue
+        done, total = (int(found.group(i).replace(",", "")) for i in (1, 2))
+        if 0 < done < total:
+            when = datetime.datetime.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            points.append((when, done))
     if len(points) < 2 or points[-1][0] <= points[0][0]:
         return None
     return (points[-1][1] - points[0][1]) / (points[-1][0] - points[0][0])
