@@ -3,15 +3,16 @@ Spark standalone (1 master, 2 workers) and a pool of SDK worker processes, on 12
 
 - starting it again does nothing; every socket its processes listen on is a loopback one;
 - ``features`` and ``bulk`` with ``--profile flink-cluster`` / ``--profile spark-cluster`` give DirectRunner's
-  records, rows and dead letters (bulk on Spark, the bulk TaskManager kill and the SDK worker kills only with
-  ``$CAPTIONBEAM_CLUSTER_FULL=1``: they would take the suite past its time budget) (the equality checks of ``tests/launch/test_engines.py``; pack and captions
-  are covered on the single-JVM engines there: on this machine the clusters' start-up per job keeps them out of
-  the suite's time budget);
+  records, rows and dead letters, and ``pack`` + ``captions`` its shards, vocabulary, statistics and training rows
+  (the equality checks of ``tests/launch/test_engines.py``; bulk, pack and captions on Spark only with
+  ``$CAPTIONBEAM_CLUSTER_FULL=1``: the suite's time budget); a Flink job runs on both TaskManagers; Spark's
+  executors fetch no jars but the job server's and lose no task to Spark's older Guava;
 - a TaskManager killed with SIGKILL mid-``features`` and mid-``bulk``, and a Spark worker (its JVM) mid-``features``:
   the job finishes through Flink's restart strategy (fixed-delay, full restart) or Spark's task retry, or fails
   naming the engine, a re-run then finishes, and every input is in exactly one output, nothing twice; a Spark
-  worker's executors go with it; an SDK worker process killed while it starts and once connected (with
-  ``$CAPTIONBEAM_CLUSTER_FULL=1``): the pool starts it again and the job finishes.
+  worker's executors go with it; an SDK worker process killed (while it starts, in ``make test``; once
+  connected, and three times while it starts, with ``$CAPTIONBEAM_CLUSTER_FULL=1``): the pool starts it again
+  (the third time a stand-in that fails the runner's instructions) and the job finishes.
 
 One cluster per session (``tests/plugins/cluster.py``); a test that kills a process starts it again afterwards
 (``cluster.start`` starts just the processes a cluster lost, when they are TaskManagers, Spark workers or the
@@ -418,13 +419,13 @@ ENGINE = {"taskmanager": "flink", "sdk-worker": "flink", "sdk-worker-connected":
 @pytest.mark.parametrize("job,victim", [
     # after each kill ``cl.start`` starts just the killed process again (test_start_replaces_only_...); until
     # 2026-12-06 it restarted the whole cluster, which once timed out in the full suite (Spark's 2 workers not
-    # registered within 240 s) and left the next kill test without a cluster. The TaskManager kill mid-features
-    # runs in `make test`; the others with $CAPTIONBEAM_CLUSTER_FULL=1 (the suite's time budget)
+    # registered within 240 s) and left the next kill test without a cluster. The TaskManager kill and the SDK
+    # worker kill mid-features run in `make test`; the others with $CAPTIONBEAM_CLUSTER_FULL=1 (the suite's time)
     ("features", "taskmanager"), full_only("bulk", "taskmanager"), full_only("features", "spark-worker"),
     # the SDK worker pool starts a killed worker again (launch/worker_pool.py): killed while it starts, the job
     # goes on; killed once connected, the runner's tasks fail (at once, or after Beam's 3-minute wait for its
     # data channel) and Flink's restart finishes the job (docs/cluster.md)
-    full_only("features", "sdk-worker"), full_only("features", "sdk-worker-connected"),
+    ("features", "sdk-worker"), full_only("features", "sdk-worker-connected"),
     # killed three times while it starts: the pool gives up on it and a stand-in fails the runner's instructions
     # with the reason, so Flink's restart runs the job on fresh workers (it waited without end before)
     full_only("features", "sdk-worker-thrice")])
