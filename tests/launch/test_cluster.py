@@ -111,7 +111,9 @@ def test_cluster_is_idempotent_and_listens_on_loopback_only(cluster):
 
 # passed in every run of this file (4 of 4), but in the full `make test` of 2026-12-07 00:44 the new TaskManager was
 # gone within a second of its start, with no output, and `start` fell back to starting the whole cluster again (the
-# kill test after it passed): until that is understood it runs with $CAPTIONBEAM_CLUSTER_FULL=1 only
+# kill test after it passed). Reproduced on 2026-12-07 04:19 in a plain loop of kill + start (2 of 3, then 1 of 3):
+# the replacement Spark worker registers with the master and is then ended by SIGKILL (its exit status -9, no
+# log line); under strace 0 of 3 failed and the sender is not found. Until it is, FULL only
 @pytest.mark.skipif(not os.environ.get(FULL_ENV), reason=f"failed once in the full suite: set {FULL_ENV}=1 to run it")
 def test_start_replaces_only_a_killed_taskmanager_and_worker(cluster):
     """A TaskManager and a Spark worker SIGKILLed: ``start`` (``make cluster``) starts just those two again, on
@@ -469,6 +471,11 @@ def test_worker_killed_mid_job_then_every_input_once(job, victim, cluster, loose
         else:   # the master saw the worker go; its executors went with it (they watch their worker)
             log = open(os.path.join(cluster.root, "logs", "spark-master.log")).read()
             assert "Removing worker" in log, log[-3000:]
+            # they exit once they see their worker's connection gone: give them a moment (one was still there
+            # right after the job on 2026-12-07, FULL run)
+            deadline = time.time() + 30
+            while any(alive(pid) for pid in killed[1]) and time.time() < deadline:
+                time.sleep(0.5)
             assert killed[1] and not any(alive(pid) for pid in killed[1]), killed
     finally:
         cl.start(cluster, out=io.StringIO())   # a lost TaskManager / Spark worker: just it is started again
