@@ -589,11 +589,12 @@ def _run_in_parts(config: BulkConfig, model: ModelInfo, runner: Runner, token: s
     """``--commit-every``: the listed inputs in parts, each a committed run of its own (``pipelines.bulk_parts``);
     returns the summed result and writes the whole run's record (``runs/<token>.json``, listing its parts)."""
     from dataclasses import replace
-    from captionbeam.pipelines.bulk_parts import (PartManifest, PartsProgress, list_inputs, literal_pattern,
-                                                  manifests_for_part, part_token, read_run_records, split_into_parts)
+    from captionbeam.pipelines.bulk_parts import (PartManifest, PartsProgress, literal_pattern, manifests_for_part,
+                                                  part_token, read_run_records, split_into_parts)
     from captionbeam.pipelines.manifest import manifest_glob
+    from captionbeam.pipelines.matching import matched_inputs
     t0 = time.monotonic()
-    files = list_inputs(config.images)
+    files = matched_inputs(config.images)   # sorted, once; what the readers would read
     parts = split_into_parts(files, config.commit_every)
     log.info("bulk run %s: %d input file(s) in %d part(s) of up to %d, each committed when it ends",
              token, len(files), len(parts), config.commit_every)

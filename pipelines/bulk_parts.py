@@ -98,13 +98,6 @@ def read_run_records(runs_glob: str) -> Dict[str, dict]:
     return records
 
 
-def list_inputs(patterns: Sequence[str]) -> List[str]:
-    """Every file the globs match, sorted, once (what the readers would read, dangling links and
-    directories named like inputs included: the reader dead-letters those)."""
-    from captionbeam.pipelines.matching import matched_inputs
-    return matched_inputs(patterns)
-
-
 @dataclass
 class PartsProgress:
     """Files and images done over the listed files, for the line logged after each part."""
