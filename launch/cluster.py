@@ -455,14 +455,20 @@ def last_logged(path: str, pattern: "re.Pattern", mark: Sequence[int] = (0, 0)) 
     """The first group of ``pattern``'s last match in the log ``path`` since ``mark`` (:func:`log_mark` taken
     when the process was started: a Spark process started again appends to its predecessor's log; Flink's
     log4j rolls the file over at start, a new file); None when the process has not logged it yet."""
+    found = pattern.findall(logged_since(path, mark))
+    return found[-1] if found else None
+
+
+def logged_since(path: str, mark: Sequence[int] = (0, 0)) -> str:
+    """What the log ``path`` holds since ``mark`` (:func:`log_mark`; a file rolled over since is read whole);
+    empty when it cannot be read."""
     inode, offset = mark
     try:
         with open(path, "rb") as f:
             f.seek(offset if os.fstat(f.fileno()).st_ino == inode else 0)
-            found = pattern.findall(f.read().decode("utf-8", errors="replace"))
+            return f.read().decode("utf-8", errors="replace")
     except OSError:
-        return None
-    return found[-1] if found else None
+        return ""
 
 
 def whole(registered: Sequence[str], running: Sequence[Optional[str]]) -> bool:

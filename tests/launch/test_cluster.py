@@ -312,7 +312,7 @@ def alive(pid):
         return False
 
 
-def victim_pid(cfg, state, marker, victim, since):
+def victim_pid(cfg, state, marker, victim, since, earlier_workers=()):
     """The process to kill now, or None while the job has not got that far. "taskmanager": the Flink
     TaskManager running ``marker``'s stage; "sdk-worker": the pool's newest SDK worker once that stage runs
     (often while it starts); "sdk-worker-connected": the newest one a TaskManager says has connected;
@@ -323,7 +323,9 @@ def victim_pid(cfg, state, marker, victim, since):
         workers = spark_workers_running(state["spark_webui"]) if cl.sdk_worker_pids(cfg.root) else []
         return pid_whose_log_says(state, "spark-worker", f"Starting Spark worker {workers[0]} ") if workers else None
     if victim == "sdk-worker-thrice":   # as soon as there is one, before the stage shows as running
-        starting = [w for w in cl.sdk_worker_pids(cfg.root) if w not in connected_workers(state, since)]
+        # this job's (a worker of the test before can still be ending) that have not connected yet
+        starting = [w for w in cl.sdk_worker_pids(cfg.root)
+                    if w not in earlier_workers and w not in connected_workers(state, since)]
         return starting[-1] if starting else None
     tms = taskmanagers_running(state["flink_rest"], marker)
     if not tms:
@@ -336,20 +338,16 @@ def victim_pid(cfg, state, marker, victim, since):
     return workers[-1] if workers else None
 
 
-def log_sizes(state):
-    """Each TaskManager log's size now: what a job logs comes after."""
-    return {name: os.path.getsize(p["log"]) for name, p in state["processes"].items()
+def log_marks(state):
+    """Each TaskManager log's mark now (``cluster.log_mark``): what a job logs comes after."""
+    return {name: cl.log_mark(p["log"]) for name, p in state["processes"].items()
             if name.startswith("flink-taskmanager")}
 
 
 def connected_workers(state, since):
-    """The pool's SDK workers a TaskManager has said (since ``since``: every job's workers are numbered from 1-1)
-    have connected."""
-    logs = ""
-    for name, offset in since.items():
-        with open(state["processes"][name]["log"]) as f:
-            f.seek(offset)
-            logs += f.read()
+    """The pool's SDK workers a TaskManager has said (since the marks ``since``: every job's workers are numbered
+    from 1-1) have connected."""
+    logs = "".join(cl.logged_since(state["processes"][name]["log"], mark) for name, mark in since.items())
     return [w for w in cl.sdk_worker_pids(state["root"])
             if f"Beam Fn Control client connected with id {sdk_worker_id(w)}\n" in logs]
 
@@ -364,11 +362,12 @@ def kill_when_running(cfg, marker, victim, killed):
     """Thread body: SIGKILL ``victim`` (see :func:`victim_pid`) once the job is that far; ``killed`` gets the
     pid and the set of processes it had forked (a Spark worker's executors)."""
     state = cl.read_state(cfg.root)
-    since = log_sizes(state)
+    since = log_marks(state)
+    earlier_workers = set(cl.sdk_worker_pids(cfg.root))
     deadline = time.time() + 400
     while time.time() < deadline and not killed:
         try:
-            pid = victim_pid(cfg, state, marker, victim, since)
+            pid = victim_pid(cfg, state, marker, victim, since, earlier_workers)
             if pid:
                 forked = children(pid)
                 os.kill(pid, signal.SIGKILL)

@@ -66,7 +66,7 @@ ALLOWED = {
     ("launch/cluster.py", "_first_errors"): "the cluster's own log files (.cluster/logs)",
     ("launch/cluster.py", "owned"): "/proc (whether a pid is one of the cluster's processes)",
     ("launch/cluster.py", "gone"): "/proc (whether a pid has exited)",
-    ("launch/cluster.py", "last_logged"): "the cluster's own log files (.cluster/logs)",
+    ("launch/cluster.py", "logged_since"): "the cluster's own log files (.cluster/logs)",
     ("launch/cluster.py", "sdk_worker_pids"): "/proc (the pool's SDK worker processes)",
     ("launch/cluster.py", "_start_once"): "the cluster's own config and log files",
     ("launch/engines.py", "_unpack"): "engine cache (a downloaded distribution wheel)",
