@@ -37,8 +37,8 @@ import time
 from typing import Dict, List, Optional
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CAPTIONBEAM = [sys.executable, "-m", "captionbeam.launch", "--log-level", "WARNING"]
-PROGRESS = re.compile(r"features: ([\d,]+)/([\d,]+) images \(\d+%\), ([\d,.]+) images/s")
+CAPTIONBEAM = [sys.executable, "-m", "captionbeam.launch"]
+PROGRESS = re.compile(r"features: ([\d,]+)/([\d,]+) images \(")   # pipelines.progress.format_progress
 LOG_TIME = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
 RUNNERS = ("direct", "direct-mp", "prism", "flink-local", "spark-local")
 CLUSTER_RUNNERS = ("flink-cluster", "spark-cluster")   # need `make cluster`
@@ -75,8 +75,8 @@ def timed(argv: List[str], log_path: str, log_level: str = "WARNING") -> float:
     with open(log_path, "w") as log:
         log.write("$ captionbeam " + " ".join(argv) + "\n")
         log.flush()
-        proc = subprocess.run([*CAPTIONBEAM[:-1], log_level, *argv], stdout=log,   # in the caller's folder
-                              stderr=subprocess.STDOUT)
+        proc = subprocess.run([*CAPTIONBEAM, "--log-level", log_level, *argv],   # in the caller's folder
+                              stdout=log, stderr=subprocess.STDOUT)
     seconds = time.time() - start
     if proc.returncode != 0:
         raise RuntimeError(f"`captionbeam {' '.join(argv[:1])}` failed ({proc.returncode}); see {log_path}")
