@@ -26,10 +26,10 @@ install: $(STAMP)  ## create .venv and install captionbeam with its test, eval a
 # System packages the tests need beyond Python: Java (METEOR and the PTB tokenizer in pycocoevalcap) and
 # headless Chromium (the report tests render the HTML report). Installed with apt-get when missing and
 # apt-get is there (root, or passwordless sudo); elsewhere install them yourself (see README).
-SYSDEPS := $(if $(shell command -v java),,default-jre-headless) $(if $(shell command -v chromium),,chromium)
+SYSDEPS := $(if $(shell command -v javac),,default-jdk-headless) $(if $(shell command -v chromium),,chromium)
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo -n)
-sysdeps:  ## install Java and headless Chromium with apt-get when they are missing
-	@if [ -z "$(strip $(SYSDEPS))" ]; then echo "sysdeps: java and chromium present"; \
+sysdeps:  ## install a JDK (java, and javac for make cluster) and headless Chromium with apt-get when they are missing
+	@if [ -z "$(strip $(SYSDEPS))" ]; then echo "sysdeps: a JDK and chromium present"; \
 	elif command -v apt-get >/dev/null; then \
 	  echo "sysdeps: apt-get install $(strip $(SYSDEPS))"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(SYSDEPS) >/dev/null; \

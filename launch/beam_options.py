@@ -31,6 +31,15 @@ def add_profile_argument(parser: argparse.ArgumentParser) -> None:
                        help="print the resolved pipeline options and the equivalent command line; submit nothing")
 
 
+# Options of a Java job server's own that Beam's Python SDK does not define (it learns them from the job server
+# when the job is submitted): allowed in profiles and on command lines
+JOB_SERVER_OPTIONS = {
+    "--pipeline_resources_detector_factory_class":
+        "what a Java job server stages with a job (Beam's PipelineResourcesOptions; the flink-cluster profile: "
+        "captionbeam.engines.StagedJars$Factory, nothing)",
+}
+
+
 class BeamParser:
     """Beam's own argument parser (every ``PipelineOptions`` subclass's flags), built once per command
     line: it finds unknown flags and tells single-valued options from repeatable ones when merging."""
@@ -49,6 +58,8 @@ class BeamParser:
                 cls._add_argparse_args(self.parser)
             except argparse.ArgumentError:
                 pass  # options defined by several subclasses
+        for flag, what in JOB_SERVER_OPTIONS.items():
+            self.parser.add_argument(flag, help=what)
         self.actions = {s: action for action in self.parser._actions for s in action.option_strings}
 
     def unknown(self, args: Sequence[str]) -> List[str]:

@@ -29,6 +29,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import asdict, dataclass
@@ -112,6 +113,12 @@ def flink_config(cfg: ClusterConfig, rpc_port: int, rest_port: int) -> Dict[str,
         # a job's subtasks over every TaskManager, not packed into the first one's slots: each TaskManager
         # has its own SDK worker, so packed subtasks shared one Python process (half the cluster idle)
         "cluster.evenly-spread-out-slots": True,
+        # Beam's runner classes (and what they use) come from the JobManager's and TaskManagers' own class path
+        # (beam_runner_jars), also for a job that stages its jars (a job server started without the profile's
+        # StagedJars): child-first from those, a second copy of Beam's vendored gRPC met the first in one JVM
+        # ("loader constraint violation ... IndexedQueueSizeUtil$IndexedQueue") and every later job failed; with
+        # Beam's own classes parent-first only, joda-time's two copies clashed (ClassCastException)
+        "classloader.resolve-order": "parent-first",
         "taskmanager.cpu.cores": float(cfg.slots_per_taskmanager),
         # every memory component explicit: the JVM flags below follow from them (no BashJavaUtils)
         "jobmanager.memory.heap.size": "256m", "jobmanager.memory.off-heap.size": "64m",
@@ -142,11 +149,67 @@ TM_JVM = ["-Xms384m", "-Xmx384m", "-XX:MaxMetaspaceSize=192m", "-XX:MaxDirectMem
 SPARK_DAEMON_JVM = ["-Xmx256m"]
 
 
+# Flink's own jars and logging bindings come from the distribution; the Beam runner's copies are left out
+NOT_FROM_BEAM = ("flink-", "slf4j-", "log4j-", "logback-")
+STAGED_JARS_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "java", "captionbeam", "engines",
+                                  "StagedJars.java")
+
+
+def beam_runner_jars(engines: str) -> List[str]:
+    """The Beam runner's classes for the cluster's JobManager and TaskManagers: the Flink job server's jars
+    (``{engines}/flink/lib``) but Flink's own and the logging bindings, which the distribution provides. With
+    them there, the ``flink-cluster`` profile's job server stages no jars with a job
+    (:func:`flink_job_server_jar`), where Beam's default uploads the job server's whole class path, ~160 jars
+    (150 MiB), to the JobManager at every job and every TaskManager fetches them (17-20 s of a 24-image job at
+    load 10, and 150 MiB more of blobs on disk per job)."""
+    lib = os.path.join(engines, "flink", "lib")
+    if not os.path.isdir(lib):
+        return []
+    return sorted(os.path.join(lib, j) for j in os.listdir(lib) if j.endswith(".jar") and not j.startswith(NOT_FROM_BEAM))
+
+
+def flink_job_server_jar(engines: str) -> str:
+    """``{engines}/cluster/flink-job-server.jar``: Beam's Flink job server (``{engines}/flink/job-server.jar``)
+    with :data:`STAGED_JARS_SOURCE` beside it, compiled (``javac``) into ``staged-jars.jar``, so that the job
+    server describes Beam's ``--pipeline_resources_detector_factory_class`` and the profile can pick
+    ``captionbeam.engines.StagedJars$Factory`` (stage nothing). Built once (again when the source is newer);
+    :class:`ClusterError` when it cannot be."""
+    from captionbeam.launch.engines import FLINK, write_launcher_jar
+    folder = os.path.join(engines, "cluster")
+    launcher = os.path.join(folder, "flink-job-server.jar")
+    staged = os.path.join(folder, "staged-jars.jar")
+    if os.path.exists(launcher) and os.path.exists(staged) and os.path.getmtime(staged) >= os.path.getmtime(STAGED_JARS_SOURCE):
+        return launcher
+    core = sorted(glob.glob(os.path.join(engines, "flink", "lib", "beam-sdks-java-core-*.jar")))
+    if not core:
+        raise ClusterError(f"cluster: no Beam core jar in {os.path.join(engines, 'flink', 'lib')}: run `make engines`")
+    os.makedirs(folder, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="staged-jars-", dir=folder) as tmp:
+        services = os.path.join(tmp, "META-INF", "services")
+        os.makedirs(services)
+        with open(os.path.join(services, "org.apache.beam.sdk.options.PipelineOptionsRegistrar"), "w") as f:
+            f.write("captionbeam.engines.StagedJars$Registrar\n")
+        try:
+            subprocess.run(["javac", "--release", "11", "-d", tmp, "-cp", core[-1], STAGED_JARS_SOURCE], check=True,
+                           capture_output=True, text=True)
+            subprocess.run(["jar", "cf", os.path.join(tmp, "staged-jars.jar"), "-C", tmp, "captionbeam", "-C", tmp,
+                            "META-INF"], check=True, capture_output=True, text=True)
+        except (OSError, subprocess.CalledProcessError) as e:
+            said = getattr(e, "stderr", "") or str(e)
+            raise ClusterError(f"cluster: cannot compile {STAGED_JARS_SOURCE} (a JDK's javac is needed: "
+                               f"`make sysdeps`): {said.strip()[-500:]}") from None
+        os.replace(os.path.join(tmp, "staged-jars.jar"), staged)
+    # the job server's own launcher jar first (its manifest names its ~160 jars), then the detector
+    return write_launcher_jar(launcher, FLINK.main_class, [os.path.join("..", "flink", "job-server.jar"),
+                                                           "staged-jars.jar"])
+
+
 def flink_command(cfg: ClusterConfig, role: str, log_file: str) -> List[str]:
     dist = os.path.join(cfg.engines, "flink-dist")
     lib = os.path.join(dist, "lib")
     jars = sorted(os.path.join(lib, j) for j in os.listdir(lib) if j.endswith(".jar") and "flink-dist" not in j)
     jars += [os.path.join(lib, j) for j in os.listdir(lib) if j.startswith("flink-dist")]
+    jars += beam_runner_jars(cfg.engines)   # after Flink's own: the distribution's classes come first
     main = ("org.apache.flink.runtime.entrypoint.StandaloneSessionClusterEntrypoint" if role == "jobmanager"
             else "org.apache.flink.runtime.taskexecutor.TaskManagerRunner")
     return ["java", *(JM_JVM if role == "jobmanager" else TM_JVM), *FLINK_JAVA_OPTS, f"{MARKER}{cfg.root}",
@@ -348,9 +411,14 @@ def start(cfg: ClusterConfig, out=None) -> dict:
     log (and console) when something does not come up."""
     out = out or sys.stdout
     current = status(cfg.root)
-    if current["running"]:
+    if current["running"] and current.get("flink_job_server"):
         print(f"cluster: already running ({os.path.join(cfg.root, STATE_FILE)})", file=out)
         return current
+    if current["running"]:   # started by an earlier captionbeam: its TaskManagers lack Beam's classes
+        print("cluster: the running cluster was started by an earlier captionbeam (its TaskManagers lack Beam's "
+              "runner classes): starting it again", file=out)
+        stop(cfg.root, out=out)
+        current = status(cfg.root)
     if current["processes"]:
         dead = sorted(name for name, p in current["processes"].items() if not p["alive"])
         if all(name.startswith(REPLACEABLE) for name in dead):
@@ -363,6 +431,7 @@ def start(cfg: ClusterConfig, out=None) -> dict:
     for spec in (FLINK_DIST, SPARK_DIST):
         if not os.path.exists(os.path.join(cfg.engines, spec.name, spec.check)):
             raise ClusterError(missing_message(spec.name, os.path.join(cfg.engines, spec.name, spec.check)))
+    flink_job_server_jar(cfg.engines)   # raises here, before anything starts, when it cannot be built
     attempt = 1
     while True:
         try:
@@ -393,6 +462,7 @@ def _start_once(cfg: ClusterConfig, out) -> dict:
              "spark_webui": f"http://{HOST}:{ports['spark_webui']}",
              "worker_pool": f"{HOST}:{ports['worker_pool']}",
              "versions": {"flink": FLINK_DIST.version, "spark": SPARK_DIST.version},
+             "flink_job_server": flink_job_server_jar(cfg.engines),
              "processes": {}}
     procs: Dict[str, dict] = state["processes"]
     started = time.time()

@@ -208,7 +208,14 @@ def test_job_on_the_cluster_equals_direct(profile, job, cluster, direct, loose, 
     assert "sdk worker pool: started worker" in open(os.path.join(cluster.root, "logs", "sdk-worker-pool.log")).read()
     if profile == "flink-cluster":
         # over both TaskManagers, so in two SDK workers (packed into one TaskManager's slots, one worker did it all)
-        assert len(taskmanagers_of_newest_job(cl.read_state(cluster.root)["flink_rest"])) == 2
+        rest = cl.read_state(cluster.root)["flink_rest"]
+        assert len(taskmanagers_of_newest_job(rest)) == 2
+        # the job staged no jars (Beam's classes are on the cluster): its blobs on the JobManager and the
+        # TaskManagers are a few KiB, where the job server's ~160 jars (150 MiB) went up with every job
+        jid = max(json.load(urllib.request.urlopen(f"{rest}/jobs/overview", timeout=5))["jobs"],
+                  key=lambda j: j["start-time"])["jid"]
+        blobs = [p for p in glob.glob(os.path.join(cluster.root, "flink", "blobs", "*", f"job_{jid}", "*"))]
+        assert sum(os.path.getsize(p) for p in blobs) < 4 << 20, sorted(blobs)[:5]
     else:
         # the executors took Beam's classes from the engines cache: nothing but the job server's own jar fetched
         # (it was ~250 jars per job), and no first task lost to Spark's older Guava

@@ -68,3 +68,43 @@ def test_sdk_workers_share_the_cores_and_flink_spreads_a_job_over_its_taskmanage
     assert cl.flink_config(cfg, 1, 2)["cluster.evenly-spread-out-slots"] is True
     _, env, _, _, _ = cl.process_launch(cfg, {"worker_pool": 5}, "sdk-worker-pool")
     assert env["TF_NUM_INTRAOP_THREADS"] == cl.sdk_worker_env(cfg, os.cpu_count() or 1)["TF_NUM_INTRAOP_THREADS"]
+
+
+def test_the_taskmanagers_get_beams_runner_jars_after_flinks_own(tmp_path):
+    lib = tmp_path / "engines" / "flink" / "lib"
+    dist = tmp_path / "engines" / "flink-dist" / "lib"
+    lib.mkdir(parents=True)
+    dist.mkdir(parents=True)
+    for name in ("beam-runners-flink-1.19-2.62.0.jar", "flink-runtime-1.19.0.jar", "slf4j-jdk14-1.7.30.jar",
+                 "log4j-api-2.17.1.jar", "guava-33.3.1-android.jar", "notes.txt"):
+        (lib / name).write_text("")
+    (dist / "flink-dist-1.19.3.jar").write_text("")
+    assert [os.path.basename(j) for j in cl.beam_runner_jars(str(tmp_path / "engines"))] == [
+        "beam-runners-flink-1.19-2.62.0.jar", "guava-33.3.1-android.jar"]
+    cfg = cl.ClusterConfig(root=str(tmp_path), engines=str(tmp_path / "engines"))
+    classpath = cl.flink_command(cfg, "taskmanager", "log")
+    classpath = classpath[classpath.index("-cp") + 1].split(os.pathsep)
+    assert os.path.basename(classpath[0]) == "flink-dist-1.19.3.jar" and classpath[1:] == cl.beam_runner_jars(cfg.engines)
+    assert cl.beam_runner_jars(str(tmp_path / "none")) == []
+
+
+def test_the_flink_job_server_of_the_cluster_stages_nothing_by_choice(tmp_path):
+    """Built for real with javac against the engines cache's Beam (skipped without `make engines`)."""
+    from captionbeam.launch.engines import default_cache
+    import glob
+    import zipfile
+    core = glob.glob(os.path.join(default_cache(), "flink", "lib", "beam-sdks-java-core-*.jar"))
+    if not core:
+        pytest.skip("no engines cache: run `make engines`")
+    engines = tmp_path / "engines"
+    (engines / "flink").mkdir(parents=True)
+    os.symlink(os.path.dirname(core[0]), engines / "flink" / "lib")
+    launcher = cl.flink_job_server_jar(str(engines))
+    manifest = zipfile.ZipFile(launcher).read("META-INF/MANIFEST.MF").decode().replace("\r\n ", "")
+    assert "Main-Class: org.apache.beam.runners.flink.FlinkJobServerDriver" in manifest
+    assert "Class-Path: ../flink/job-server.jar staged-jars.jar" in manifest
+    staged = zipfile.ZipFile(engines / "cluster" / "staged-jars.jar")
+    assert staged.read("META-INF/services/org.apache.beam.sdk.options.PipelineOptionsRegistrar").decode().strip() == \
+        "captionbeam.engines.StagedJars$Registrar"
+    assert {"captionbeam/engines/StagedJars.class", "captionbeam/engines/StagedJars$Factory.class"} <= set(staged.namelist())
+    assert cl.flink_job_server_jar(str(engines)) == launcher   # built once

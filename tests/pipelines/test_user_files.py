@@ -68,6 +68,7 @@ ALLOWED = {
     ("launch/cluster.py", "gone"): "/proc (whether a pid has exited)",
     ("launch/cluster.py", "logged_since"): "the cluster's own log files (.cluster/logs)",
     ("launch/cluster.py", "sdk_worker_pids"): "/proc (the pool's SDK worker processes)",
+    ("launch/cluster.py", "flink_job_server_jar"): "writes the service entry of the engines cache's own staged-jars.jar",
     ("launch/cluster.py", "_start_once"): "the cluster's own config and log files",
     ("launch/engines.py", "_unpack"): "engine cache (a downloaded distribution wheel)",
     ("launch/engines.py", "fetch_distribution"): "engine cache",
