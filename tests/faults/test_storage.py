@@ -118,7 +118,7 @@ def test_endpoint_down_mid_job_ends_with_a_clear_error(command, private_endpoint
     start = time.time()
     with open(log, "w") as stderr:
         job = subprocess.Popen([sys.executable, "-m", "captionbeam.launch.cli", *argv], stderr=stderr, text=True,
-                               env=_env(STORAGE_EMULATOR_HOST=endpoint, CAPTIONBEAM_STORAGE_DEADLINE_S="20"), cwd=ROOT)
+                               env=_env(STORAGE_EMULATOR_HOST=endpoint, CAPTIONBEAM_STORAGE_DEADLINE_S="10"), cwd=ROOT)
     try:
         # the job holds its lease on the bucket (it is past its checks and writing): the endpoint dies
         while not [b for b in client.list_blobs("faults", prefix="out") if "lease/" in b.name]:
