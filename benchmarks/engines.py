@@ -17,9 +17,9 @@ subprocess, so start-up, the job server and model loading are in the figures as 
   ran at 450.)
 
 ``flink-cluster`` and ``spark-cluster`` (the multi-process cluster of ``make cluster``, docs/cluster.md) are
-runners too: start the cluster first, then pass them in ``--runners``; ``flink-cluster-per-job`` and
-``spark-cluster-per-job`` run on the same cluster the way its profiles did before it had job servers of its
-own (a job server started for each job, staging its whole class path): the baseline of its start-up.
+runners too: start the cluster first, then pass them in ``--runners``; ``flink-cluster-per-job`` runs on the
+same cluster the way its profile did before it staged no jars (the plain job server, shipping its whole class
+path with every job): the baseline of its start-up.
 
 Each figure comes with its ratio to DirectRunner's in the same run. Usage::
 
@@ -44,19 +44,11 @@ PROGRESS = re.compile(r"features: ([\d,]+)/([\d,]+) images \(")   # pipelines.pr
 LOG_TIME = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
 RUNNERS = ("direct", "direct-mp", "prism", "flink-local", "spark-local")
 CLUSTER_RUNNERS = ("flink-cluster", "spark-cluster")   # need `make cluster`
-# the cluster as the profiles used it before it had job servers of its own: a job server JVM started for each
-# job, which stages its whole class path with the job (the baseline of the cluster's start-up)
-PER_JOB_JOB_SERVER = {
+# the Flink cluster as its profile used it before it staged no jars: the plain job server, which ships its whole
+# class path (~160 jars) with every job (the baseline of the cluster's start-up)
+STAGING_EVERY_JAR = {
     "flink-cluster-per-job": ["--runner=FlinkRunner", "--flink_master={cluster.flink_master}",
                               "--flink_job_server_jar={engines}/flink/job-server.jar"],
-    "spark-cluster-per-job": ["--runner=SparkRunner", "--spark_master_url={cluster.spark_master_url}",
-                              "--spark_job_server_jar={engines}/spark/job-server.jar",
-                              "--files_to_stage={engines}/spark/job-server.jar",
-                              "--job_server_jvm_properties=-Dspark.ui.enabled=false",
-                              "--job_server_jvm_properties=-Dspark.driver.host=127.0.0.1",
-                              "--job_server_jvm_properties=-Dspark.driver.bindAddress=127.0.0.1",
-                              "--job_server_jvm_properties=-Dspark.executor.memory=512m",
-                              "--job_server_jvm_properties=-Dspark.executor.extraClassPath={engines}/spark/job-server.jar"],
 }
 
 
@@ -65,8 +57,8 @@ def runner_flags(runner: str) -> List[str]:
         return ["--runner=DirectRunner"]
     if runner == "direct-mp":
         return ["--runner=DirectRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2"]
-    if runner in PER_JOB_JOB_SERVER:
-        return [*PER_JOB_JOB_SERVER[runner], "--environment_type=EXTERNAL", "--environment_config={cluster.worker_pool}",
+    if runner in STAGING_EVERY_JAR:
+        return [*STAGING_EVERY_JAR[runner], "--environment_type=EXTERNAL", "--environment_config={cluster.worker_pool}",
                 "--parallelism=2"]
     return ["--profile", runner]
 
@@ -116,7 +108,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--image-size", type=int, default=64, help="encoder input size (default 64)")
     parser.add_argument("--model-dir", default=os.path.join(REPO, "work", "run", "model"),
                         help="model for the bulk job (default: work/run/model from `make run`)")
-    parser.add_argument("--runners", default=",".join(RUNNERS), help=f"comma-separated (default {','.join(RUNNERS)}; also {', '.join(CLUSTER_RUNNERS + tuple(PER_JOB_JOB_SERVER))} after `make cluster`)")
+    parser.add_argument("--runners", default=",".join(RUNNERS), help=f"comma-separated (default {','.join(RUNNERS)}; also {', '.join(CLUSTER_RUNNERS + tuple(STAGING_EVERY_JAR))} after `make cluster`)")
     parser.add_argument("--workdir", default=os.path.join(REPO, "work", "bench", "engines"))
     parser.add_argument("--json-out", default=None)
     a = parser.parse_args(argv)

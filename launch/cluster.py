@@ -431,7 +431,6 @@ def start(cfg: ClusterConfig, out=None) -> dict:
     for spec in (FLINK_DIST, SPARK_DIST):
         if not os.path.exists(os.path.join(cfg.engines, spec.name, spec.check)):
             raise ClusterError(missing_message(spec.name, os.path.join(cfg.engines, spec.name, spec.check)))
-    flink_job_server_jar(cfg.engines)   # raises here, before anything starts, when it cannot be built
     attempt = 1
     while True:
         try:
@@ -462,7 +461,7 @@ def _start_once(cfg: ClusterConfig, out) -> dict:
              "spark_webui": f"http://{HOST}:{ports['spark_webui']}",
              "worker_pool": f"{HOST}:{ports['worker_pool']}",
              "versions": {"flink": FLINK_DIST.version, "spark": SPARK_DIST.version},
-             "flink_job_server": flink_job_server_jar(cfg.engines),
+             "flink_job_server": flink_job_server_jar(cfg.engines),   # raises before anything starts
              "processes": {}}
     procs: Dict[str, dict] = state["processes"]
     started = time.time()

@@ -2,9 +2,13 @@
 that exited. Python's ``Popen`` returns before the kernel has set up the new program's arguments, so a check
 right after it read an empty command line (13 times in 20 at load 10 on this machine): ``start`` then said a
 JobManager it had just launched had "exited while starting". Real processes, started the way the cluster's are."""
+import glob
 import os
 import signal
 import sys
+import zipfile
+
+import pytest
 
 from captionbeam.launch import cluster as cl
 
@@ -91,8 +95,6 @@ def test_the_taskmanagers_get_beams_runner_jars_after_flinks_own(tmp_path):
 def test_the_flink_job_server_of_the_cluster_stages_nothing_by_choice(tmp_path):
     """Built for real with javac against the engines cache's Beam (skipped without `make engines`)."""
     from captionbeam.launch.engines import default_cache
-    import glob
-    import zipfile
     core = glob.glob(os.path.join(default_cache(), "flink", "lib", "beam-sdks-java-core-*.jar"))
     if not core:
         pytest.skip("no engines cache: run `make engines`")
@@ -108,3 +110,21 @@ def test_the_flink_job_server_of_the_cluster_stages_nothing_by_choice(tmp_path):
         "captionbeam.engines.StagedJars$Registrar"
     assert {"captionbeam/engines/StagedJars.class", "captionbeam/engines/StagedJars$Factory.class"} <= set(staged.namelist())
     assert cl.flink_job_server_jar(str(engines)) == launcher   # built once
+
+
+def test_the_flink_job_server_cannot_be_built_says_what_to_do(tmp_path, monkeypatch):
+    """No Beam in the engines cache: `make engines`; no javac on PATH: a JDK (`make sysdeps`). Nothing half-built
+    is left for the next start to take as done."""
+    from captionbeam.launch.engines import default_cache
+    engines = tmp_path / "engines"
+    (engines / "flink" / "lib").mkdir(parents=True)
+    with pytest.raises(cl.ClusterError, match="no Beam core jar .*run `make engines`"):
+        cl.flink_job_server_jar(str(engines))
+    core = glob.glob(os.path.join(default_cache(), "flink", "lib", "beam-sdks-java-core-*.jar"))
+    if not core:
+        pytest.skip("no engines cache: run `make engines`")
+    os.symlink(core[0], engines / "flink" / "lib" / os.path.basename(core[0]))
+    monkeypatch.setenv("PATH", str(tmp_path / "no-jdk"))
+    with pytest.raises(cl.ClusterError, match=r"javac is needed: `make sysdeps`"):
+        cl.flink_job_server_jar(str(engines))
+    assert sorted(os.listdir(engines / "cluster")) == []
